@@ -1,0 +1,125 @@
+"""Pieces every objective shares: masked reductions, loss aggregation, the clipped surrogate, KL estimators.
+
+Pure tensor code. Shapes: B rows (one per response), T response positions; masks are 0/1 floats.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def aggregate_loss(
+    loss_mat: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
+    max_len: int | None = None,
+) -> torch.Tensor:
+    """Reduce a (B, T) per-token loss to a scalar, with verl's four modes.
+
+    Without the optional counts, the batch is normalised by itself. With them (the token count and the
+    sequence count of the *whole* optimizer mini-batch, across micro-batches and ranks), the micro-batch
+    results add up to exactly the whole-batch value, so a split into micro-batches and ranks changes nothing.
+
+    - token-mean:              sum(l*m) / tokens
+    - seq-mean-token-mean:     sum_i [sum_t l*m / |y_i|] / seqs      (the GRPO paper's Eq. 2)
+    - seq-mean-token-sum:      sum_i [sum_t l*m] / seqs
+    - seq-mean-token-sum-norm: sum_i [sum_t l*m] / (seqs * max_len)  (Dr. GRPO; max_len a constant, default T)
+    """
+    mask = mask.to(loss_mat.dtype)
+    seq_has_tokens = mask.sum(-1) > 0
+    if num_tokens is None:
+        num_tokens = mask.sum().clamp(min=1)
+    if num_seqs is None:
+        num_seqs = seq_has_tokens.sum().clamp(min=1)
+    if mode == "token-mean":
+        return (loss_mat * mask).sum() / num_tokens
+    token_sums = (loss_mat * mask).sum(-1)
+    if mode == "seq-mean-token-mean":
+        return (token_sums / mask.sum(-1).clamp(min=1)).sum() / num_seqs
+    if mode == "seq-mean-token-sum":
+        return token_sums.sum() / num_seqs
+    if mode == "seq-mean-token-sum-norm":
+        return token_sums.sum() / (num_seqs * (max_len or mask.shape[-1]))
+    raise ValueError(f"unknown loss aggregation mode {mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
+
+
+def clipped_surrogate(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+    clip_dual: float | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped policy loss per token (verl's `compute_policy_loss_vanilla` semantics).
+
+    Returns the (B, T) loss and per-token indicator tensors for metrics. `advantages` is (B, T).
+    """
+    log_ratio = (logp - old_logp).clamp(-20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    loss = torch.maximum(unclipped, clipped)
+    is_clipped = (clipped > unclipped).float()
+    if clip_dual is not None:
+        # Dual clip bounds the loss of a negative-advantage token whose ratio has run away (ratio > clip_dual).
+        dual = torch.minimum(loss, -advantages * clip_dual)
+        is_dual = ((advantages < 0) & (dual < loss)).float()
+        loss = torch.where(advantages < 0, dual, loss)
+    else:
+        is_dual = torch.zeros_like(loss)
+    return loss, {"ratio": ratio.detach(), "clipped": is_clipped, "dual_clipped": is_dual}
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """verl's `low_var_kl` (Schulman's k3) estimator of KL(pi || ref) per token, clamped as verl does."""
+    kl = (ref_logp - logp).clamp(-20.0, 20.0)
+    return (torch.exp(kl) - kl - 1.0).clamp(-10.0, 10.0)
+
+
+def kl_divergence(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last axis, from log-probabilities; 0·log 0 counts as 0."""
+    p = p_logp.exp()
+    return torch.where(p > 0, p * (p_logp - q_logp), torch.zeros_like(p)).sum(-1)
+
+
+def generalized_jsd(
+    student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta: float, pointwise_clip: float | None = None
+) -> torch.Tensor:
+    """GKD's generalized Jensen-Shannon divergence per position, over the last (vocabulary) axis.
+
+    M = (1-beta) S + beta T;  JSD_beta = beta KL(T||M) + (1-beta) KL(S||M).
+    beta = 0 is the forward KL(T||S), beta = 1 the reverse KL(S||T) (the limits are returned exactly).
+    `pointwise_clip` clamps each vocabulary entry's term from above before the sum (OPSD's official setting).
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+
+    def terms(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
+        t = torch.where(p_logp > -float("inf"), p_logp.exp() * (p_logp - q_logp), torch.zeros_like(p_logp))
+        return t.clamp(max=pointwise_clip) if pointwise_clip is not None else t
+
+    if beta == 0.0:
+        per_entry = terms(teacher_logp, student_logp)
+    elif beta == 1.0:
+        per_entry = terms(student_logp, teacher_logp)
+    else:
+        mix_logp = torch.logsumexp(
+            torch.stack([student_logp + torch.log1p(torch.tensor(-beta)), teacher_logp + torch.log(torch.tensor(beta))]),
+            dim=0,
+        )
+        per_entry = beta * terms(teacher_logp, mix_logp) + (1.0 - beta) * terms(student_logp, mix_logp)
+    return per_entry.sum(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
