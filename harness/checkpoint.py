@@ -1,0 +1,146 @@
+"""Checkpoints that load without unpickling: tensors in safetensors, everything else in JSON.
+
+A checkpoint folder `step-000010/` holds the policy weights, each rank's optimizer state (the base torch
+optimizer's, over whatever parameters DeepSpeed gave it: the model's under ZeRO-0, flat fp32 partitions under
+ZeRO-1/2), the teacher's and reference's weights when they exist, RNG states, the step counters, the data
+position and the ledger totals. It is written to a temporary folder and renamed, so a crash mid-write
+leaves the previous checkpoint as the latest one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+
+def _base_optimizer(engine):
+    opt = engine.optimizer
+    return getattr(opt, "optimizer", opt)
+
+
+def _optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for name, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{idx}.{name}"] = v.detach().clone().contiguous()
+            else:
+                scalars[f"{idx}.{name}"] = v
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = v
+    for key, v in meta["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    tensors = {"torch_cpu": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
+    if torch.cuda.is_available():
+        tensors["torch_cuda"] = torch.cuda.get_rng_state()
+    meta = {"python": [py[0], list(py[1]), py[2]], "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    v, state, gauss = meta["python"]
+    random.setstate((v, tuple(state), gauss))
+    name, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch_cpu"])
+    if "torch_cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["torch_cuda"])
+
+
+def save(folder: Path, trainer, rank: int, state: dict) -> Path:
+    """Write `folder` (atomically per rank: rank files land in the temp folder, rank 0 renames after a barrier)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    engine = trainer.engine
+    if rank == 0:
+        # save_model/load_model handle tied weights (embedding = output head) that save_file refuses
+        save_model(engine.module, tmp / "model.safetensors")
+        if trainer.teacher is not None and trainer.teacher.model is not None:
+            save_model(trainer.teacher.model, tmp / "teacher.safetensors")
+        if trainer.ref is not None:
+            save_model(trainer.ref.model, tmp / "ref.safetensors")
+    opt_tensors, opt_meta = _optimizer_to_flat(_base_optimizer(engine))
+    fp32 = getattr(engine.optimizer, "single_partition_of_fp32_groups", None)
+    if fp32 is not None:  # ZeRO-1/2 master copies: restored exactly rather than re-derived from the model
+        opt_tensors.update({f"fp32.{i}": t.detach().clone() for i, t in enumerate(fp32)})
+    save_file(opt_tensors, tmp / f"optimizer-rank{rank}.safetensors")
+    rng_tensors, rng_meta = _rng_state()
+    save_file(rng_tensors, tmp / f"rng-rank{rank}.safetensors")
+    sched = engine.lr_scheduler
+    meta = {
+        "optimizer": opt_meta,
+        "rng": rng_meta,
+        "scheduler": {"last_epoch": sched.last_epoch, "_step_count": sched._step_count, "base_lrs": sched.base_lrs,
+                      "_last_lr": sched._last_lr},
+    }
+    (tmp / f"rank{rank}.json").write_text(json.dumps(meta))
+    _barrier()
+    if rank == 0:
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    _barrier()
+    return folder
+
+
+def load(folder: Path, trainer, rank: int) -> dict:
+    folder = Path(folder)
+    if not (folder / "state.json").exists():
+        raise FileNotFoundError(f"no complete checkpoint at {folder}")
+    engine = trainer.engine
+    load_model(engine.module, folder / "model.safetensors")
+    if (folder / "teacher.safetensors").exists():
+        load_model(trainer.teacher.model, folder / "teacher.safetensors")
+    if (folder / "ref.safetensors").exists():
+        load_model(trainer.ref.model, folder / "ref.safetensors")
+    meta = json.loads((folder / f"rank{rank}.json").read_text())
+    opt_tensors = load_file(folder / f"optimizer-rank{rank}.safetensors")
+    fp32 = {k: v for k, v in opt_tensors.items() if k.startswith("fp32.")}
+    for k in fp32:
+        opt_tensors.pop(k)
+    _base_optimizer(engine).load_state_dict(_optimizer_from_flat(opt_tensors, meta["optimizer"]))
+    groups = getattr(engine.optimizer, "single_partition_of_fp32_groups", None)
+    if groups is not None:
+        with torch.no_grad():
+            for i, t in enumerate(groups):
+                t.copy_(fp32[f"fp32.{i}"])
+    for k, v in meta["scheduler"].items():
+        setattr(engine.lr_scheduler, k, v)
+    _set_rng_state(load_file(folder / f"rng-rank{rank}.safetensors"), meta["rng"])
+    return json.loads((folder / "state.json").read_text())
+
+
+def latest(run_dir: Path) -> Path | None:
+    steps = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
+    return steps[-1] if steps else None
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()

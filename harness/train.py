@@ -1,0 +1,210 @@
+"""`python -m harness.train algorithm=rlsd train.steps=50 ...`: one training run, in its own folder.
+
+results/runs/<name>/ holds config.yaml (resolved), manifest.json (versions, commit, seeds, device),
+metrics.jsonl (one line per step: objective metrics, rollout statistics, held-out accuracy when evaluated,
+the compute ledger), checkpoints/step-N/ and final/ (a Hugging Face folder of the last policy).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+REPO = CONFIG_DIR.parent
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _group_choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def compose_config(overrides: list[str], config_name: str = "train") -> DictConfig:
+    """Hydra composition with errors that name the bad value and the valid ones."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    for o in overrides:
+        key = o.lstrip("+~").split("=", 1)[0]
+        if "." not in key and (CONFIG_DIR / key).is_dir() and "=" in o:
+            choice = o.split("=", 1)[1]
+            if choice not in _group_choices(key) and choice != "null":
+                raise ConfigError(f"unknown {key} {choice!r}; valid: {', '.join(_group_choices(key))}")
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+            cfg = compose(config_name, overrides=overrides)
+    except (ConfigCompositionException, MissingConfigException) as e:
+        msg = str(e)
+        cause = e.__cause__
+        bad = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") in msg or (cause and o.split("=", 1)[0] in str(cause))), None)
+        if bad is not None and "=" in bad:
+            key = bad.split("=", 1)[0].lstrip("+~")
+            parent = key.rsplit(".", 1)[0] if "." in key else ""
+            with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+                base = compose(config_name, overrides=[o for o in overrides if o != bad])
+            node = OmegaConf.select(base, parent) if parent else base
+            if isinstance(node, DictConfig):
+                raise ConfigError(f"unknown config key {key!r}; valid keys under {parent or 'the top level'}: "
+                                  f"{', '.join(sorted(node.keys()))}") from e
+        raise ConfigError(f"{msg} {cause or ''}") from e
+    return cfg
+
+
+def manifest(cfg: DictConfig, device: str) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(pkg: str) -> str | None:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return None
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout)
+    except OSError:
+        commit, dirty = None, None
+    import torch
+
+    return {
+        "command": " ".join(sys.argv),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git_commit": commit, "git_dirty": dirty,
+        "seed": cfg.seed,
+        "device": device, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "platform": platform.platform(), "python": platform.python_version(),
+        "packages": {p: v(p) for p in ("torch", "transformers", "deepspeed", "tokenizers", "math-verify", "vllm", "hydra-core")},
+    }
+
+
+def prepare_run_dir(cfg: DictConfig) -> Path:
+    name = cfg.run.name or f"{cfg.algorithm.name}-s{cfg.seed}"
+    run_dir = (REPO / cfg.run.dir / name) if not Path(cfg.run.dir).is_absolute() else Path(cfg.run.dir) / name
+    if cfg.run.resume:
+        if not (run_dir / "config.yaml").exists():
+            raise FileNotFoundError(f"run.resume=true but there is no run at {run_dir}")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        if not cfg.run.overwrite:
+            raise FileExistsError(f"run folder {run_dir} exists; pass run.overwrite=true to replace it, "
+                                  f"run.resume=true to continue it, or another run.name")
+        import shutil
+
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def run(cfg: DictConfig, log=None) -> Path:
+    """Train one run to `train.steps`; returns its folder."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from harness import checkpoint, dist
+    from harness.data import build_data
+    from harness.evaluate import evaluate_items
+    from harness.models import load_model, load_processor
+    from harness.trainer import NonFiniteLoss, Trainer
+    from harness.warmup import policy_path
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    run_dir = prepare_run_dir(cfg)
+    rank, _ = dist.init_distributed()
+    if not cfg.run.resume and rank == 0:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (run_dir / "manifest.json").write_text(json.dumps(manifest(cfg, str(dist.device())), indent=1))
+    torch.manual_seed(cfg.seed)
+    init_path = policy_path(cfg.model, cfg.data, log)
+    processor = load_processor(init_path)
+    data = build_data(cfg.data, cfg.seed)
+    trainer = Trainer(cfg, load_model(init_path), processor, data, log)
+    metrics_file = run_dir / "metrics.jsonl"
+    if cfg.run.resume:
+        ckpt = checkpoint.latest(run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"run.resume=true but {run_dir} has no checkpoint")
+        state = checkpoint.load(ckpt, trainer, rank)
+        trainer.step_count, trainer.rollout_step = state["step_count"], state["rollout_step"]
+        trainer.ledger.load_state_dict(state["ledger"])
+        if rank == 0:  # drop lines written after that checkpoint: those steps are redone identically
+            lines = [ln for ln in metrics_file.read_text().splitlines() if json.loads(ln)["rollout_step"] <= trainer.rollout_step]
+            metrics_file.write_text("".join(ln + "\n" for ln in lines))
+        log(f"resumed {run_dir.name} at step {trainer.rollout_step} from {ckpt.name}")
+
+    test_items = data.test_set(cfg.eval.n) if cfg.train.eval_every and rank == 0 else []
+
+    def evaluate() -> dict[str, float]:
+        if not test_items:
+            return {}
+        t0 = time.perf_counter()
+        r = evaluate_items(trainer.engine.module, processor, test_items, "plain", cfg.eval.decoding, cfg.eval.max_new_tokens)
+        return {"eval/pass@1": r["accuracy"], "eval/seconds": time.perf_counter() - t0}
+
+    def save() -> None:
+        state = {"step_count": trainer.step_count, "rollout_step": trainer.rollout_step,
+                 "ledger": trainer.ledger.state_dict(), "algorithm": cfg.algorithm.name}
+        checkpoint.save(run_dir / "checkpoints" / f"step-{trainer.rollout_step:06d}", trainer, rank, state)
+
+    if trainer.rollout_step == 0 and rank == 0:
+        first = {"rollout_step": 0, "step": 0.0, **evaluate()}
+        first.update({f"cum/{k}": 0.0 for k in ("flops/total", "tokens/generated", "time/step")})
+        metrics_file.write_text(json.dumps(first) + "\n")
+    bar = tqdm(total=cfg.train.steps, initial=trainer.rollout_step, desc=f"{run_dir.name}",
+               disable=not cfg.train.progress or rank != 0, dynamic_ncols=True)
+    try:
+        while trainer.rollout_step < cfg.train.steps:
+            metrics = trainer.step()
+            metrics["rollout_step"] = trainer.rollout_step
+            last = trainer.rollout_step == cfg.train.steps
+            if cfg.train.eval_every and (trainer.rollout_step % cfg.train.eval_every == 0 or last):
+                metrics.update(evaluate())
+            if rank == 0:
+                with metrics_file.open("a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+            if cfg.train.save_every and (trainer.rollout_step % cfg.train.save_every == 0 or last):
+                save()
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward']:.2f}", loss=f"{metrics.get('loss', 0.0):.3f}",
+                            **({"acc": f"{metrics['eval/pass@1']:.2f}"} if "eval/pass@1" in metrics else {}))
+    except NonFiniteLoss as e:
+        if rank == 0:
+            (run_dir / "failed.json").write_text(json.dumps({"error": str(e), "step": trainer.rollout_step}))
+        ckpt = checkpoint.latest(run_dir)
+        log(f"stopped: {e}. Last good checkpoint: {ckpt or 'none'}")
+        raise
+    finally:
+        bar.close()
+    if rank == 0:
+        trainer.engine.module.save_pretrained(run_dir / "final")
+        processor.save_pretrained(run_dir / "final")
+        recipe = init_path / "recipe.json"
+        if recipe.exists():
+            (run_dir / "final" / "recipe.json").write_text(recipe.read_text())
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = compose_config(overrides)
+        run(cfg)
+    except (ConfigError, FileExistsError, FileNotFoundError, KeyError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    finally:
+        from harness import dist
+
+        dist.shutdown()
+
+
+if __name__ == "__main__":
+    main()

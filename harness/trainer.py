@@ -1,0 +1,294 @@
+"""The RL trainer: rollout -> verify -> (teacher context) -> objective -> DeepSpeed step -> ledger.
+
+One `Trainer.step()` is one rollout batch. Prompts of a step are a pure function of (seed, step) and each
+rank takes its share; losses are normalised by whole-mini-batch counts summed over ranks, and gradients are
+summed (not averaged) across micro-batches and ranks, so splitting a batch changes nothing but float order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from algorithms import build_objective
+from algorithms.batch import PolicyOutput, PromptInputs, RolloutBatch, VisionInputs
+from algorithms.common import masked_mean
+from harness import dist
+from harness.dynamics import leakage_flags
+from harness.ledger import Ledger, ModelShape
+from harness.rollout import HFRolloutEngine, SamplingParams, encode_prompts, sample_seed
+from harness.teacher import TeacherConfig, TeacherWeights, reference_contexts, sibling_contexts
+from harness.verifier import build_verifier
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def forward_logprobs(
+    model: torch.nn.Module,
+    prompt: PromptInputs,
+    vision: VisionInputs | None,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float,
+    image_token_id: int,
+) -> torch.Tensor:
+    """Full-vocabulary log-probs (B, T, V) of each response position, at the sampling temperature.
+    Only the response positions reach the output head (`logits_to_keep`)."""
+    ids = torch.cat([prompt.ids, response_ids], 1)
+    attn = torch.cat([prompt.mask, response_mask.to(prompt.mask.dtype)], 1)
+    inputs = dict(input_ids=ids, attention_mask=attn, mm_token_type_ids=(ids == image_token_id).int(), use_cache=False)
+    if vision is not None:
+        inputs.update(pixel_values=vision.pixel_values, image_grid_thw=vision.image_grid_thw)
+    T = response_ids.shape[1]
+    logits = model(**inputs, logits_to_keep=T + 1).logits[:, :-1]
+    return torch.log_softmax(logits.float() / temperature, dim=-1)
+
+
+def _entropy(logprobs: torch.Tensor) -> torch.Tensor:
+    return -(logprobs.exp() * logprobs).sum(-1)
+
+
+class Trainer:
+    def __init__(self, cfg: Any, policy: torch.nn.Module, processor, data, log=print) -> None:
+        self.cfg, self.processor, self.data, self.log = cfg, processor, data, log
+        self.rank, self.world = dist.init_distributed()
+        self.device = dist.device()
+        tcfg = cfg.train
+        self.objective = build_objective(cfg.algorithm.name, dict(cfg.algorithm.get("params") or {}))
+        self.verifier = build_verifier(cfg.data.verifier)
+        self.sampling = SamplingParams(
+            n=tcfg.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+            top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
+        )
+        if tcfg.prompts_per_step % self.world:
+            raise ValueError(f"train.prompts_per_step={tcfg.prompts_per_step} must be divisible by the {self.world} ranks")
+        rows = tcfg.prompts_per_step // self.world * tcfg.group_size
+        if rows % (tcfg.mini_batches * tcfg.micro_batch_size):
+            raise ValueError(
+                f"{rows} rows per rank must split into train.mini_batches={tcfg.mini_batches} x "
+                f"micro-batches of train.micro_batch_size={tcfg.micro_batch_size}"
+            )
+        self.grad_accum = rows // (tcfg.mini_batches * tcfg.micro_batch_size)
+        vocab = policy.get_output_embeddings().weight.shape[0]
+        if self.objective.teacher_signal == "topk" and self.objective.topk > vocab:
+            raise ValueError(f"{cfg.algorithm.name}: top-k {self.objective.topk} exceeds the vocabulary ({vocab})")
+
+        policy.to(self.device)
+        self.shape = ModelShape.of(policy)
+        self.image_token_id = policy.config.image_token_id
+        # The teacher (and a KL reference) start as copies of the initial policy, made before any update.
+        tconf = TeacherConfig(**dict(cfg.algorithm.get("teacher") or {"weights": "none"}))
+        if self.objective.teacher_signal != "none" and tconf.weights == "none":
+            raise ValueError(f"algorithm {cfg.algorithm.name} needs a teacher signal ({self.objective.teacher_signal}) "
+                             f"but algorithm.teacher.weights is none; set one of frozen, sync, ema, live")
+        self.teacher_context = self.objective.teacher_context
+        self.probe = self.objective.teacher_signal == "none" and cfg.dynamics.teacher_probe
+        if self.probe:  # GRPO has no teacher; a frozen one still measures teacher-student KL, off the budget
+            tconf, self.teacher_context = TeacherConfig(weights="frozen", hint=tconf.hint), "reference"
+        self.teacher_cfg = tconf
+        self.teacher = TeacherWeights(tconf, policy) if self.teacher_context else None
+        self.ref = TeacherWeights(TeacherConfig(weights="frozen"), policy) if self.objective.needs_ref else None
+
+        optim = cfg.optim
+        lr = cfg.algorithm.get("lr") or optim.lr
+        optimizer = torch.optim.AdamW(
+            [p for p in policy.parameters() if p.requires_grad], lr=lr, betas=tuple(optim.betas),
+            weight_decay=optim.weight_decay, eps=optim.eps,
+        )
+        warmup = optim.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        ds_config = dist.deepspeed_config(cfg.deepspeed, tcfg.micro_batch_size, self.grad_accum, optim.grad_clip)
+        self.engine = dist.initialize_engine(policy, optimizer, scheduler, ds_config)
+        self.rollout = HFRolloutEngine(self.engine.module, processor)
+        self.ledger = Ledger()
+        self.step_count = 0  # optimizer steps done
+        self.rollout_step = 0  # rollout batches done
+
+    # ------------------------------------------------------------------ one RL step
+    def step(self) -> dict[str, float]:
+        cfg, tcfg, obj, led = self.cfg, self.cfg.train, self.objective, self.ledger
+        self.rollout_step += 1
+        step = self.rollout_step
+        prompts = self.data.prompts(step, tcfg.prompts_per_step)[self.rank :: self.world]
+        G = tcfg.group_size
+
+        self.engine.module.eval()
+        with led.phase("rollout"):
+            seeds = [sample_seed(cfg.seed, step, str(p.id), j) for p in prompts for j in range(G)]
+            ro = self.rollout.generate(prompts, self.sampling, seeds)
+        with led.phase("reward"):
+            verdicts = [self.verifier(text, prompts[i // G].answer) for i, text in enumerate(ro.texts)]
+            rewards = torch.tensor([v.reward for v in verdicts])
+
+        batch = RolloutBatch(
+            response_ids=ro.response_ids, response_mask=ro.response_mask, rewards=rewards, group_size=G,
+            rollout_logp=ro.logp, student=ro.prompt, vision=ro.vision, step=self.step_count + 1,
+            extras={"texts": ro.texts, "parsed": [v.parsed for v in verdicts]},
+        )
+        if self.teacher_context:
+            with led.phase("probe" if self.probe else "teacher"):
+                self._attach_teacher_prompts(batch, prompts)
+        metrics = obj.prepare(batch)
+        batch = batch.to(self.device)
+        if self.ref is not None:
+            with led.phase("ref"):
+                batch.ref_logp = self._logprobs_no_grad(self.ref.module(self.engine.module), batch, "ref")
+        if tcfg.ppo_epochs > 1 or tcfg.mini_batches > 1:  # else the sampling policy is the current one
+            with led.phase("logprobs"):
+                batch.old_logp = self._logprobs_no_grad(self.engine.module, batch, "policy")
+
+        self.engine.module.train()
+        sums: dict[str, float] = {}
+        n = batch.batch_size
+        rows_per_mini = n // tcfg.mini_batches
+        for _ in range(tcfg.ppo_epochs):
+            for m in range(tcfg.mini_batches):
+                mini = batch.select(torch.arange(m * rows_per_mini, (m + 1) * rows_per_mini))
+                mini.set_loss_counts(max_len=self.sampling.max_new_tokens)
+                mini.num_tokens, mini.num_seqs = dist.all_reduce_sum([mini.num_tokens, mini.num_seqs])
+                for k in range(0, rows_per_mini, tcfg.micro_batch_size):
+                    mb = mini.select(torch.arange(k, k + tcfg.micro_batch_size))
+                    self._micro_step(mb, sums)
+                self.step_count += 1
+                if self.teacher is not None:
+                    with led.phase("sync"):
+                        self.teacher.after_step(self.step_count, self.engine.module)
+
+        # Metrics of this step (token-weighted means over micro-batches; rollout statistics over the batch).
+        tokens = sums.pop("_tokens")
+        metrics.update({k: v / max(tokens, 1.0) for k, v in sums.items()})
+        metrics.update(self._rollout_metrics(batch, rewards, prompts))
+        metrics["lr"] = self.engine.get_lr()[0]
+        metrics["teacher_updates"] = float(self.teacher.updates) if self.teacher else 0.0
+        return self._close_step(metrics)
+
+    def _micro_step(self, mb: RolloutBatch, sums: dict[str, float]) -> None:
+        obj, led = self.objective, self.ledger
+        want_full = obj.teacher_signal in ("topk", "full")
+        with led.phase("update"):
+            logprobs = forward_logprobs(
+                self.engine, mb.student, mb.vision, mb.response_ids, mb.response_mask,
+                self.sampling.temperature, self.image_token_id,
+            )
+            logp = logprobs.gather(-1, mb.response_ids[..., None])[..., 0]
+            policy = PolicyOutput(logp=logp, entropy=_entropy(logprobs.detach()), logprobs=logprobs if want_full else None)
+        if self.teacher_context:
+            with led.phase("probe" if self.probe else "teacher"):
+                self._teacher_signals(mb, policy)
+        with led.phase("update"):
+            loss, m = obj.loss(mb, policy)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {self.step_count + 1} "
+                                    f"(algorithm {self.cfg.algorithm.name}); metrics: "
+                                    f"{ {k: float(v) for k, v in m.items()} }")
+            # The loss is already normalised by whole-mini-batch counts: undo DeepSpeed's 1/GAS and its
+            # averaging over ranks, so that micro-batch and rank gradients add up to the full-batch gradient.
+            self.engine.backward(loss * self.world, scale_wrt_gas=False)
+            self.engine.step()
+        mask = mb.response_mask
+        w = float(mask.sum())
+        led.add(**self._update_counts(mb))
+        m["loss"] = loss.detach() * (mb.num_tokens or 1.0) / max(w, 1.0)  # token-weighted back to the batch loss
+        m["entropy"] = masked_mean(policy.entropy, mask)
+        if mb.teacher_logp is not None:
+            kl_mask = mb.loss_mask if mb.teacher_mask is not None else mask
+            m["teacher_kl"] = masked_mean(policy.logp.detach() - mb.teacher_logp, kl_mask)
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * w
+        sums["_tokens"] = sums.get("_tokens", 0.0) + w
+
+    # ------------------------------------------------------------------ teacher
+    def _attach_teacher_prompts(self, batch: RolloutBatch, prompts: list) -> None:
+        G = batch.group_size
+        if self.teacher_context == "reference":
+            convs = reference_contexts(prompts, G, self.teacher_cfg.hint)
+            mask = torch.ones(batch.batch_size)
+        else:
+            convs, mask = sibling_contexts(prompts, G, batch.extras["texts"], batch.rewards, self.teacher_cfg)
+        images = [p.images for p in prompts for _ in range(G)]
+        batch.teacher, _ = encode_prompts(self.processor, convs, images)
+        batch.teacher_mask = mask
+
+    @torch.no_grad()
+    def _teacher_signals(self, mb: RolloutBatch, policy: PolicyOutput) -> None:
+        obj = self.objective
+        model = self.teacher.module(self.engine.module)
+        was_training = model.training
+        model.eval()
+        t_logprobs = forward_logprobs(
+            model, mb.teacher, mb.vision, mb.response_ids, mb.response_mask,
+            self.sampling.temperature, self.image_token_id,
+        )
+        model.train(was_training)
+        mb.teacher_logp = t_logprobs.gather(-1, mb.response_ids[..., None])[..., 0]
+        if obj.teacher_signal == "full":
+            mb.teacher_logprobs = t_logprobs
+        elif obj.teacher_signal == "topk":
+            mb.topk_idx = policy.logprobs.detach().topk(obj.topk, dim=-1).indices
+            mb.teacher_topk_logp = t_logprobs.gather(-1, mb.topk_idx)
+        role = "probe" if self.probe else "teacher"
+        seq = mb.teacher.mask.sum(-1) + mb.response_mask.sum(-1)
+        self.ledger.add(**{f"tokens/fwd_{role}": float(seq.sum()),
+                           f"flops/{role}": self.shape.forward_flops(seq, self._patches(mb))})
+
+    @torch.no_grad()
+    def _logprobs_no_grad(self, model, batch: RolloutBatch, role: str) -> torch.Tensor:
+        """Sampled-token log-probs of the student prompt + response under `model` (old policy, reference)."""
+        out = []
+        for k in range(0, batch.batch_size, self.cfg.train.micro_batch_size):
+            mb = batch.select(torch.arange(k, min(k + self.cfg.train.micro_batch_size, batch.batch_size)))
+            lp = forward_logprobs(model, mb.student, mb.vision, mb.response_ids, mb.response_mask,
+                                  self.sampling.temperature, self.image_token_id)
+            out.append(lp.gather(-1, mb.response_ids[..., None])[..., 0])
+            seq = mb.student.mask.sum(-1) + mb.response_mask.sum(-1)
+            self.ledger.add(**{f"tokens/fwd_{role}": float(seq.sum()),
+                               f"flops/{role}": self.shape.forward_flops(seq, self._patches(mb))})
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ accounting
+    @staticmethod
+    def _patches(mb: RolloutBatch) -> torch.Tensor | None:
+        return None if mb.vision is None else mb.vision.image_grid_thw.prod(-1)
+
+    def _update_counts(self, mb: RolloutBatch) -> dict[str, float]:
+        seq = mb.student.mask.sum(-1) + mb.response_mask.sum(-1)
+        fwd = self.shape.forward_flops(seq, self._patches(mb))
+        return {"tokens/fwd_policy": float(seq.sum()), "tokens/bwd_policy": float(seq.sum()),
+                "flops/policy_fwd": fwd, "flops/policy_bwd": 2 * fwd}
+
+    def _rollout_metrics(self, batch: RolloutBatch, rewards: torch.Tensor, prompts: list) -> dict[str, float]:
+        lengths = batch.response_mask.sum(-1).cpu()
+        prompt_lens = batch.student.mask.sum(-1).cpu()
+        self.ledger.add(**{
+            "prompts": len(prompts), "tokens/generated": float(lengths.sum()),
+            "flops/rollout": self.shape.generate_flops(prompt_lens, lengths)
+            + self.shape.forward_flops(torch.zeros(0), self._patches(batch)),
+        })
+        groups = rewards.view(-1, batch.group_size)
+        leak = leakage_flags(batch.extras["texts"])
+        return {
+            "reward": rewards.mean().item(),
+            "reward_std_in_group": groups.std(-1).mean().item() if batch.group_size > 1 else 0.0,
+            "mixed_groups": ((groups.max(-1).values > groups.min(-1).values).float().mean().item()),
+            "response_length": lengths.float().mean().item(),
+            "truncated": float((batch.response_mask[:, -1] > 0).float().mean()),
+            "leakage": sum(leak) / max(len(leak), 1),
+        }
+
+    def _close_step(self, metrics: dict[str, float]) -> dict[str, float]:
+        counts = self.ledger.close_step()
+        if self.world > 1:  # ledger counts are per rank; report the whole run's
+            keys = [k for k in counts if not k.startswith(("step/time", "cum/time"))]
+            summed = dist.all_reduce_sum([counts[k] for k in keys])
+            counts.update(zip(keys, summed))
+        if self.world > 1:  # per-rank means of equal-sized shards: the run's mean is their average
+            names = sorted(metrics)
+            metrics = dict(zip(names, (v / self.world for v in dist.all_reduce_sum([metrics[k] for k in names]))))
+        for k, v in metrics.items():
+            if not math.isfinite(v):
+                raise NonFiniteLoss(f"non-finite {k} ({v}) at step {self.step_count}")
+        return {"step": float(self.step_count), **metrics, **counts}
