@@ -30,14 +30,6 @@ class VisionInputs:
     image_grid_thw: torch.Tensor  # (num_images, 3)
     images_per_row: torch.Tensor  # (B,) how many images each row's prompt holds
 
-    def set_loss_counts(self, max_len: int | None = None) -> None:
-        """Record this (whole mini-)batch's token and sequence counts, which its micro-batches then share.
-        Across ranks the trainer sums these counts before setting them."""
-        mask = self.loss_mask
-        self.num_tokens = float(mask.sum().clamp(min=1))
-        self.num_seqs = float((mask.sum(-1) > 0).sum().clamp(min=1))
-        self.max_len = max_len if max_len is not None else mask.shape[-1]
-
     def select(self, rows: torch.Tensor) -> VisionInputs:
         patches_per_image = self.image_grid_thw.prod(-1)
         image_start = torch.cumsum(self.images_per_row, 0) - self.images_per_row

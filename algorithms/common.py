@@ -5,13 +5,20 @@ Pure tensor code. Shapes: B rows (one per response), T response positions; masks
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 
+def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x where the mask is set, else 0: a `where`, not a product, so a NaN or inf in padding stays out."""
+    return torch.where(mask > 0, x, torch.zeros_like(x))
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (_masked(x, mask) * mask).sum() / mask.sum().clamp(min=1)
 
 
 def aggregate_loss(
@@ -39,9 +46,10 @@ def aggregate_loss(
         num_tokens = mask.sum().clamp(min=1)
     if num_seqs is None:
         num_seqs = seq_has_tokens.sum().clamp(min=1)
+    masked_loss = _masked(loss_mat, mask) * mask
     if mode == "token-mean":
-        return (loss_mat * mask).sum() / num_tokens
-    token_sums = (loss_mat * mask).sum(-1)
+        return masked_loss.sum() / num_tokens
+    token_sums = masked_loss.sum(-1)
     if mode == "seq-mean-token-mean":
         return (token_sums / mask.sum(-1).clamp(min=1)).sum() / num_seqs
     if mode == "seq-mean-token-sum":
@@ -85,10 +93,34 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return (torch.exp(kl) - kl - 1.0).clamp(-10.0, 10.0)
 
 
+def _kl_terms(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
+    """Per-entry p·(log p − log q), with 0·log 0 = 0.
+
+    Entries where p is exactly 0 are masked on the *inputs* too, not only on the output: a `where` on the
+    output alone still back-propagates 0·(−inf) = NaN through the unselected branch.
+    """
+    p_present = p_logp > -float("inf")
+    safe_p_logp = torch.where(p_present, p_logp, torch.zeros_like(p_logp))
+    safe_q_logp = torch.where(p_present, q_logp, torch.zeros_like(q_logp))
+    terms = safe_p_logp.exp() * (safe_p_logp - safe_q_logp)
+    return torch.where(p_present, terms, torch.zeros_like(terms))
+
+
 def kl_divergence(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
     """KL(p || q) over the last axis, from log-probabilities; 0·log 0 counts as 0."""
-    p = p_logp.exp()
-    return torch.where(p > 0, p * (p_logp - q_logp), torch.zeros_like(p)).sum(-1)
+    return _kl_terms(p_logp, q_logp).sum(-1)
+
+
+def truncated_importance_ratio(
+    logp: torch.Tensor, old_logp: torch.Tensor | None, max_ratio: float | None
+) -> torch.Tensor | None:
+    """exp(logp − old_logp), detached and clamped from above (SDPO's / TRL-OPSD's `is_clip`).
+
+    None when there is nothing to correct: no old policy (the batch is on-policy) or no clip configured.
+    """
+    if old_logp is None or max_ratio is None:
+        return None
+    return torch.exp((logp.detach() - old_logp).clamp(-20.0, 20.0)).clamp(max=max_ratio)
 
 
 def generalized_jsd(
@@ -104,7 +136,7 @@ def generalized_jsd(
         raise ValueError(f"beta must be in [0, 1], got {beta}")
 
     def terms(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
-        t = torch.where(p_logp > -float("inf"), p_logp.exp() * (p_logp - q_logp), torch.zeros_like(p_logp))
+        t = _kl_terms(p_logp, q_logp)
         return t.clamp(max=pointwise_clip) if pointwise_clip is not None else t
 
     if beta == 0.0:
@@ -112,10 +144,7 @@ def generalized_jsd(
     elif beta == 1.0:
         per_entry = terms(student_logp, teacher_logp)
     else:
-        mix_logp = torch.logsumexp(
-            torch.stack([student_logp + torch.log1p(torch.tensor(-beta)), teacher_logp + torch.log(torch.tensor(beta))]),
-            dim=0,
-        )
+        mix_logp = torch.logaddexp(student_logp + math.log1p(-beta), teacher_logp + math.log(beta))
         per_entry = beta * terms(teacher_logp, mix_logp) + (1.0 - beta) * terms(student_logp, mix_logp)
     return per_entry.sum(-1)
 

@@ -99,8 +99,9 @@ class _SeededSampler:
     """A logits processor that samples (Gumbel-max with one generator per row) and records the log-prob of
     the chosen token; it returns a one-hot score so that greedy `generate` emits exactly that token."""
 
-    def __init__(self, params: SamplingParams, seeds: list[int]) -> None:
+    def __init__(self, params: SamplingParams, seeds: list[int], banned: list[int]) -> None:
         self.params = params
+        self.banned = banned
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         self.logps: list[torch.Tensor] = []
         self._noise: torch.Tensor | None = None
@@ -114,6 +115,7 @@ class _SeededSampler:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         p = self.params
+        scores = scores.float().index_fill(-1, torch.tensor(self.banned, device=scores.device), float("-inf"))
         if p.greedy:
             choice = scores.argmax(-1)
             logp = torch.log_softmax(scores.float(), -1).gather(-1, choice[:, None])[:, 0]
@@ -126,6 +128,12 @@ class _SeededSampler:
         self.logps.append(logp)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter(-1, choice[:, None], 0.0)
+
+
+def vision_token_ids(config) -> list[int]:
+    """Tokens a policy must never emit: they would be read back as image placeholders."""
+    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    return [int(getattr(config, n)) for n in names if getattr(config, n, None) is not None]
 
 
 def response_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -176,7 +184,7 @@ class HFRolloutEngine:
         if vision is not None:
             sub = vision.select(torch.arange(sl.start, sl.start + len(ids)))
             inputs.update(pixel_values=sub.pixel_values.to(device), image_grid_thw=sub.image_grid_thw.to(device))
-        sampler = _SeededSampler(params, seeds)
+        sampler = _SeededSampler(params, seeds, vision_token_ids(self.model.config))
         out = self.model.generate(
             **inputs,
             do_sample=False,

@@ -89,7 +89,7 @@ def manifest(cfg: DictConfig, device: str) -> dict[str, Any]:
 
 
 def prepare_run_dir(cfg: DictConfig) -> Path:
-    name = cfg.run.name or f"{cfg.algorithm.name}-s{cfg.seed}"
+    name = str(cfg.run.name) if cfg.run.name is not None else f"{cfg.algorithm.name}-s{cfg.seed}"
     run_dir = (REPO / cfg.run.dir / name) if not Path(cfg.run.dir).is_absolute() else Path(cfg.run.dir) / name
     if cfg.run.resume:
         if not (run_dir / "config.yaml").exists():

@@ -18,7 +18,7 @@ from algorithms.common import masked_mean
 from harness import dist
 from harness.dynamics import leakage_flags
 from harness.ledger import Ledger, ModelShape
-from harness.rollout import HFRolloutEngine, SamplingParams, encode_prompts, sample_seed
+from harness.rollout import HFRolloutEngine, SamplingParams, encode_prompts, sample_seed, vision_token_ids
 from harness.teacher import TeacherConfig, TeacherWeights, reference_contexts, sibling_contexts
 from harness.verifier import build_verifier
 
@@ -44,12 +44,16 @@ def forward_logprobs(
     if vision is not None:
         inputs.update(pixel_values=vision.pixel_values, image_grid_thw=vision.image_grid_thw)
     T = response_ids.shape[1]
-    logits = model(**inputs, logits_to_keep=T + 1).logits[:, :-1]
-    return torch.log_softmax(logits.float() / temperature, dim=-1)
+    logits = model(**inputs, logits_to_keep=T + 1).logits[:, :-1].float()
+    # the rollout never samples vision placeholders; the trained distribution excludes them the same way
+    config = getattr(model, "module", model).config
+    logits = logits.index_fill(-1, torch.tensor(vision_token_ids(config), device=logits.device), float("-inf"))
+    return torch.log_softmax(logits / temperature, dim=-1)
 
 
 def _entropy(logprobs: torch.Tensor) -> torch.Tensor:
-    return -(logprobs.exp() * logprobs).sum(-1)
+    p = logprobs.exp()
+    return -torch.where(p > 0, p * logprobs, torch.zeros_like(p)).sum(-1)  # banned tokens: 0 * -inf is 0 here
 
 
 class Trainer:
@@ -74,8 +78,7 @@ class Trainer:
             )
         self.grad_accum = rows // (tcfg.mini_batches * tcfg.micro_batch_size)
         vocab = policy.get_output_embeddings().weight.shape[0]
-        if self.objective.teacher_signal == "topk" and self.objective.topk > vocab:
-            raise ValueError(f"{cfg.algorithm.name}: top-k {self.objective.topk} exceeds the vocabulary ({vocab})")
+        self.objective.check_vocab(vocab)
 
         policy.to(self.device)
         self.shape = ModelShape.of(policy)

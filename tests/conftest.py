@@ -1,0 +1,58 @@
+"""Shared fixtures: a cache folder per test session, the tiny model built once, a test config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("harness-cache")
+    os.environ["HARNESS_CACHE"] = str(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(cache_dir) -> Path:
+    from harness.models import build_tiny
+
+    return build_tiny("qwen2_5_vl", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir):
+    from harness.models import load_model, load_processor
+
+    return load_model(tiny_dir).eval(), load_processor(tiny_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def parity_verifier():
+    """A test-only verifier with mixed rewards even for an untrained model, so advantages are non-zero."""
+    from harness import verifier
+
+    class Parity:
+        name = "parity"
+
+        def __call__(self, response, gold):
+            return verifier.Verdict(float(len(response) % 2 == 0), None)
+
+    verifier.VERIFIERS["parity"] = Parity
+    yield
+    verifier.VERIFIERS.pop("parity", None)
+
+
+def small_overrides(tmp_path: Path, *extra: str) -> list[str]:
+    """A run of a random-init tiny model: 4 prompts x 4 samples, 12 new tokens, no warm-up, no eval."""
+    return [
+        "model.warmup=null", "data.verifier=parity", "train.steps=2", "train.prompts_per_step=4",
+        "train.group_size=4", "train.micro_batch_size=16", "train.eval_every=0", "train.save_every=0",
+        "train.progress=false", "rollout.max_new_tokens=12", f"run.dir={tmp_path}", "optim.lr=1e-3", *extra,
+    ]

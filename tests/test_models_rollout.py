@@ -1,0 +1,87 @@
+import torch
+
+from benchmarks import embedded
+from harness.models import build_tiny, load_model
+from harness.rollout import HFRolloutEngine, SamplingParams, encode_prompts, filter_logits, sample_seed, user_messages
+from harness.trainer import forward_logprobs
+from harness.verifier import ExactVerifier, MathVerifier, last_boxed
+
+
+def test_tokenizer_and_chat_template_render_images(tiny):
+    _, proc = tiny
+    tok = proc.tokenizer
+    for special in ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"):
+        assert tok.convert_tokens_to_ids(special) != tok.unk_token_id
+        assert tok.tokenize(special) == [special]
+    text = proc.apply_chat_template(user_messages("How many?", 1), tokenize=False, add_generation_prompt=True)
+    assert text == "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>How many?<|im_end|>\n<|im_start|>assistant\n"
+    s = "There are 3 red shapes. 3 + 9 = 12. The answer is \\boxed{12}."
+    assert tok.decode(tok(s)["input_ids"]) == s
+
+
+def test_image_tokens_match_the_grid(tiny):
+    model, proc = tiny
+    items = embedded.generate("test", 3, seed=0)
+    prompt, vision = encode_prompts(proc, [user_messages(i.question, 1) for i in items], [i.images for i in items])
+    merge = proc.image_processor.merge_size
+    n_pad = (prompt.ids == model.config.image_token_id).sum(-1)
+    assert n_pad.tolist() == (vision.image_grid_thw.prod(-1) // merge**2).tolist()
+    assert vision.pixel_values.shape[0] == int(vision.image_grid_thw.prod(-1).sum())
+
+
+def test_model_build_is_deterministic(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    again = build_tiny("qwen2_5_vl", "tiny", seed=0)
+    assert again != tiny_dir
+    a, b = load_model(tiny_dir).state_dict(), load_model(again).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (again / "tokenizer.json").read_text() == (tiny_dir / "tokenizer.json").read_text()
+
+
+def _rollout(tiny, items, n=4, **kw):
+    model, proc = tiny
+    params = SamplingParams(n=n, max_new_tokens=10, **kw)
+    seeds = [sample_seed(0, 1, it.id, j) for it in items for j in range(n)]
+    return HFRolloutEngine(model, proc).generate(items, params, seeds)
+
+
+def test_sampling_is_independent_of_batching(tiny):
+    items = embedded.generate("train", 4, seed=0)
+    full = _rollout(tiny, items)
+    part = _rollout(tiny, items[2:])
+    w = part.response_ids.shape[1]
+    assert torch.equal(full.response_ids[8:, :w], part.response_ids)
+    assert torch.allclose(full.logp[8:, :w], part.logp, atol=1e-5)
+
+
+def test_sampling_logprobs_match_a_forward_pass(tiny):
+    model, proc = tiny
+    items = embedded.generate("train", 2, seed=0)
+    for kw in ({"temperature": 1.0}, {"temperature": 0.7}, {"temperature": 1.0, "top_k": 5}):
+        ro = _rollout(tiny, items, **kw)
+        with torch.no_grad():
+            lp = forward_logprobs(model, ro.prompt, ro.vision, ro.response_ids, ro.response_mask, kw["temperature"],
+                                  model.config.image_token_id)
+        lp = filter_logits(lp, 1.0, kw.get("top_k", 0), 1.0).log_softmax(-1)  # the sampler renormalises after top-k
+        ref = lp.gather(-1, ro.response_ids[..., None])[..., 0] * ro.response_mask
+        assert torch.allclose(ro.logp, ref, atol=1e-4)
+        assert (ro.response_mask.sum(-1) >= 1).all()
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, 1.0, 2, 1.0)[0, 2:]).all()
+    kept = ~torch.isinf(filter_logits(logits, 1.0, 0, 0.8))
+    assert kept.tolist() == [[True, True, False, False]]  # 0.5 < 0.8, 0.5 + 0.3 reaches it
+    assert (~torch.isinf(filter_logits(logits, 1.0, 0, 0.81))).sum() == 3
+
+
+def test_verifiers_are_strict_about_the_box():
+    exact, math = ExactVerifier(), MathVerifier()
+    assert exact("so \\boxed{12}.", 12).reward == 1.0
+    assert exact("the answer is 12", 12).reward == 0.0
+    assert exact("\\boxed{(B)}", "B").reward == 1.0
+    assert math("\\boxed{\\frac{1}{2}}", "0.5").reward == 1.0
+    assert math("no box, answer 42", "42").reward == 0.0
+    assert math("\\boxed{", "42").reward == 0.0
+    assert last_boxed("a \\boxed{\\frac{1}{2}} b \\boxed{x^{2}}") == "x^{2}"

@@ -1,0 +1,144 @@
+"""Invariants every objective must keep: micro-batch splits change neither the loss nor the gradient (in every
+aggregation mode, on- and off-policy), the registry rejects misuse with messages that name the fix, and a
+missing teacher signal is a clear error."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from algorithms import build_objective, get_objective_class, objective_names
+from algorithms.batch import PolicyOutput
+from algorithms.common import LOSS_AGG_MODES
+from tests.objective_helpers import make_batch, random_logits, run_in_micro_batches, single_torch_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+VOCAB = 128  # room for SDPO's default top-100 support
+
+# Every registered objective with its defaults (so a new objective is covered without editing this file), plus
+# the modes that ask the backbone for something different.
+CASES = {name: (name, {}) for name in objective_names()} | {
+    "grpo-dr": ("grpo", {"norm_adv_by_std": False}),
+    "rlsd-constant-lambda": ("rlsd", {"lam": 0.7, "lam_decay_steps": 0}),
+    "rlsd-negative-only": ("rlsd", {"lam": 1.0, "lam_decay_steps": 0, "negative_only": True}),
+    "opsd-jsd": ("opsd", {"beta": 0.5, "pointwise_clip": None}),
+    "opsd-forward-clip-topk": ("opsd", {"beta": 0.0, "pointwise_clip": 0.05, "teacher_topk": 4}),
+    "opsd-sampled": ("opsd", {"mode": "sampled"}),
+    "sdpo-topk5": ("sdpo", {"topk": 5}),
+    "sdpo-full": ("sdpo", {"topk": 0, "alpha": 1.0}),
+    "sdpo-sampled": ("sdpo", {"mode": "sampled", "rollout_is_clip": 2.0}),
+    "grpo_opsd-sampled": ("grpo_opsd", {"distill_coef": 0.3, "opsd": {"mode": "sampled"}}),
+    "opd-discounted": ("opd", {"discount": 0.9}),
+}
+
+
+def _with_agg_mode(name, params, mode):
+    params = dict(params)
+    config_fields = {f.name for f in dataclasses.fields(get_objective_class(name).Config)}
+    if "loss_agg_mode" in config_fields:
+        params["loss_agg_mode"] = mode
+    elif name == "grpo_opsd":
+        params["grpo"] = {**params.get("grpo", {}), "loss_agg_mode": mode}
+        params["opsd"] = {**params.get("opsd", {}), "loss_agg_mode": mode}
+    elif mode != "token-mean":
+        pytest.skip(f"{name} has no loss_agg_mode option")
+    return params
+
+
+def _batch(off_policy: bool, name: str):
+    # Rewards with one all-equal group, so zero advantages are in the mix; with sibling contexts (SDPO),
+    # rows 2 and 5 have no successful sibling.
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    sibling = get_objective_class(name).teacher_context == "sibling"
+    teacher_mask = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0]) if sibling else None
+    batch = make_batch(num_groups=2, group_size=4, response_len=6, vocab_size=VOCAB, seed=3, rewards=rewards, teacher_mask=teacher_mask)
+    logits = random_logits(batch, VOCAB, seed=4)
+    if off_policy:
+        gen = torch.Generator().manual_seed(5)
+        logp = torch.log_softmax(logits, -1).gather(-1, batch.response_ids[..., None]).squeeze(-1)
+        batch.old_logp = logp + 0.6 * torch.randn(logp.shape, generator=gen)
+    return batch, logits, random_logits(batch, VOCAB, seed=6)
+
+
+@pytest.mark.parametrize("off_policy", [False, True], ids=["on-policy", "off-policy"])
+@pytest.mark.parametrize("agg_mode", LOSS_AGG_MODES)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_one_micro_batch_of_eight_equals_eight_of_one(case, agg_mode, off_policy):
+    name, params = CASES[case]
+    params = _with_agg_mode(name, params, agg_mode)
+    batch, logits, teacher_logits = _batch(off_policy, name)
+    whole_loss, whole_grad = run_in_micro_batches(build_objective(name, params), batch, logits, teacher_logits, 8)
+    batch, logits, teacher_logits = _batch(off_policy, name)
+    split_loss, split_grad = run_in_micro_batches(build_objective(name, params), batch, logits, teacher_logits, 1)
+    torch.testing.assert_close(split_loss, whole_loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(split_grad, whole_grad, atol=1e-7, rtol=1e-5)
+    assert whole_grad.abs().sum() > 0  # a real gradient, not two zero tensors
+
+
+def test_unknown_algorithm_lists_the_valid_ones():
+    with pytest.raises(KeyError) as info:
+        build_objective("rlsd2", {})
+    message = str(info.value)
+    assert "unknown algorithm 'rlsd2'" in message
+    for name in ("grpo", "grpo_opsd", "opd", "opsd", "rlsd", "sdpo"):
+        assert name in message
+
+
+@pytest.mark.parametrize("name", objective_names())
+def test_unknown_config_key_is_rejected_with_the_valid_keys(name):
+    with pytest.raises(KeyError, match=r"unknown key\(s\) \['no_such_option'\].*valid: "):
+        build_objective(name, {"no_such_option": 1})
+
+
+def test_unknown_nested_key_in_grpo_opsd_is_rejected():
+    with pytest.raises(KeyError, match=r"grpo_opsd\.opsd.*valid: .*beta"):
+        build_objective("grpo_opsd", {"opsd": {"betta": 0.5}})
+    with pytest.raises(KeyError, match=r"grpo_opsd\.grpo.*valid: .*clip_low"):
+        build_objective("grpo_opsd", {"grpo": {"clip": 0.2}})
+
+
+def test_grpo_opsd_is_the_weighted_sum_of_its_parts():
+    batch, logits, teacher_logits = _batch(False, "grpo_opsd")
+    grpo_loss, grpo_grad = run_in_micro_batches(build_objective("grpo", {}), batch, logits, teacher_logits, 8)
+    batch, logits, teacher_logits = _batch(False, "grpo_opsd")
+    opsd_loss, opsd_grad = run_in_micro_batches(build_objective("opsd", {}), batch, logits, teacher_logits, 8)
+    batch, logits, teacher_logits = _batch(False, "grpo_opsd")
+    mixed_loss, mixed_grad = run_in_micro_batches(
+        build_objective("grpo_opsd", {"distill_coef": 0.25}), batch, logits, teacher_logits, 8
+    )
+    torch.testing.assert_close(mixed_loss, 0.75 * grpo_loss + 0.25 * opsd_loss)
+    torch.testing.assert_close(mixed_grad, 0.75 * grpo_grad + 0.25 * opsd_grad)
+
+
+def test_grpo_opsd_takes_its_teacher_signal_from_the_opsd_part():
+    assert build_objective("grpo_opsd", {}).teacher_signal == "full"
+    assert build_objective("grpo_opsd", {"opsd": {"mode": "sampled"}}).teacher_signal == "sampled"
+    assert build_objective("grpo_opsd", {"grpo": {"kl_coef": 0.1}}).needs_ref
+    with pytest.raises(ValueError, match="distill_coef"):
+        build_objective("grpo_opsd", {"distill_coef": 1.5})
+
+
+@pytest.mark.parametrize("case", sorted(c for c, (n, p) in CASES.items() if build_objective(n, p).teacher_signal != "none"))
+def test_missing_teacher_signal_is_a_clear_error(case):
+    name, params = CASES[case]
+    obj = build_objective(name, params)
+    batch, logits, _ = _batch(False, name)
+    obj.prepare(batch)
+    logprobs = torch.log_softmax(logits, -1)
+    policy = PolicyOutput(
+        logp=logprobs.gather(-1, batch.response_ids[..., None]).squeeze(-1),
+        entropy=torch.zeros(batch.response_ids.shape),
+        logprobs=logprobs,
+    )
+    with pytest.raises(ValueError, match=rf"{name}: the micro-batch lacks .*teacher_signal='{obj.teacher_signal}'"):
+        obj.loss(batch, policy)
+
+
+def test_declared_requirements_are_valid():
+    for name, params in CASES.values():
+        obj = build_objective(name, params)
+        assert obj.teacher_signal in ("none", "sampled", "topk", "full")
+        assert (obj.teacher_signal == "none") == (obj.teacher_context is None)
+        assert (obj.topk > 0) == (obj.teacher_signal == "topk")
+        assert dataclasses.is_dataclass(obj.cfg)

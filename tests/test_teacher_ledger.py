@@ -1,0 +1,103 @@
+import torch
+
+from harness.teacher import REFERENCE_TEMPLATE, TeacherConfig, TeacherWeights, sibling_contexts
+from tests.test_trainer import make_trainer
+
+
+def test_teacher_sees_the_same_images_and_response_tokens(tmp_path, tiny_dir):
+    trainer = make_trainer(tmp_path, "algorithm=rlsd")
+    seen = {}
+    original = trainer._teacher_signals
+
+    def spy(mb, policy):
+        seen["mb"] = mb
+        original(mb, policy)
+
+    trainer._teacher_signals = spy
+    trainer.step()
+    mb = seen["mb"]
+    pad = trainer.processor.tokenizer.pad_token_id
+    tok = trainer.processor.tokenizer
+    for r in range(mb.batch_size):
+        student = tok.decode(mb.student.ids[r][mb.student.mask[r] > 0])
+        teacher = tok.decode(mb.teacher.ids[r][mb.teacher.mask[r] > 0])
+        assert "Here is a reference solution:" in teacher and "reference" not in student
+        assert teacher.count("<|image_pad|>") == student.count("<|image_pad|>") > 0
+    # the teacher's own encoding of its prompts carries exactly the student's pixels
+    from harness.rollout import encode_prompts, user_messages
+
+    prompts = trainer.data.prompts(1, 4)
+    _, t_vision = encode_prompts(trainer.processor,
+                                 [user_messages(REFERENCE_TEMPLATE.format(question=p.question, hint=p.answer), 1) for p in prompts],
+                                 [p.images for p in prompts])
+    _, s_vision = encode_prompts(trainer.processor, [user_messages(p.question, 1) for p in prompts], [p.images for p in prompts])
+    assert torch.equal(t_vision.pixel_values, s_vision.pixel_values)
+    assert mb.teacher_logp.shape == mb.response_ids.shape
+    assert not (mb.response_ids == pad).logical_and(mb.response_mask > 0).any()
+
+
+def _tiny_module():
+    torch.manual_seed(0)
+    return torch.nn.Linear(3, 2)
+
+
+def test_sync_and_ema_update_at_exactly_the_configured_steps():
+    student = _tiny_module()
+    sync = TeacherWeights(TeacherConfig(weights="sync", sync_every=3), student)
+    ema = TeacherWeights(TeacherConfig(weights="ema", ema_rate=0.25), student)
+    frozen = TeacherWeights(TeacherConfig(weights="frozen"), student)
+    init = student.weight.detach().clone()
+    changed = []
+    for step in range(1, 8):
+        with torch.no_grad():
+            student.weight.add_(1.0)
+        before = ema.model.weight.detach().clone()
+        if sync.after_step(step, student):
+            changed.append(step)
+            assert torch.equal(sync.model.weight, student.weight)
+        ema.after_step(step, student)
+        frozen.after_step(step, student)
+        assert torch.allclose(ema.model.weight, 0.75 * before + 0.25 * student.weight)
+    assert changed == [3, 6]
+    assert torch.equal(frozen.model.weight, init)
+    live = TeacherWeights(TeacherConfig(weights="live"), student)
+    assert live.module(student) is student and live.model is None
+
+
+def test_sibling_context_excludes_own_success_and_masks_lonely_rows():
+    class Ex:
+        question, images = "Q?", [None]
+
+    texts = ["a", "b", "c", "d", "e", "f"]
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    convs, mask = sibling_contexts([Ex(), Ex()], 3, texts, rewards, TeacherConfig(weights="ema"))
+    # group 1 (rows 0-2): row 0 is the only success, so it has no demonstration of its own
+    assert mask.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 1.0]
+    assert "Correct solution:\n\na" in convs[1][0]["content"][-1]["text"]
+    assert "Correct solution:\n\ne" in convs[3][0]["content"][-1]["text"]
+
+
+def test_ledger_counts_match_hand_counted_tokens(tmp_path, tiny_dir):
+    trainer = make_trainer(tmp_path, "algorithm=rlsd")
+    seen = {}
+    original = trainer._micro_step
+
+    def spy(mb, sums):
+        seen.setdefault("mbs", []).append(mb)
+        original(mb, sums)
+
+    trainer._micro_step = spy
+    m = trainer.step()
+    mbs = seen["mbs"]
+    generated = sum(float(mb.response_mask.sum()) for mb in mbs)
+    student = sum(float(mb.student.mask.sum() + mb.response_mask.sum()) for mb in mbs)
+    teacher = sum(float(mb.teacher.mask.sum() + mb.response_mask.sum()) for mb in mbs)
+    assert m["step/tokens/generated"] == generated
+    assert m["step/tokens/fwd_policy"] == m["step/tokens/bwd_policy"] == student
+    assert m["step/tokens/fwd_teacher"] == teacher
+    assert m["step/prompts"] == 4
+    shape = trainer.shape
+    expected_fwd = sum(shape.forward_flops(mb.student.mask.sum(-1) + mb.response_mask.sum(-1),
+                                           mb.vision.image_grid_thw.prod(-1)) for mb in mbs)
+    assert m["step/flops/policy_fwd"] == expected_fwd and m["step/flops/policy_bwd"] == 2 * expected_fwd
+    assert m["step/flops/total"] == sum(m[f"step/flops/{k}"] for k in ("rollout", "policy_fwd", "policy_bwd", "teacher"))
