@@ -105,6 +105,17 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
     return run_dir
 
 
+BUDGET_KEYS = {"flops": "cum/flops/total", "tokens": "cum/tokens/generated", "steps": "step", "seconds": "cum/time/step"}
+
+
+def budget_spent(budget: Any, metrics: dict[str, float]) -> bool:
+    if not budget or budget.get("kind") is None:
+        return False
+    if budget.kind not in BUDGET_KEYS:
+        raise ConfigError(f"unknown train.budget.kind {budget.kind!r}; valid: {', '.join(BUDGET_KEYS)}")
+    return metrics[BUDGET_KEYS[budget.kind]] >= float(budget.value)
+
+
 def run(cfg: DictConfig, log=None) -> Path:
     """Train one run to `train.steps`; returns its folder."""
     import torch
@@ -165,7 +176,7 @@ def run(cfg: DictConfig, log=None) -> Path:
         while trainer.rollout_step < cfg.train.steps:
             metrics = trainer.step()
             metrics["rollout_step"] = trainer.rollout_step
-            last = trainer.rollout_step == cfg.train.steps
+            last = trainer.rollout_step == cfg.train.steps or budget_spent(cfg.train.budget, metrics)
             if cfg.train.eval_every and (trainer.rollout_step % cfg.train.eval_every == 0 or last):
                 metrics.update(evaluate())
             if rank == 0:
@@ -174,6 +185,8 @@ def run(cfg: DictConfig, log=None) -> Path:
             if cfg.train.save_every and (trainer.rollout_step % cfg.train.save_every == 0 or last):
                 save()
             bar.update(1)
+            if last:
+                break
             bar.set_postfix(reward=f"{metrics['reward']:.2f}", loss=f"{metrics.get('loss', 0.0):.3f}",
                             **({"acc": f"{metrics['eval/pass@1']:.2f}"} if "eval/pass@1" in metrics else {}))
     except NonFiniteLoss as e:

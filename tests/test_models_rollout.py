@@ -2,7 +2,14 @@ import torch
 
 from benchmarks import embedded
 from harness.models import build_tiny, load_model
-from harness.rollout import HFRolloutEngine, SamplingParams, encode_prompts, filter_logits, sample_seed, user_messages
+from harness.rollout import (
+    HFRolloutEngine,
+    SamplingParams,
+    encode_prompts,
+    filter_logits,
+    sample_seed,
+    user_messages,
+)
 from harness.trainer import forward_logprobs
 from harness.verifier import ExactVerifier, MathVerifier, last_boxed
 

@@ -1,0 +1,85 @@
+"""`python -m harness.compare experiment=embedded`: methods x seeds from one experiment file, each trained to the
+same compute budget from the same base policy, compared at matched budget points.
+
+Runs land in results/<experiment>/runs/<method>-s<seed>/. Finished runs are not rerun; an interrupted run
+resumes from its last checkpoint; a run that fails is recorded (failed.json) and shown as failed in the table.
+The report (tables, plots, README) is rebuilt from the run folders at the end, by `harness.report`.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from harness.train import CONFIG_DIR, REPO, ConfigError, compose_config, run
+
+
+def load_experiment(name: str):
+    path = CONFIG_DIR / "experiment" / f"{name}.yaml"
+    if not path.exists():
+        valid = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+        raise ConfigError(f"unknown experiment {name!r}; valid: {', '.join(valid)}")
+    exp = OmegaConf.load(path)
+    for key in ("methods", "seeds", "overrides"):
+        if key not in exp:
+            raise ConfigError(f"experiment {name}: missing key {key!r}")
+    return exp
+
+
+def run_overrides(exp, method: str, seed: int, runs_dir: Path, extra: list[str]) -> list[str]:
+    per_method = list((exp.get("method_overrides") or {}).get(method, []))
+    return [f"algorithm={method}", f"seed={seed}", f"run.dir={runs_dir}", f"run.name={method}-s{seed}",
+            *exp.overrides, *per_method, *extra]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from tqdm.auto import tqdm
+
+    from harness import dist
+    from harness.report import write_report
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    name = next((a.split("=", 1)[1] for a in args if a.startswith("experiment=")), "embedded")
+    extra = [a for a in args if not a.startswith("experiment=")]
+    try:
+        exp = load_experiment(name)
+        out = REPO / "results" / name
+        runs_dir = out / "runs"
+        jobs = [(m, s) for m in exp.methods for s in exp.seeds]
+        for m, s in jobs:  # validate every configuration before spending any compute
+            compose_config(run_overrides(exp, m, s, runs_dir, extra))
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    log = lambda msg: tqdm.write(msg, file=sys.stderr)  # noqa: E731
+    bar = tqdm(jobs, desc=f"{name}: methods x seeds", unit="run", position=0, dynamic_ncols=True)
+    for method, seed in bar:
+        run_dir = runs_dir / f"{method}-s{seed}"
+        bar.set_postfix(run=run_dir.name)
+        if (run_dir / "final" / "config.json").exists():
+            continue
+        state = ["run.resume=true"] if any((run_dir / "checkpoints").glob("step-*")) else ["run.overwrite=true"]
+        (run_dir / "failed.json").unlink(missing_ok=True)
+        try:
+            run(compose_config(run_overrides(exp, method, seed, runs_dir, extra) + state + ["train.progress=false"]), log)
+        except Exception as e:  # a failed run is reported, not dropped, and the matrix goes on
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "failed.json").write_text(json.dumps({"error": f"{type(e).__name__}: {e}",
+                                                             "traceback": traceback.format_exc()}))
+            log(f"{run_dir.name} failed: {e}")
+    dist.shutdown()
+    meta = {"experiment": name, "seconds": time.time() - started, "machine": platform.platform(),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    write_report(out, exp, meta)
+    print(f"results in {out}")
+
+
+if __name__ == "__main__":
+    main()
