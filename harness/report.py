@@ -94,7 +94,7 @@ def write_report(out: Path, exp, meta: dict) -> None:
             cell = f"{mean.loc[m, c]:.1f} ± {std.loc[m, c]:.1f}"
             table.loc[m, c] = f"**{cell}**" if best[c] == m else cell
         table.loc[m, "seeds"] = str(int(n[m]))
-    for name, err in failed.items():
+    for name in failed:
         method = name.rsplit("-s", 1)[0]
         table.loc[method, "seeds"] = f"{table.loc[method, 'seeds'] if isinstance(table.loc[method, 'seeds'], str) else 0} (+{name} failed)"
     table = table.fillna("failed")

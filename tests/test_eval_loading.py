@@ -82,6 +82,14 @@ def test_unknown_split_and_missing_path(paths):
         get_benchmark("mmmu").load(paths["mmmu"], "test")
 
 
+def test_hub_id_without_network_fails_fast_and_clearly(monkeypatch):
+    import benchmarks._common as common
+
+    monkeypatch.setattr(common, "_hub_unreachable", lambda: "cannot connect to the hub")
+    with pytest.raises(BenchmarkError, match=r"zerobench: split 'zerobench'.*'jonathan-roberts1/zerobench'.*local folder"):
+        get_benchmark("zerobench").load("jonathan-roberts1/zerobench", "zerobench")
+
+
 def _rewrite(path, column, transform):
     table = pq.read_table(path)
     values = [transform(v) for v in table.column(column).to_pylist()]

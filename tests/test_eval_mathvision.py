@@ -89,9 +89,11 @@ def test_is_equal_basic_rules():
 
 
 def test_quick_values_match_latex2sympy():
-    for s in ["0", "7", "-4", "007", "-0", "3.0", "2.675", "0.125", "-0.5", "12.345678901234", "a", "e", "i", "z"]:
+    cases = ["0", "7", "-4", "007", "-0", "3.0", "-0.0", "-0.001", "2.675", "0.125", "-0.5", "1.005",
+             "12.345678901234", "0.000000000000001", "a", "e", "i", "z"]
+    for s in cases:
         known, value = quick_value(s)
-        assert known and value == symbolic_value(s), s
+        assert known and str(value) == str(symbolic_value(s)), s
         assert type(value) is type(symbolic_value(s)), s
 
 

@@ -1,0 +1,363 @@
+"""Pieces the five benchmark modules share: errors, lazy images, local/hub loading, breakdowns.
+
+Loading returns plain dicts in the official Hugging Face schema. Image cells become `LazyImage`
+objects that keep the encoded bytes (or a file path) and decode only when asked, so loading 10k rows
+never decodes 10k images. Every loaded row also carries `row["_meta"]`:
+`{"benchmark", "split", "source", "revision", "files"}`; `revision` is the hub commit sha when read
+from the hub, else the `revision=` argument, a `REVISION` file in the folder, the snapshot sha of an
+HF cache path, or a fingerprint of the data files (`local-<sha1 of names and sizes>`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class BenchmarkError(ValueError):
+    """A problem with a benchmark's data: names the benchmark, the split and the row."""
+
+    def __init__(self, benchmark: str, split: str | None, row_id: Any, problem: str):
+        self.benchmark, self.split, self.row_id, self.problem = benchmark, split, row_id, problem
+        super().__init__(f"{benchmark}: split {split!r}, row {row_id!r}: {problem}")
+
+
+def row_split(row: dict) -> str | None:
+    meta = row.get("_meta") if isinstance(row, dict) else None
+    return meta.get("split") if isinstance(meta, dict) else None
+
+
+def require(benchmark: str, row: Any, fields: Iterable[str], id_field: str) -> None:
+    """Raise a BenchmarkError naming the first missing field (None counts as missing)."""
+    if not isinstance(row, dict):
+        raise BenchmarkError(benchmark, None, None, f"row is a {type(row).__name__}, not a dict")
+    for name in fields:
+        if row.get(name) is None:
+            raise BenchmarkError(benchmark, row_split(row), row.get(id_field), f"missing field {name!r}")
+
+
+def check_variant(benchmark: str, variant: str, valid: Iterable[str]) -> None:
+    valid = list(valid)
+    if variant not in valid:
+        raise ValueError(f"{benchmark}: unknown prompt variant {variant!r}; valid: {', '.join(valid)}")
+
+
+def check_mode(benchmark: str, mode: str) -> None:
+    if mode not in ("official", "fixed"):
+        raise ValueError(f"{benchmark}: unknown mode {mode!r}; valid: official, fixed")
+
+
+# ----------------------------------------------------------------------------- images
+
+
+class LazyImage:
+    """An encoded image cell ({"bytes", "path"} in HF parquet) decoded on `.load()`."""
+
+    __slots__ = ("data", "path", "benchmark", "split", "row_id")
+
+    def __init__(self, data: bytes | None, path: str | None, benchmark: str, split: str | None, row_id: Any):
+        self.data, self.path = data, path
+        self.benchmark, self.split, self.row_id = benchmark, split, row_id
+
+    def load(self):
+        """Decode to an RGB-or-original-mode PIL image; raise BenchmarkError if it cannot be decoded."""
+        from PIL import Image
+
+        try:
+            if self.data is not None:
+                img = Image.open(io.BytesIO(self.data))
+            elif self.path:
+                img = Image.open(self.path)
+            else:
+                raise ValueError("image cell has neither bytes nor path")
+            img.load()  # force the decode now so a corrupt file fails here, not in the model
+            return img
+        except Exception as exc:  # PIL raises several unrelated types for bad data
+            raise BenchmarkError(self.benchmark, self.split, self.row_id, f"undecodable image: {exc}") from exc
+
+    def __repr__(self) -> str:
+        size = len(self.data) if self.data is not None else 0
+        return f"LazyImage(bytes={size}, path={self.path!r})"
+
+
+def to_lazy(cell: Any, base_dir: Path | None, benchmark: str, split: str | None, row_id: Any) -> Any:
+    """Wrap one image cell; None stays None; a bare string is a path relative to the data file."""
+    if cell is None or isinstance(cell, LazyImage):
+        return cell
+    if isinstance(cell, dict):
+        data, path = cell.get("bytes"), cell.get("path")
+    elif isinstance(cell, str):
+        data, path = None, cell
+    elif isinstance(cell, bytes | bytearray):
+        data, path = bytes(cell), None
+    else:
+        # A PIL image (e.g. from a `datasets` object handed in directly): keep it, it is already decoded.
+        return cell
+    if data is None and path and base_dir is not None and not os.path.isabs(path):
+        path = str(base_dir / path)
+    return LazyImage(data, path, benchmark, split, row_id)
+
+
+def decode(img: Any):
+    """Decode a LazyImage; pass PIL images through."""
+    return img.load() if isinstance(img, LazyImage) else img
+
+
+# ----------------------------------------------------------------------------- loading
+
+_DATA_EXT = (".parquet", ".arrow", ".jsonl", ".json")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _split_files(root: Path, split: str) -> list[Path]:
+    """Data files for `split` under root: `<split>.<ext>`, `<split>-00000-of-00001*.<ext>`, or any data
+    file directly inside a folder named `<split>` (`save_to_disk` layout). Sorted for a fixed order.
+    The name must match exactly, so "test" does not pick up "testmini-*" files."""
+    name_re = re.compile(rf"^{re.escape(split)}(-\d+-of-\d+[^/]*)?\.(parquet|arrow|jsonl|json)$")
+    found = []
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or not path.name.endswith(_DATA_EXT):
+            continue
+        if path.name in ("dataset_info.json", "state.json", "dataset_dict.json"):
+            continue
+        in_split_dir = path.parent != root and path.parent.name == split
+        if name_re.match(path.name) or in_split_dir:
+            found.append(path)
+    return found
+
+
+def _read_file(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".arrow":
+        import pyarrow as pa
+
+        # `datasets` writes IPC streams; other tools write IPC files. Try both.
+        try:
+            with pa.memory_map(str(path)) as src:
+                return pa.ipc.open_stream(src).read_all().to_pylist()
+        except pa.ArrowInvalid:
+            with pa.memory_map(str(path)) as src:
+                return pa.ipc.open_file(src).read_all().to_pylist()
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    data = json.loads(text)
+    # A json file is either a list of rows or a {id: row} mapping (MathVista's testmini.json style).
+    if isinstance(data, dict):
+        return [dict(v, **({} if "pid" in v else {"pid": k})) for k, v in data.items()]
+    return data
+
+
+def _local_revision(root: Path, files: list[Path]) -> str:
+    marker = root / "REVISION"
+    if marker.is_file():
+        return marker.read_text().strip()
+    m = re.search(r"/snapshots/([0-9a-f]{40})(/|$)", str(root.resolve()))
+    if m:
+        return m.group(1)
+    digest = hashlib.sha1()
+    for f in files:
+        digest.update(f"{f.relative_to(root)}:{f.stat().st_size}\n".encode())
+    return "local-" + digest.hexdigest()[:16]
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached (None if it can): fail in seconds, not after minutes of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError as exc:
+        return f"cannot connect to {url.hostname}: {exc}"
+    return None
+
+
+def _load_hub(benchmark: str, source: str, split: str, revision: str | None, configs: list[str] | None):
+    reason = _hub_unreachable()
+    if reason:
+        raise BenchmarkError(
+            benchmark, split, None,
+            f"source {source!r} is not a local folder and the hub is unreachable ({reason}); offline is the "
+            "normal case: pass a local folder of parquet/arrow/jsonl files",
+        )
+    try:
+        import datasets
+
+        parts = []
+        for config in configs or [None]:
+            ds = datasets.load_dataset(source, config, split=split, revision=revision)
+            # Keep images encoded so that decoding stays lazy, as with local files.
+            for name, feat in ds.features.items():
+                if isinstance(feat, datasets.Image):
+                    ds = ds.cast_column(name, datasets.Image(decode=False))
+                elif isinstance(feat, datasets.Sequence | datasets.List) and isinstance(
+                    getattr(feat, "feature", None), datasets.Image
+                ):
+                    ds = ds.cast_column(name, datasets.List(datasets.Image(decode=False)))
+            parts.append(ds.to_list())
+        sha = revision
+        try:
+            from huggingface_hub import HfApi
+
+            sha = HfApi().dataset_info(source, revision=revision).sha or revision
+        except Exception:  # the sha is a record, not a requirement
+            pass
+        return [r for part in parts for r in part], sha
+    except Exception as exc:
+        raise BenchmarkError(
+            benchmark, split, None,
+            f"source {source!r} is not a local folder and reading it from the hub failed "
+            f"(offline is the normal case: pass a local folder of parquet/arrow/jsonl files): {exc}",
+        ) from exc
+
+
+def load_rows(
+    benchmark: str,
+    source: str | os.PathLike,
+    split: str,
+    revision: str | None,
+    *,
+    valid_splits: Iterable[str],
+    id_field: str,
+    image_fields: Iterable[str] = (),
+    list_image_fields: Iterable[str] = (),
+    hub_configs: list[str] | None = None,
+) -> list[dict]:
+    """Rows of one split, from a local folder/file or a hub id; image cells wrapped lazily."""
+    valid_splits = list(valid_splits)
+    if split not in valid_splits:
+        raise BenchmarkError(benchmark, split, None, f"unknown split; valid: {', '.join(valid_splits)}")
+    src = str(source)
+    path = Path(src).expanduser()
+    base_dirs: list[Path | None]
+    if path.exists():
+        files = [path] if path.is_file() else _split_files(path, split)
+        if not files:
+            raise BenchmarkError(benchmark, split, None, f"no parquet/arrow/jsonl file for this split under {src}")
+        root = path if path.is_dir() else path.parent
+        rev = revision or _local_revision(root, files)
+        raw, base_dirs = [], []
+        for f in files:
+            rows = _read_file(f)
+            raw.extend(rows)
+            base_dirs.extend([f.parent] * len(rows))
+        file_names = [str(f.relative_to(root)) for f in files]
+    elif _HUB_ID.match(src) and not src.startswith((".", "~")):
+        raw, rev = _load_hub(benchmark, src, split, revision, hub_configs)
+        base_dirs, file_names = [None] * len(raw), []
+    else:
+        raise BenchmarkError(benchmark, split, None, f"local path {src!r} does not exist")
+
+    meta = {"benchmark": benchmark, "split": split, "source": src, "revision": rev, "files": file_names}
+    out = []
+    for row, base in zip(raw, base_dirs):
+        if not isinstance(row, dict):
+            raise BenchmarkError(benchmark, split, None, f"a row is a {type(row).__name__}, not a dict")
+        rid = row.get(id_field)
+        if rid is None:
+            raise BenchmarkError(benchmark, split, None, f"a row has no {id_field!r} field")
+        for name in image_fields:
+            if name in row:
+                row[name] = to_lazy(row[name], base, benchmark, split, rid)
+        for name in list_image_fields:
+            if row.get(name) is not None:
+                row[name] = [to_lazy(c, base, benchmark, split, rid) for c in row[name]]
+        row["_meta"] = meta
+        out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------- metrics helpers
+
+
+def acc_entry(correct: int, total: int) -> dict:
+    return {"accuracy": correct / total if total else 0.0, "correct": correct, "total": total}
+
+
+def breakdown(keys_and_flags: Iterable[tuple[Any, bool]]) -> dict:
+    """{key: {"accuracy", "correct", "total"}} over (key, correct) pairs, keys sorted for a fixed order."""
+    counts: dict[Any, list[int]] = {}
+    for key, ok in keys_and_flags:
+        c = counts.setdefault(key, [0, 0])
+        c[0] += bool(ok)
+        c[1] += 1
+    return {k: acc_entry(*counts[k]) for k in sorted(counts, key=str)}
+
+
+def check_aligned(benchmark: str, rows: list, results: list) -> None:
+    if len(rows) != len(results):
+        raise ValueError(f"{benchmark}: metrics got {len(rows)} rows but {len(results)} results")
+
+
+def is_correct(result: Any) -> bool:
+    """A result is a score() dict or a bare bool."""
+    if isinstance(result, dict):
+        return bool(result.get("correct"))
+    return bool(result)
+
+
+# ----------------------------------------------------------------------------- edit distance
+
+
+def _levenshtein_small(a: str, b: str) -> int:
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def _levenshtein_numpy(a: str, b: str) -> int:
+    """Column-by-column DP, vectorised over the long string; the in-column insertion chain is a
+    running minimum (D[i] = min_k T[k] + i - k), so each column costs a few numpy passes."""
+    if len(a) < len(b):
+        a, b = b, a
+    codes = np.frombuffer(a.encode("utf-32-le"), dtype=np.uint32)
+    n = len(codes)
+    idx = np.arange(n + 1, dtype=np.int64)
+    col = idx.copy()  # distances of a[:i] to the empty prefix of b
+    for j, ch in enumerate(b, 1):
+        cost = (codes != ord(ch)).astype(np.int64)
+        t = np.empty(n + 1, dtype=np.int64)
+        t[0] = j
+        t[1:] = np.minimum(col[1:] + 1, col[:-1] + cost)
+        col = np.minimum.accumulate(t - idx) + idx
+    return int(col[-1])
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Plain unit-cost edit distance (what python-Levenshtein's `distance` returns)."""
+    if a == b:
+        return 0
+    if not a or not b:
+        return len(a) + len(b)
+    if len(a) * len(b) <= 40_000:
+        return _levenshtein_small(a, b)
+    return _levenshtein_numpy(a, b)
+
+
+def first_of(items: list, key: Callable[[Any], Any]):
+    """The first item with the smallest key (list.index(min(...)) semantics)."""
+    keys = [key(x) for x in items]
+    return items[keys.index(min(keys))]
