@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[test,bench]'
 	$(PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'torch {v}: expected the 2.13.0 CPU build')"
-	@! $(PY) -m pip show -q torchvision vllm 2>/dev/null || (echo "torchvision or vllm got installed on CPU" && false)
+	$(PY) -c "import importlib.util as u, sys; bad = [m for m in ('torchvision', 'vllm') if u.find_spec(m)]; sys.exit(f'{bad} installed on the CPU stack' if bad else 0)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -8,7 +8,14 @@ import dataclasses
 import torch
 
 from algorithms.batch import PolicyOutput, RolloutBatch
-from algorithms.common import LOSS_AGG_MODES, aggregate_loss, clipped_surrogate, k3_kl, masked_mean
+from algorithms.common import (
+    LOSS_AGG_MODES,
+    aggregate_loss,
+    clipped_surrogate,
+    k3_kl,
+    masked_mean,
+    truncated_importance_ratio,
+)
 from algorithms.registry import Objective, register_objective
 
 
@@ -41,6 +48,9 @@ class GRPO(Objective):
         clip_dual: float | None = 3.0
         loss_agg_mode: str = "token-mean"
         kl_coef: float = 0.0  # k3 KL to the frozen initial policy; 0 = none (the paper's setting)
+        # Truncated importance sampling against the rollout engine's own log-probs (vLLM and the trainer
+        # disagree slightly on the same tokens): per-token loss x min(pi_old / pi_rollout, cap). null = off.
+        rollout_is_cap: float | None = None
 
         def __post_init__(self) -> None:
             if self.loss_agg_mode not in LOSS_AGG_MODES:
@@ -69,6 +79,10 @@ class GRPO(Objective):
         adv, metrics = self.token_advantages(mb, policy)
         per_token, info = clipped_surrogate(policy.logp, old_logp, adv, cfg.clip_low, cfg.clip_high, cfg.clip_dual)
         mask = mb.loss_mask
+        if cfg.rollout_is_cap is not None:
+            is_weight = truncated_importance_ratio(old_logp, mb.rollout_logp, cfg.rollout_is_cap)
+            per_token = per_token * is_weight
+            metrics["rollout_is_weight_mean"] = masked_mean(is_weight, mask)
         if cfg.kl_coef > 0:
             kl = k3_kl(policy.logp, mb.ref_logp)
             per_token = per_token + cfg.kl_coef * kl

@@ -38,6 +38,26 @@ def run_overrides(exp, method: str, seed: int, runs_dir: Path, extra: list[str])
             *exp.overrides, *per_method, *extra]
 
 
+def dry_run(exp, name: str, runs_dir: Path, extra: list[str]) -> str:
+    """Validate every run's configuration and print the plan: runs, compute per method, memory per GPU."""
+    from algorithms import build_objective
+    from harness.plan import plan
+
+    cfgs, needs_ref, needs_teacher, missing = {}, {}, {}, set()
+    for method in exp.methods:
+        cfg = compose_config(run_overrides(exp, method, exp.seeds[0], runs_dir, extra))
+        obj = build_objective(cfg.algorithm.name, dict(cfg.algorithm.get("params") or {}))
+        cfgs[method], needs_ref[method], needs_teacher[method] = cfg, obj.needs_ref, obj.teacher_signal != "none"
+        missing |= {f"{group}.path" for group in ("model", "data") if OmegaConf.is_missing(cfg[group], "path")}
+    p = exp.get("plan") or {}
+    lines = [f"experiment {name}: {len(exp.methods)} methods x {len(exp.seeds)} seeds -> {runs_dir}", ""]
+    if missing:
+        lines += [f"to set before launching: {', '.join(sorted(missing))}", ""]
+    lines.append(plan(cfgs, needs_ref, needs_teacher, int(exp.get("world_size", 1)), int(p.get("prompt_tokens", 400)),
+                      int(p.get("image_patches", 1024)), int(p.get("response_tokens", 1024))))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     from tqdm.auto import tqdm
 
@@ -46,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = list(sys.argv[1:] if argv is None else argv)
     name = next((a.split("=", 1)[1] for a in args if a.startswith("experiment=")), "embedded")
-    extra = [a for a in args if not a.startswith("experiment=")]
+    extra = [a for a in args if not a.startswith("experiment=") and a not in ("dry_run=true", "--dry-run")]
     try:
         exp = load_experiment(name)
         out = REPO / "results" / name
@@ -56,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
             compose_config(run_overrides(exp, m, s, runs_dir, extra))
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
+    if any(a in ("dry_run=true", "--dry-run") for a in args):
+        print(dry_run(exp, name, runs_dir, [a for a in extra if a not in ("dry_run=true", "--dry-run")]))
+        return
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     log = lambda msg: tqdm.write(msg, file=sys.stderr)  # noqa: E731

@@ -138,7 +138,7 @@ def run(cfg: DictConfig, log=None) -> Path:
     init_path = policy_path(cfg.model, cfg.data, log)
     processor = load_processor(init_path)
     data = build_data(cfg.data, cfg.seed)
-    trainer = Trainer(cfg, load_model(init_path), processor, data, log)
+    trainer = Trainer(cfg, load_model(init_path), processor, data, log, model_path=str(init_path))
     metrics_file = run_dir / "metrics.jsonl"
     if cfg.run.resume:
         ckpt = checkpoint.latest(run_dir)

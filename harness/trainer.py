@@ -57,7 +57,7 @@ def _entropy(logprobs: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer:
-    def __init__(self, cfg: Any, policy: torch.nn.Module, processor, data, log=print) -> None:
+    def __init__(self, cfg: Any, policy: torch.nn.Module, processor, data, log=print, model_path: str | None = None) -> None:
         self.cfg, self.processor, self.data, self.log = cfg, processor, data, log
         self.rank, self.world = dist.init_distributed()
         self.device = dist.device()
@@ -106,7 +106,21 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         ds_config = dist.deepspeed_config(cfg.deepspeed, tcfg.micro_batch_size, self.grad_accum, optim.grad_clip)
         self.engine = dist.initialize_engine(policy, optimizer, scheduler, ds_config)
-        self.rollout = HFRolloutEngine(self.engine.module, processor)
+        self.zero_stage = int(cfg.deepspeed.zero_stage)
+        if cfg.rollout.engine == "hf":
+            self.rollout = HFRolloutEngine(self.engine.module, processor)
+        elif cfg.rollout.engine == "vllm":
+            from harness.vllm_engine import VLLMRolloutEngine
+
+            if model_path is None:
+                raise ValueError("rollout.engine=vllm needs the policy's model folder (model_path)")
+            self.rollout = VLLMRolloutEngine(
+                str(model_path), processor, cfg.rollout.gpu_memory_utilization, cfg.rollout.max_model_len,
+                cfg.rollout.sleep_level, cfg.seed,
+            )
+            self.rollout.sleep()
+        else:
+            raise ValueError(f"unknown rollout.engine {cfg.rollout.engine!r}; valid: hf, vllm")
         self.ledger = Ledger()
         self.step_count = 0  # optimizer steps done
         self.rollout_step = 0  # rollout batches done
@@ -161,6 +175,10 @@ class Trainer:
                     with led.phase("sync"):
                         self.teacher.after_step(self.step_count, self.engine.module)
 
+        if hasattr(self.rollout, "sync_weights"):  # a separate inference engine gets the new weights
+            with led.phase("sync"):
+                self.rollout.sync_weights(self.engine.module, self.zero_stage)
+
         # Metrics of this step (token-weighted means over micro-batches; rollout statistics over the batch).
         tokens = sums.pop("_tokens")
         metrics.update({k: v / max(tokens, 1.0) for k, v in sums.items()})
@@ -197,6 +215,8 @@ class Trainer:
         led.add(**self._update_counts(mb))
         m["loss"] = loss.detach() * (mb.num_tokens or 1.0) / max(w, 1.0)  # token-weighted back to the batch loss
         m["entropy"] = masked_mean(policy.entropy, mask)
+        # Rollout engine vs trainer on the same tokens (numerics, kernels, vLLM's bf16): the mismatch TIS corrects.
+        m["rollout_logp_gap"] = masked_mean((policy.logp.detach() - mb.rollout_logp).abs(), mask)
         if mb.teacher_logp is not None:
             kl_mask = mb.loss_mask if mb.teacher_mask is not None else mask
             m["teacher_kl"] = masked_mean(policy.logp.detach() - mb.teacher_logp, kl_mask)
@@ -212,8 +232,21 @@ class Trainer:
             mask = torch.ones(batch.batch_size)
         else:
             convs, mask = sibling_contexts(prompts, G, batch.extras["texts"], batch.rewards, self.teacher_cfg)
-        images = [p.images for p in prompts for _ in range(G)]
-        batch.teacher, _ = encode_prompts(self.processor, convs, images)
+        # Encode each distinct (prompt, context) once and index rows into it: with a reference context the G
+        # rows of a group share one conversation, and the processor (image resize/patching) and image rendering
+        # then run once per prompt instead of once per row. Left-padding to the longest is the same either way.
+        # (Only ids/mask are kept: the teacher reads the student's pixel values.)
+        index, uniq_convs, uniq_images, seen = [], [], [], {}
+        for r, conv in enumerate(convs):
+            key = (r // G, repr(conv))
+            if key not in seen:
+                seen[key] = len(uniq_convs)
+                uniq_convs.append(conv)
+                uniq_images.append(prompts[r // G].images)
+            index.append(seen[key])
+        enc, _ = encode_prompts(self.processor, uniq_convs, uniq_images)
+        idx = torch.tensor(index, dtype=torch.long)
+        batch.teacher = PromptInputs(ids=enc.ids[idx], mask=enc.mask[idx])
         batch.teacher_mask = mask
 
     @torch.no_grad()

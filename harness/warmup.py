@@ -101,15 +101,15 @@ def policy_path(model_cfg: Any, data_cfg: Any, log=print) -> Path:
     return build_tiny(model_cfg.arch, model_cfg.size, model_cfg.seed, model_cfg.vocab_size)
 
 
-def main() -> None:
-    """Build the default warmed-up policy and report its accuracy with and without the privileged hint."""
-    from hydra import compose, initialize_config_dir
+def main(argv: list[str] | None = None) -> None:
+    """Build the warmed-up policy of a config (overrides as for harness.train) and report its held-out pass@1
+    on plain prompts, with the privileged hint, and with a blank image."""
+    import sys
 
     from harness.evaluate import evaluate_items
-    from harness.train import CONFIG_DIR
+    from harness.train import compose_config
 
-    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
-        cfg = compose("train")
+    cfg = compose_config(list(sys.argv[1:] if argv is None else argv))
     path = policy_path(cfg.model, cfg.data)
     report = json.loads((path / "warmup.json").read_text())
     from harness.data import build_data

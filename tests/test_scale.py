@@ -1,0 +1,91 @@
+"""CPU-checkable pieces of the cluster path: vLLM name mapping, plan arithmetic, the paper config's dry run."""
+
+import pytest
+import torch
+
+from harness.plan import memory_per_gpu
+from harness.vllm_engine import (
+    HF_TO_VLLM_PREFIXES,
+    hf_to_vllm_name,
+    iter_full_parameters,
+    vllm_sampling_kwargs,
+)
+
+
+def test_every_parameter_maps_to_a_vllm_name(tiny):
+    model, _ = tiny
+    names = [n for n, _ in model.named_parameters()]
+    mapped = [hf_to_vllm_name(n) for n in names]
+    assert len(set(mapped)) == len(names)
+    assert all(m.startswith(("language_model.model.", "visual.", "language_model.lm_head.")) for m in mapped)
+    assert hf_to_vllm_name("model.language_model.layers.0.mlp.up_proj.weight") == "language_model.model.layers.0.mlp.up_proj.weight"
+    with pytest.raises(KeyError, match="no vLLM counterpart"):
+        hf_to_vllm_name("encoder.weight")
+    assert len(HF_TO_VLLM_PREFIXES) == 3
+
+
+def test_full_parameters_stream_one_by_one_without_zero(tiny):
+    model, _ = tiny
+    streamed = dict(iter_full_parameters(model, zero_stage=0))
+    assert streamed.keys() == dict(model.named_parameters()).keys()
+    assert all(torch.equal(streamed[n], p.data) for n, p in model.named_parameters())
+
+
+def test_vllm_sampling_kwargs_follow_our_params():
+    from harness.rollout import SamplingParams
+
+    kw = vllm_sampling_kwargs(SamplingParams(n=4, temperature=0.7, top_p=0.8, top_k=20, max_new_tokens=99), seed=5)
+    assert kw == dict(n=1, temperature=0.7, top_p=0.8, top_k=20, max_tokens=99, min_tokens=0, logprobs=0, seed=5,
+                      skip_special_tokens=False)
+    assert vllm_sampling_kwargs(SamplingParams(top_k=0), 0)["top_k"] == -1
+
+
+def test_memory_plan_matches_the_zero_formulas():
+    gib = 1024**3
+    p, n = 1 * gib, 8  # one Gi parameters on 8 ranks
+    assert memory_per_gpu(p, 0, n, [])["policy_gib"] == 16
+    assert memory_per_gpu(p, 1, n, [])["policy_gib"] == 4 + 12 / 8
+    assert memory_per_gpu(p, 2, n, [])["policy_gib"] == 2 + 14 / 8
+    assert memory_per_gpu(p, 3, n, [])["policy_gib"] == 2
+    assert memory_per_gpu(p, 3, n, [], offload=True)["policy_gib"] == 0.5
+    assert memory_per_gpu(p, 2, n, ["teacher:sync"])["teacher_ref_gib"] == 2
+    assert memory_per_gpu(p, 3, n, ["teacher:ema"])["teacher_ref_gib"] == 0.5
+
+
+def test_paper_main_table_dry_run(capsys):
+    from harness.compare import main
+
+    main(["experiment=paper_main_table", "dry_run=true"])
+    out = capsys.readouterr().out
+    assert "to set before launching: data.path, model.path" in out
+    assert "8.77 B parameters" in out  # Qwen3-VL-8B-Instruct's published size
+    for method in ("grpo", "opsd", "sdpo", "grpo_opsd", "rlsd"):
+        assert f"| {method} |" in out
+
+
+@pytest.mark.gpu
+def test_vllm_generates_on_the_tiny_model_and_matches_the_trainer(tiny_dir):
+    pytest.importorskip("vllm")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from benchmarks import embedded
+    from harness.models import load_model, load_processor
+    from harness.rollout import SamplingParams, sample_seed
+    from harness.trainer import forward_logprobs
+    from harness.vllm_engine import VLLMRolloutEngine
+
+    processor = load_processor(tiny_dir)
+    engine = VLLMRolloutEngine(str(tiny_dir), processor, gpu_memory_utilization=0.2, max_model_len=256, dtype="float32")
+    items = embedded.generate("test", 4, seed=0)
+    params = SamplingParams(n=2, max_new_tokens=16)
+    ro = engine.generate(items, params, [sample_seed(0, 1, it.id, j) for it in items for j in range(2)])
+    model = load_model(tiny_dir).cuda().eval()
+    engine.sync_weights(model, zero_stage=0)
+    ro = engine.generate(items, params, [sample_seed(0, 2, it.id, j) for it in items for j in range(2)])
+    vision = ro.vision.select(torch.arange(len(ro.texts)))
+    with torch.no_grad():
+        lp = forward_logprobs(model, ro.prompt.__class__(ro.prompt.ids.cuda(), ro.prompt.mask.cuda()),
+                              vision.__class__(vision.pixel_values.cuda(), vision.image_grid_thw.cuda(), vision.images_per_row.cuda()),
+                              ro.response_ids.cuda(), ro.response_mask.cuda(), 1.0, model.config.image_token_id)
+    trainer_logp = lp.gather(-1, ro.response_ids.cuda()[..., None])[..., 0].cpu() * ro.response_mask
+    assert (trainer_logp - ro.logp).abs().max() < 1e-2
