@@ -8,6 +8,7 @@ The report (tables, plots, README) is rebuilt from the run folders at the end, b
 
 from __future__ import annotations
 
+import itertools
 import json
 import platform
 import sys
@@ -32,10 +33,27 @@ def load_experiment(name: str):
     return exp
 
 
-def run_overrides(exp, method: str, seed: int, runs_dir: Path, extra: list[str]) -> list[str]:
-    per_method = list((exp.get("method_overrides") or {}).get(method, []))
-    return [f"algorithm={method}", f"seed={seed}", f"run.dir={runs_dir}", f"run.name={method}-s{seed}",
-            *exp.overrides, *per_method, *extra]
+def arms(exp) -> dict[str, tuple[str, list[str]]]:
+    """label -> (algorithm, overrides). Without a `grid`, one arm per method; with one (an ablation), one arm
+    per method and grid point, e.g. {algorithm.params.eps_w: [0.1, 0.2]} -> rlsd-eps_w0.1, rlsd-eps_w0.2."""
+    per_method = exp.get("method_overrides") or {}
+    grid = dict(exp.get("grid") or {})
+    out = {}
+    for m in exp.methods:
+        base = list(per_method.get(m, []))
+        if not grid:
+            out[m] = (m, base)
+            continue
+        for point in itertools.product(*grid.values()):
+            label = m + "".join(f"-{k.rsplit('.', 1)[-1]}{v}" for k, v in zip(grid, point))
+            out[label] = (m, base + [f"{k}={v}" for k, v in zip(grid, point)])
+    return out
+
+
+def run_overrides(exp, arm: str, seed: int, runs_dir: Path, extra: list[str]) -> list[str]:
+    algorithm, arm_overrides = arms(exp)[arm]
+    return [f"algorithm={algorithm}", f"seed={seed}", f"run.dir={runs_dir}", f"run.name={arm}-s{seed}",
+            *exp.overrides, *arm_overrides, *extra]
 
 
 def dry_run(exp, name: str, runs_dir: Path, extra: list[str]) -> str:
@@ -44,13 +62,13 @@ def dry_run(exp, name: str, runs_dir: Path, extra: list[str]) -> str:
     from harness.plan import plan
 
     cfgs, needs_ref, needs_teacher, missing = {}, {}, {}, set()
-    for method in exp.methods:
+    for method in arms(exp):
         cfg = compose_config(run_overrides(exp, method, exp.seeds[0], runs_dir, extra))
         obj = build_objective(cfg.algorithm.name, dict(cfg.algorithm.get("params") or {}))
         cfgs[method], needs_ref[method], needs_teacher[method] = cfg, obj.needs_ref, obj.teacher_signal != "none"
         missing |= {f"{group}.path" for group in ("model", "data") if OmegaConf.is_missing(cfg[group], "path")}
     p = exp.get("plan") or {}
-    lines = [f"experiment {name}: {len(exp.methods)} methods x {len(exp.seeds)} seeds -> {runs_dir}", ""]
+    lines = [f"experiment {name}: {len(arms(exp))} arms x {len(exp.seeds)} seeds -> {runs_dir}", ""]
     if missing:
         lines += [f"to set before launching: {', '.join(sorted(missing))}", ""]
     lines.append(plan(cfgs, needs_ref, needs_teacher, int(exp.get("world_size", 1)), int(p.get("prompt_tokens", 400)),
@@ -71,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         exp = load_experiment(name)
         out = REPO / "results" / name
         runs_dir = out / "runs"
-        jobs = [(m, s) for m in exp.methods for s in exp.seeds]
+        jobs = [(m, s) for m in arms(exp) for s in exp.seeds]
         for m, s in jobs:  # validate every configuration before spending any compute
             compose_config(run_overrides(exp, m, s, runs_dir, extra))
     except ConfigError as e:

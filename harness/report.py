@@ -82,7 +82,9 @@ def write_report(out: Path, exp, meta: dict) -> None:
     mean = per_seed.groupby("method")[cols].mean()
     std = per_seed.groupby("method")[cols].std(ddof=1).fillna(0.0)
     n = per_seed.groupby("method").size()
-    order = [m for m in exp.methods if m in mean.index]
+    from harness.compare import arms
+
+    order = [m for m in arms(exp) if m in mean.index]
     best = {c: mean[c].idxmax() for c in cols}
     table = pd.DataFrame(index=["base"] + order + [m for m in failed_methods(failed) if m not in order],
                          columns=cols + ["seeds"], dtype=object)
@@ -146,7 +148,7 @@ def write_report(out: Path, exp, meta: dict) -> None:
     wall = df.groupby(["method", "seed"])["cum/time/step"].max().sum() + df.get("eval/seconds", pd.Series(dtype=float)).sum()
     lines = [
         f"# Comparison `{meta.get('experiment')}`", "",
-        f"Methods {list(exp.methods)} x seeds {list(exp.seeds)}, all from the same warmed-up base policy; "
+        f"Arms {list(arms(exp))} x seeds {list(exp.seeds)}, all from the same warmed-up base policy; "
         f"common overrides: `{' '.join(exp.overrides)}`.", "",
         f"Machine: {meta.get('machine')}. Finished {meta.get('finished')}. "
         f"Wall time of this invocation: {meta.get('seconds', 0):.0f} s; training + evaluation time summed over runs: {wall:.0f} s.",
