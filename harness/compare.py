@@ -84,10 +84,11 @@ def main(argv: list[str] | None = None) -> None:
 
     args = list(sys.argv[1:] if argv is None else argv)
     name = next((a.split("=", 1)[1] for a in args if a.startswith("experiment=")), "embedded")
-    extra = [a for a in args if not a.startswith("experiment=") and a not in ("dry_run=true", "--dry-run")]
+    out_arg = next((a.split("=", 1)[1] for a in args if a.startswith("out=")), None)
+    extra = [a for a in args if not a.startswith(("experiment=", "out=")) and a not in ("dry_run=true", "--dry-run")]
     try:
         exp = load_experiment(name)
-        out = REPO / "results" / name
+        out = Path(out_arg) if out_arg else REPO / "results" / name
         runs_dir = out / "runs"
         jobs = [(m, s) for m in arms(exp) for s in exp.seeds]
         for m, s in jobs:  # validate every configuration before spending any compute
@@ -118,6 +119,13 @@ def main(argv: list[str] | None = None) -> None:
     dist.shutdown()
     meta = {"experiment": name, "seconds": time.time() - started, "machine": platform.platform(),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    rlsd_runs = sorted(p for p in runs_dir.glob("rlsd-s*") if (p / "final" / "config.json").exists())
+    if rlsd_runs and not (out / "credit_rlsd.png").exists():
+        from harness.credit import draw, token_weights
+
+        picks = token_weights(rlsd_runs[0])
+        (out / "credit_rlsd.json").write_text(json.dumps(picks, indent=1))
+        draw(picks, out / "credit_rlsd.png")
     write_report(out, exp, meta)
     print(f"results in {out}")
 

@@ -59,8 +59,8 @@ def matched_table(df: pd.DataFrame, budget_key: str, fractions: list[float]) -> 
 
 
 def _fmt_budget(kind: str, b: float) -> str:
-    return {"flops": f"{b / 1e12:.2f} TFLOP", "tokens": f"{b / 1e3:.0f}k tok", "steps": f"{b:.0f} steps",
-            "seconds": f"{b:.0f} s"}[kind]
+    return {"flops": f"{b / 1e12:.3g} TFLOP", "tokens": f"{b / 1e3:.3g}k tok", "steps": f"{b:.3g} steps",
+            "seconds": f"{b:.3g} s"}[kind]
 
 
 def write_report(out: Path, exp, meta: dict) -> None:
@@ -156,6 +156,9 @@ def write_report(out: Path, exp, meta: dict) -> None:
         f"({_fmt_budget(kind, points[-1])}); each method is read at its last evaluation within the budget.", "",
         (out / "table.md").read_text(), "", "![accuracy](accuracy_vs_compute.png)", "", "![dynamics](dynamics.png)", "",
     ]
+    if (out / "credit_rlsd.png").exists():
+        lines += ["RLSD's credit on one correct and one wrong rollout (tokens coloured by the clipped weight w_t):", "",
+                  "![credit](credit_rlsd.png)", ""]
     if failed:
         lines += ["## Failed runs", ""] + [f"- {k}: {v}" for k, v in failed.items()]
     (out / "README.md").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,59 @@
+"""The comparison matrix: failed runs are reported, a rerun redoes only unfinished work, the report is written."""
+
+import json
+
+import pytest
+
+from harness import compare, dist
+
+
+@pytest.fixture
+def no_shutdown(monkeypatch):
+    monkeypatch.setattr(dist, "shutdown", lambda: None)  # the test process keeps its process group
+
+
+def test_interrupted_matrix_resumes_without_redoing_finished_runs(tmp_path, tiny_dir, no_shutdown, monkeypatch):
+    args = ["experiment=smoke", f"out={tmp_path / 'smoke'}", "model.warmup=null", "data.verifier=parity",
+            "rollout.max_new_tokens=8", "train.prompts_per_step=2", "train.group_size=4", "train.micro_batch_size=8",
+            "eval.n=8", "train.steps=2", "train.save_every=1"]
+    real_run = compare.run
+    calls, crashed = [], []
+
+    def flaky(cfg, log=None):
+        calls.append(cfg.run.name)
+        if cfg.run.name == "rlsd-s0" and not crashed:
+            crashed.append(True)
+            raise RuntimeError("simulated crash")
+        return real_run(cfg, log)
+
+    monkeypatch.setattr(compare, "run", flaky)
+    compare.main(args)
+    runs = tmp_path / "smoke" / "runs"
+    assert "simulated crash" in json.loads((runs / "rlsd-s0" / "failed.json").read_text())["error"]
+    table = (tmp_path / "smoke" / "table.md").read_text()
+    assert "rlsd-s0 failed" in table
+    assert calls == ["grpo-s0", "grpo-s1", "rlsd-s0", "rlsd-s1"]
+
+    calls.clear()
+    compare.main(args)
+    assert calls == ["rlsd-s0"]  # finished runs are not rerun
+    assert not (runs / "rlsd-s0" / "failed.json").exists()
+    report = (tmp_path / "smoke" / "README.md").read_text()
+    assert "Held-out pass@1" in report and (tmp_path / "smoke" / "accuracy_vs_compute.png").exists()
+    assert (tmp_path / "smoke" / "dynamics.png").exists() and (tmp_path / "smoke" / "table.csv").exists()
+
+
+def test_grid_expands_into_labelled_arms():
+    from omegaconf import OmegaConf
+
+    exp = OmegaConf.create({"methods": ["rlsd"], "seeds": [0], "overrides": [],
+                            "grid": {"algorithm.params.eps_w": [0.1, 0.2], "algorithm.teacher.sync_every": [5]}})
+    assert compare.arms(exp) == {
+        "rlsd-eps_w0.1-sync_every5": ("rlsd", ["algorithm.params.eps_w=0.1", "algorithm.teacher.sync_every=5"]),
+        "rlsd-eps_w0.2-sync_every5": ("rlsd", ["algorithm.params.eps_w=0.2", "algorithm.teacher.sync_every=5"]),
+    }
+
+
+def test_unknown_experiment_lists_the_valid_ones():
+    with pytest.raises(SystemExit, match="valid: .*embedded"):
+        compare.main(["experiment=nope"])
