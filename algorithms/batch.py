@@ -121,6 +121,22 @@ class RolloutBatch:
             out[f.name] = v
         return replace(self, **out)
 
+    def trim(self) -> RolloutBatch:
+        """Drop padding columns no row uses (leading prompt columns, trailing response columns), so that a
+        micro-batch of short rows costs only its own length. Masked positions never change a result."""
+        keep_t = int(self.response_mask.sum(0).nonzero().max()) + 1 if self.response_mask.any() else 1
+        n, width = self.batch_size, self.response_ids.shape[1]
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[0] == n and v.shape[1] == width:
+                v = v[:, :keep_t]
+            elif isinstance(v, PromptInputs):
+                first = int(v.mask.sum(0).nonzero().min()) if v.mask.any() else 0
+                v = PromptInputs(ids=v.ids[:, first:], mask=v.mask[:, first:])
+            out[f.name] = v
+        return replace(self, **out)
+
     def to(self, device: torch.device | str) -> RolloutBatch:
         out = {}
         for f in fields(self):

@@ -77,13 +77,12 @@ def draw(picks: list[dict], out: Path, eps_w: float = 0.2) -> None:
                      fontsize=9, loc="left")
         x, y = 0.0, 0.6
         for tok, w in zip(p["tokens"], p["weights"]):
-            text = tok.replace("\n", "\\n") or " "
-            t = ax.text(x, y, text, fontsize=10, family="monospace", transform=ax.transAxes,
+            text = "".join(c if c.isprintable() else "?" for c in tok.replace("\n", "\\n")) or " "
+            ax.text(x, y, text, fontsize=10, family="monospace", transform=ax.transAxes,
                         bbox=dict(facecolor=cmap(norm(w)), edgecolor="none", pad=1.5))
             x += 0.0085 * max(len(text), 1) + 0.004
             if x > 0.97:
                 x, y = 0.0, y - 0.4
-            del t
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=axes[:, 0].tolist(), orientation="horizontal", fraction=0.05, pad=0.02, label="clipped w_t")
     fig.savefig(out, dpi=120, bbox_inches="tight")

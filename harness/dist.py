@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -40,6 +41,13 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_max(value: int) -> int:
+    t = torch.tensor([value], dtype=torch.long, device=device())
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item())
+
+
 def deepspeed_config(ds: Any, micro_batch: int, grad_accum: int, grad_clip: float) -> dict:
     cfg = {
         "train_micro_batch_size_per_gpu": micro_batch,
@@ -67,3 +75,15 @@ def shutdown() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def iter_full_parameters(module: torch.nn.Module, zero_stage: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, full tensor) one parameter at a time; under ZeRO-3 each is gathered just for its own transfer."""
+    if zero_stage == 3:
+        import deepspeed
+
+        for name, p in module.named_parameters():
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                yield name, p.data
+    else:
+        yield from ((n, p.data) for n, p in module.named_parameters())

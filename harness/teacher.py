@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.dist import iter_full_parameters
 from harness.rollout import user_messages
 
 WEIGHT_SOURCES = ("none", "frozen", "sync", "ema", "live")
@@ -95,7 +96,11 @@ class TeacherWeights:
         self.cfg = cfg
         self.model = None
         if cfg.weights != "live":
+            # A full replica (built before DeepSpeed partitions the policy). An EMA teacher is kept in fp32 so
+            # that tau-sized updates are not rounded away when the policy trains in bf16.
             self.model = copy.deepcopy(policy).eval()
+            if cfg.weights == "ema":
+                self.model.float()
             for p in self.model.parameters():
                 p.requires_grad_(False)
         self.updates = 0  # how many times the weights were refreshed from the student (sync) or blended (ema)
@@ -104,15 +109,17 @@ class TeacherWeights:
         return policy if self.model is None else self.model
 
     @torch.no_grad()
-    def after_step(self, step: int, policy: torch.nn.Module) -> bool:
-        """Called after optimizer step `step` (1-based). Returns whether the teacher's weights changed."""
+    def after_step(self, step: int, policy: torch.nn.Module, zero_stage: int = 0) -> bool:
+        """Called after optimizer step `step` (1-based). Returns whether the teacher's weights changed.
+        The student's parameters are read one at a time (gathered just for that one under ZeRO-3)."""
         if self.cfg.weights == "sync" and step % self.cfg.sync_every == 0:
-            for t, s in zip(self.model.parameters(), policy.parameters()):
-                t.copy_(s)
+            update = lambda t, s: t.copy_(s)  # noqa: E731
         elif self.cfg.weights == "ema":
-            for t, s in zip(self.model.parameters(), policy.parameters()):
-                t.lerp_(s.to(t.dtype), self.cfg.ema_rate)
+            update = lambda t, s: t.lerp_(s.to(t.dtype), self.cfg.ema_rate)  # noqa: E731
         else:
             return False
+        teacher = dict(self.model.named_parameters())
+        for name, full in iter_full_parameters(policy, zero_stage):
+            update(teacher[name], full)
         self.updates += 1
         return True

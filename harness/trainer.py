@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from algorithms import build_objective
 from algorithms.batch import PolicyOutput, PromptInputs, RolloutBatch, VisionInputs
@@ -18,6 +19,7 @@ from algorithms.common import masked_mean
 from harness import dist
 from harness.dynamics import leakage_flags
 from harness.ledger import Ledger, ModelShape
+from harness.microbatch import pad_to_count, partition_by_tokens
 from harness.rollout import HFRolloutEngine, SamplingParams, encode_prompts, sample_seed, vision_token_ids
 from harness.teacher import TeacherConfig, TeacherWeights, reference_contexts, sibling_contexts
 from harness.verifier import build_verifier
@@ -71,6 +73,10 @@ class Trainer:
         if tcfg.prompts_per_step % self.world:
             raise ValueError(f"train.prompts_per_step={tcfg.prompts_per_step} must be divisible by the {self.world} ranks")
         rows = tcfg.prompts_per_step // self.world * tcfg.group_size
+        if tcfg.get("token_budget"):  # micro-batches vary in number; DeepSpeed's accumulation count is nominal
+            if rows % tcfg.mini_batches:
+                raise ValueError(f"{rows} rows per rank must split into train.mini_batches={tcfg.mini_batches}")
+            tcfg = OmegaConf.merge(tcfg, {"micro_batch_size": rows // tcfg.mini_batches})
         if rows % (tcfg.mini_batches * tcfg.micro_batch_size):
             raise ValueError(
                 f"{rows} rows per rank must split into train.mini_batches={tcfg.mini_batches} x "
@@ -95,6 +101,9 @@ class Trainer:
         self.teacher_cfg = tconf
         self.teacher = TeacherWeights(tconf, policy) if self.teacher_context else None
         self.ref = TeacherWeights(TeacherConfig(weights="frozen"), policy) if self.objective.needs_ref else None
+
+        if tcfg.get("gradient_checkpointing"):
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
         optim = cfg.optim
         lr = cfg.algorithm.get("lr") or optim.lr
@@ -167,13 +176,15 @@ class Trainer:
                 mini = batch.select(torch.arange(m * rows_per_mini, (m + 1) * rows_per_mini))
                 mini.set_loss_counts(max_len=self.sampling.max_new_tokens)
                 mini.num_tokens, mini.num_seqs = dist.all_reduce_sum([mini.num_tokens, mini.num_seqs])
-                for k in range(0, rows_per_mini, tcfg.micro_batch_size):
-                    mb = mini.select(torch.arange(k, k + tcfg.micro_batch_size))
-                    self._micro_step(mb, sums)
+                micro_batches = self._micro_batches(mini, tcfg.get("token_budget"))
+                for k, rows in enumerate(micro_batches):
+                    # the last micro-batch closes the accumulation (their number may vary with a token budget)
+                    self.engine.set_gradient_accumulation_boundary(k == len(micro_batches) - 1)
+                    self._micro_step(mini.select(rows), sums)
                 self.step_count += 1
                 if self.teacher is not None:
                     with led.phase("sync"):
-                        self.teacher.after_step(self.step_count, self.engine.module)
+                        self.teacher.after_step(self.step_count, self.engine.module, self.zero_stage)
 
         if hasattr(self.rollout, "sync_weights"):  # a separate inference engine gets the new weights
             with led.phase("sync"):
@@ -187,7 +198,20 @@ class Trainer:
         metrics["teacher_updates"] = float(self.teacher.updates) if self.teacher else 0.0
         return self._close_step(metrics)
 
+    def _micro_batches(self, batch: RolloutBatch, token_budget: int | None) -> list[torch.Tensor]:
+        """Row indices of each micro-batch: fixed-size slices, or (with a token budget) rows packed by padded
+        length, the same number of micro-batches on every rank (ZeRO-3 gathers in each pass)."""
+        n = batch.batch_size
+        if not token_budget:
+            return [torch.arange(k, min(k + self.cfg.train.micro_batch_size, n)) for k in range(0, n, self.cfg.train.micro_batch_size)]
+        lengths = (batch.student.mask.sum(-1) + batch.response_mask.sum(-1)).long().tolist()
+        groups = partition_by_tokens(lengths, int(token_budget))
+        groups = pad_to_count(groups, dist.all_reduce_max(len(groups)))
+        return [torch.tensor(sorted(g)) for g in groups]
+
     def _micro_step(self, mb: RolloutBatch, sums: dict[str, float]) -> None:
+        if self.cfg.train.get("token_budget"):
+            mb = mb.trim()
         obj, led = self.objective, self.ledger
         want_full = obj.teacher_signal in ("topk", "full")
         with led.phase("update"):
@@ -274,16 +298,18 @@ class Trainer:
     @torch.no_grad()
     def _logprobs_no_grad(self, model, batch: RolloutBatch, role: str) -> torch.Tensor:
         """Sampled-token log-probs of the student prompt + response under `model` (old policy, reference)."""
-        out = []
-        for k in range(0, batch.batch_size, self.cfg.train.micro_batch_size):
-            mb = batch.select(torch.arange(k, min(k + self.cfg.train.micro_batch_size, batch.batch_size)))
+        out = torch.zeros_like(batch.response_mask)
+        budget = self.cfg.train.get("forward_token_budget")
+        for rows in self._micro_batches(batch, budget):
+            mb = batch.select(rows)
+            mb = mb.trim() if budget else mb
             lp = forward_logprobs(model, mb.student, mb.vision, mb.response_ids, mb.response_mask,
                                   self.sampling.temperature, self.image_token_id)
-            out.append(lp.gather(-1, mb.response_ids[..., None])[..., 0])
+            out[rows, : lp.shape[1]] = lp.gather(-1, mb.response_ids[..., None])[..., 0]
             seq = mb.student.mask.sum(-1) + mb.response_mask.sum(-1)
             self.ledger.add(**{f"tokens/fwd_{role}": float(seq.sum()),
                                f"flops/{role}": self.shape.forward_flops(seq, self._patches(mb))})
-        return torch.cat(out)
+        return out
 
     # ------------------------------------------------------------------ accounting
     @staticmethod

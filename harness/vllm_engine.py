@@ -12,12 +12,12 @@ stale KV entry survives. vLLM is imported lazily: this module imports on a CPU m
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from algorithms.batch import PromptInputs
+from harness.dist import iter_full_parameters
 from harness.rollout import Rollout, SamplingParams, encode_prompts, response_mask, user_messages
 
 # Hugging Face module names (transformers 5 layout) -> the names vLLM's Qwen-VL models register. vLLM's own
@@ -35,18 +35,6 @@ def hf_to_vllm_name(name: str) -> str:
         if name.startswith(src):
             return dst + name[len(src) :]
     raise KeyError(f"parameter {name!r} has no vLLM counterpart (known prefixes: {[p for p, _ in HF_TO_VLLM_PREFIXES]})")
-
-
-def iter_full_parameters(module: torch.nn.Module, zero_stage: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, full tensor) one parameter at a time; under ZeRO-3 each is gathered just for its own transfer."""
-    if zero_stage == 3:
-        import deepspeed
-
-        for name, p in module.named_parameters():
-            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                yield name, p.data
-    else:
-        yield from ((n, p.data) for n, p in module.named_parameters())
 
 
 def vllm_sampling_kwargs(params: SamplingParams, seed: int) -> dict[str, Any]:

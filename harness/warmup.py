@@ -18,15 +18,24 @@ import torch
 
 from harness.models import _recipe_dir, build_tiny, load_model, load_processor
 from harness.rollout import encode_prompts, user_messages
-from harness.teacher import REFERENCE_TEMPLATE
+from harness.teacher import REFERENCE_TEMPLATE, SIBLING_TEMPLATE, SOLUTION_TEMPLATE
+
+
+def privileged_prompt(item, rng: random.Random) -> str:
+    """One of the three teacher contexts the objectives use, so that the self-teacher of every method can read
+    its own: the reference answer (RLSD), the reference solution (OPSD), a successful sibling (SDPO)."""
+    kind = rng.random()
+    if kind < 0.4:
+        return REFERENCE_TEMPLATE.format(question=item.question, hint=item.answer)
+    if kind < 0.7:
+        return REFERENCE_TEMPLATE.format(question=item.question, hint=item.solution)
+    return SIBLING_TEMPLATE.format(question=item.question, solution=SOLUTION_TEMPLATE.format(attempt=item.solution), feedback="")
 
 
 def _sft_batch(processor, items: list, rng: random.Random, hint_share: float):
     convs = []
     for it in items:
-        text = it.question
-        if rng.random() < hint_share:  # privileged prompts: the answer (RLSD's hint) or the full solution (OPSD's)
-            text = REFERENCE_TEMPLATE.format(question=it.question, hint=it.answer if rng.random() < 0.6 else it.solution)
+        text = privileged_prompt(it, rng) if rng.random() < hint_share else it.question
         convs.append(user_messages(text, len(it.images)))
     prompt, vision = encode_prompts(processor, convs, [it.images for it in items])
     tok = processor.tokenizer
@@ -84,7 +93,7 @@ def warmed_up(model_cfg: Any, level: int, log=print) -> Path:
     base = build_tiny(model_cfg.arch, model_cfg.size, model_cfg.seed, model_cfg.vocab_size)
     w = model_cfg.warmup
     recipe = {"base": base.name, "steps": w.steps, "batch": w.batch_size, "lr": w.lr, "hint": w.hint_share,
-              "level": level, "seed": model_cfg.seed, "v": 1}
+              "level": level, "seed": model_cfg.seed, "v": 2}
     out = _recipe_dir("warmup", recipe)
     if not (out / "warmup.json").exists():
         log(f"warming up {base.name} -> {out} ({w.steps} steps of {w.batch_size})")

@@ -3,13 +3,9 @@
 import pytest
 import torch
 
+from harness.dist import iter_full_parameters
 from harness.plan import memory_per_gpu
-from harness.vllm_engine import (
-    HF_TO_VLLM_PREFIXES,
-    hf_to_vllm_name,
-    iter_full_parameters,
-    vllm_sampling_kwargs,
-)
+from harness.vllm_engine import HF_TO_VLLM_PREFIXES, hf_to_vllm_name, vllm_sampling_kwargs
 
 
 def test_every_parameter_maps_to_a_vllm_name(tiny):
@@ -49,7 +45,7 @@ def test_memory_plan_matches_the_zero_formulas():
     assert memory_per_gpu(p, 3, n, [])["policy_gib"] == 2
     assert memory_per_gpu(p, 3, n, [], offload=True)["policy_gib"] == 0.5
     assert memory_per_gpu(p, 2, n, ["teacher:sync"])["teacher_ref_gib"] == 2
-    assert memory_per_gpu(p, 3, n, ["teacher:ema"])["teacher_ref_gib"] == 0.5
+    assert memory_per_gpu(p, 3, n, ["teacher:ema"])["teacher_ref_gib"] == 4  # fp32 replica, not partitioned
 
 
 def test_paper_main_table_dry_run(capsys):
@@ -89,3 +85,19 @@ def test_vllm_generates_on_the_tiny_model_and_matches_the_trainer(tiny_dir):
                               ro.response_ids.cuda(), ro.response_mask.cuda(), 1.0, model.config.image_token_id)
     trainer_logp = lp.gather(-1, ro.response_ids.cuda()[..., None])[..., 0].cpu() * ro.response_mask
     assert (trainer_logp - ro.logp).abs().max() < 1e-2
+
+
+def test_token_budget_partition_packs_by_padded_length():
+    from harness.microbatch import pad_to_count, partition_by_tokens
+
+    lengths = [10, 50, 20, 40, 30, 5]
+    groups = partition_by_tokens(lengths, budget=80)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    for g in groups:
+        assert len(g) * max(lengths[i] for i in g) <= 80 or len(g) == 1
+    assert groups[0] == [1]  # 50: a second row would cost 2 x 50 > 80
+    assert partition_by_tokens([100, 3], budget=10) == [[0], [1]]  # an over-long row still gets a micro-batch
+    padded = pad_to_count(groups, len(groups) + 2)
+    assert len(padded) == len(groups) + 2 and sorted(i for g in padded for i in g) == list(range(6))
+    with pytest.raises(ValueError, match="token budget"):
+        partition_by_tokens(lengths, 0)

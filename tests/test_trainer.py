@@ -117,3 +117,11 @@ def test_local_data_rows_are_validated(tmp_path):
     bad.write_text(json.dumps({"id": "q8", "problem": "What?", "images": ["x.png"]}) + "\n")
     with pytest.raises(ValueError, match="row q8 has no 'answer'"):
         LocalData(str(bad))
+
+
+def test_token_budget_micro_batches_change_nothing(tmp_path, tiny_dir):
+    fixed, m1 = _params_after_one_step(tmp_path, "algorithm=rlsd", "train.micro_batch_size=16")
+    packed, m2 = _params_after_one_step(tmp_path, "algorithm=rlsd", "train.token_budget=150",
+                                        "train.gradient_checkpointing=true")
+    assert m1["reward"] == m2["reward"] and abs(m1["loss"] - m2["loss"]) < 1e-5
+    assert max((fixed[n] - packed[n]).abs().max().item() for n in fixed) < 1e-5
