@@ -77,16 +77,16 @@ def save(folder: Path, trainer, rank: int, state: dict) -> Path:
         tmp.mkdir(parents=True)
     _barrier()
     engine = trainer.engine
+    full = full_state_dict(engine)  # collective under ZeRO-3: every rank takes part
     if rank == 0:
-        # save_model/load_model handle tied weights (embedding = output head) that save_file refuses
-        save_model(engine.module, tmp / "model.safetensors")
+        save_file(full, tmp / "model.safetensors")
         if trainer.teacher is not None and trainer.teacher.model is not None:
             save_model(trainer.teacher.model, tmp / "teacher.safetensors")
         if trainer.ref is not None:
             save_model(trainer.ref.model, tmp / "ref.safetensors")
     opt_tensors, opt_meta = _optimizer_to_flat(_base_optimizer(engine))
-    fp32 = getattr(engine.optimizer, "single_partition_of_fp32_groups", None)
-    if fp32 is not None:  # ZeRO-1/2 master copies: restored exactly rather than re-derived from the model
+    fp32 = _fp32_partitions(engine)
+    if fp32 is not None:  # ZeRO master copies: restored exactly rather than re-derived from the model
         opt_tensors.update({f"fp32.{i}": t.detach().clone() for i, t in enumerate(fp32)})
     save_file(opt_tensors, tmp / f"optimizer-rank{rank}.safetensors")
     rng_tensors, rng_meta = _rng_state()
@@ -114,7 +114,7 @@ def load(folder: Path, trainer, rank: int) -> dict:
     if not (folder / "state.json").exists():
         raise FileNotFoundError(f"no complete checkpoint at {folder}")
     engine = trainer.engine
-    load_model(engine.module, folder / "model.safetensors")
+    load_full_state_dict(engine, load_file(folder / "model.safetensors"))
     if (folder / "teacher.safetensors").exists():
         load_model(trainer.teacher.model, folder / "teacher.safetensors")
     if (folder / "ref.safetensors").exists():
@@ -125,7 +125,7 @@ def load(folder: Path, trainer, rank: int) -> dict:
     for k in fp32:
         opt_tensors.pop(k)
     _base_optimizer(engine).load_state_dict(_optimizer_from_flat(opt_tensors, meta["optimizer"]))
-    groups = getattr(engine.optimizer, "single_partition_of_fp32_groups", None)
+    groups = _fp32_partitions(engine)
     if groups is not None:
         with torch.no_grad():
             for i, t in enumerate(groups):
@@ -134,6 +134,36 @@ def load(folder: Path, trainer, rank: int) -> dict:
         setattr(engine.lr_scheduler, k, v)
     _set_rng_state(load_file(folder / f"rng-rank{rank}.safetensors"), meta["rng"])
     return json.loads((folder / "state.json").read_text())
+
+
+def _fp32_partitions(engine) -> list[torch.Tensor] | None:
+    opt = engine.optimizer
+    return getattr(opt, "single_partition_of_fp32_groups", None) or getattr(opt, "fp32_partitioned_groups_flat", None)
+
+
+def full_state_dict(engine) -> dict[str, torch.Tensor]:
+    """The policy's full weights (tied ones once). Under ZeRO-3 they are consolidated by DeepSpeed (a
+    collective call: all ranks), elsewhere read from the module."""
+    if engine.zero_optimization_stage() == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        state = engine.module.state_dict()
+    names = {n for n, _ in engine.module.named_parameters()} | {n for n, _ in engine.module.named_buffers()}
+    return {k: v.detach().contiguous().clone() for k, v in (state or {}).items() if k in names}
+
+
+@torch.no_grad()
+def load_full_state_dict(engine, state: dict[str, torch.Tensor]) -> None:
+    """Inverse of full_state_dict; under ZeRO-3 each parameter is gathered, set, and re-partitioned in turn."""
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        for name, p in engine.module.named_parameters():
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                if torch.distributed.get_rank() == 0:
+                    p.copy_(state[name])
+    else:
+        engine.module.load_state_dict(state, strict=False)
 
 
 def latest(run_dir: Path) -> Path | None:

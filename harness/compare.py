@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import platform
 import sys
 import time
 import traceback
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 from harness.train import CONFIG_DIR, REPO, ConfigError, compose_config, run
@@ -117,8 +119,11 @@ def main(argv: list[str] | None = None) -> None:
                                                              "traceback": traceback.format_exc()}))
             log(f"{run_dir.name} failed: {e}")
     dist.shutdown()
-    meta = {"experiment": name, "seconds": time.time() - started, "machine": platform.platform(),
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    meta = {"experiment": name, "seconds": time.time() - started,
+            "machine": f"{platform.platform()}, {os.cpu_count()} CPU cores, no GPU" if not torch.cuda.is_available()
+            else f"{platform.platform()}, {torch.cuda.get_device_name()}",
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
     rlsd_runs = sorted(p for p in runs_dir.glob("rlsd-s*") if (p / "final" / "config.json").exists())
     if rlsd_runs and not (out / "credit_rlsd.png").exists():
         from harness.credit import draw, token_weights

@@ -112,14 +112,16 @@ def write_report(out: Path, exp, meta: dict) -> None:
     # accuracy against compute, one curve per method, band = ± std over seeds
     fig, ax = plt.subplots(figsize=(6, 4))
     grid = [points[-1] * f for f in [i / 20 for i in range(21)]]
+    colour = {m: f"C{i}" for i, m in enumerate(order)}  # one colour per method in every figure
     for m in order:
         acc = []
         for _, run in df[(df["method"] == m)].dropna(subset=["eval/pass@1"]).groupby("seed"):
             acc.append([100 * run[run[key] <= b + 1e-9]["eval/pass@1"].iloc[-1] for b in grid])
         a = pd.DataFrame(acc)
         x = [g / (1e12 if kind == "flops" else 1) for g in grid]
-        ax.plot(x, a.mean(), label=m)
-        ax.fill_between(x, a.mean() - a.std(ddof=1).fillna(0), a.mean() + a.std(ddof=1).fillna(0), alpha=0.2)
+        ax.plot(x, a.mean(), label=m, color=colour[m])
+        ax.fill_between(x, a.mean() - a.std(ddof=1).fillna(0), a.mean() + a.std(ddof=1).fillna(0), alpha=0.2,
+                        color=colour[m])
     ax.set_xlabel("TFLOP spent" if kind == "flops" else kind)
     ax.set_ylabel("held-out pass@1 (%)")
     ax.set_title("Accuracy at matched compute")
@@ -136,11 +138,13 @@ def write_report(out: Path, exp, meta: dict) -> None:
                 continue
             g = sub.groupby("rollout_step")[col]
             mu, sd = g.mean().rolling(3, min_periods=1).mean(), g.std(ddof=1).fillna(0).rolling(3, min_periods=1).mean()
-            ax.plot(mu.index, mu, label=m)
-            ax.fill_between(mu.index, mu - sd, mu + sd, alpha=0.15)
+            ax.plot(mu.index, mu, label=m, color=colour[m])
+            ax.fill_between(mu.index, mu - sd, mu + sd, alpha=0.15, color=colour[m])
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("rollout step")
-    axes.flat[0].legend(fontsize=8)
+    for ax in axes.flat:
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "dynamics.png", dpi=110)
     plt.close(fig)
@@ -172,5 +176,7 @@ if __name__ == "__main__":
     from omegaconf import OmegaConf
 
     folder = Path(sys.argv[1])
-    write_report(folder, OmegaConf.load(Path(__file__).resolve().parent.parent / "configs" / "experiment" / f"{folder.name}.yaml"),
-                 {"experiment": folder.name})
+    meta_file = folder / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {"experiment": folder.name}
+    write_report(folder, OmegaConf.load(Path(__file__).resolve().parent.parent / "configs" / "experiment" / f"{meta['experiment']}.yaml"),
+                 meta)

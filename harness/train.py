@@ -197,8 +197,9 @@ def run(cfg: DictConfig, log=None) -> Path:
         raise
     finally:
         bar.close()
+    weights = checkpoint.full_state_dict(trainer.engine)  # every rank: a collective under ZeRO-3
     if rank == 0:
-        trainer.engine.module.save_pretrained(run_dir / "final")
+        trainer.engine.module.save_pretrained(run_dir / "final", state_dict=weights)
         processor.save_pretrained(run_dir / "final")
         recipe = init_path / "recipe.json"
         if recipe.exists():

@@ -1,4 +1,5 @@
-"""Two ranks under the `deepspeed` launcher (gloo on CPU) follow one rank's loss trajectory (slow: ~1-2 min)."""
+"""Two ranks under the `deepspeed` launcher (gloo on CPU) follow one rank's loss trajectory, ZeRO-2 and ZeRO-3
+with the RLSD teacher, checkpoints included (slow: ~1-2 min per stage)."""
 
 import json
 import os
@@ -16,23 +17,27 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _run(tmp_path: Path, name: str, ranks: int, stage: int, env: dict) -> list[dict]:
     args = small_overrides(tmp_path, f"run.name={name}", f"deepspeed=zero{stage}", "train.steps=3", "algorithm=rlsd",
-                           "train.micro_batch_size=8")
+                           "train.micro_batch_size=8", "train.save_every=2")
     if ranks == 1:
         cmd = [sys.executable, "tests/ds_worker.py", *args]
     else:
         launcher = shutil.which("deepspeed", path=str(Path(sys.executable).parent))
-        cmd = [launcher, "--num_gpus", str(ranks), "--master_port", "29533", "tests/ds_worker.py", *args]
+        cmd = [launcher, "--num_gpus", str(ranks), "--master_port", str(29533 + stage), "tests/ds_worker.py", *args]
     subprocess.run(cmd, cwd=REPO, env=env, check=True, timeout=600)
     return [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()][1:]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [2])
+@pytest.mark.parametrize("stage", [2, 3])
 def test_two_ranks_follow_one_rank(tmp_path, tiny_dir, stage):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     one = _run(tmp_path, "one", 1, stage, env)
     two = _run(tmp_path, "two", 2, stage, env)
     assert len(one) == len(two) == 3
+    # checkpoints (consolidated weights under ZeRO-3) and the final export exist for both
+    for name in ("one", "two"):
+        assert (tmp_path / name / "checkpoints" / "step-000002" / "model.safetensors").exists()
+        assert (tmp_path / name / "final" / "model.safetensors").exists()
     for a, b in zip(one, two):
         assert a["reward"] == b["reward"]
         assert a["cum/tokens/generated"] == b["cum/tokens/generated"]
