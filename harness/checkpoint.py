@@ -13,40 +13,47 @@ import json
 import random
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 
-def _base_optimizer(engine):
+def _optimizer_slots(engine) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
+    """The torch optimizer DeepSpeed drives and the tensors it updates, in a stable order: the model's
+    parameters (ZeRO-0), flat fp32 partitions (ZeRO-1/2: in its param groups; ZeRO-3: its own list, which it
+    swaps into the param groups only during a step)."""
     opt = engine.optimizer
-    return getattr(opt, "optimizer", opt)
+    base = getattr(opt, "optimizer", opt)
+    flat3 = getattr(opt, "fp32_partitioned_groups_flat", None)
+    params = list(flat3) if flat3 is not None else [p for g in base.param_groups for p in g["params"]]
+    return base, params
 
 
-def _optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
+def _optimizer_to_flat(engine) -> tuple[dict[str, torch.Tensor], dict]:
+    base, params = _optimizer_slots(engine)
     tensors, scalars = {}, {}
-    for idx, st in sd["state"].items():
-        for name, v in st.items():
+    for i, p in enumerate(params):
+        for name, v in base.state.get(p, {}).items():
             if isinstance(v, torch.Tensor):
-                tensors[f"state.{idx}.{name}"] = v.detach().clone().contiguous()
+                tensors[f"state.{i}.{name}"] = v.detach().clone().contiguous()
             else:
-                scalars[f"{idx}.{name}"] = v
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+                scalars[f"{i}.{name}"] = v
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"} for g in base.param_groups]
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict[str, Any]] = {}
+def _optimizer_from_flat(engine, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    base, params = _optimizer_slots(engine)
     for key, v in tensors.items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = v
+        _, i, name = key.split(".", 2)
+        p = params[int(i)]
+        base.state.setdefault(p, {})[name] = v.to(p.device)
     for key, v in meta["scalars"].items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    return {"state": state, "param_groups": meta["param_groups"]}
+        i, name = key.split(".", 1)
+        base.state.setdefault(params[int(i)], {})[name] = v
+    for group, saved in zip(base.param_groups, meta["param_groups"]):
+        group.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items()})
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
@@ -84,7 +91,7 @@ def save(folder: Path, trainer, rank: int, state: dict) -> Path:
             save_model(trainer.teacher.model, tmp / "teacher.safetensors")
         if trainer.ref is not None:
             save_model(trainer.ref.model, tmp / "ref.safetensors")
-    opt_tensors, opt_meta = _optimizer_to_flat(_base_optimizer(engine))
+    opt_tensors, opt_meta = _optimizer_to_flat(engine)
     fp32 = _fp32_partitions(engine)
     if fp32 is not None:  # ZeRO master copies: restored exactly rather than re-derived from the model
         opt_tensors.update({f"fp32.{i}": t.detach().clone() for i, t in enumerate(fp32)})
@@ -124,7 +131,7 @@ def load(folder: Path, trainer, rank: int) -> dict:
     fp32 = {k: v for k, v in opt_tensors.items() if k.startswith("fp32.")}
     for k in fp32:
         opt_tensors.pop(k)
-    _base_optimizer(engine).load_state_dict(_optimizer_from_flat(opt_tensors, meta["optimizer"]))
+    _optimizer_from_flat(engine, opt_tensors, meta["optimizer"])
     groups = _fp32_partitions(engine)
     if groups is not None:
         with torch.no_grad():

@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = compose_config(overrides)
         run(cfg)
-    except (ConfigError, FileExistsError, FileNotFoundError, KeyError, ValueError) as e:
+    except (ConfigError, FileExistsError, FileNotFoundError) as e:  # user errors; anything else keeps its traceback
         raise SystemExit(f"error: {e}") from None
     finally:
         from harness import dist

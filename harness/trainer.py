@@ -191,6 +191,9 @@ class Trainer:
                 self.rollout.sync_weights(self.engine.module, self.zero_stage)
 
         # Metrics of this step (token-weighted means over micro-batches; rollout statistics over the batch).
+        if self.world > 1:  # token-weighted over the whole batch: sum the weighted sums and the weights first
+            names = sorted(sums)
+            sums = dict(zip(names, dist.all_reduce_sum([sums[k] for k in names])))
         tokens = sums.pop("_tokens")
         metrics.update({k: v / max(tokens, 1.0) for k, v in sums.items()})
         metrics.update(self._rollout_metrics(batch, rewards, prompts))

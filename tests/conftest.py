@@ -12,6 +12,18 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    """One intra-op thread per test: the tensors and models here are tiny, and on 2 shared cores a thread
+    pool's wake-ups cost far more than the work (seconds instead of milliseconds per generate call)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("harness-cache")

@@ -4,7 +4,6 @@ No model anywhere."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from algorithms.batch import PolicyOutput, PromptInputs, RolloutBatch
@@ -97,11 +96,3 @@ def run_in_micro_batches(
     return total, leaf.grad
 
 
-@pytest.fixture
-def single_torch_thread():
-    """One intra-op thread while a test runs: these tensors are tiny, and on a shared CPU a thread pool's
-    wake-ups cost far more than the work (0.5 s instead of 10 ms per test)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

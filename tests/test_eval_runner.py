@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from benchmarks import EVAL_BENCHMARK_NAMES, fixtures
 from harness import evaluate
@@ -17,15 +16,6 @@ from harness.rollout import HFRolloutEngine
 from harness.train import compose_config
 
 ALL = list(BENCHMARKS)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model runs faster on one thread than on two contended ones (2 shared cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -31,15 +31,6 @@ DOCS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model runs faster on one thread than on two contended ones (2 shared cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def lm(tiny) -> HarnessLM:
     model, processor = tiny

@@ -8,9 +8,6 @@ from omegaconf import OmegaConf
 
 from algorithms import build_objective
 from harness.teacher import TeacherConfig
-from tests.objective_helpers import single_torch_thread  # noqa: F401 (fixture)
-
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "algorithm"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.yaml"))

@@ -9,9 +9,7 @@ from algorithms import build_objective
 from algorithms.batch import PolicyOutput
 from algorithms.common import aggregate_loss, clipped_surrogate, k3_kl, kl_divergence, masked_mean
 from algorithms.grpo import group_advantages
-from tests.objective_helpers import make_batch, single_torch_thread  # noqa: F401 (fixture)
-
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
+from tests.objective_helpers import make_batch
 
 # ---- group advantages -------------------------------------------------------------------------------
 

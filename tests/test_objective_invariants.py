@@ -10,9 +10,7 @@ import torch
 from algorithms import build_objective, get_objective_class, objective_names
 from algorithms.batch import PolicyOutput
 from algorithms.common import LOSS_AGG_MODES
-from tests.objective_helpers import make_batch, random_logits, run_in_micro_batches, single_torch_thread  # noqa: F401 (fixture)
-
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
+from tests.objective_helpers import make_batch, random_logits, run_in_micro_batches
 
 VOCAB = 128  # room for SDPO's default top-100 support
 

@@ -8,9 +8,7 @@ import torch
 from algorithms import build_objective
 from algorithms.batch import PolicyOutput
 from algorithms.opd import discounted_future_sum
-from tests.objective_helpers import make_batch, single_torch_thread  # noqa: F401 (fixture)
-
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
+from tests.objective_helpers import make_batch
 
 
 def test_discounted_future_sum_hand_values():

@@ -11,9 +11,7 @@ from algorithms import build_objective
 from algorithms.batch import PolicyOutput
 from algorithms.common import generalized_jsd
 from algorithms.opsd import logit_distillation_loss, restrict_to_teacher_topk
-from tests.objective_helpers import make_batch, single_torch_thread  # noqa: F401 (fixture)
-
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
+from tests.objective_helpers import make_batch
 
 S = torch.tensor([0.5, 0.5]).log()
 T = torch.tensor([0.25, 0.75]).log()

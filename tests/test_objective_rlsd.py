@@ -9,9 +9,7 @@ import torch
 from algorithms import build_objective
 from algorithms.batch import PolicyOutput
 from algorithms.rlsd import evidence_weights, lambda_schedule, token_advantages
-from tests.objective_helpers import make_batch, random_logits, run_in_micro_batches, single_torch_thread  # noqa: F401 (fixture)
-
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
+from tests.objective_helpers import make_batch, random_logits, run_in_micro_batches
 
 # Two rows: A = +1 (3 tokens) and A = −1 (2 tokens, the third is padding whose teacher value is −inf).
 ADV = torch.tensor([1.0, -1.0])

@@ -10,9 +10,7 @@ import torch.nn.functional as F
 from algorithms import build_objective
 from algorithms.batch import PolicyOutput
 from algorithms.sdpo import append_tail_bucket, topk_tail_distillation_loss
-from tests.objective_helpers import make_batch, random_logits, single_torch_thread, student_forward  # noqa: F401 (fixture)
-
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
+from tests.objective_helpers import make_batch, random_logits, student_forward
 
 STUDENT_TOPK = torch.tensor([0.5, 0.25]).log()  # tail 0.25
 TEACHER_TOPK = torch.tensor([0.125, 0.5]).log()  # tail 0.375
