@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from benchmarks import embedded
+from harness.rollout import stable_seed
 
 
 @dataclass
@@ -33,7 +34,7 @@ class EmbeddedData:
         self.level, self.seed, self.test_size, self.test_seed = level, seed, test_size, test_seed
 
     def prompts(self, step: int, n: int) -> list:
-        return embedded.generate("train", n, seed=hash((self.seed, step)) & 0xFFFFFFFF, level=self.level)
+        return embedded.generate("train", n, seed=stable_seed("train", self.seed, step), level=self.level)
 
     def test_set(self, n: int | None = None) -> list:
         return embedded.generate("test", n or self.test_size, seed=self.test_seed, level=self.level)
@@ -89,7 +90,7 @@ class LocalData:
         start = (step - 1) * n
         for k in range(start, start + n):
             epoch, pos = divmod(k, len(order))
-            random.Random(hash((self.seed, epoch))).shuffle(order)
+            random.Random(stable_seed("epoch", self.seed, epoch)).shuffle(order)
             out.append(self.rows[order[pos]])
         return out
 

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-PHASES = ("rollout", "reward", "teacher", "ref", "logprobs", "update", "sync", "eval", "probe")
-
 
 @dataclass
 class ModelShape:

@@ -74,9 +74,16 @@ def encode_prompts(processor, conversations: list[list[dict]], images: list[list
     return prompt, vision
 
 
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed derived from `parts`, the same in every process (Python's hash() of a str is salted
+    per process, so it must never derive a seed)."""
+    key = "/".join(map(str, parts)).encode()
+    return int.from_bytes(hashlib.sha1(key).digest()[:8], "little") & (2**63 - 1)
+
+
 def sample_seed(seed: int, step: int, uid: str, j: int) -> int:
     """The seed of response j to prompt `uid` at `step`: independent of batching and rank."""
-    return int.from_bytes(hashlib.sha1(f"{seed}/{step}/{uid}/{j}".encode()).digest()[:8], "little") & (2**63 - 1)
+    return stable_seed(seed, step, uid, j)
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:

@@ -116,6 +116,11 @@ class Trainer:
         ds_config = dist.deepspeed_config(cfg.deepspeed, tcfg.micro_batch_size, self.grad_accum, optim.grad_clip)
         self.engine = dist.initialize_engine(policy, optimizer, scheduler, ds_config)
         self.zero_stage = int(cfg.deepspeed.zero_stage)
+        # DeepSpeed may have cast the policy (bf16); frozen and synced copies follow it, an EMA stays in fp32.
+        dtype = next(self.engine.module.parameters()).dtype
+        for holder in (self.teacher, self.ref):
+            if holder is not None and holder.model is not None and holder.cfg.weights != "ema":
+                holder.model.to(dtype)
         if cfg.rollout.engine == "hf":
             self.rollout = HFRolloutEngine(self.engine.module, processor)
         elif cfg.rollout.engine == "vllm":
@@ -174,6 +179,7 @@ class Trainer:
         for _ in range(tcfg.ppo_epochs):
             for m in range(tcfg.mini_batches):
                 mini = batch.select(torch.arange(m * rows_per_mini, (m + 1) * rows_per_mini))
+                mini.step = self.step_count + 1  # schedules (RLSD's lambda) follow optimizer steps
                 mini.set_loss_counts(max_len=self.sampling.max_new_tokens)
                 mini.num_tokens, mini.num_seqs = dist.all_reduce_sum([mini.num_tokens, mini.num_seqs])
                 micro_batches = self._micro_batches(mini, tcfg.get("token_budget"))

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from harness.models import _recipe_dir, build_tiny, load_model, load_processor
-from harness.rollout import encode_prompts, user_messages
+from harness.rollout import encode_prompts, stable_seed, user_messages
 from harness.teacher import REFERENCE_TEMPLATE, SIBLING_TEMPLATE, SOLUTION_TEMPLATE
 
 
@@ -63,7 +63,7 @@ def run_warmup(model_dir: Path, steps: int, batch_size: int, lr: float, hint_sha
     t0 = time.perf_counter()
     loss_v = float("nan")
     for step in range(1, steps + 1):
-        items = embedded.generate("train", batch_size, seed=hash(("warmup", seed, step)) & 0xFFFFFFFF, level=level)
+        items = embedded.generate("train", batch_size, seed=stable_seed("warmup", seed, step), level=level)
         prompt, vision, ids, mask = _sft_batch(processor, items, rng, hint_share)
         logprobs = forward_logprobs(model, prompt, vision, ids, mask, 1.0, model.config.image_token_id)
         loss = -(logprobs.gather(-1, ids[..., None])[..., 0] * mask).sum() / mask.sum()
@@ -93,7 +93,7 @@ def warmed_up(model_cfg: Any, level: int, log=print) -> Path:
     base = build_tiny(model_cfg.arch, model_cfg.size, model_cfg.seed, model_cfg.vocab_size)
     w = model_cfg.warmup
     recipe = {"base": base.name, "steps": w.steps, "batch": w.batch_size, "lr": w.lr, "hint": w.hint_share,
-              "level": level, "seed": model_cfg.seed, "v": 2}
+              "level": level, "seed": model_cfg.seed, "v": 3}
     out = _recipe_dir("warmup", recipe)
     if not (out / "warmup.json").exists():
         log(f"warming up {base.name} -> {out} ({w.steps} steps of {w.batch_size})")

@@ -59,3 +59,19 @@ def test_bad_split_and_level_name_the_valid_ones():
         embedded.generate("validation", 1, 0)
     with pytest.raises(ValueError, match="valid: 1, 2, 3"):
         embedded.generate("train", 1, 0, level=7)
+
+
+def test_prompt_streams_are_the_same_in_every_process():
+    """Seeds must not come from Python's per-process salted hash(): two interpreters with different hash
+    salts see the same training prompts and warm-up items."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from harness.data import EmbeddedData; from harness.rollout import stable_seed; "
+            "from benchmarks import embedded; "
+            "print([x.id for x in EmbeddedData(seed=0).prompts(3, 4)], "
+            "[x.id for x in embedded.generate('train', 4, seed=stable_seed('warmup', 0, 1), level=1)])")
+    outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": salt}).stdout for salt in ("1", "2")]
+    assert outs[0] == outs[1] and "[" in outs[0]
