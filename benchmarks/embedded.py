@@ -8,8 +8,8 @@ reference solution with visible intermediate steps ending in \\boxed{}:
   level 2  "How many red shapes are there? Add 7."                  -> There are 3 red shapes. 3 + 7 = 10. ...
   level 3  "How many red shapes are there? Multiply by 2, then add 7." -> ... 3 * 2 = 6. 6 + 7 = 13. ...
 
-Level 1 is the default of the comparison (configs/data/embedded.yaml): after a 150-step warm-up the 1 M model
-answers 33 % of the test split greedily (66 % with the reference answer in its prompt, 4 % with a blank
+Level 1 is the default of the comparison (configs/data/embedded.yaml): after a 143-step warm-up the 1 M model
+answers 31 % of the test split greedily (47 % with the reference answer in its prompt, 7 % with a blank
 image), and RL moves it within tens of steps. Level 2's colour binding is the harder variant measured in
 shared/specs/embedded-task.md: a long supervised plateau at 30-40 % that GRPO at this scale did not lift in
 60-100 steps. Train and test items never coincide: every item's content hash decides its split, and each
