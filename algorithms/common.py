@@ -147,3 +147,10 @@ def generalized_jsd(
         mix_logp = torch.logaddexp(student_logp + math.log1p(-beta), teacher_logp + math.log(beta))
         per_entry = beta * terms(teacher_logp, mix_logp) + (1.0 - beta) * terms(student_logp, mix_logp)
     return per_entry.sum(-1)
+
+
+def sampled_token_reverse_kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """sg(log P_S − log P_T)·log P_S per token: a policy gradient whose advantage is the information gain
+    Δ_t = log P_T − log P_S; its gradient is the reverse KL's on the sampled token (OPSD's and SDPO's
+    sampled-token modes)."""
+    return (student_logp - teacher_logp).detach() * student_logp

@@ -25,6 +25,7 @@ from algorithms.common import (
     aggregate_loss,
     generalized_jsd,
     masked_mean,
+    sampled_token_reverse_kl,
     truncated_importance_ratio,
 )
 from algorithms.registry import Objective, register_objective
@@ -60,12 +61,6 @@ def logit_distillation_loss(
     if teacher_topk:
         student_logprobs, teacher_logprobs = restrict_to_teacher_topk(student_logprobs, teacher_logprobs, teacher_topk)
     return generalized_jsd(student_logprobs, teacher_logprobs, beta, pointwise_clip)
-
-
-def sampled_token_distillation_loss(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
-    """−sg(log P_T − log P_S)·log P_S per token: a policy gradient whose advantage is the information gain Δ_t."""
-    gain = (teacher_logp - student_logp).detach()
-    return -gain * student_logp
 
 
 @register_objective("opsd")
@@ -116,7 +111,7 @@ class OPSD(Objective):
                 policy.logprobs, mb.teacher_logprobs, cfg.beta, cfg.teacher_topk, cfg.pointwise_clip
             )
         else:
-            per_token = sampled_token_distillation_loss(policy.logp, mb.teacher_logp)
+            per_token = sampled_token_reverse_kl(policy.logp, mb.teacher_logp)
         mask = mb.loss_mask
         metrics = {
             "distill_per_token": masked_mean(per_token.detach(), mask),

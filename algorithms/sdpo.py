@@ -23,6 +23,7 @@ from algorithms.common import (
     aggregate_loss,
     generalized_jsd,
     masked_mean,
+    sampled_token_reverse_kl,
     truncated_importance_ratio,
 )
 from algorithms.registry import Objective, register_objective
@@ -54,11 +55,6 @@ def topk_tail_distillation_loss(
     student = append_tail_bucket(student_topk_logp)
     teacher = append_tail_bucket(teacher_topk_logp.detach())
     return generalized_jsd(student, teacher, alpha)
-
-
-def sampled_token_reverse_kl_loss(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
-    """sg(log P_S − log P_T)·log P_S per token: its gradient is the reverse KL's on the sampled token."""
-    return (student_logp - teacher_logp).detach() * student_logp
 
 
 @register_objective("sdpo")
@@ -101,7 +97,7 @@ class SDPO(Objective):
         cfg = self.cfg
         if self.teacher_signal == "sampled":
             self.require(mb, "teacher_logp")
-            return sampled_token_reverse_kl_loss(policy.logp, mb.teacher_logp)
+            return sampled_token_reverse_kl(policy.logp, mb.teacher_logp)
         if policy.logprobs is None:
             raise ValueError(f"{self.name}: logit mode needs the policy's full log-probs (PolicyOutput.logprobs)")
         self.check_vocab(policy.logprobs.shape[-1])
