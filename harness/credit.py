@@ -22,7 +22,7 @@ from harness.data import build_data
 from harness.models import load_model, load_processor
 from harness.rollout import HFRolloutEngine, SamplingParams, encode_prompts, sample_seed
 from harness.teacher import reference_contexts
-from harness.trainer import forward_logprobs
+from harness.trainer import forward_logprobs, token_logprobs
 from harness.verifier import build_verifier
 
 
@@ -47,8 +47,8 @@ def token_weights(run_dir: Path, n_prompts: int = 16, group: int = 8) -> list[di
     tok_id = student.config.image_token_id
     s_lp = forward_logprobs(student, ro.prompt, ro.vision, ro.response_ids, ro.response_mask, 1.0, tok_id)
     t_lp = forward_logprobs(teacher, tprompt, ro.vision, ro.response_ids, ro.response_mask, 1.0, tok_id)
-    gather = lambda lp: lp.gather(-1, ro.response_ids[..., None])[..., 0]  # noqa: E731
-    _, w = evidence_weights(adv, gather(s_lp), gather(t_lp), ro.response_mask)
+    _, w = evidence_weights(adv, token_logprobs(s_lp, ro.response_ids), token_logprobs(t_lp, ro.response_ids),
+                            ro.response_mask)
     w = w.clamp(1 - eps_w, 1 + eps_w)
     picks = []
     for want in (1.0, 0.0):  # one correct rollout with A > 0, one wrong with A < 0, from a mixed group

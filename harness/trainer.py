@@ -53,6 +53,11 @@ def forward_logprobs(
     return torch.log_softmax(logits / temperature, dim=-1)
 
 
+def token_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) log-probs -> (B, T) log-prob of each given token."""
+    return logprobs.gather(-1, token_ids[..., None])[..., 0]
+
+
 def _entropy(logprobs: torch.Tensor) -> torch.Tensor:
     p = logprobs.exp()
     return -torch.where(p > 0, p * logprobs, torch.zeros_like(p)).sum(-1)  # banned tokens: 0 * -inf is 0 here
@@ -228,7 +233,7 @@ class Trainer:
                 self.engine, mb.student, mb.vision, mb.response_ids, mb.response_mask,
                 self.sampling.temperature, self.image_token_id,
             )
-            logp = logprobs.gather(-1, mb.response_ids[..., None])[..., 0]
+            logp = token_logprobs(logprobs, mb.response_ids)
             policy = PolicyOutput(logp=logp, entropy=_entropy(logprobs.detach()), logprobs=logprobs if want_full else None)
         if self.teacher_context:
             with led.phase("probe" if self.probe else "teacher"):
@@ -293,7 +298,7 @@ class Trainer:
             self.sampling.temperature, self.image_token_id,
         )
         model.train(was_training)
-        mb.teacher_logp = t_logprobs.gather(-1, mb.response_ids[..., None])[..., 0]
+        mb.teacher_logp = token_logprobs(t_logprobs, mb.response_ids)
         if obj.teacher_signal == "full":
             mb.teacher_logprobs = t_logprobs
         elif obj.teacher_signal == "topk":
@@ -314,7 +319,7 @@ class Trainer:
             mb = mb.trim() if budget else mb
             lp = forward_logprobs(model, mb.student, mb.vision, mb.response_ids, mb.response_mask,
                                   self.sampling.temperature, self.image_token_id)
-            out[rows, : lp.shape[1]] = lp.gather(-1, mb.response_ids[..., None])[..., 0]
+            out[rows, : lp.shape[1]] = token_logprobs(lp, mb.response_ids)
             seq = mb.student.mask.sum(-1) + mb.response_mask.sum(-1)
             self.ledger.add(**{f"tokens/fwd_{role}": float(seq.sum()),
                                f"flops/{role}": self.shape.forward_flops(seq, self._patches(mb))})

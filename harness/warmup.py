@@ -52,7 +52,7 @@ def _sft_batch(processor, items: list, rng: random.Random, hint_share: float):
 def run_warmup(model_dir: Path, steps: int, batch_size: int, lr: float, hint_share: float, level: int, seed: int,
                out: Path, log=print) -> dict[str, Any]:
     from benchmarks import embedded
-    from harness.trainer import forward_logprobs
+    from harness.trainer import forward_logprobs, token_logprobs
 
     torch.manual_seed(seed)
     processor = load_processor(model_dir)
@@ -66,7 +66,7 @@ def run_warmup(model_dir: Path, steps: int, batch_size: int, lr: float, hint_sha
         items = embedded.generate("train", batch_size, seed=stable_seed("warmup", seed, step), level=level)
         prompt, vision, ids, mask = _sft_batch(processor, items, rng, hint_share)
         logprobs = forward_logprobs(model, prompt, vision, ids, mask, 1.0, model.config.image_token_id)
-        loss = -(logprobs.gather(-1, ids[..., None])[..., 0] * mask).sum() / mask.sum()
+        loss = -(token_logprobs(logprobs, ids) * mask).sum() / mask.sum()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
