@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file
+
+from harness.dist import iter_full_parameters
 
 
 def _optimizer_slots(engine) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
@@ -85,12 +87,12 @@ def save(folder: Path, trainer, rank: int, state: dict) -> Path:
     _barrier()
     engine = trainer.engine
     full = full_state_dict(engine)  # collective under ZeRO-3: every rank takes part
+    copies = {role: _copy_weights(holder) for role, holder in (("teacher", trainer.teacher), ("ref", trainer.ref))}
     if rank == 0:
         save_file(full, tmp / "model.safetensors")
-        if trainer.teacher is not None and trainer.teacher.model is not None:
-            save_model(trainer.teacher.model, tmp / "teacher.safetensors")
-        if trainer.ref is not None:
-            save_model(trainer.ref.model, tmp / "ref.safetensors")
+        for role, weights in copies.items():
+            if weights is not None:
+                save_file(weights, tmp / f"{role}.safetensors")
     opt_tensors, opt_meta = _optimizer_to_flat(engine)
     fp32 = _fp32_partitions(engine)
     if fp32 is not None:  # ZeRO master copies: restored exactly rather than re-derived from the model
@@ -121,11 +123,10 @@ def load(folder: Path, trainer, rank: int) -> dict:
     if not (folder / "state.json").exists():
         raise FileNotFoundError(f"no complete checkpoint at {folder}")
     engine = trainer.engine
-    load_full_state_dict(engine, load_file(folder / "model.safetensors"))
-    if (folder / "teacher.safetensors").exists():
-        load_model(trainer.teacher.model, folder / "teacher.safetensors")
-    if (folder / "ref.safetensors").exists():
-        load_model(trainer.ref.model, folder / "ref.safetensors")
+    load_parameters(engine.module, load_file(folder / "model.safetensors"), engine.zero_optimization_stage() == 3)
+    for role, holder in (("teacher", trainer.teacher), ("ref", trainer.ref)):
+        if (folder / f"{role}.safetensors").exists():
+            load_parameters(holder.model, load_file(folder / f"{role}.safetensors"), holder.partitioned)
     meta = json.loads((folder / f"rank{rank}.json").read_text())
     opt_tensors = load_file(folder / f"optimizer-rank{rank}.safetensors")
     fp32 = {k: v for k, v in opt_tensors.items() if k.startswith("fp32.")}
@@ -159,18 +160,31 @@ def full_state_dict(engine) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in (state or {}).items() if k in names}
 
 
+def _copy_weights(holder) -> dict[str, torch.Tensor] | None:
+    """A teacher's or reference's own weights (gathered one parameter at a time when partitioned: a collective,
+    so every rank calls it), or None when there is no copy (no teacher, or a live one)."""
+    if holder is None or holder.model is None:
+        return None
+    stage = 3 if holder.partitioned else 0
+    return {name: t.detach().clone().contiguous() for name, t in iter_full_parameters(holder.model, stage)}
+
+
 @torch.no_grad()
-def load_full_state_dict(engine, state: dict[str, torch.Tensor]) -> None:
-    """Inverse of full_state_dict; under ZeRO-3 each parameter is gathered, set, and re-partitioned in turn."""
-    if engine.zero_optimization_stage() == 3:
+def load_parameters(module: torch.nn.Module, state: dict[str, torch.Tensor], partitioned: bool) -> None:
+    """Inverse of full_state_dict / _copy_weights; when partitioned (ZeRO-3) each parameter is gathered, set on
+    rank 0 and re-partitioned from it in turn."""
+    if partitioned:
         import deepspeed
 
-        for name, p in engine.module.named_parameters():
+        for name, p in module.named_parameters():
             with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
                 if torch.distributed.get_rank() == 0:
                     p.copy_(state[name])
     else:
-        engine.module.load_state_dict(state, strict=False)
+        missing = sorted({name for name, _ in module.named_parameters()} - set(state))
+        if missing:
+            raise KeyError(f"the checkpoint lacks {len(missing)} parameters, e.g. {missing[:3]}")
+        module.load_state_dict(state, strict=False)  # tied aliases (saved once) are not in `state`
 
 
 def latest(run_dir: Path) -> Path | None:

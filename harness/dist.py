@@ -70,6 +70,33 @@ def initialize_engine(model: torch.nn.Module, optimizer, scheduler, config: dict
     return engine
 
 
+def initialize_inference_engine(model: torch.nn.Module):
+    """A ZeRO-3 engine without an optimizer: partitions `model`'s parameters across the ranks and installs the
+    hooks that gather them layer by layer during a forward (a frozen teacher or reference next to a ZeRO-3
+    policy). The parameters keep their dtype."""
+    import deepspeed
+
+    dtype = next(model.parameters()).dtype
+    config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "zero_optimization": {"stage": 3},
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "steps_per_print": 10**9,
+    }
+    engine, _, _, _ = deepspeed.initialize(model=model, config=config)
+    return engine
+
+
+def release_gathered(params: list[torch.nn.Parameter]) -> None:
+    """Free the full copies ZeRO-3 keeps of gathered parameters (small "persistent" ones stay gathered after a
+    forward), leaving only each rank's shard, which is then the one copy to write to."""
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    gathered = [p for p in params if p.ds_status == ZeroParamStatus.AVAILABLE]
+    if gathered:
+        gathered[0].partition(gathered)
+
+
 def shutdown() -> None:
     # A barrier first: ZeRO-3 ranks otherwise sometimes abort at interpreter exit (shared/specs/cpu-stack.md §2).
     if torch.distributed.is_initialized():

@@ -6,10 +6,10 @@ Memory per GPU under each ZeRO stage, mixed precision with AdamW (Psi trainable 
 ranks): bf16 weights 2 Psi, bf16 gradients 2 Psi, fp32 master weights + Adam moments 12 Psi, partitioned as
   ZeRO-0: 16 Psi   ZeRO-1: 4 Psi + 12 Psi/N   ZeRO-2: 2 Psi + 14 Psi/N   ZeRO-3: 16 Psi/N
   ZeRO-3 + optimizer offload: 4 Psi/N on the GPU (the 12 Psi/N optimizer state lives in CPU memory).
-A frozen / synced teacher or a reference model adds a full bf16 replica, 2 Psi, on every GPU, whatever the
-stage (harness/teacher.py keeps a plain copy; a ZeRO-3-partitioned teacher engine is not built yet); an EMA
-teacher is kept in fp32 (4 Psi) so that tau = 0.05 updates are not lost to bf16 rounding; a live teacher
-adds nothing. Activations: with gradient checkpointing, one micro-batch of one sequence keeps
+A frozen / synced teacher or a reference model adds bf16 weights, 2 Psi: a full replica on every GPU under
+ZeRO-0/1/2, partitioned like the policy (2 Psi/N) under ZeRO-3 (harness/teacher.py); an EMA teacher is kept
+in fp32 (4 Psi, or 4 Psi/N) so that tau = 0.05 updates are not lost to bf16 rounding; a live teacher adds
+nothing. Activations: with gradient checkpointing, one micro-batch of one sequence keeps
 L x S x d bf16 layer inputs plus one layer's working set, and the fp32 log-softmax over the response
 positions (S_resp x V x 4 bytes), which dominates at 4K responses and a 152K vocabulary.
 """
@@ -71,7 +71,8 @@ def memory_per_gpu(params: int, stage: int, world: int, extras: list[str], offlo
     policy = {0: 16 * P, 1: 4 * P + 12 * P / N, 2: 2 * P + 14 * P / N, 3: 16 * P / N}[stage]
     if offload and stage == 3:
         policy = 4 * P / N
-    others = sum((4 if e == "teacher:ema" else 2) * P for e in extras)  # full replicas (see the module doc)
+    copies = P / N if stage == 3 else P  # partitioned like the policy under ZeRO-3, else full replicas
+    others = sum((4 if e == "teacher:ema" else 2) * copies for e in extras)
     return {"policy_gib": policy / GIB, "teacher_ref_gib": others / GIB}
 
 

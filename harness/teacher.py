@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.dist import iter_full_parameters
+from harness import dist
 from harness.rollout import user_messages
 
 WEIGHT_SOURCES = ("none", "frozen", "sync", "ema", "live")
@@ -90,20 +90,35 @@ def sibling_contexts(
 
 
 class TeacherWeights:
-    """Holds the teacher's parameters (a copy, or nothing when live) and updates them on schedule."""
+    """Holds the teacher's parameters (a copy, or nothing when live) and updates them on schedule.
+
+    The copy is a full replica on every rank, except when the policy is ZeRO-3: then `place` partitions it
+    the same way (a DeepSpeed engine without an optimizer), each rank keeps 1/N of every parameter, and each
+    teacher forward gathers layer by layer like the policy's. Because the two share one partitioning, a sync
+    or EMA update is local to each rank's shard: no communication, never more than one parameter's shard of
+    scratch memory."""
 
     def __init__(self, cfg: TeacherConfig, policy: torch.nn.Module) -> None:
         self.cfg = cfg
         self.model = None
+        self.partitioned = False
         if cfg.weights != "live":
-            # A full replica (built before DeepSpeed partitions the policy). An EMA teacher is kept in fp32 so
-            # that tau-sized updates are not rounded away when the policy trains in bf16.
+            # Copied before DeepSpeed touches the policy (under ZeRO-3 its parameters are then shards).
             self.model = copy.deepcopy(policy).eval()
-            if cfg.weights == "ema":
-                self.model.float()
             for p in self.model.parameters():
                 p.requires_grad_(False)
         self.updates = 0  # how many times the weights were refreshed from the student (sync) or blended (ema)
+
+    def place(self, dtype: torch.dtype, zero_stage: int) -> None:
+        """After the policy's DeepSpeed engine exists: frozen and synced copies take the policy's dtype; an EMA
+        stays fp32, so that tau-sized updates are not rounded away when the policy trains in bf16. Under
+        ZeRO-3 the copy is then partitioned like the policy."""
+        if self.model is None:
+            return
+        self.model.to(torch.float32 if self.cfg.weights == "ema" else dtype)
+        if zero_stage == 3:
+            self._engine = dist.initialize_inference_engine(self.model)  # holds the partitioning hooks
+            self.partitioned = True
 
     def module(self, policy: torch.nn.Module) -> torch.nn.Module:
         return policy if self.model is None else self.model
@@ -111,7 +126,8 @@ class TeacherWeights:
     @torch.no_grad()
     def after_step(self, step: int, policy: torch.nn.Module, zero_stage: int = 0) -> bool:
         """Called after optimizer step `step` (1-based). Returns whether the teacher's weights changed.
-        The student's parameters are read one at a time (gathered just for that one under ZeRO-3)."""
+        The student's parameters are read one at a time (gathered just for that one under ZeRO-3, or, when
+        the teacher is partitioned too, shard by shard)."""
         if self.cfg.weights == "sync" and step % self.cfg.sync_every == 0:
             update = lambda t, s: t.copy_(s)  # noqa: E731
         elif self.cfg.weights == "ema":
@@ -119,7 +135,12 @@ class TeacherWeights:
         else:
             return False
         teacher = dict(self.model.named_parameters())
-        for name, full in iter_full_parameters(policy, zero_stage):
-            update(teacher[name], full)
+        if self.partitioned:
+            dist.release_gathered(list(teacher.values()))  # persistent small parameters are kept whole; drop them
+            for name, p in policy.named_parameters():
+                update(teacher[name].ds_tensor, p.ds_tensor)
+        else:
+            for name, full in dist.iter_full_parameters(policy, zero_stage):
+                update(teacher[name], full)
         self.updates += 1
         return True

@@ -121,11 +121,11 @@ class Trainer:
         ds_config = dist.deepspeed_config(cfg.deepspeed, tcfg.micro_batch_size, self.grad_accum, optim.grad_clip)
         self.engine = dist.initialize_engine(policy, optimizer, scheduler, ds_config)
         self.zero_stage = int(cfg.deepspeed.zero_stage)
-        # DeepSpeed may have cast the policy (bf16); frozen and synced copies follow it, an EMA stays in fp32.
+        # DeepSpeed may have cast the policy (bf16); copies follow it, and are partitioned like it under ZeRO-3.
         dtype = next(self.engine.module.parameters()).dtype
         for holder in (self.teacher, self.ref):
-            if holder is not None and holder.model is not None and holder.cfg.weights != "ema":
-                holder.model.to(dtype)
+            if holder is not None:
+                holder.place(dtype, self.zero_stage)
         if cfg.rollout.engine == "hf":
             self.rollout = HFRolloutEngine(self.engine.module, processor)
         elif cfg.rollout.engine == "vllm":
@@ -178,7 +178,7 @@ class Trainer:
                 batch.old_logp = self._logprobs_no_grad(self.engine.module, batch, "policy")
 
         self.engine.module.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, tuple[float, float]] = {}
         n = batch.batch_size
         rows_per_mini = n // tcfg.mini_batches
         for _ in range(tcfg.ppo_epochs):
@@ -202,11 +202,10 @@ class Trainer:
                 self.rollout.sync_weights(self.engine.module, self.zero_stage)
 
         # Metrics of this step (token-weighted means over micro-batches; rollout statistics over the batch).
-        if self.world > 1:  # token-weighted over the whole batch: sum the weighted sums and the weights first
-            names = sorted(sums)
-            sums = dict(zip(names, dist.all_reduce_sum([sums[k] for k in names])))
-        tokens = sums.pop("_tokens")
-        metrics.update({k: v / max(tokens, 1.0) for k, v in sums.items()})
+        # Weighted over the whole batch: the weighted sums and the weights are summed over ranks first.
+        names = sorted(sums)
+        flat = dist.all_reduce_sum([x for k in names for x in sums[k]])
+        metrics.update({k: flat[2 * i] / max(flat[2 * i + 1], 1.0) for i, k in enumerate(names)})
         metrics.update(self._rollout_metrics(batch, rewards, prompts))
         metrics["lr"] = self.engine.get_lr()[0]
         metrics["teacher_updates"] = float(self.teacher.updates) if self.teacher else 0.0
@@ -223,7 +222,7 @@ class Trainer:
         groups = pad_to_count(groups, dist.all_reduce_max(len(groups)))
         return [torch.tensor(sorted(g)) for g in groups]
 
-    def _micro_step(self, mb: RolloutBatch, sums: dict[str, float]) -> None:
+    def _micro_step(self, mb: RolloutBatch, sums: dict[str, tuple[float, float]]) -> None:
         if self.cfg.train.get("token_budget"):
             mb = mb.trim()
         obj, led = self.objective, self.ledger
@@ -255,12 +254,14 @@ class Trainer:
         m["entropy"] = masked_mean(policy.entropy, mask)
         # Rollout engine vs trainer on the same tokens (numerics, kernels, vLLM's bf16): the mismatch TIS corrects.
         m["rollout_logp_gap"] = masked_mean((policy.logp.detach() - mb.rollout_logp).abs(), mask)
-        if mb.teacher_logp is not None:
+        weights = dict.fromkeys(m, w)
+        if mb.teacher_logp is not None:  # over the tokens that have a teacher (SDPO: rows with a sibling)
             kl_mask = mb.loss_mask if mb.teacher_mask is not None else mask
             m["teacher_kl"] = masked_mean(policy.logp.detach() - mb.teacher_logp, kl_mask)
-        for k, v in m.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * w
-        sums["_tokens"] = sums.get("_tokens", 0.0) + w
+            weights["teacher_kl"] = float(kl_mask.sum())
+        for k, v in m.items():  # (weighted sum, weight)
+            total, weight = sums.get(k, (0.0, 0.0))
+            sums[k] = (total + float(v) * weights[k], weight + weights[k])
 
     # ------------------------------------------------------------------ teacher
     def _attach_teacher_prompts(self, batch: RolloutBatch, prompts: list) -> None:

@@ -1,5 +1,6 @@
-"""Two ranks under the `deepspeed` launcher (gloo on CPU) follow one rank's loss trajectory, ZeRO-2 and ZeRO-3
-with the RLSD teacher, checkpoints included (slow: ~1-2 min per stage)."""
+"""Two ranks under the `deepspeed` launcher (gloo on CPU) follow one rank's loss trajectory: ZeRO-2 with the RLSD
+teacher as a replica, ZeRO-3 with partitioned teachers (RLSD's synced at step 2, SDPO's EMA every step),
+checkpoints included (slow: ~1-2 min per case)."""
 
 import json
 import os
@@ -15,11 +16,12 @@ from tests.conftest import small_overrides
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _run(tmp_path: Path, name: str, ranks: int, stage: int, env: dict) -> list[dict]:
+def _run(tmp_path: Path, name: str, ranks: int, stage: int, algorithm: str, env: dict) -> list[dict]:
     # lr 1e-4: at 1e-3, Adam's first updates (m / sqrt(v) ~ sign(g)) turn the float-order differences of a
     # two-rank gradient sum on near-zero gradients into visible parameter differences within three steps.
-    args = small_overrides(tmp_path, f"run.name={name}", f"deepspeed=zero{stage}", "train.steps=4", "algorithm=rlsd",
-                           "train.micro_batch_size=8", "train.save_every=2", "optim.lr=1e-4")
+    args = small_overrides(tmp_path, f"run.name={name}", f"deepspeed=zero{stage}", "train.steps=4", f"algorithm={algorithm}",
+                           "train.micro_batch_size=8", "train.save_every=2", "optim.lr=1e-4",
+                           *(["algorithm.teacher.sync_every=2"] if algorithm == "rlsd" else []))
     if ranks == 1:
         cmd = [sys.executable, "tests/ds_worker.py", *args]
     else:
@@ -30,11 +32,11 @@ def _run(tmp_path: Path, name: str, ranks: int, stage: int, env: dict) -> list[d
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [2, 3])
-def test_two_ranks_follow_one_rank(tmp_path, tiny_dir, stage):
+@pytest.mark.parametrize(("stage", "algorithm"), [(2, "rlsd"), (3, "rlsd"), (3, "sdpo")])
+def test_two_ranks_follow_one_rank(tmp_path, tiny_dir, stage, algorithm):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    one = _run(tmp_path, "one", 1, stage, env)
-    two = _run(tmp_path, "two", 2, stage, env)
+    one = _run(tmp_path, "one", 1, stage, algorithm, env)
+    two = _run(tmp_path, "two", 2, stage, algorithm, env)
     assert len(one) == len(two) == 4
     # checkpoints (consolidated weights under ZeRO-3) and the final export exist for both
     for name in ("one", "two"):
@@ -45,3 +47,4 @@ def test_two_ranks_follow_one_rank(tmp_path, tiny_dir, stage):
         assert a["cum/tokens/generated"] == b["cum/tokens/generated"]
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
         assert a["teacher_kl"] == pytest.approx(b["teacher_kl"], rel=1e-4, abs=1e-6)
+    assert one[-1]["teacher_updates"] == two[-1]["teacher_updates"] == (2 if algorithm == "rlsd" else 4)

@@ -45,7 +45,8 @@ def test_memory_plan_matches_the_zero_formulas():
     assert memory_per_gpu(p, 3, n, [])["policy_gib"] == 2
     assert memory_per_gpu(p, 3, n, [], offload=True)["policy_gib"] == 0.5
     assert memory_per_gpu(p, 2, n, ["teacher:sync"])["teacher_ref_gib"] == 2
-    assert memory_per_gpu(p, 3, n, ["teacher:ema"])["teacher_ref_gib"] == 4  # fp32 replica, not partitioned
+    assert memory_per_gpu(p, 3, n, ["teacher:ema"])["teacher_ref_gib"] == 4 / 8  # fp32, partitioned like the policy
+    assert memory_per_gpu(p, 3, n, ["teacher:sync", "reference"])["teacher_ref_gib"] == 2 * 2 / 8
 
 
 def test_paper_main_table_dry_run(capsys):

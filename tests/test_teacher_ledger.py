@@ -101,3 +101,46 @@ def test_ledger_counts_match_hand_counted_tokens(tmp_path, tiny_dir):
                                            mb.vision.image_grid_thw.prod(-1)) for mb in mbs)
     assert m["step/flops/policy_fwd"] == expected_fwd and m["step/flops/policy_bwd"] == 2 * expected_fwd
     assert m["step/flops/total"] == sum(m[f"step/flops/{k}"] for k in ("rollout", "policy_fwd", "policy_bwd", "teacher"))
+
+
+def _gathered(module) -> dict[str, torch.Tensor]:
+    from harness.dist import iter_full_parameters
+
+    return {n: t.detach().clone() for n, t in iter_full_parameters(module, zero_stage=3)}
+
+
+def test_zero3_teacher_is_partitioned_and_follows_sync_ema_and_checkpoints(tmp_path, tiny_dir):
+    from harness import checkpoint
+
+    # sync every step (RLSD's teacher): after one step the partitioned teacher equals the policy
+    trainer = make_trainer(tmp_path, "algorithm=rlsd", "deepspeed=zero3", "algorithm.teacher.sync_every=1")
+    teacher = trainer.teacher.model
+    assert trainer.teacher.partitioned
+    assert all(hasattr(p, "ds_tensor") for p in teacher.parameters())
+    assert any(p.numel() == 0 for p in teacher.parameters())  # big parameters live only as shards between forwards
+    trainer.step()
+    synced, policy = _gathered(teacher), _gathered(trainer.engine.module)
+    assert synced.keys() == policy.keys() and all(torch.equal(synced[n], policy[n]) for n in synced)
+    # forwards agree too: small "persistent" parameters, kept gathered after a forward, were not left stale
+    ids = torch.arange(1, 17).view(2, 8)
+    with torch.no_grad():
+        assert torch.equal(teacher(input_ids=ids).logits, trainer.engine.module(input_ids=ids).logits)
+
+    # a checkpoint carries the partitioned teacher's full weights and restores them into a fresh trainer
+    folder = checkpoint.save(tmp_path / "ck" / "step-000001", trainer, 0, {"step": 1})
+    fresh = make_trainer(tmp_path, "algorithm=rlsd", "deepspeed=zero3", "algorithm.teacher.sync_every=1")
+    initial = _gathered(fresh.teacher.model)
+    assert any(not torch.equal(initial[n], synced[n]) for n in synced)
+    checkpoint.load(folder, fresh, 0)
+    restored = _gathered(fresh.teacher.model)
+    assert all(torch.equal(restored[n], synced[n]) for n in synced)
+
+    # EMA (SDPO's teacher): theta_T <- theta_T + tau (theta_S - theta_T), shard by shard
+    trainer = make_trainer(tmp_path, "algorithm=sdpo", "deepspeed=zero3", "run.name=ema")
+    before = _gathered(trainer.teacher.model)
+    trainer.step()
+    after, policy = _gathered(trainer.teacher.model), _gathered(trainer.engine.module)
+    tau = trainer.teacher.cfg.ema_rate
+    for n in before:
+        assert torch.allclose(after[n], before[n] + tau * (policy[n] - before[n]), atol=1e-7), n
+    assert any(not torch.equal(after[n], before[n]) for n in before)
