@@ -1,7 +1,8 @@
 """The typed batch through which an objective reads everything it needs.
 
 One row per sampled response; rows are ordered group by group (the G responses to one prompt are
-consecutive). Response-level tensors are (B, T), right-padded, aligned position by position between
+consecutive) until `Objective.prepare` has run; after it the trainer may move rows between ranks to even out
+their tokens (train.balance_ranks), so `loss` must not rely on the group order. Response-level tensors are (B, T), right-padded, aligned position by position between
 student and teacher: position t is the t-th response token in both.
 """
 
@@ -121,6 +122,33 @@ class RolloutBatch:
             out[f.name] = v
         return replace(self, **out)
 
+    @staticmethod
+    def concat(batches: list[RolloutBatch]) -> RolloutBatch:
+        """The rows of `batches` one after the other (shards that change rank): response-level tensors are
+        right-padded and prompts left-padded with zeros to the widest, under masks that keep them inert."""
+        first = batches[0]
+        out = {}
+        for f in fields(first):
+            values = [getattr(b, f.name) for b in batches]
+            v = values[0]
+            if isinstance(v, torch.Tensor) and v.dim() > 0:
+                width = max(x.shape[1] for x in values) if v.dim() > 1 else None
+                v = torch.cat([x if width is None else _pad(x, width, left=False) for x in values])
+            elif isinstance(v, PromptInputs):
+                width = max(x.ids.shape[1] for x in values)
+                v = PromptInputs(ids=torch.cat([_pad(x.ids, width, left=True) for x in values]),
+                                 mask=torch.cat([_pad(x.mask, width, left=True) for x in values]))
+            elif isinstance(v, VisionInputs):
+                v = VisionInputs(*(torch.cat([getattr(x, k) for x in values])
+                                   for k in ("pixel_values", "image_grid_thw", "images_per_row")))
+            elif f.name == "extras":
+                v = {}
+                for k, x in first.extras.items():
+                    per_row = all(isinstance(b.extras.get(k), list) and len(b.extras[k]) == b.batch_size for b in batches)
+                    v[k] = [y for b in batches for y in b.extras[k]] if per_row else x
+            out[f.name] = v
+        return replace(first, **out)
+
     def trim(self) -> RolloutBatch:
         """Drop padding columns no row uses (leading prompt columns, trailing response columns), so that a
         micro-batch of short rows costs only its own length. Masked positions never change a result."""
@@ -149,3 +177,9 @@ class RolloutBatch:
                 v = VisionInputs(v.pixel_values.to(device), v.image_grid_thw.to(device), v.images_per_row.to(device))
             out[f.name] = v
         return replace(self, **out)
+
+
+def _pad(x: torch.Tensor, width: int, left: bool) -> torch.Tensor:
+    """Zero-pad dimension 1 of `x` to `width` columns."""
+    pad = x.new_zeros((x.shape[0], width - x.shape[1], *x.shape[2:]))
+    return torch.cat([pad, x] if left else [x, pad], 1)

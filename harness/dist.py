@@ -23,6 +23,8 @@ def init_distributed() -> tuple[int, int]:
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if torch.cuda.is_available():  # object collectives under NCCL use the current device
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False)
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -46,6 +48,30 @@ def all_reduce_max(value: int) -> int:
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return int(t.item())
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order (a list of one without a process group)."""
+    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def exchange(pieces: list[Any]) -> list[Any]:
+    """All-to-all of picklable objects: `pieces[k]` goes to rank k; returns what each rank sent here, in rank
+    order. Each rank receives only its own pieces (one gather per destination)."""
+    world = len(pieces)
+    if world == 1:
+        return list(pieces)
+    received = None
+    for dst in range(world):
+        out = [None] * world if torch.distributed.get_rank() == dst else None
+        torch.distributed.gather_object(pieces[dst], out, dst=dst)
+        if out is not None:
+            received = out
+    return received
 
 
 def deepspeed_config(ds: Any, micro_batch: int, grad_accum: int, grad_clip: float) -> dict:

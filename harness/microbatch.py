@@ -2,7 +2,8 @@
 
 Rows are padded to the longest row of their micro-batch, so a micro-batch costs (rows x longest length)
 tokens. `partition_by_tokens` packs rows, longest first, into as few micro-batches as fit a budget, and
-`pad_to_count` evens the number of micro-batches across ranks.
+`pad_to_count` evens the number of micro-batches across ranks, and `balance_rows` splits a mini-batch between
+ranks so that each trains on about as many tokens.
 Separate budgets serve forward-only passes (teacher, reference, old log-probs: no activations kept, about
 twice the budget fits) and forward+backward passes. Losses stay exact whatever the partition, because every
 micro-batch is normalised by whole-mini-batch counts (algorithms/common.py: aggregate_loss).
@@ -42,3 +43,18 @@ def pad_to_count(batches: list[list[int]], count: int) -> list[list[int]]:
         b = batches.pop(big)
         batches[big:big] = [b[: len(b) // 2], b[len(b) // 2 :]]
     return batches
+
+
+def balance_rows(lengths: list[int], parts: int) -> list[list[int]]:
+    """Row indices in `parts` sets of equal size whose token sums are as even as a greedy pass makes them
+    (longest row first, to the lightest set that still has room). Deterministic: ties go to the lower set."""
+    if parts < 1 or len(lengths) % parts:
+        raise ValueError(f"{len(lengths)} rows do not split into {parts} equal parts")
+    room = len(lengths) // parts
+    sets: list[list[int]] = [[] for _ in range(parts)]
+    loads = [0] * parts
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        k = min((k for k in range(parts) if len(sets[k]) < room), key=lambda k: (loads[k], k))
+        sets[k].append(i)
+        loads[k] += lengths[i]
+    return [sorted(s) for s in sets]

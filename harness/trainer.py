@@ -19,7 +19,7 @@ from algorithms.common import masked_mean
 from harness import dist
 from harness.dynamics import leakage_flags
 from harness.ledger import Ledger, ModelShape
-from harness.microbatch import pad_to_count, partition_by_tokens
+from harness.microbatch import balance_rows, pad_to_count, partition_by_tokens
 from harness.rollout import HFRolloutEngine, SamplingParams, encode_prompts, sample_seed, vision_token_ids
 from harness.teacher import TeacherConfig, TeacherWeights, reference_contexts, sibling_contexts
 from harness.verifier import build_verifier
@@ -169,6 +169,10 @@ class Trainer:
             with led.phase("probe" if self.probe else "teacher"):
                 self._attach_teacher_prompts(batch, prompts)
         metrics = obj.prepare(batch)
+        metrics.update(self._rollout_metrics(batch, prompts))
+        if self.world > 1 and tcfg.balance_ranks:
+            batch, balance = self._balance_ranks(batch)
+            metrics.update(balance)
         batch = batch.to(self.device)
         if self.ref is not None:
             with led.phase("ref"):
@@ -206,10 +210,37 @@ class Trainer:
         names = sorted(sums)
         flat = dist.all_reduce_sum([x for k in names for x in sums[k]])
         metrics.update({k: flat[2 * i] / max(flat[2 * i + 1], 1.0) for i, k in enumerate(names)})
-        metrics.update(self._rollout_metrics(batch, rewards, prompts))
         metrics["lr"] = self.engine.get_lr()[0]
         metrics["teacher_updates"] = float(self.teacher.updates) if self.teacher else 0.0
         return self._close_step(metrics)
+
+    def _balance_ranks(self, batch: RolloutBatch) -> tuple[RolloutBatch, dict[str, float]]:
+        """Even out the tokens each rank trains on. Within each mini-batch (the same rows of the whole batch as
+        without balancing) rows move between ranks so that every rank keeps as many rows but about as many
+        tokens: ZeRO's collectives make every rank wait for the slowest. Losses are unchanged, since they are
+        normalised by whole-mini-batch counts; only float order differs."""
+        W, n = self.world, batch.batch_size
+        per_mini = n // self.cfg.train.mini_batches
+        lengths = dist.all_gather_object((batch.student.mask.sum(-1) + batch.response_mask.sum(-1)).long().tolist())
+        dest = {}  # (source rank, row) -> destination rank
+        for m in range(self.cfg.train.mini_batches):
+            rows = [(src, i) for src in range(W) for i in range(m * per_mini, (m + 1) * per_mini)]
+            for dst, part in enumerate(balance_rows([lengths[src][i] for src, i in rows], W)):
+                dest.update({rows[j]: dst for j in part})
+        before = [sum(x) for x in lengths]
+        after = [sum(lengths[src][i] for (src, i), d in dest.items() if d == k) for k in range(W)]
+        if max(after) > max(before):  # the greedy split is a heuristic: never leave the ranks worse off
+            dest, after = {(src, i): src for src, i in dest}, before
+        pieces = [batch.select(torch.tensor([i for i in range(n) if dest[self.rank, i] == dst], dtype=torch.long))
+                  for dst in range(W)]
+        merged = RolloutBatch.concat(dist.exchange(pieces))
+        # back into mini-batch order, so that the m-th slice of every rank is still the m-th mini-batch
+        arrived = [(i // per_mini, src, i) for src in range(W) for i in range(n) if dest[src, i] == self.rank]
+        order = sorted(range(len(arrived)), key=arrived.__getitem__)
+        return merged.select(torch.tensor(order, dtype=torch.long)), {
+            "rank_imbalance_before": max(before) * W / max(sum(before), 1),
+            "rank_imbalance_after": max(after) * W / max(sum(after), 1),
+        }
 
     def _micro_batches(self, batch: RolloutBatch, token_budget: int | None) -> list[torch.Tensor]:
         """Row indices of each micro-batch: fixed-size slices, or (with a token budget) rows packed by padded
@@ -337,7 +368,7 @@ class Trainer:
         return {"tokens/fwd_policy": float(seq.sum()), "tokens/bwd_policy": float(seq.sum()),
                 "flops/policy_fwd": fwd, "flops/policy_bwd": 2 * fwd}
 
-    def _rollout_metrics(self, batch: RolloutBatch, rewards: torch.Tensor, prompts: list) -> dict[str, float]:
+    def _rollout_metrics(self, batch: RolloutBatch, prompts: list) -> dict[str, float]:
         lengths = batch.response_mask.sum(-1).cpu()
         prompt_lens = batch.student.mask.sum(-1).cpu()
         self.ledger.add(**{
@@ -345,14 +376,14 @@ class Trainer:
             "flops/rollout": self.shape.generate_flops(prompt_lens, lengths)
             + self.shape.forward_flops(torch.zeros(0), self._patches(batch)),
         })
-        groups = rewards.view(-1, batch.group_size)
+        groups = batch.rewards.view(-1, batch.group_size)
         leak = leakage_flags(batch.extras["texts"])
         return {
-            "reward": rewards.mean().item(),
+            "reward": batch.rewards.mean().item(),
             "reward_std_in_group": groups.std(-1).mean().item() if batch.group_size > 1 else 0.0,
             "mixed_groups": ((groups.max(-1).values > groups.min(-1).values).float().mean().item()),
             "response_length": lengths.float().mean().item(),
-            "truncated": float((batch.response_mask[:, -1] > 0).float().mean()),
+            "truncated": float((lengths >= self.sampling.max_new_tokens).float().mean()),
             "leakage": sum(leak) / max(len(leak), 1),
         }
 

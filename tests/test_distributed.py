@@ -1,6 +1,7 @@
 """Two ranks under the `deepspeed` launcher (gloo on CPU) follow one rank's loss trajectory: ZeRO-2 with the RLSD
-teacher as a replica, ZeRO-3 with partitioned teachers (RLSD's synced at step 2, SDPO's EMA every step),
-checkpoints included (slow: ~1-2 min per case)."""
+teacher as a replica, ZeRO-3 with partitioned teachers (RLSD's synced at step 2, SDPO's EMA every step), rows
+balanced between ranks by tokens (with two mini-batches and token budgets for SDPO), checkpoints included
+(slow: ~30 s per case)."""
 
 import json
 import os
@@ -16,12 +17,13 @@ from tests.conftest import small_overrides
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _run(tmp_path: Path, name: str, ranks: int, stage: int, algorithm: str, env: dict) -> list[dict]:
+def _run(tmp_path: Path, name: str, ranks: int, stage: int, algorithm: str, extra: list[str], env: dict) -> list[dict]:
     # lr 1e-4: at 1e-3, Adam's first updates (m / sqrt(v) ~ sign(g)) turn the float-order differences of a
     # two-rank gradient sum on near-zero gradients into visible parameter differences within three steps.
     args = small_overrides(tmp_path, f"run.name={name}", f"deepspeed=zero{stage}", "train.steps=4", f"algorithm={algorithm}",
                            "train.micro_batch_size=8", "train.save_every=2", "optim.lr=1e-4",
-                           *(["algorithm.teacher.sync_every=2"] if algorithm == "rlsd" else []))
+                           *(["algorithm.teacher.sync_every=2"] if algorithm == "rlsd" else []), *extra)
+    args.append("--cut-responses")  # uneven response lengths, for the balancing to even out
     if ranks == 1:
         cmd = [sys.executable, "tests/ds_worker.py", *args]
     else:
@@ -32,11 +34,15 @@ def _run(tmp_path: Path, name: str, ranks: int, stage: int, algorithm: str, env:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("stage", "algorithm"), [(2, "rlsd"), (3, "rlsd"), (3, "sdpo")])
-def test_two_ranks_follow_one_rank(tmp_path, tiny_dir, stage, algorithm):
+@pytest.mark.parametrize(("stage", "algorithm", "extra"), [
+    (2, "rlsd", ["train.balance_ranks=false"]),
+    (3, "rlsd", []),
+    (3, "sdpo", ["train.mini_batches=2", "train.token_budget=160", "train.forward_token_budget=320"]),
+])
+def test_two_ranks_follow_one_rank(tmp_path, tiny_dir, stage, algorithm, extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    one = _run(tmp_path, "one", 1, stage, algorithm, env)
-    two = _run(tmp_path, "two", 2, stage, algorithm, env)
+    one = _run(tmp_path, "one", 1, stage, algorithm, extra, env)
+    two = _run(tmp_path, "two", 2, stage, algorithm, extra, env)
     assert len(one) == len(two) == 4
     # checkpoints (consolidated weights under ZeRO-3) and the final export exist for both
     for name in ("one", "two"):
@@ -47,4 +53,8 @@ def test_two_ranks_follow_one_rank(tmp_path, tiny_dir, stage, algorithm):
         assert a["cum/tokens/generated"] == b["cum/tokens/generated"]
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
         assert a["teacher_kl"] == pytest.approx(b["teacher_kl"], rel=1e-4, abs=1e-6)
-    assert one[-1]["teacher_updates"] == two[-1]["teacher_updates"] == (2 if algorithm == "rlsd" else 4)
+    updates = {"rlsd": 2, "sdpo": 4 * 2}[algorithm]  # RLSD syncs at step 2; SDPO's EMA after each optimizer step
+    assert one[-1]["teacher_updates"] == two[-1]["teacher_updates"] == updates
+    if "train.balance_ranks=false" not in extra:  # rows moved between ranks: token loads evened out
+        assert all(b["rank_imbalance_after"] <= b["rank_imbalance_before"] for b in two)
+        assert any(b["rank_imbalance_after"] < b["rank_imbalance_before"] for b in two)

@@ -102,3 +102,42 @@ def test_token_budget_partition_packs_by_padded_length():
     assert len(padded) == len(groups) + 2 and sorted(i for g in padded for i in g) == list(range(6))
     with pytest.raises(ValueError, match="token budget"):
         partition_by_tokens(lengths, 0)
+
+
+def test_balance_rows_evens_tokens_between_equal_sized_shares():
+    from harness.microbatch import balance_rows
+
+    lengths = [100, 90, 10, 10, 50, 40, 30, 30]
+    parts = balance_rows(lengths, 2)
+    assert sorted(i for p in parts for i in p) == list(range(8)) and [len(p) for p in parts] == [4, 4]
+    loads = [sum(lengths[i] for i in p) for p in parts]
+    assert loads == [180, 180]  # the strided split (rows 0,2,4,6 | 1,3,5,7) would give 190 / 170
+    assert balance_rows(lengths, 2) == parts  # deterministic
+    assert balance_rows([5, 5, 5, 5], 4) == [[0], [1], [2], [3]]
+    with pytest.raises(ValueError, match="equal parts"):
+        balance_rows(lengths, 3)
+
+
+def test_concat_pads_and_joins_shards_back_into_the_batch():
+    from algorithms.batch import PromptInputs, RolloutBatch, VisionInputs
+    from tests.objective_helpers import make_batch
+
+    batch = make_batch(num_groups=2, group_size=3, response_len=5)
+    rows = batch.batch_size
+    batch.student = PromptInputs(ids=torch.arange(rows * 4).view(rows, 4), mask=torch.ones(rows, 4, dtype=torch.long))
+    batch.student.mask[0, :2] = 0  # left padding in the first row only
+    grid = torch.tensor([[1, 2, 2], [1, 2, 4]]).repeat(3, 1)  # rows alternate 4- and 8-patch images
+    batch.vision = VisionInputs(torch.randn(int(grid.prod(-1).sum()), 6), grid, torch.ones(rows, dtype=torch.long))
+    batch.extras = {"texts": [f"t{i}" for i in range(rows)], "note": "kept"}
+    shards = [batch.select(torch.tensor(r, dtype=torch.long)).trim() for r in ([0, 4], [1, 2, 3], [5], [])]
+    joined = RolloutBatch.concat(shards)
+    order = [0, 4, 1, 2, 3, 5]
+    same = batch.select(torch.tensor(order))
+    assert torch.equal(joined.response_mask, same.response_mask)
+    assert torch.equal(joined.response_ids * joined.response_mask.long(), same.response_ids * same.response_mask.long())
+    assert torch.equal(joined.student.mask, same.student.mask)
+    assert torch.equal(joined.student.ids * joined.student.mask, same.student.ids * same.student.mask)
+    assert torch.equal(joined.vision.pixel_values, same.vision.pixel_values)
+    assert torch.equal(joined.vision.image_grid_thw, same.vision.image_grid_thw)
+    assert torch.equal(joined.rewards, same.rewards)
+    assert joined.extras == {"texts": [f"t{i}" for i in order], "note": "kept"}
