@@ -20,19 +20,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from harness.train import CONFIG_DIR, REPO, ConfigError, compose_config, run
-
-
-def load_experiment(name: str):
-    path = CONFIG_DIR / "experiment" / f"{name}.yaml"
-    if not path.exists():
-        valid = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-        raise ConfigError(f"unknown experiment {name!r}; valid: {', '.join(valid)}")
-    exp = OmegaConf.load(path)
-    for key in ("methods", "seeds", "overrides"):
-        if key not in exp:
-            raise ConfigError(f"experiment {name}: missing key {key!r}")
-    return exp
+from harness.train import REPO, ConfigError, compose_config, load_experiment, run
 
 
 def arms(exp) -> dict[str, tuple[str, list[str]]]:

@@ -1,4 +1,5 @@
-"""`python -m harness.train algorithm=rlsd train.steps=50 ...`: one training run, in its own folder.
+"""`python -m harness.train algorithm=rlsd train.steps=50 ...`: one training run, in its own folder
+(`experiment=NAME algorithm=...` takes the settings of one method of a comparison, e.g. the paper's).
 
 results/runs/<name>/ holds config.yaml (resolved), manifest.json (versions, commit, seeds, device),
 metrics.jsonl (one line per step: objective metrics, rollout statistics, held-out accuracy when evaluated,
@@ -59,6 +60,33 @@ def compose_config(overrides: list[str], config_name: str = "train") -> DictConf
                                   f"{', '.join(sorted(node.keys()))}") from e
         raise ConfigError(f"{msg} {cause or ''}") from e
     return cfg
+
+
+def load_experiment(name: str) -> DictConfig:
+    path = CONFIG_DIR / "experiment" / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown experiment {name!r}; valid: {', '.join(_group_choices('experiment'))}")
+    exp = OmegaConf.load(path)
+    for key in ("methods", "seeds", "overrides"):
+        if key not in exp:
+            raise ConfigError(f"experiment {name}: missing key {key!r}")
+    return exp
+
+
+def expand_experiment(overrides: list[str]) -> list[str]:
+    """`experiment=NAME` on the training command line launches one method of a comparison as one run (what a
+    cluster job does): the experiment's shared overrides and the method's own come first, the command line's
+    after them, so they win. An ablation grid is not expanded here (harness.compare does that)."""
+    names = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
+    if not names:
+        return overrides
+    exp = load_experiment(names[-1])
+    rest = [o for o in overrides if not o.startswith("experiment=")]
+    algorithm = next((o.split("=", 1)[1] for o in reversed(rest) if o.startswith("algorithm=")), None)
+    if algorithm is None:
+        raise ConfigError(f"experiment={names[-1]} runs one method per launch: add algorithm=<one of "
+                          f"{', '.join(exp.methods)}>")
+    return [*exp.overrides, *(exp.get("method_overrides") or {}).get(algorithm, []), *rest]
 
 
 def manifest(cfg: DictConfig, device: str) -> dict[str, Any]:
@@ -129,15 +157,15 @@ def run(cfg: DictConfig, log=None) -> Path:
     from harness.warmup import policy_path
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    init_path = policy_path(cfg.model, cfg.data, log)  # a bad model or data path fails before the run folder exists
+    data = build_data(cfg.data, cfg.seed)
     run_dir = prepare_run_dir(cfg)
     rank, _ = dist.init_distributed()
     if not cfg.run.resume and rank == 0:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (run_dir / "manifest.json").write_text(json.dumps(manifest(cfg, str(dist.device())), indent=1))
     torch.manual_seed(cfg.seed)
-    init_path = policy_path(cfg.model, cfg.data, log)
     processor = load_processor(init_path)
-    data = build_data(cfg.data, cfg.seed)
     trainer = Trainer(cfg, load_model(init_path), processor, data, log, model_path=str(init_path))
     metrics_file = run_dir / "metrics.jsonl"
     if cfg.run.resume:
@@ -210,7 +238,7 @@ def run(cfg: DictConfig, log=None) -> Path:
 def main(argv: list[str] | None = None) -> None:
     overrides = list(sys.argv[1:] if argv is None else argv)
     try:
-        cfg = compose_config(overrides)
+        cfg = compose_config(expand_experiment(overrides))
         run(cfg)
     except (ConfigError, FileExistsError, FileNotFoundError) as e:  # user errors; anything else keeps its traceback
         raise SystemExit(f"error: {e}") from None
@@ -221,4 +249,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # through the imported module, so that its exception classes are the ones the other modules raise
+    from harness.train import main as imported_main
+
+    imported_main()

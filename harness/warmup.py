@@ -103,8 +103,17 @@ def warmed_up(model_cfg: Any, level: int, log=print) -> Path:
 
 def policy_path(model_cfg: Any, data_cfg: Any, log=print) -> Path:
     """Where the run's initial policy comes from: a local checkpoint, or the warmed-up tiny model."""
-    if model_cfg.get("path"):
-        return Path(model_cfg.path)
+    from omegaconf import OmegaConf
+
+    from harness.train import ConfigError
+
+    path = None if OmegaConf.is_missing(model_cfg, "path") else model_cfg.get("path")
+    if path:
+        if not (Path(path) / "config.json").exists():
+            raise FileNotFoundError(f"model.path={path} is not a model folder (no config.json); nothing is downloaded")
+        return Path(path)
+    if model_cfg.get("size") is None:
+        raise ConfigError(f"this model ({model_cfg.arch}) is loaded from a local folder: set model.path=<folder>")
     if model_cfg.get("warmup"):
         return warmed_up(model_cfg, data_cfg.get("level", 2), log)
     return build_tiny(model_cfg.arch, model_cfg.size, model_cfg.seed, model_cfg.vocab_size)

@@ -49,12 +49,7 @@ def tiny(tiny_dir):
 def parity_verifier():
     """A test-only verifier with mixed rewards even for an untrained model, so advantages are non-zero."""
     from harness import verifier
-
-    class Parity:
-        name = "parity"
-
-        def __call__(self, response, gold):
-            return verifier.Verdict(float(len(response) % 2 == 0), None)
+    from tests.ds_worker import Parity
 
     verifier.VERIFIERS["parity"] = Parity
     yield

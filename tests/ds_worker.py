@@ -14,6 +14,8 @@ from harness.train import main
 
 
 class Parity:
+    """Rewards a response by the parity of its text length: mixed rewards even for an untrained model."""
+
     name = "parity"
 
     def __call__(self, response, gold):

@@ -21,7 +21,8 @@ ALGORITHMS = [a for a in objective_names()]
 def make_trainer(tmp_path, *extra):
     cfg = compose_config(small_overrides(tmp_path, *extra))
     path = policy_path(cfg.model, cfg.data)
-    return Trainer(cfg, load_model(path), load_processor(path), build_data(cfg.data, cfg.seed), log=lambda m: None)
+    return Trainer(cfg, load_model(path), load_processor(path), build_data(cfg.data, cfg.seed), log=lambda m: None,
+                   model_path=str(path))
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -91,6 +92,12 @@ def test_config_errors_name_the_valid_choices(tmp_path):
         compose_config(["train.stepz=3"])
     with pytest.raises(KeyError, match="unknown key.*bogus.*valid"):
         make_trainer(tmp_path, "+algorithm.params.bogus=1")
+    # a model that only comes from a local folder: a missing or wrong path is named before any run folder exists
+    with pytest.raises(ConfigError, match="set model.path=<folder>"):
+        run(compose_config(small_overrides(tmp_path, "model=qwen3-vl-8b", "run.name=nomodel")))
+    with pytest.raises(FileNotFoundError, match="model.path=.*nowhere is not a model folder"):
+        run(compose_config(small_overrides(tmp_path, "model=qwen3-vl-8b", f"model.path={tmp_path}/nowhere", "run.name=nomodel")))
+    assert not (tmp_path / "nomodel").exists()
 
 
 def test_run_folders_are_never_overwritten_silently(tmp_path, tiny_dir):
