@@ -144,3 +144,16 @@ def test_zero3_teacher_is_partitioned_and_follows_sync_ema_and_checkpoints(tmp_p
     for n in before:
         assert torch.allclose(after[n], before[n] + tau * (policy[n] - before[n]), atol=1e-7), n
     assert any(not torch.equal(after[n], before[n]) for n in before)
+
+
+def test_bf16_policy_keeps_an_fp32_ema_teacher_under_zero3(tmp_path, tiny_dir):
+    trainer = make_trainer(tmp_path, "algorithm=sdpo", "deepspeed=zero3", "deepspeed.bf16=true")
+    assert next(trainer.engine.module.parameters()).dtype == torch.bfloat16
+    assert all(p.ds_tensor.dtype == torch.float32 for p in trainer.teacher.model.parameters())
+    before = _gathered(trainer.teacher.model)
+    metrics = trainer.step()
+    after, policy = _gathered(trainer.teacher.model), _gathered(trainer.engine.module)
+    tau = trainer.teacher.cfg.ema_rate
+    for n in before:  # the blend reads the bf16 student and accumulates in fp32
+        assert torch.allclose(after[n], before[n] + tau * (policy[n].float() - before[n]), atol=1e-6), n
+    assert metrics["teacher_updates"] == 1 and torch.isfinite(torch.tensor(metrics["loss"]))
