@@ -17,10 +17,16 @@ TEACHER_SIGNALS = ("none", "sampled", "topk", "full")
 
 @dataclass
 class PromptInputs:
-    """Left-padded prompt token ids (B, P) and their attention mask, for one model role."""
+    """Left-padded prompt token ids (B, P) and their attention mask, for one model role. Rows with the same
+    `key` hold the same prompt and images (the G responses of a group), which lets a forward-only pass run
+    that prompt once; None when unknown."""
 
     ids: torch.Tensor
     mask: torch.Tensor
+    key: torch.Tensor | None = None  # (B,) long
+
+    def rows(self, idx: torch.Tensor) -> PromptInputs:
+        return PromptInputs(self.ids[idx], self.mask[idx], None if self.key is None else self.key[idx])
 
 
 @dataclass
@@ -114,7 +120,7 @@ class RolloutBatch:
             if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n:
                 v = v[rows]
             elif isinstance(v, PromptInputs):
-                v = PromptInputs(ids=v.ids[rows], mask=v.mask[rows])
+                v = v.rows(rows)
             elif isinstance(v, VisionInputs):
                 v = v.select(rows)
             elif f.name == "extras":
@@ -137,7 +143,8 @@ class RolloutBatch:
             elif isinstance(v, PromptInputs):
                 width = max(x.ids.shape[1] for x in values)
                 v = PromptInputs(ids=torch.cat([_pad(x.ids, width, left=True) for x in values]),
-                                 mask=torch.cat([_pad(x.mask, width, left=True) for x in values]))
+                                 mask=torch.cat([_pad(x.mask, width, left=True) for x in values]),
+                                 key=None if v.key is None else torch.cat([x.key for x in values]))
             elif isinstance(v, VisionInputs):
                 v = VisionInputs(*(torch.cat([getattr(x, k) for x in values])
                                    for k in ("pixel_values", "image_grid_thw", "images_per_row")))
@@ -161,7 +168,7 @@ class RolloutBatch:
                 v = v[:, :keep_t]
             elif isinstance(v, PromptInputs):
                 first = int(v.mask.sum(0).nonzero().min()) if v.mask.any() else 0
-                v = PromptInputs(ids=v.ids[:, first:], mask=v.mask[:, first:])
+                v = PromptInputs(ids=v.ids[:, first:], mask=v.mask[:, first:], key=v.key)
             out[f.name] = v
         return replace(self, **out)
 
@@ -172,7 +179,7 @@ class RolloutBatch:
             if isinstance(v, torch.Tensor):
                 v = v.to(device)
             elif isinstance(v, PromptInputs):
-                v = PromptInputs(ids=v.ids.to(device), mask=v.mask.to(device))
+                v = PromptInputs(ids=v.ids.to(device), mask=v.mask.to(device), key=None if v.key is None else v.key.to(device))
             elif isinstance(v, VisionInputs):
                 v = VisionInputs(v.pixel_values.to(device), v.image_grid_thw.to(device), v.images_per_row.to(device))
             out[f.name] = v

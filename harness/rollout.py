@@ -170,7 +170,7 @@ class HFRolloutEngine:
             self.processor, [user_messages(p.question, len(p.images)) for p in prompts], [p.images for p in prompts]
         )
         rows = torch.arange(len(prompts)).repeat_interleave(params.n)
-        prompt = PromptInputs(ids=prompt.ids[rows], mask=prompt.mask[rows])
+        prompt = prompt.rows(rows)
         vision = vision.select(rows) if vision is not None else None
         chunks = []
         for start in range(0, len(rows), self.max_batch):

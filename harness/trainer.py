@@ -29,6 +29,18 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def distinct_prompts(prompt: PromptInputs) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(first row of each distinct prompt, (B,) row -> distinct index) when some rows share a prompt, else None."""
+    if prompt.key is None:
+        return None
+    keys, inverse = torch.unique(prompt.key, return_inverse=True)
+    if len(keys) == len(inverse):
+        return None
+    rows = torch.arange(len(inverse), device=inverse.device)
+    first = torch.full((len(keys),), len(inverse), device=inverse.device).scatter_reduce(0, inverse, rows, "amin")
+    return first, inverse
+
+
 def forward_logprobs(
     model: torch.nn.Module,
     prompt: PromptInputs,
@@ -37,16 +49,40 @@ def forward_logprobs(
     response_mask: torch.Tensor,
     temperature: float,
     image_token_id: int,
+    share_prompts: bool = False,
 ) -> torch.Tensor:
     """Full-vocabulary log-probs (B, T, V) of each response position, at the sampling temperature.
-    Only the response positions reach the output head (`logits_to_keep`)."""
+    Only the response positions reach the output head (`logits_to_keep`).
+
+    With `share_prompts` (forward-only passes), rows with the same `prompt.key` run their prompt, images
+    included, once: its KV cache is copied to each of its rows and the responses run on top of it, at the
+    positions the full sequence gives them. The same log-probs up to float order, for a fraction of the cost
+    when G responses share a long prompt."""
     ids = torch.cat([prompt.ids, response_ids], 1)
     attn = torch.cat([prompt.mask, response_mask.to(prompt.mask.dtype)], 1)
-    inputs = dict(input_ids=ids, attention_mask=attn, mm_token_type_ids=(ids == image_token_id).int(), use_cache=False)
-    if vision is not None:
-        inputs.update(pixel_values=vision.pixel_values, image_grid_thw=vision.image_grid_thw)
+    mm_types = (ids == image_token_id).int()
     T = response_ids.shape[1]
-    logits = model(**inputs, logits_to_keep=T + 1).logits[:, :-1].float()
+    shared = distinct_prompts(prompt) if share_prompts else None
+    if shared is None:
+        inputs = dict(input_ids=ids, attention_mask=attn, mm_token_type_ids=mm_types, use_cache=False)
+        if vision is not None:
+            inputs.update(pixel_values=vision.pixel_values, image_grid_thw=vision.image_grid_thw)
+        logits = model(**inputs, logits_to_keep=T + 1).logits[:, :-1].float()
+    else:
+        first, inverse = shared
+        head = prompt.rows(first)
+        inputs = dict(input_ids=head.ids, attention_mask=head.mask, mm_token_type_ids=mm_types[first, : head.ids.shape[1]],
+                      use_cache=True)
+        if vision is not None:
+            heads_vision = vision.select(first)
+            inputs.update(pixel_values=heads_vision.pixel_values, image_grid_thw=heads_vision.image_grid_thw)
+        out = model(**inputs, logits_to_keep=1)  # the last prompt position predicts the first response token
+        cache = out.cache
+        cache.reorder_cache(inverse)
+        grid = None if vision is None else vision.image_grid_thw
+        positions, _ = getattr(model, "module", model).model.get_rope_index(ids, mm_types, image_grid_thw=grid, attention_mask=attn)
+        tail = model(input_ids=response_ids, attention_mask=attn, position_ids=positions[..., -T:], cache=cache, use_cache=True)
+        logits = torch.cat([out.logits[inverse], tail.logits[:, :-1]], 1).float()
     # the rollout never samples vision placeholders; the trained distribution excludes them the same way
     config = getattr(model, "module", model).config
     logits = logits.index_fill(-1, torch.tensor(vision_token_ids(config), device=logits.device), float("-inf"))
@@ -160,9 +196,11 @@ class Trainer:
             verdicts = [self.verifier(text, prompts[i // G].answer) for i, text in enumerate(ro.texts)]
             rewards = torch.tensor([v.reward for v in verdicts])
 
+        # rows are prompt-major, G per prompt; keys number prompts across ranks (unique after rows move)
+        student = PromptInputs(ro.prompt.ids, ro.prompt.mask, (torch.arange(len(prompts) * G) // G) * self.world + self.rank)
         batch = RolloutBatch(
             response_ids=ro.response_ids, response_mask=ro.response_mask, rewards=rewards, group_size=G,
-            rollout_logp=ro.logp, student=ro.prompt, vision=ro.vision, step=self.step_count + 1,
+            rollout_logp=ro.logp, student=student, vision=ro.vision, step=self.step_count + 1,
             extras={"texts": ro.texts, "parsed": [v.parsed for v in verdicts]},
         )
         if self.teacher_context:
@@ -306,17 +344,20 @@ class Trainer:
         # rows of a group share one conversation, and the processor (image resize/patching) and image rendering
         # then run once per prompt instead of once per row. Left-padding to the longest is the same either way.
         # (Only ids/mask are kept: the teacher reads the student's pixel values.)
-        index, uniq_convs, uniq_images, seen = [], [], [], {}
+        # Rows with the same conversation also share a key (their group's student key, times G, plus the first
+        # such row within the group), so that the teacher's forward can run each distinct prompt once.
+        index, uniq_convs, uniq_images, seen, keys = [], [], [], {}, []
         for r, conv in enumerate(convs):
             key = (r // G, repr(conv))
             if key not in seen:
-                seen[key] = len(uniq_convs)
+                seen[key] = (len(uniq_convs), r % G)
                 uniq_convs.append(conv)
                 uniq_images.append(prompts[r // G].images)
-            index.append(seen[key])
+            index.append(seen[key][0])
+            keys.append(int(batch.student.key[r]) * G + seen[key][1])
         enc, _ = encode_prompts(self.processor, uniq_convs, uniq_images)
         idx = torch.tensor(index, dtype=torch.long)
-        batch.teacher = PromptInputs(ids=enc.ids[idx], mask=enc.mask[idx])
+        batch.teacher = PromptInputs(ids=enc.ids[idx], mask=enc.mask[idx], key=torch.tensor(keys))
         batch.teacher_mask = mask
 
     @torch.no_grad()
@@ -325,9 +366,10 @@ class Trainer:
         model = self.teacher.module(self.engine.module)
         was_training = model.training
         model.eval()
+        share = self.cfg.train.share_prompts
         t_logprobs = forward_logprobs(
             model, mb.teacher, mb.vision, mb.response_ids, mb.response_mask,
-            self.sampling.temperature, self.image_token_id,
+            self.sampling.temperature, self.image_token_id, share_prompts=share,
         )
         model.train(was_training)
         mb.teacher_logp = token_logprobs(t_logprobs, mb.response_ids)
@@ -336,31 +378,41 @@ class Trainer:
         elif obj.teacher_signal == "topk":
             mb.topk_idx = policy.logprobs.detach().topk(obj.topk, dim=-1).indices
             mb.teacher_topk_logp = t_logprobs.gather(-1, mb.topk_idx)
-        role = "probe" if self.probe else "teacher"
-        seq = mb.teacher.mask.sum(-1) + mb.response_mask.sum(-1)
-        self.ledger.add(**{f"tokens/fwd_{role}": float(seq.sum()),
-                           f"flops/{role}": self.shape.forward_flops(seq, self._patches(mb))})
+        self.ledger.add(**self._forward_counts("probe" if self.probe else "teacher", mb, mb.teacher, share))
 
     @torch.no_grad()
     def _logprobs_no_grad(self, model, batch: RolloutBatch, role: str) -> torch.Tensor:
         """Sampled-token log-probs of the student prompt + response under `model` (old policy, reference)."""
         out = torch.zeros_like(batch.response_mask)
         budget = self.cfg.train.get("forward_token_budget")
+        share = self.cfg.train.share_prompts
         for rows in self._micro_batches(batch, budget):
             mb = batch.select(rows)
             mb = mb.trim() if budget else mb
             lp = forward_logprobs(model, mb.student, mb.vision, mb.response_ids, mb.response_mask,
-                                  self.sampling.temperature, self.image_token_id)
+                                  self.sampling.temperature, self.image_token_id, share_prompts=share)
             out[rows, : lp.shape[1]] = token_logprobs(lp, mb.response_ids)
-            seq = mb.student.mask.sum(-1) + mb.response_mask.sum(-1)
-            self.ledger.add(**{f"tokens/fwd_{role}": float(seq.sum()),
-                               f"flops/{role}": self.shape.forward_flops(seq, self._patches(mb))})
+            self.ledger.add(**self._forward_counts(role, mb, mb.student, share))
         return out
 
     # ------------------------------------------------------------------ accounting
     @staticmethod
     def _patches(mb: RolloutBatch) -> torch.Tensor | None:
         return None if mb.vision is None else mb.vision.image_grid_thw.prod(-1)
+
+    def _forward_counts(self, role: str, mb: RolloutBatch, prompt: PromptInputs, shared: bool) -> dict[str, float]:
+        """Tokens and FLOPs of a forward-only pass over `prompt` + the responses. With shared prompts, each
+        distinct prompt (and its images) once, then every response over its cached prompt, as in generation."""
+        prompt_lens, response_lens = prompt.mask.sum(-1), mb.response_mask.sum(-1)
+        patches = self._patches(mb)
+        distinct = distinct_prompts(prompt) if shared else None
+        if distinct is None:
+            seq = prompt_lens + response_lens
+            return {f"tokens/fwd_{role}": float(seq.sum()), f"flops/{role}": self.shape.forward_flops(seq, patches)}
+        first = distinct[0]
+        head_patches = None if mb.vision is None else mb.vision.select(first).image_grid_thw.prod(-1)
+        flops = self.shape.forward_flops(prompt_lens[first], head_patches) + self.shape.generate_flops(prompt_lens, response_lens)
+        return {f"tokens/fwd_{role}": float(prompt_lens[first].sum() + response_lens.sum()), f"flops/{role}": flops}
 
     def _update_counts(self, mb: RolloutBatch) -> dict[str, float]:
         seq = mb.student.mask.sum(-1) + mb.response_mask.sum(-1)

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from algorithms.batch import PromptInputs
 from harness.dist import iter_full_parameters
 from harness.rollout import Rollout, SamplingParams, encode_prompts, response_mask, user_messages
 
@@ -113,7 +112,7 @@ class VLLMRolloutEngine:
         # the trainer reads the same processor output vLLM saw (never re-tokenised with another padding side)
         rows = torch.arange(len(prompts)).repeat_interleave(params.n)
         prompt, vision = encode_prompts(self.processor, convs, [p.images for p in prompts])
-        prompt = PromptInputs(prompt.ids[rows], prompt.mask[rows])
+        prompt = prompt.rows(rows)
         vision = vision.select(rows) if vision is not None else None
         decoded = self.tokenizer.batch_decode(ids * mask.long() + self.pad_id * (1 - mask.long()), skip_special_tokens=True)
         self.sleep()

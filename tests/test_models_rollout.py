@@ -1,7 +1,11 @@
+import dataclasses
+
+import pytest
 import torch
 
+from algorithms.batch import PromptInputs
 from benchmarks import embedded
-from harness.models import build_tiny, load_model
+from harness.models import build_tiny, load_model, load_processor
 from harness.rollout import (
     HFRolloutEngine,
     SamplingParams,
@@ -73,6 +77,25 @@ def test_sampling_logprobs_match_a_forward_pass(tiny):
         ref = lp.gather(-1, ro.response_ids[..., None])[..., 0] * ro.response_mask
         assert torch.allclose(ro.logp, ref, atol=1e-4)
         assert (ro.response_mask.sum(-1) >= 1).all()
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_shared_prompt_forward_matches_the_full_forward(cache_dir, arch):
+    path = build_tiny(arch, "tiny", seed=0)
+    model, proc = load_model(path).eval(), load_processor(path)
+    items = embedded.generate("train", 3, seed=1)
+    items = [dataclasses.replace(it, question=it.question + " Check twice." * k) for k, it in enumerate(items)]  # uneven left padding
+    ro = HFRolloutEngine(model, proc).generate(items, SamplingParams(n=3, max_new_tokens=10),
+                                               [sample_seed(0, 1, it.id, j) for it in items for j in range(3)])
+    assert ro.prompt.mask.sum(-1).unique().numel() > 1
+    order = torch.tensor([4, 0, 8, 1, 5, 2, 7, 3, 6])  # rows of a prompt need not be adjacent
+    prompt = PromptInputs(ro.prompt.ids, ro.prompt.mask, torch.arange(9) // 3).rows(order)
+    args = (prompt, ro.vision.select(order), ro.response_ids[order], ro.response_mask[order], 0.9, model.config.image_token_id)
+    with torch.no_grad():
+        full = forward_logprobs(model, *args)
+        shared = forward_logprobs(model, *args, share_prompts=True)
+    mask = ro.response_mask[order] > 0
+    assert torch.allclose(full[mask], shared[mask], atol=1e-5)
 
 
 def test_filter_logits_top_k_and_top_p():

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from harness.teacher import REFERENCE_TEMPLATE, TeacherConfig, TeacherWeights, sibling_contexts
@@ -77,8 +78,9 @@ def test_sibling_context_excludes_own_success_and_masks_lonely_rows():
     assert "Correct solution:\n\ne" in convs[3][0]["content"][-1]["text"]
 
 
-def test_ledger_counts_match_hand_counted_tokens(tmp_path, tiny_dir):
-    trainer = make_trainer(tmp_path, "algorithm=rlsd")
+@pytest.mark.parametrize("share", [True, False])
+def test_ledger_counts_match_hand_counted_tokens(tmp_path, tiny_dir, share):
+    trainer = make_trainer(tmp_path, "algorithm=rlsd", f"train.share_prompts={share}")
     seen = {}
     original = trainer._micro_step
 
@@ -91,10 +93,21 @@ def test_ledger_counts_match_hand_counted_tokens(tmp_path, tiny_dir):
     mbs = seen["mbs"]
     generated = sum(float(mb.response_mask.sum()) for mb in mbs)
     student = sum(float(mb.student.mask.sum() + mb.response_mask.sum()) for mb in mbs)
-    teacher = sum(float(mb.teacher.mask.sum() + mb.response_mask.sum()) for mb in mbs)
+    G = trainer.cfg.train.group_size
+    assert len(mbs) == 1 and mbs[0].batch_size == 4 * G  # one micro-batch: whole groups, rows prompt-major
+    mb = mbs[0]
+    if share:  # each group's privileged prompt (and image) once, then every response over it
+        teacher = float(mb.teacher.mask[::G].sum() + mb.response_mask.sum())
+        teacher_flops = (trainer.shape.forward_flops(mb.teacher.mask[::G].sum(-1), mb.vision.image_grid_thw[::G].prod(-1))
+                         + trainer.shape.generate_flops(mb.teacher.mask.sum(-1), mb.response_mask.sum(-1)))
+    else:
+        teacher = float(mb.teacher.mask.sum() + mb.response_mask.sum())
+        teacher_flops = trainer.shape.forward_flops(mb.teacher.mask.sum(-1) + mb.response_mask.sum(-1),
+                                                    mb.vision.image_grid_thw.prod(-1))
     assert m["step/tokens/generated"] == generated
     assert m["step/tokens/fwd_policy"] == m["step/tokens/bwd_policy"] == student
     assert m["step/tokens/fwd_teacher"] == teacher
+    assert m["step/flops/teacher"] == pytest.approx(teacher_flops, rel=1e-12)
     assert m["step/prompts"] == 4
     shape = trainer.shape
     expected_fwd = sum(shape.forward_flops(mb.student.mask.sum(-1) + mb.response_mask.sum(-1),

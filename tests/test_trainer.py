@@ -52,6 +52,21 @@ def test_micro_batch_split_changes_nothing(tmp_path, tiny_dir, algorithm):
     assert worst < 1e-5
 
 
+@pytest.mark.parametrize("algorithm", ["grpo", "rlsd"])
+def test_shared_prompt_forwards_change_nothing(tmp_path, tiny_dir, algorithm):
+    # teacher (RLSD), KL reference (GRPO) and old-policy (two mini-batches) forwards, prompts shared or not
+    extra = [f"algorithm={algorithm}", "train.mini_batches=2", "train.micro_batch_size=8",
+             *(["algorithm.params.kl_coef=0.1"] if algorithm == "grpo" else [])]
+    full, m_full = _params_after_one_step(tmp_path, *extra, "train.share_prompts=false")
+    shared, m_shared = _params_after_one_step(tmp_path, *extra, "train.share_prompts=true")
+    for key in ("loss", "teacher_kl", "entropy"):
+        assert m_full[key] == pytest.approx(m_shared[key], abs=1e-6), key
+    assert max((full[n] - shared[n]).abs().max().item() for n in full) < 1e-5
+    # the ledger charges what ran: the shared prompts once
+    role = "teacher" if algorithm == "rlsd" else "ref"
+    assert m_shared[f"step/tokens/fwd_{role}"] < m_full[f"step/tokens/fwd_{role}"]
+
+
 def test_resume_repeats_the_uninterrupted_run(tmp_path, tiny_dir):
     common = ["algorithm=rlsd", "train.steps=4", "train.save_every=2"]
     run(compose_config(small_overrides(tmp_path, *common, "run.name=straight")), log=lambda m: None)
