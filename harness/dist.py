@@ -86,6 +86,8 @@ def deepspeed_config(ds: Any, micro_batch: int, grad_accum: int, grad_clip: floa
     }
     if ds.get("offload_optimizer"):
         cfg["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+    if ds.get("param_persistence_threshold") is not None:  # ZeRO-3 keeps parameters this small gathered
+        cfg["zero_optimization"]["stage3_param_persistence_threshold"] = int(ds.param_persistence_threshold)
     return cfg
 
 
@@ -96,16 +98,17 @@ def initialize_engine(model: torch.nn.Module, optimizer, scheduler, config: dict
     return engine
 
 
-def initialize_inference_engine(model: torch.nn.Module):
-    """A ZeRO-3 engine without an optimizer: partitions `model`'s parameters across the ranks and installs the
-    hooks that gather them layer by layer during a forward (a frozen teacher or reference next to a ZeRO-3
-    policy). The parameters keep their dtype."""
+def initialize_inference_engine(model: torch.nn.Module, policy_config: dict):
+    """A ZeRO-3 engine without an optimizer: partitions `model`'s parameters across the ranks like the policy's
+    (`policy_config`) and installs the hooks that gather them layer by layer during a forward (a frozen teacher
+    or reference next to a ZeRO-3 policy). The parameters keep their dtype."""
     import deepspeed
 
     dtype = next(model.parameters()).dtype
+    zero = {k: v for k, v in policy_config["zero_optimization"].items() if k != "offload_optimizer"}
     config = {
         "train_micro_batch_size_per_gpu": 1,
-        "zero_optimization": {"stage": 3},
+        "zero_optimization": zero,
         "bf16": {"enabled": dtype == torch.bfloat16},
         "steps_per_print": 10**9,
     }

@@ -71,12 +71,12 @@ def _with_images(item, images: list):
 
 @torch.no_grad()
 def evaluate_items(model, processor, items: list, variant: str = "plain", decoding: str = "greedy",
-                   max_new_tokens: int = 40, seed: int = 0, batch: int = 128) -> dict[str, Any]:
+                   max_new_tokens: int = 40, seed: int = 0, batch: int = 128, synced: bool = False) -> dict[str, Any]:
     if decoding not in DECODING:
         raise ValueError(f"unknown decoding {decoding!r}; valid: {', '.join(DECODING)}")
     d = dict(DECODING[decoding])
     samples = d.pop("samples")
-    engine = HFRolloutEngine(model, processor, max_batch=batch)
+    engine = HFRolloutEngine(model, processor, max_batch=batch, synced=synced)
     params = SamplingParams(n=samples, max_new_tokens=max_new_tokens, **d)
     shown = _variant(items, variant)
     was_training = model.training

@@ -153,8 +153,11 @@ def response_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
 class HFRolloutEngine:
     """Batched `model.generate` with the KV cache, on whatever device the model is on."""
 
-    def __init__(self, model, processor, max_batch: int = 256) -> None:
+    def __init__(self, model, processor, max_batch: int = 256, synced: bool = False) -> None:
         self.model = model
+        # ZeRO-3 over several ranks: every rank must run as many forwards as the slowest one (each gathers the
+        # weights collectively), so a rank whose responses all ended keeps stepping until every rank is done.
+        self.synced = synced
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.eos_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -201,6 +204,7 @@ class HFRolloutEngine:
             eos_token_id=self.eos_id,
             pad_token_id=self.pad_id,
             use_cache=True,
+            synced_gpus=self.synced,
             temperature=None,
             top_p=None,
             top_k=None,

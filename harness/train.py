@@ -160,7 +160,7 @@ def run(cfg: DictConfig, log=None) -> Path:
     init_path = policy_path(cfg.model, cfg.data, log)  # a bad model or data path fails before the run folder exists
     data = build_data(cfg.data, cfg.seed)
     run_dir = prepare_run_dir(cfg)
-    rank, _ = dist.init_distributed()
+    rank, world = dist.init_distributed()
     if not cfg.run.resume and rank == 0:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (run_dir / "manifest.json").write_text(json.dumps(manifest(cfg, str(dist.device())), indent=1))
@@ -180,24 +180,30 @@ def run(cfg: DictConfig, log=None) -> Path:
             metrics_file.write_text("".join(ln + "\n" for ln in lines))
         log(f"resumed {run_dir.name} at step {trainer.rollout_step} from {ckpt.name}")
 
-    test_items = data.test_set(cfg.eval.n) if cfg.train.eval_every and rank == 0 else []
+    # Held-out evaluation is sharded over the ranks (under ZeRO-3 each forward needs all of them); a test set
+    # that does not split evenly loses its last few items, so that every rank runs the same generate calls.
+    test_items = data.test_set(cfg.eval.n) if cfg.train.eval_every else []
+    test_items = test_items[: len(test_items) - len(test_items) % world][rank::world]
 
     def evaluate() -> dict[str, float]:
-        if not test_items:
+        if not cfg.train.eval_every:
             return {}
         t0 = time.perf_counter()
-        r = evaluate_items(trainer.engine.module, processor, test_items, "plain", cfg.eval.decoding, cfg.eval.max_new_tokens)
-        return {"eval/pass@1": r["accuracy"], "eval/seconds": time.perf_counter() - t0}
+        r = evaluate_items(trainer.engine.module, processor, test_items, "plain", cfg.eval.decoding,
+                           cfg.eval.max_new_tokens, synced=trainer.synced_generation)
+        correct, total = dist.all_reduce_sum([sum(x["correct"] for x in r["records"]), len(r["records"])])
+        return {"eval/pass@1": correct / max(total, 1), "eval/seconds": time.perf_counter() - t0}
 
     def save() -> None:
         state = {"step_count": trainer.step_count, "rollout_step": trainer.rollout_step,
                  "ledger": trainer.ledger.state_dict(), "algorithm": cfg.algorithm.name}
         checkpoint.save(run_dir / "checkpoints" / f"step-{trainer.rollout_step:06d}", trainer, rank, state)
 
-    if trainer.rollout_step == 0 and rank == 0:
+    if trainer.rollout_step == 0:
         first = {"rollout_step": 0, "step": 0.0, **evaluate()}
         first.update({f"cum/{k}": 0.0 for k in ("flops/total", "tokens/generated", "time/step")})
-        metrics_file.write_text(json.dumps(first) + "\n")
+        if rank == 0:
+            metrics_file.write_text(json.dumps(first) + "\n")
     bar = tqdm(total=cfg.train.steps, initial=trainer.rollout_step, desc=f"{run_dir.name}",
                disable=not cfg.train.progress or rank != 0, dynamic_ncols=True)
     try:

@@ -30,12 +30,11 @@ class NonFiniteLoss(RuntimeError):
 
 
 def distinct_prompts(prompt: PromptInputs) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(first row of each distinct prompt, (B,) row -> distinct index) when some rows share a prompt, else None."""
+    """(first row of each distinct prompt, (B,) row -> distinct index), or None when rows carry no keys.
+    Rows that share nothing still go this way: under ZeRO-3 every rank must run the same sequence of forwards."""
     if prompt.key is None:
         return None
     keys, inverse = torch.unique(prompt.key, return_inverse=True)
-    if len(keys) == len(inverse):
-        return None
     rows = torch.arange(len(inverse), device=inverse.device)
     first = torch.full((len(keys),), len(inverse), device=inverse.device).scatter_reduce(0, inverse, rows, "amin")
     return first, inverse
@@ -157,13 +156,14 @@ class Trainer:
         ds_config = dist.deepspeed_config(cfg.deepspeed, tcfg.micro_batch_size, self.grad_accum, optim.grad_clip)
         self.engine = dist.initialize_engine(policy, optimizer, scheduler, ds_config)
         self.zero_stage = int(cfg.deepspeed.zero_stage)
+        self.synced_generation = self.zero_stage == 3 and self.world > 1
         # DeepSpeed may have cast the policy (bf16); copies follow it, and are partitioned like it under ZeRO-3.
         dtype = next(self.engine.module.parameters()).dtype
         for holder in (self.teacher, self.ref):
             if holder is not None:
-                holder.place(dtype, self.zero_stage)
+                holder.place(dtype, self.zero_stage, ds_config)
         if cfg.rollout.engine == "hf":
-            self.rollout = HFRolloutEngine(self.engine.module, processor)
+            self.rollout = HFRolloutEngine(self.engine.module, processor, synced=self.synced_generation)
         elif cfg.rollout.engine == "vllm":
             from harness.vllm_engine import VLLMRolloutEngine
 
