@@ -308,8 +308,9 @@ class Trainer:
                 self._teacher_signals(mb, policy)
         with led.phase("update"):
             loss, m = obj.loss(mb, policy)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at step {self.step_count + 1} "
+            # every rank stops together: a rank that went on into the backward would wait for the others forever
+            if dist.all_reduce_max(int(not torch.isfinite(loss))):
+                raise NonFiniteLoss(f"non-finite loss at step {self.step_count + 1} (this rank's: {loss.item()}) "
                                     f"(algorithm {self.cfg.algorithm.name}); metrics: "
                                     f"{ {k: float(v) for k, v in m.items()} }")
             # The loss is already normalised by whole-mini-batch counts: undo DeepSpeed's 1/GAS and its
