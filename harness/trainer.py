@@ -157,6 +157,9 @@ class Trainer:
         self.engine = dist.initialize_engine(policy, optimizer, scheduler, ds_config)
         self.zero_stage = int(cfg.deepspeed.zero_stage)
         self.synced_generation = self.zero_stage == 3 and self.world > 1
+        # The update's forward shares prompts too (their gradient sums over the rows), except under gradient
+        # checkpointing, which turns the KV cache off in training.
+        self.share_in_update = bool(tcfg.share_prompts) and not tcfg.get("gradient_checkpointing")
         # DeepSpeed may have cast the policy (bf16); copies follow it, and are partitioned like it under ZeRO-3.
         dtype = next(self.engine.module.parameters()).dtype
         for holder in (self.teacher, self.ref):
@@ -299,7 +302,7 @@ class Trainer:
         with led.phase("update"):
             logprobs = forward_logprobs(
                 self.engine, mb.student, mb.vision, mb.response_ids, mb.response_mask,
-                self.sampling.temperature, self.image_token_id,
+                self.sampling.temperature, self.image_token_id, share_prompts=self.share_in_update,
             )
             logp = token_logprobs(logprobs, mb.response_ids)
             policy = PolicyOutput(logp=logp, entropy=_entropy(logprobs.detach()), logprobs=logprobs if want_full else None)
@@ -319,7 +322,9 @@ class Trainer:
             self.engine.step()
         mask = mb.response_mask
         w = float(mask.sum())
-        led.add(**self._update_counts(mb))
+        tokens, flops = self._forward_cost(mb, mb.student, self.share_in_update)
+        led.add(**{"tokens/fwd_policy": tokens, "tokens/bwd_policy": tokens, "flops/policy_fwd": flops,
+                   "flops/policy_bwd": 2 * flops})
         m["loss"] = loss.detach() * (mb.num_tokens or 1.0) / max(w, 1.0)  # token-weighted back to the batch loss
         m["entropy"] = masked_mean(policy.entropy, mask)
         # Rollout engine vs trainer on the same tokens (numerics, kernels, vLLM's bf16): the mismatch TIS corrects.
@@ -379,7 +384,9 @@ class Trainer:
         elif obj.teacher_signal == "topk":
             mb.topk_idx = policy.logprobs.detach().topk(obj.topk, dim=-1).indices
             mb.teacher_topk_logp = t_logprobs.gather(-1, mb.topk_idx)
-        self.ledger.add(**self._forward_counts("probe" if self.probe else "teacher", mb, mb.teacher, share))
+        role = "probe" if self.probe else "teacher"
+        tokens, flops = self._forward_cost(mb, mb.teacher, share)
+        self.ledger.add(**{f"tokens/fwd_{role}": tokens, f"flops/{role}": flops})
 
     @torch.no_grad()
     def _logprobs_no_grad(self, model, batch: RolloutBatch, role: str) -> torch.Tensor:
@@ -393,7 +400,8 @@ class Trainer:
             lp = forward_logprobs(model, mb.student, mb.vision, mb.response_ids, mb.response_mask,
                                   self.sampling.temperature, self.image_token_id, share_prompts=share)
             out[rows, : lp.shape[1]] = token_logprobs(lp, mb.response_ids)
-            self.ledger.add(**self._forward_counts(role, mb, mb.student, share))
+            tokens, flops = self._forward_cost(mb, mb.student, share)
+            self.ledger.add(**{f"tokens/fwd_{role}": tokens, f"flops/{role}": flops})
         return out
 
     # ------------------------------------------------------------------ accounting
@@ -401,25 +409,18 @@ class Trainer:
     def _patches(mb: RolloutBatch) -> torch.Tensor | None:
         return None if mb.vision is None else mb.vision.image_grid_thw.prod(-1)
 
-    def _forward_counts(self, role: str, mb: RolloutBatch, prompt: PromptInputs, shared: bool) -> dict[str, float]:
-        """Tokens and FLOPs of a forward-only pass over `prompt` + the responses. With shared prompts, each
-        distinct prompt (and its images) once, then every response over its cached prompt, as in generation."""
+    def _forward_cost(self, mb: RolloutBatch, prompt: PromptInputs, shared: bool) -> tuple[float, float]:
+        """(tokens, FLOPs) of a forward over `prompt` + the responses. With shared prompts, each distinct prompt
+        (and its images) once, then every response over its cached prompt, as in generation."""
         prompt_lens, response_lens = prompt.mask.sum(-1), mb.response_mask.sum(-1)
-        patches = self._patches(mb)
         distinct = distinct_prompts(prompt) if shared else None
         if distinct is None:
             seq = prompt_lens + response_lens
-            return {f"tokens/fwd_{role}": float(seq.sum()), f"flops/{role}": self.shape.forward_flops(seq, patches)}
+            return float(seq.sum()), self.shape.forward_flops(seq, self._patches(mb))
         first = distinct[0]
         head_patches = None if mb.vision is None else mb.vision.select(first).image_grid_thw.prod(-1)
         flops = self.shape.forward_flops(prompt_lens[first], head_patches) + self.shape.generate_flops(prompt_lens, response_lens)
-        return {f"tokens/fwd_{role}": float(prompt_lens[first].sum() + response_lens.sum()), f"flops/{role}": flops}
-
-    def _update_counts(self, mb: RolloutBatch) -> dict[str, float]:
-        seq = mb.student.mask.sum(-1) + mb.response_mask.sum(-1)
-        fwd = self.shape.forward_flops(seq, self._patches(mb))
-        return {"tokens/fwd_policy": float(seq.sum()), "tokens/bwd_policy": float(seq.sum()),
-                "flops/policy_fwd": fwd, "flops/policy_bwd": 2 * fwd}
+        return float(prompt_lens[first].sum() + response_lens.sum()), flops
 
     def _rollout_metrics(self, batch: RolloutBatch, prompts: list) -> dict[str, float]:
         lengths = batch.response_mask.sum(-1).cpu()

@@ -96,6 +96,15 @@ def test_shared_prompt_forward_matches_the_full_forward(cache_dir, arch):
         shared = forward_logprobs(model, *args, share_prompts=True)
     mask = ro.response_mask[order] > 0
     assert torch.allclose(full[mask], shared[mask], atol=1e-5)
+    # and the same gradient: the shared prompt's gets the sum over its rows
+    weights = torch.randn(mask.shape, generator=torch.Generator().manual_seed(0)) * mask
+    grads = []
+    for share in (False, True):
+        model.zero_grad()
+        lp = forward_logprobs(model, *args, share_prompts=share)
+        (lp.gather(-1, args[2][..., None])[..., 0] * weights).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert (grads[0] - grads[1]).abs().max() < 1e-5 * grads[0].abs().max()
 
 
 def test_filter_logits_top_k_and_top_p():

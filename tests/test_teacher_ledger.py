@@ -92,27 +92,27 @@ def test_ledger_counts_match_hand_counted_tokens(tmp_path, tiny_dir, share):
     m = trainer.step()
     mbs = seen["mbs"]
     generated = sum(float(mb.response_mask.sum()) for mb in mbs)
-    student = sum(float(mb.student.mask.sum() + mb.response_mask.sum()) for mb in mbs)
     G = trainer.cfg.train.group_size
     assert len(mbs) == 1 and mbs[0].batch_size == 4 * G  # one micro-batch: whole groups, rows prompt-major
     mb = mbs[0]
-    if share:  # each group's privileged prompt (and image) once, then every response over it
-        teacher = float(mb.teacher.mask[::G].sum() + mb.response_mask.sum())
-        teacher_flops = (trainer.shape.forward_flops(mb.teacher.mask[::G].sum(-1), mb.vision.image_grid_thw[::G].prod(-1))
-                         + trainer.shape.generate_flops(mb.teacher.mask.sum(-1), mb.response_mask.sum(-1)))
-    else:
-        teacher = float(mb.teacher.mask.sum() + mb.response_mask.sum())
-        teacher_flops = trainer.shape.forward_flops(mb.teacher.mask.sum(-1) + mb.response_mask.sum(-1),
-                                                    mb.vision.image_grid_thw.prod(-1))
+    shape, responses, patches = trainer.shape, mb.response_mask.sum(-1), mb.vision.image_grid_thw.prod(-1)
+
+    def hand_count(prompt_mask):
+        if share:  # each group's prompt (and image) once, then every response over it
+            return (float(prompt_mask[::G].sum() + responses.sum()),
+                    shape.forward_flops(prompt_mask[::G].sum(-1), patches[::G])
+                    + shape.generate_flops(prompt_mask.sum(-1), responses))
+        return float(prompt_mask.sum() + responses.sum()), shape.forward_flops(prompt_mask.sum(-1) + responses, patches)
+
+    student, student_flops = hand_count(mb.student.mask)
+    teacher, teacher_flops = hand_count(mb.teacher.mask)
     assert m["step/tokens/generated"] == generated
     assert m["step/tokens/fwd_policy"] == m["step/tokens/bwd_policy"] == student
     assert m["step/tokens/fwd_teacher"] == teacher
     assert m["step/flops/teacher"] == pytest.approx(teacher_flops, rel=1e-12)
     assert m["step/prompts"] == 4
-    shape = trainer.shape
-    expected_fwd = sum(shape.forward_flops(mb.student.mask.sum(-1) + mb.response_mask.sum(-1),
-                                           mb.vision.image_grid_thw.prod(-1)) for mb in mbs)
-    assert m["step/flops/policy_fwd"] == expected_fwd and m["step/flops/policy_bwd"] == 2 * expected_fwd
+    assert m["step/flops/policy_fwd"] == pytest.approx(student_flops, rel=1e-12)
+    assert m["step/flops/policy_bwd"] == 2 * m["step/flops/policy_fwd"]
     assert m["step/flops/total"] == sum(m[f"step/flops/{k}"] for k in ("rollout", "policy_fwd", "policy_bwd", "teacher"))
 
 
