@@ -2,8 +2,9 @@
 
 One row per sampled response; rows are ordered group by group (the G responses to one prompt are
 consecutive) until `Objective.prepare` has run; after it the trainer may move rows between ranks to even out
-their tokens (train.balance_ranks), so `loss` must not rely on the group order. Response-level tensors are (B, T), right-padded, aligned position by position between
-student and teacher: position t is the t-th response token in both.
+their tokens (train.balance_ranks), so `loss` must not rely on the group order. Response-level tensors are
+(B, T), right-padded, aligned position by position between student and teacher: position t is the t-th
+response token in both.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ TEACHER_SIGNALS = ("none", "sampled", "topk", "full")
 @dataclass
 class PromptInputs:
     """Left-padded prompt token ids (B, P) and their attention mask, for one model role. Rows with the same
-    `key` hold the same prompt and images (the G responses of a group), which lets a forward-only pass run
-    that prompt once; None when unknown."""
+    `key` hold the same prompt and images (the G responses of a group), which lets a forward run that prompt
+    once; None when unknown."""
 
     ids: torch.Tensor
     mask: torch.Tensor

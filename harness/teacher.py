@@ -109,7 +109,7 @@ class TeacherWeights:
                 p.requires_grad_(False)
         self.updates = 0  # how many times the weights were refreshed from the student (sync) or blended (ema)
 
-    def place(self, dtype: torch.dtype, zero_stage: int, ds_config: dict | None = None) -> None:
+    def place(self, dtype: torch.dtype, zero_stage: int, ds_config: dict) -> None:
         """After the policy's DeepSpeed engine exists: frozen and synced copies take the policy's dtype; an EMA
         stays fp32, so that tau-sized updates are not rounded away when the policy trains in bf16. Under
         ZeRO-3 the copy is then partitioned like the policy (whose DeepSpeed config is `ds_config`)."""

@@ -53,10 +53,10 @@ def forward_logprobs(
     """Full-vocabulary log-probs (B, T, V) of each response position, at the sampling temperature.
     Only the response positions reach the output head (`logits_to_keep`).
 
-    With `share_prompts` (forward-only passes), rows with the same `prompt.key` run their prompt, images
-    included, once: its KV cache is copied to each of its rows and the responses run on top of it, at the
-    positions the full sequence gives them. The same log-probs up to float order, for a fraction of the cost
-    when G responses share a long prompt."""
+    With `share_prompts`, rows with the same `prompt.key` run their prompt, images included, once: its KV cache
+    is copied to each of its rows and the responses run on top of it, at the positions the full sequence gives
+    them (with gradient, the prompt's is the sum over its rows). The same log-probs and gradients up to float
+    order, for a fraction of the cost when G responses share a long prompt."""
     ids = torch.cat([prompt.ids, response_ids], 1)
     attn = torch.cat([prompt.mask, response_mask.to(prompt.mask.dtype)], 1)
     mm_types = (ids == image_token_id).int()
