@@ -78,9 +78,12 @@ def forward_logprobs(
         out = model(**inputs, logits_to_keep=1)  # the last prompt position predicts the first response token
         cache = out.cache
         cache.reorder_cache(inverse)
-        grid = None if vision is None else vision.image_grid_thw
-        positions, _ = getattr(model, "module", model).model.get_rope_index(ids, mm_types, image_grid_thw=grid, attention_mask=attn)
-        tail = model(input_ids=response_ids, attention_mask=attn, position_ids=positions[..., -T:], cache=cache, use_cache=True)
+        if vision is None:  # text only: a full forward numbers positions over the padded width
+            positions = torch.arange(ids.shape[1] - T, ids.shape[1], device=ids.device).expand(len(ids), -1)
+        else:  # multimodal RoPE positions of the full sequences, as a full forward computes them
+            base = getattr(model, "module", model).model
+            positions = base.get_rope_index(ids, mm_types, image_grid_thw=vision.image_grid_thw, attention_mask=attn)[0][..., -T:]
+        tail = model(input_ids=response_ids, attention_mask=attn, position_ids=positions, cache=cache, use_cache=True)
         logits = torch.cat([out.logits[inverse], tail.logits[:, :-1]], 1).float()
     # the rollout never samples vision placeholders; the trained distribution excludes them the same way
     config = getattr(model, "module", model).config
