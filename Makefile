@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m harness.compare experiment=embedded
+	$(VENV)/bin/rlsd-compare experiment=embedded
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -30,4 +30,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(PY) -m harness.perf
+	$(PY) -m bench.perf

@@ -33,14 +33,14 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_dir(cache_dir) -> Path:
-    from harness.models import build_tiny
+    from rlsd_harness.models import build_tiny
 
     return build_tiny("qwen2_5_vl", "tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny(tiny_dir):
-    from harness.models import load_model, load_processor
+    from rlsd_harness.models import load_model, load_processor
 
     return load_model(tiny_dir).eval(), load_processor(tiny_dir)
 
@@ -48,7 +48,7 @@ def tiny(tiny_dir):
 @pytest.fixture(scope="session", autouse=True)
 def parity_verifier():
     """A test-only verifier with mixed rewards even for an untrained model, so advantages are non-zero."""
-    from harness import verifier
+    from rlsd_harness import verifier
     from tests.ds_worker import Parity
 
     verifier.VERIFIERS["parity"] = Parity

@@ -10,8 +10,9 @@ import sys
 
 import torch
 
-from harness import rollout, verifier
-from harness.train import main
+from rlsd_harness import verifier
+from rlsd_harness.cli.train import main
+from rlsd_harness.rollout import hf as rollout
 
 
 class Parity:

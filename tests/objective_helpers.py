@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from algorithms.batch import PolicyOutput, PromptInputs, RolloutBatch
-from algorithms.registry import Objective
+from rlsd_harness.algorithms.batch import PolicyOutput, PromptInputs, RolloutBatch
+from rlsd_harness.algorithms.registry import Objective
 
 
 def make_batch(

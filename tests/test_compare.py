@@ -1,10 +1,14 @@
 """The comparison matrix: failed runs are reported, a rerun redoes only unfinished work, the report is written."""
 
 import json
+import re
 
 import pytest
 
-from harness import compare, dist
+from rlsd_harness import dist
+from rlsd_harness.analysis import compare
+from rlsd_harness.cli.compare import main as compare_main
+from rlsd_harness.config import arms
 
 
 @pytest.fixture
@@ -27,7 +31,7 @@ def test_interrupted_matrix_resumes_without_redoing_finished_runs(tmp_path, tiny
         return real_run(cfg, log)
 
     monkeypatch.setattr(compare, "run", flaky)
-    compare.main(args)
+    compare_main(args)
     runs = tmp_path / "smoke" / "runs"
     assert "simulated crash" in json.loads((runs / "rlsd-s0" / "failed.json").read_text())["error"]
     table = (tmp_path / "smoke" / "table.md").read_text()
@@ -35,7 +39,7 @@ def test_interrupted_matrix_resumes_without_redoing_finished_runs(tmp_path, tiny
     assert calls == ["grpo-s0", "grpo-s1", "rlsd-s0", "rlsd-s1"]
 
     calls.clear()
-    compare.main(args)
+    compare_main(args)
     assert calls == ["rlsd-s0"]  # finished runs are not rerun
     assert not (runs / "rlsd-s0" / "failed.json").exists()
     report = (tmp_path / "smoke" / "README.md").read_text()
@@ -48,12 +52,14 @@ def test_grid_expands_into_labelled_arms():
 
     exp = OmegaConf.create({"methods": ["rlsd"], "seeds": [0], "overrides": [],
                             "grid": {"algorithm.params.eps_w": [0.1, 0.2], "algorithm.teacher.sync_every": [5]}})
-    assert compare.arms(exp) == {
+    assert arms(exp) == {
         "rlsd-eps_w0.1-sync_every5": ("rlsd", ["algorithm.params.eps_w=0.1", "algorithm.teacher.sync_every=5"]),
         "rlsd-eps_w0.2-sync_every5": ("rlsd", ["algorithm.params.eps_w=0.2", "algorithm.teacher.sync_every=5"]),
     }
 
 
-def test_unknown_experiment_lists_the_valid_ones():
-    with pytest.raises(SystemExit, match="valid: .*embedded"):
-        compare.main(["experiment=nope"])
+def test_unknown_experiment_lists_the_valid_ones(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        compare_main(["experiment=nope"])
+    assert exit_.value.code == 2
+    assert re.search("unknown experiment 'nope'; valid: .*embedded", capsys.readouterr().err)

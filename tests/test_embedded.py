@@ -3,7 +3,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from benchmarks import embedded
+from rlsd_harness.benchmarks import embedded
 
 
 def test_generation_is_reproducible_and_distinct():
@@ -68,8 +68,8 @@ def test_prompt_streams_are_the_same_in_every_process():
     import subprocess
     import sys
 
-    code = ("from harness.data import EmbeddedData; from harness.rollout import stable_seed; "
-            "from benchmarks import embedded; "
+    code = ("from rlsd_harness.data import EmbeddedData; from rlsd_harness.rollout.hf import stable_seed; "
+            "from rlsd_harness.benchmarks import embedded; "
             "print([x.id for x in EmbeddedData(seed=0).prompts(3, 4)], "
             "[x.id for x in embedded.generate('train', 4, seed=stable_seed('warmup', 0, 1), level=1)])")
     outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -8,9 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import benchmarks
-from benchmarks import fixtures, get_benchmark
-from benchmarks._common import BenchmarkError, LazyImage
+from rlsd_harness import benchmarks
+from rlsd_harness.benchmarks import get_benchmark
+from rlsd_harness.benchmarks._common import BenchmarkError, LazyImage
+from tests import benchmark_fixtures as fixtures
 
 SPLITS = {
     "mmmu": {"validation": 6, "dev": 1},
@@ -83,7 +84,7 @@ def test_unknown_split_and_missing_path(paths):
 
 
 def test_hub_id_without_network_fails_fast_and_clearly(monkeypatch):
-    import benchmarks._common as common
+    import rlsd_harness.benchmarks._common as common
 
     monkeypatch.setattr(common, "_hub_unreachable", lambda: "cannot connect to the hub")
     with pytest.raises(BenchmarkError, match=r"zerobench: split 'zerobench'.*'jonathan-roberts1/zerobench'.*local folder"):

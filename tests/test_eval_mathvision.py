@@ -5,9 +5,10 @@ import time
 
 import pytest
 
-from benchmarks import fixtures, mathvision
-from benchmarks._common import BenchmarkError
-from benchmarks._symbolic import SymbolicEvaluator, quick_value, safe_eval, symbolic_value
+from rlsd_harness.benchmarks import mathvision
+from rlsd_harness.benchmarks._common import BenchmarkError
+from rlsd_harness.benchmarks._symbolic import SymbolicEvaluator, quick_value, safe_eval, symbolic_value
+from tests import benchmark_fixtures as fixtures
 
 WEEKDAY = {"id": "15", "answer": "A", "options": ["Wednesday", "Thursday", "Friday", "Tuesday", "Sunday"],
            "question": "Which weekday was that?\n<image1>", "level": 2, "subject": "arithmetic"}

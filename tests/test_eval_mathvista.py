@@ -6,8 +6,14 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks import fixtures, mathvista
-from benchmarks._common import BenchmarkError, _levenshtein_numpy, _levenshtein_small, levenshtein
+from rlsd_harness.benchmarks import mathvista
+from rlsd_harness.benchmarks._common import (
+    BenchmarkError,
+    _levenshtein_numpy,
+    _levenshtein_small,
+    levenshtein,
+)
+from tests import benchmark_fixtures as fixtures
 
 MC = {"pid": "5", "question_type": "multi_choice", "answer_type": "text", "choices": ["97", "102", "107", "122"],
       "precision": None, "unit": None, "answer": "97", "query": "Hint: ...\nQuestion: Find $m\\angle H$"}

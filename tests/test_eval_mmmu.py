@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from benchmarks import fixtures, mmmu
-from benchmarks._common import BenchmarkError
+from rlsd_harness.benchmarks import mmmu
+from rlsd_harness.benchmarks._common import BenchmarkError
+from tests import benchmark_fixtures as fixtures
 
 MC = {
     "id": "validation_Accounting_1",

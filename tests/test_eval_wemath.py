@@ -4,8 +4,9 @@ import time
 
 import pytest
 
-from benchmarks import fixtures, wemath
-from benchmarks._common import BenchmarkError
+from rlsd_harness.benchmarks import wemath
+from rlsd_harness.benchmarks._common import BenchmarkError
+from tests import benchmark_fixtures as fixtures
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from benchmarks import fixtures, zerobench
-from benchmarks._common import BenchmarkError
+from rlsd_harness.benchmarks import zerobench
+from rlsd_harness.benchmarks._common import BenchmarkError
+from tests import benchmark_fixtures as fixtures
 
 
 def row(answer, qid="1"):

@@ -19,7 +19,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import get_model  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from harness.lm_eval_bridge import HarnessLM  # noqa: E402
+from rlsd_harness.evaluation.lm_eval_bridge import HarnessLM  # noqa: E402
 
 DOCS = [
     {"question": "What is 2 + 3?", "answer": "5", "choices": ["4", "5", "6"], "label": 1,

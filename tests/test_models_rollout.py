@@ -3,10 +3,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from algorithms.batch import PromptInputs
-from benchmarks import embedded
-from harness.models import build_tiny, load_model, load_processor
-from harness.rollout import (
+from rlsd_harness.algorithms.batch import PromptInputs
+from rlsd_harness.benchmarks import embedded
+from rlsd_harness.models import build_tiny, load_model, load_processor
+from rlsd_harness.rollout.hf import (
     HFRolloutEngine,
     SamplingParams,
     encode_prompts,
@@ -14,8 +14,8 @@ from harness.rollout import (
     sample_seed,
     user_messages,
 )
-from harness.trainer import forward_logprobs
-from harness.verifier import ExactVerifier, MathVerifier, last_boxed
+from rlsd_harness.training.trainer import forward_logprobs
+from rlsd_harness.verifier import ExactVerifier, MathVerifier, last_boxed
 
 
 def test_tokenizer_and_chat_template_render_images(tiny):

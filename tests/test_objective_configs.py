@@ -1,15 +1,15 @@
 """The algorithm config files: each builds its objective, has the shape the backbone reads, and holds the
 paper's values."""
 
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from algorithms import build_objective
-from harness.teacher import TeacherConfig
+from rlsd_harness.algorithms import build_objective
+from rlsd_harness.config import CONFIG_DIR as CONFIG_ROOT
+from rlsd_harness.training.teacher import TeacherConfig
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "algorithm"
+CONFIG_DIR = CONFIG_ROOT / "algorithm"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.yaml"))
 
 

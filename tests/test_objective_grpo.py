@@ -5,10 +5,16 @@ import math
 import pytest
 import torch
 
-from algorithms import build_objective
-from algorithms.batch import PolicyOutput
-from algorithms.common import aggregate_loss, clipped_surrogate, k3_kl, kl_divergence, masked_mean
-from algorithms.grpo import group_advantages
+from rlsd_harness.algorithms import build_objective
+from rlsd_harness.algorithms.batch import PolicyOutput
+from rlsd_harness.algorithms.common import (
+    aggregate_loss,
+    clipped_surrogate,
+    k3_kl,
+    kl_divergence,
+    masked_mean,
+)
+from rlsd_harness.algorithms.grpo import group_advantages
 from tests.objective_helpers import make_batch
 
 # ---- group advantages -------------------------------------------------------------------------------

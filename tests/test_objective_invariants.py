@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from algorithms import build_objective, get_objective_class, objective_names
-from algorithms.batch import PolicyOutput
-from algorithms.common import LOSS_AGG_MODES
+from rlsd_harness.algorithms import build_objective, get_objective_class, objective_names
+from rlsd_harness.algorithms.batch import PolicyOutput
+from rlsd_harness.algorithms.common import LOSS_AGG_MODES
 from tests.objective_helpers import make_batch, random_logits, run_in_micro_batches
 
 VOCAB = 128  # room for SDPO's default top-100 support

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from algorithms import build_objective
-from algorithms.batch import PolicyOutput
-from algorithms.opd import discounted_future_sum
+from rlsd_harness.algorithms import build_objective
+from rlsd_harness.algorithms.batch import PolicyOutput
+from rlsd_harness.algorithms.opd import discounted_future_sum
 from tests.objective_helpers import make_batch
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from algorithms import build_objective
-from algorithms.batch import PolicyOutput
-from algorithms.common import generalized_jsd
-from algorithms.opsd import logit_distillation_loss, restrict_to_teacher_topk
+from rlsd_harness.algorithms import build_objective
+from rlsd_harness.algorithms.batch import PolicyOutput
+from rlsd_harness.algorithms.common import generalized_jsd
+from rlsd_harness.algorithms.opsd import logit_distillation_loss, restrict_to_teacher_topk
 from tests.objective_helpers import make_batch
 
 S = torch.tensor([0.5, 0.5]).log()

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from algorithms import build_objective
-from algorithms.batch import PolicyOutput
-from algorithms.rlsd import evidence_weights, lambda_schedule, token_advantages
+from rlsd_harness.algorithms import build_objective
+from rlsd_harness.algorithms.batch import PolicyOutput
+from rlsd_harness.algorithms.rlsd import evidence_weights, lambda_schedule, token_advantages
 from tests.objective_helpers import make_batch, random_logits, run_in_micro_batches
 
 # Two rows: A = +1 (3 tokens) and A = −1 (2 tokens, the third is padding whose teacher value is −inf).

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from algorithms import build_objective
-from algorithms.batch import PolicyOutput
-from algorithms.sdpo import append_tail_bucket, topk_tail_distillation_loss
+from rlsd_harness.algorithms import build_objective
+from rlsd_harness.algorithms.batch import PolicyOutput
+from rlsd_harness.algorithms.sdpo import append_tail_bucket, topk_tail_distillation_loss
 from tests.objective_helpers import make_batch, random_logits, student_forward
 
 STUDENT_TOPK = torch.tensor([0.5, 0.25]).log()  # tail 0.25

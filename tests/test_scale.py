@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from harness.dist import iter_full_parameters
-from harness.plan import memory_per_gpu
-from harness.vllm_engine import HF_TO_VLLM_PREFIXES, hf_to_vllm_name, vllm_sampling_kwargs
+from rlsd_harness.analysis.plan import memory_per_gpu
+from rlsd_harness.dist import iter_full_parameters
+from rlsd_harness.rollout.vllm import HF_TO_VLLM_PREFIXES, hf_to_vllm_name, vllm_sampling_kwargs
 
 
 def test_every_parameter_maps_to_a_vllm_name(tiny):
@@ -28,7 +28,7 @@ def test_full_parameters_stream_one_by_one_without_zero(tiny):
 
 
 def test_vllm_sampling_kwargs_follow_our_params():
-    from harness.rollout import SamplingParams
+    from rlsd_harness.rollout.hf import SamplingParams
 
     kw = vllm_sampling_kwargs(SamplingParams(n=4, temperature=0.7, top_p=0.8, top_k=20, max_new_tokens=99), seed=5)
     assert kw == dict(n=1, temperature=0.7, top_p=0.8, top_k=20, max_tokens=99, min_tokens=0, logprobs=0, seed=5,
@@ -50,7 +50,7 @@ def test_memory_plan_matches_the_zero_formulas():
 
 
 def test_paper_main_table_dry_run(capsys):
-    from harness.compare import main
+    from rlsd_harness.cli.compare import main
 
     main(["experiment=paper_main_table", "dry_run=true"])
     out = capsys.readouterr().out
@@ -61,7 +61,7 @@ def test_paper_main_table_dry_run(capsys):
 
 
 def test_train_launches_one_method_of_an_experiment():
-    from harness.train import ConfigError, compose_config, expand_experiment
+    from rlsd_harness.config import ConfigError, compose_config, expand_experiment
 
     cfg = compose_config(expand_experiment(["experiment=paper_main_table", "algorithm=sdpo", "train.steps=7"]))
     assert cfg.algorithm.name == "sdpo" and cfg.rollout.engine == "vllm" and cfg.deepspeed.zero_stage == 3
@@ -82,11 +82,11 @@ def _needs_cuda() -> None:
 def test_vllm_generates_on_the_tiny_model_and_matches_the_trainer(tiny_dir):
     pytest.importorskip("vllm")
     _needs_cuda()
-    from benchmarks import embedded
-    from harness.models import load_model, load_processor
-    from harness.rollout import SamplingParams, sample_seed
-    from harness.trainer import forward_logprobs
-    from harness.vllm_engine import VLLMRolloutEngine
+    from rlsd_harness.benchmarks import embedded
+    from rlsd_harness.models import load_model, load_processor
+    from rlsd_harness.rollout.hf import SamplingParams, sample_seed
+    from rlsd_harness.rollout.vllm import VLLMRolloutEngine
+    from rlsd_harness.training.trainer import forward_logprobs
 
     processor = load_processor(tiny_dir)
     engine = VLLMRolloutEngine(str(tiny_dir), processor, gpu_memory_utilization=0.2, max_model_len=256, dtype="float32")
@@ -106,7 +106,7 @@ def test_vllm_generates_on_the_tiny_model_and_matches_the_trainer(tiny_dir):
 
 
 def test_token_budget_partition_packs_by_padded_length():
-    from harness.microbatch import pad_to_count, partition_by_tokens
+    from rlsd_harness.training.microbatch import pad_to_count, partition_by_tokens
 
     lengths = [10, 50, 20, 40, 30, 5]
     groups = partition_by_tokens(lengths, budget=80)
@@ -122,7 +122,7 @@ def test_token_budget_partition_packs_by_padded_length():
 
 
 def test_balance_rows_evens_tokens_between_equal_sized_shares():
-    from harness.microbatch import balance_rows
+    from rlsd_harness.training.microbatch import balance_rows
 
     lengths = [100, 90, 10, 10, 50, 40, 30, 30]
     parts = balance_rows(lengths, 2)
@@ -136,7 +136,7 @@ def test_balance_rows_evens_tokens_between_equal_sized_shares():
 
 
 def test_concat_pads_and_joins_shards_back_into_the_batch():
-    from algorithms.batch import PromptInputs, RolloutBatch, VisionInputs
+    from rlsd_harness.algorithms.batch import PromptInputs, RolloutBatch, VisionInputs
     from tests.objective_helpers import make_batch
 
     batch = make_batch(num_groups=2, group_size=3, response_len=5)

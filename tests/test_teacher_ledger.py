@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from harness.teacher import REFERENCE_TEMPLATE, TeacherConfig, TeacherWeights, sibling_contexts
+from rlsd_harness.training.teacher import REFERENCE_TEMPLATE, TeacherConfig, TeacherWeights, sibling_contexts
 from tests.test_trainer import make_trainer
 
 
@@ -25,7 +25,7 @@ def test_teacher_sees_the_same_images_and_response_tokens(tmp_path, tiny_dir):
         assert "Here is a reference solution:" in teacher and "reference" not in student
         assert teacher.count("<|image_pad|>") == student.count("<|image_pad|>") > 0
     # the teacher's own encoding of its prompts carries exactly the student's pixels
-    from harness.rollout import encode_prompts, user_messages
+    from rlsd_harness.rollout.hf import encode_prompts, user_messages
 
     prompts = trainer.data.prompts(1, 4)
     _, t_vision = encode_prompts(trainer.processor,
@@ -117,13 +117,13 @@ def test_ledger_counts_match_hand_counted_tokens(tmp_path, tiny_dir, share):
 
 
 def _gathered(module) -> dict[str, torch.Tensor]:
-    from harness.dist import iter_full_parameters
+    from rlsd_harness.dist import iter_full_parameters
 
     return {n: t.detach().clone() for n, t in iter_full_parameters(module, zero_stage=3)}
 
 
 def test_zero3_teacher_is_partitioned_and_follows_sync_ema_and_checkpoints(tmp_path, tiny_dir):
-    from harness import checkpoint
+    from rlsd_harness.training import checkpoint
 
     # sync every step (RLSD's teacher): after one step the partitioned teacher equals the policy
     trainer = make_trainer(tmp_path, "algorithm=rlsd", "deepspeed=zero3", "algorithm.teacher.sync_every=1")

@@ -6,13 +6,14 @@ import json
 import pytest
 import torch
 
-from algorithms import objective_names
-from harness import checkpoint
-from harness.data import build_data
-from harness.models import load_model, load_processor
-from harness.train import ConfigError, compose_config, run
-from harness.trainer import NonFiniteLoss, Trainer
-from harness.warmup import policy_path
+from rlsd_harness.algorithms import objective_names
+from rlsd_harness.config import ConfigError, compose_config
+from rlsd_harness.data import build_data
+from rlsd_harness.models import load_model, load_processor
+from rlsd_harness.training import checkpoint
+from rlsd_harness.training.run import run
+from rlsd_harness.training.trainer import NonFiniteLoss, Trainer
+from rlsd_harness.training.warmup import policy_path
 from tests.conftest import small_overrides
 
 ALGORITHMS = [a for a in objective_names()]
@@ -85,7 +86,7 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path, tiny_dir):
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, tiny_dir, monkeypatch):
     cfg = compose_config(small_overrides(tmp_path, "train.steps=3", "train.save_every=1", "run.name=nanrun"))
-    from algorithms.grpo import GRPO
+    from rlsd_harness.algorithms.grpo import GRPO
 
     original = GRPO.loss
 
@@ -133,7 +134,7 @@ def test_objective_needing_a_teacher_refuses_none(tmp_path, tiny_dir):
 
 
 def test_local_data_rows_are_validated(tmp_path):
-    from harness.data import LocalData
+    from rlsd_harness.data import LocalData
 
     bad = tmp_path / "rows.jsonl"
     bad.write_text(json.dumps({"id": "q7", "problem": "What?", "answer": "3"}) + "\n")

@@ -1,0 +1,153 @@
+"""The embedded benchmark: a seeded synthetic visual reasoning task a ~1 M-parameter VLM learns on a CPU.
+
+Each item is a 56x56 picture of coloured squares and circles on a 4x4 grid (one 14-px ViT patch per cell),
+a question whose answer needs the picture and one or two arithmetic steps, an integer answer, and a
+reference solution with visible intermediate steps ending in \\boxed{}:
+
+  level 1  "How many shapes are there? Add 7."                      -> There are 5 shapes. 5 + 7 = 12. ...
+  level 2  "How many red shapes are there? Add 7."                  -> There are 3 red shapes. 3 + 7 = 10. ...
+  level 3  "How many red shapes are there? Multiply by 2, then add 7." -> ... 3 * 2 = 6. 6 + 7 = 13. ...
+
+Level 1 is the default of the comparison (rlsd_harness/config/data/embedded.yaml): after a 143-step warm-up the 1 M model
+answers 31 % of the test split greedily (47 % with the reference answer in its prompt, 7 % with a blank
+image), and RL moves it within tens of steps. Level 2's colour binding is the harder variant measured in
+shared/specs/embedded-task.md: a long supervised plateau at 30-40 % that GRPO at this scale did not lift in
+60-100 steps. Train and test items never coincide: every item's content hash decides its split, and each
+split's generator rejects the other split's items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from rlsd_harness.answers import last_boxed
+from rlsd_harness.prompts import REFERENCE_TEMPLATE
+
+NAME = "embedded"
+IMAGE_SIZE = 56
+GRID = 4
+CELL = IMAGE_SIZE // GRID
+COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (30, 160, 60)}
+SHAPES = ("square", "circle")
+LEVELS = (1, 2, 3)
+SPLITS = ("train", "test")
+TEST_SHARE = 5  # one item in five (by content hash) belongs to the test split
+
+@dataclass
+class Item:
+    id: str
+    level: int
+    cells: tuple  # ((cell index, colour, shape), ...) sorted
+    question: str
+    answer: int
+    solution: str
+    count: int
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [render(self.cells)]
+
+
+def render(cells: tuple) -> Image.Image:
+    img = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 255, np.uint8)
+    margin = 2
+    yy, xx = np.mgrid[0:CELL, 0:CELL]
+    centre = (CELL - 1) / 2
+    circle = (yy - centre) ** 2 + (xx - centre) ** 2 <= (CELL / 2 - margin + 0.5) ** 2
+    square = np.zeros((CELL, CELL), bool)
+    square[margin : CELL - margin, margin : CELL - margin] = True
+    for cell, colour, shape in cells:
+        r, c = divmod(cell, GRID)
+        patch = img[r * CELL : (r + 1) * CELL, c * CELL : (c + 1) * CELL]
+        patch[circle if shape == "circle" else square] = COLOURS[colour]
+    return Image.fromarray(img)
+
+
+def _content_key(level: int, cells: tuple, question: str) -> str:
+    return hashlib.sha1(repr((level, cells, question)).encode()).hexdigest()
+
+
+def split_of(item: Item) -> str:
+    return "test" if int(item.id, 16) % TEST_SHARE == 0 else "train"
+
+
+def _draw(rng: random.Random, level: int) -> Item:
+    n_colours = len(COLOURS)
+    names = list(COLOURS)
+    free = rng.sample(range(GRID * GRID), GRID * GRID)
+    if level == 1:
+        count = rng.randint(1, 8)
+        cells = [(free.pop(), rng.choice(names), rng.choice(SHAPES)) for _ in range(count)]
+        target, subject = None, "shapes"
+    else:
+        target = rng.choice(names)
+        count = rng.randint(0, 5)
+        others = [c for c in names if c != target]
+        cells = [(free.pop(), target, rng.choice(SHAPES)) for _ in range(count)]
+        cells += [(free.pop(), rng.choice(others), rng.choice(SHAPES)) for _ in range(rng.randint(0, n_colours + 1))]
+        subject = f"{target} shapes"
+    add = rng.randint(1, 9)
+    steps = [f"There {'is' if count == 1 else 'are'} {count} {subject[:-1] if count == 1 else subject}."]
+    if level == 3:
+        mul = rng.randint(2, 3)
+        question = f"How many {subject} are there? Multiply by {mul}, then add {add}."
+        steps += [f"{count} * {mul} = {count * mul}.", f"{count * mul} + {add} = {count * mul + add}."]
+        answer = count * mul + add
+    else:
+        question = f"How many {subject} are there? Add {add}."
+        steps.append(f"{count} + {add} = {count + add}.")
+        answer = count + add
+    steps.append(f"The answer is \\boxed{{{answer}}}.")
+    cells_t = tuple(sorted(cells))
+    return Item(
+        id=_content_key(level, cells_t, question)[:16],
+        level=level,
+        cells=cells_t,
+        question=question,
+        answer=answer,
+        solution=" ".join(steps),
+        count=count,
+        meta={"target": target},
+    )
+
+
+def generate(split: str, n: int, seed: int, level: int = 2) -> list[Item]:
+    """`n` distinct items of one split, reproducible from (split, seed, level)."""
+    if split not in SPLITS:
+        raise ValueError(f"embedded: unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    if level not in LEVELS:
+        raise ValueError(f"embedded: unknown level {level!r}; valid: {', '.join(map(str, LEVELS))}")
+    rng = random.Random(f"{split}/{seed}/{level}")
+    items, seen = [], set()
+    while len(items) < n:
+        item = _draw(rng, level)
+        if split_of(item) == split and item.id not in seen:
+            seen.add(item.id)
+            items.append(item)
+    return items
+
+
+def score(response: str, item: Item) -> dict:
+    """Exact integer match of the last \\boxed{} (the training reward uses the verifier; this is for reports)."""
+    parsed = last_boxed(response)
+    try:
+        correct = parsed is not None and int(parsed.strip()) == item.answer
+    except ValueError:
+        correct = False
+    return {"parsed": parsed, "correct": bool(correct)}
+
+
+def corpus(n: int = 2000, seed: int = 0) -> list[str]:
+    """Texts the project's tokenizer is trained on: questions, solutions and privileged prompts of all levels."""
+    texts = []
+    for level in LEVELS:
+        for item in generate("train", n // len(LEVELS), seed, level):
+            texts += [item.question, item.solution, REFERENCE_TEMPLATE.format(question=item.question, hint=item.answer)]
+            texts.append(REFERENCE_TEMPLATE.format(question=item.question, hint=item.solution))
+    return texts

@@ -1,0 +1,72 @@
+"""Command lines. Every command takes `key=value` arguments only: its own keys (listed by `--help`) and hydra
+overrides of the training config (`algorithm=rlsd train.steps=50 ...`). A user error prints one line naming
+the value and the valid ones and exits with status 2; `HARNESS_DEBUG=1` shows the traceback as well."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from rlsd_harness.config import CONFIG_DIR, ConfigError, group_choices
+
+# What a user can get wrong; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ConfigError, FileExistsError, FileNotFoundError)
+
+
+def help_text(prog: str, summary: str, own: dict[str, str], takes_overrides: bool = True) -> str:
+    lines = [f"usage: {prog} {' '.join(f'[{k}=...]' for k in own)}{' [config overrides ...]' if takes_overrides else ''}",
+             "", summary.strip(), ""]
+    if own:
+        lines.append("arguments:")
+        lines += [f"  {k}=  {v}" for k, v in own.items()]
+        lines.append("")
+    if takes_overrides:
+        lines.append("config overrides (hydra syntax, key=value; groups and their choices):")
+        groups = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("_"))
+        lines += [f"  {g}={{{','.join(group_choices(g))}}}" for g in groups]
+        lines.append("  and any key of the composed config, e.g. train.steps=50 seed=1 (see docs/config.md)")
+    return "\n".join(lines)
+
+
+def split_args(argv: list[str] | None, prog: str, summary: str, own: dict[str, str],
+               takes_overrides: bool = True) -> tuple[dict[str, str], list[str]]:
+    """Own `key=value` arguments and the remaining overrides; `-h`/`--help` prints the help and exits."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in args):
+        print(help_text(prog, summary, own, takes_overrides))
+        raise SystemExit(0)
+    mine, overrides = {}, []
+    for a in args:
+        key, eq, value = a.partition("=")
+        if a.startswith("-"):
+            raise ConfigError(f"{prog} takes key=value arguments, not {a!r}; see {prog} --help")
+        if not eq:
+            raise ConfigError(f"argument {a!r} is not key=value; see {prog} --help")
+        if key in own:
+            mine[key] = value
+        elif takes_overrides:
+            overrides.append(a)
+        else:
+            raise ConfigError(f"unknown argument {key!r}; valid: {', '.join(own)}")
+    return mine, overrides
+
+
+def flag(value: str | None, key: str, default: bool = False) -> bool:
+    if value is None:
+        return default
+    if value.lower() not in ("true", "false"):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value.lower() == "true"
+
+
+def run_main(body: Callable[[], Any]) -> Any:
+    """Run a command's body: user errors become one line on stderr and exit status 2."""
+    try:
+        return body()
+    except USER_ERRORS as e:
+        if os.environ.get("HARNESS_DEBUG") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

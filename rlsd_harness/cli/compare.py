@@ -1,0 +1,28 @@
+"""`rlsd-compare experiment=embedded`: every method x seed of an experiment, trained from the same base policy to
+the same compute budget, then compared at matched budget points (tables, plots, README in `out`, default
+results/<experiment>/). Finished runs are not rerun and interrupted ones resume, so a rerun continues the
+matrix. `dry_run=true` validates every run's configuration and prints the plan (runs, compute, memory)."""
+
+from __future__ import annotations
+
+from rlsd_harness.cli import flag, run_main, split_args
+
+OWN = {"experiment": "an experiment of config/experiment/ (default embedded)",
+       "out": "output folder (default results/<experiment>)",
+       "dry_run": "true: validate and print the plan, train nothing"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from rlsd_harness.analysis.compare import compare
+
+    def body() -> None:
+        own, overrides = split_args(argv, "rlsd-compare", __doc__, OWN)
+        result = compare(own.get("experiment", "embedded"), own.get("out"), overrides,
+                         dry=flag(own.get("dry_run"), "dry_run"))
+        print(result if isinstance(result, str) else f"results in {result}")
+
+    run_main(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""`rlsd-train algorithm=rlsd train.steps=50 ...`: one training run in its own folder under results/runs/
+(`experiment=NAME algorithm=M` takes the settings of method M of a comparison, e.g. the paper's; under
+`deepspeed ... -m rlsd_harness.cli.train` each rank runs this)."""
+
+from __future__ import annotations
+
+from rlsd_harness.cli import run_main, split_args
+
+
+def main(argv: list[str] | None = None) -> None:
+    from rlsd_harness import dist
+    from rlsd_harness.config import compose_config, expand_experiment
+    from rlsd_harness.training.run import run
+
+    def body() -> None:
+        _, overrides = split_args(argv, "rlsd-train", __doc__, {})
+        try:
+            run(compose_config(expand_experiment(overrides)))
+        finally:
+            dist.shutdown()
+
+    run_main(body)
+
+
+if __name__ == "__main__":
+    main()

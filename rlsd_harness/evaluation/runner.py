@@ -1,0 +1,476 @@
+"""The benchmark runner for saved checkpoints (the library side of `rlsd-evaluate`):
+
+    rlsd-evaluate checkpoint=<folder> benchmarks=[mmmu,mathvista,mathvision,zerobench,wemath,embedded]
+        eval.sources.mmmu=/data/mmmu ... [eval.decoding=greedy|paper] [limit=N] [out=<folder>] [overwrite=true]
+
+generates with the project's rollout engine (each benchmark's prompt text in one user turn of our chat
+template, its images first), scores with each benchmark module's `score`, and writes into `out`:
+
+    config.json               what the results depend on (checkpoint, decoding, and per benchmark its data,
+                              revision, prompt variant, token budget and score options)
+    <key>.jsonl               one line per (item, sample): id, sample, variant, response, parsed, correct
+                              (+ the scorer's extras, e.g. MathVista's extractor)
+    <key>.metrics.json        the module's `metrics` (averaged over the k samples), the headline mean@k
+                              and its per-sample values
+    table.md, table.csv       one row per benchmark (+ the average of the paper's five)
+
+A benchmark is named alone (its prompt variant from eval.variants) or as `name:variant` (key
+`name-variant`), e.g. `mathvista:vlmevalkit` or `embedded:hint`. Items already in a jsonl are skipped on a
+rerun, so an interrupted run continues where it stopped and a larger `limit=` extends a quick look. A
+rerun whose config differs from the folder's config.json is an error unless overwrite=true (which
+discards the affected results). With no `benchmarks=`, the embedded benchmark runs with the plain
+prompt, the privileged hint and a blank image (what this command reported before the runner existed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlsd_harness.benchmarks import EVAL_BENCHMARK_NAMES, embedded
+from rlsd_harness.evaluation.heldout import DECODING, _variant
+from rlsd_harness.rollout.hf import HFRolloutEngine, SamplingParams, sample_seed
+
+# ----------------------------------------------------------------------------- the benchmark runner
+
+BENCHMARKS = (*EVAL_BENCHMARK_NAMES, "embedded")
+# With no benchmarks=: held-out accuracy on the embedded task, with the privileged hint, and with a blank image.
+DEFAULT_BENCHMARKS = ("embedded", "embedded:hint", "embedded:blank")
+# The number each benchmark reports in the paper's table (its key in the module's metrics), and a few
+# secondary numbers shown beside it.
+HEADLINE = {"mmmu": "accuracy", "mathvista": "accuracy", "mathvision": "accuracy", "zerobench": "pass@1",
+            "wemath": "Score (Strict)", "embedded": "accuracy"}
+SECONDARY = {"zerobench": (("pass@k", "pass@{k}"), ("k/k", "{k}/{k}")), "wemath": (("Score (Loose)", "Score (Loose)"),)}
+
+
+@dataclass
+class Prompt:
+    """What the rollout engine reads: the text of one user turn and its images."""
+
+    question: str
+    images: list
+
+
+Scorer = Callable[[str, Any], dict]
+
+
+@dataclass
+class Suite:
+    """One benchmark ready to run: its items in dataset order and how to prompt, score and aggregate them."""
+
+    name: str  # the benchmark
+    key: str  # its results' name in the out folder: the name, or name-variant when the variant was asked for
+    items: list  # benchmark rows, or embedded items
+    ids: list[str]
+    identity: dict  # what the per-item results depend on, besides the model and the decoding
+    prompt: Callable[[Any], Prompt]
+    new_scorer: Callable[[], Scorer]  # a fresh scorer per sample index (MMMU's scorer carries a generator)
+    metrics: Callable[[list, list], dict]
+    max_new_tokens: int
+    stateful_scoring: bool = False  # True: a resumed run replays the done items through the scorer first
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The model folder to load: the folder itself (config.json), or a run folder's / checkpoint's policy."""
+    path = Path(path)
+    for candidate in (path, path / "final", path / "policy"):
+        if (candidate / "config.json").exists():
+            return candidate
+    if (path / "model.safetensors").exists() and (path / "state.json").exists():
+        raise FileNotFoundError(f"{path} is a training checkpoint (weights and optimizer state only); "
+                                f"evaluate the run's final/ folder or a model folder with a config.json")
+    raise FileNotFoundError(f"no model at {path}: expected a config.json there or in its final/ folder")
+
+
+def _weights_fingerprint(model_dir: Path) -> str:
+    """Names, sizes and modification times of the weight files: cheap, and changes when the weights do."""
+    digest = hashlib.sha1()
+    for f in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
+        st = f.stat()
+        digest.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    """A config node or tuple as plain JSON data, so that stored and fresh identities compare equal."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    return json.loads(json.dumps(value, default=str))
+
+
+def _row_id(name: str, row: dict) -> str:
+    if name == "wemath":  # "ID" names the composite problem; its sub-steps share it and differ by "key"
+        return f"{row['ID']}/{row['key']}"
+    field = {"mmmu": "id", "mathvista": "pid", "mathvision": "id", "zerobench": "question_id"}[name]
+    return str(row[field])
+
+
+def _benchmark_suite(name: str, key: str, variant: str | None, ecfg: Any, limit: int | None,
+                     judge: Callable[[str], str] | None) -> Suite:
+    from rlsd_harness.benchmarks import get_benchmark
+
+    module = get_benchmark(name)
+    source = ecfg.sources.get(name)
+    if not source:
+        raise ValueError(f"{name}: no data source; pass eval.sources.{name}=<local folder> (or a hub id when online)")
+    split, variant = ecfg.splits[name], variant or ecfg.variants[name]
+    rows = module.load(str(source), split, ecfg.revisions.get(name))
+    if not rows:
+        raise ValueError(f"{name}: split {split!r} of {source} has no rows")
+    module.prompt(rows[0], variant)  # an unknown variant fails here, before any generation
+    rows = rows[:limit] if limit is not None else rows
+    score_options = dict(_plain(ecfg.score_options.get(name)) or {})
+    metric_options = dict(_plain(ecfg.metric_options.get(name)) or {})
+    identity = {"source": str(source), "split": split, "revision": rows[0]["_meta"]["revision"],
+                "variant": variant, "max_new_tokens": int(ecfg.benchmark_max_new_tokens),
+                "score_options": score_options}
+
+    def prompt(row: dict) -> Prompt:
+        text, images = module.prompt(row, variant)
+        return Prompt(text, list(images))
+
+    if name == "mmmu":
+        # One generator per sample index, drawn in dataset order: each sample repeats an official run.
+        def new_scorer() -> Scorer:
+            rng = module.new_rng()
+            return lambda response, row: module.score(response, row, rng=rng, **score_options)
+    elif name == "mathvista":
+        identity["extractor"] = f"judge:{ecfg.mathvista_judge}" if judge is not None else "rules"
+
+        def new_scorer() -> Scorer:
+            return lambda response, row: module.score(response, row, judge=judge, **score_options)
+    else:
+        def new_scorer() -> Scorer:
+            return lambda response, row: module.score(response, row, **score_options)
+
+    return Suite(
+        name=name, key=key, items=rows, ids=[_row_id(name, r) for r in rows], identity=identity, prompt=prompt,
+        new_scorer=new_scorer, metrics=lambda rs, results: module.metrics(rs, results, **metric_options),
+        max_new_tokens=int(ecfg.benchmark_max_new_tokens), stateful_scoring=name == "mmmu",
+    )
+
+
+def _embedded_suite(key: str, variant: str | None, cfg: Any, limit: int | None) -> Suite:
+    from rlsd_harness.benchmarks._common import acc_entry
+    from rlsd_harness.data import build_data
+
+    variant = variant or cfg.eval.variants.get("embedded", "plain")
+    # The variant is applied to the whole test set before `limit`, so that "shuffled" pairs the same
+    # items whatever the limit.
+    items = _variant(build_data(cfg.data, cfg.seed).test_set(cfg.eval.n), variant)
+    items = items[:limit] if limit is not None else items
+    data = {k: v for k, v in _plain(cfg.data).items() if k != "test_size"}  # test_size acts like a limit
+    identity = {"data": data, "variant": variant, "max_new_tokens": int(cfg.eval.max_new_tokens)}
+    return Suite(
+        name="embedded", key=key, items=items, ids=[str(it.id) for it in items], identity=identity,
+        prompt=lambda it: Prompt(it.question, list(it.images)),
+        new_scorer=lambda: embedded.score,
+        metrics=lambda its, results: acc_entry(sum(bool(r["correct"]) for r in results), len(its)),
+        max_new_tokens=int(cfg.eval.max_new_tokens),
+    )
+
+
+def parse_benchmark(spec: str) -> tuple[str, str | None, str]:
+    """`name` or `name:variant` -> (name, variant or None, key); an unknown name lists the valid ones."""
+    name, _, variant = spec.partition(":")
+    if name not in BENCHMARKS:
+        raise KeyError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)} (optionally as name:variant)")
+    return name, variant or None, f"{name}-{variant}" if variant else name
+
+
+def build_suite(spec: str, cfg: Any, limit: int | None = None, judge: Callable[[str], str] | None = None) -> Suite:
+    """The suite of one benchmark (`name` or `name:variant`) under config `cfg` (the composed train
+    config), its first `limit` items."""
+    name, variant, key = parse_benchmark(spec)
+    if name == "embedded":
+        suite = _embedded_suite(key, variant, cfg, limit)
+    else:
+        suite = _benchmark_suite(name, key, variant, cfg.eval, limit, judge)
+    seen: set[str] = set()
+    for i in suite.ids:
+        if i in seen:
+            raise ValueError(f"{name}: item id {i!r} occurs twice; results are keyed by id")
+        seen.add(i)
+    return suite
+
+
+# ----------------------------------------------------------------------------- the output folder
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict) and d:
+        return {k: v for key, sub in d.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): d}
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    a, b = _flatten(old), _flatten(new)
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
+def _result_files(out: Path, name: str) -> list[Path]:
+    return [out / f"{name}.jsonl", out / f"{name}.metrics.json"]
+
+
+def prepare_out(out: Path, common: dict, suites: dict[str, dict], overwrite: bool) -> None:
+    """Create or check `out` for `suites` ({key: identity}): results of a different config are never mixed
+    in nor silently replaced."""
+    config_file = out / "config.json"
+    if not config_file.exists():
+        foreign = [p.name for p in out.iterdir()] if out.is_dir() else []
+        if foreign and not overwrite:
+            raise FileExistsError(f"out folder {out} is not empty and has no config.json (not a runner folder: "
+                                  f"{', '.join(sorted(foreign)[:5])}); choose another out= or pass overwrite=true")
+        out.mkdir(parents=True, exist_ok=True)
+        stored: dict = {**common, "benchmarks": {}}
+    else:
+        stored = json.loads(config_file.read_text())
+        diffs = _differences({k: v for k, v in stored.items() if k != "benchmarks"}, common)
+        if diffs:
+            if not overwrite:
+                raise FileExistsError(f"out folder {out} holds results of a different config ({'; '.join(diffs)}); "
+                                      "choose another out= or pass overwrite=true to discard them")
+            for key in stored.get("benchmarks", {}):  # every result there was produced under the old config
+                for f in _result_files(out, key):
+                    f.unlink(missing_ok=True)
+            stored = {**common, "benchmarks": {}}
+    for key, identity in suites.items():
+        old = stored["benchmarks"].get(key)
+        has_results = any(f.exists() for f in _result_files(out, key))
+        if old is None and has_results and not overwrite:
+            raise FileExistsError(f"{out / (key + '.jsonl')} exists but config.json does not describe it; "
+                                  "pass overwrite=true to discard it")
+        if old is not None and old != identity and not overwrite:
+            raise FileExistsError(f"out folder {out} holds {key} results of a different config "
+                                  f"({'; '.join(_differences(old, identity))}); choose another out= or pass "
+                                  "overwrite=true to discard them")
+        if overwrite:
+            for f in _result_files(out, key):
+                f.unlink(missing_ok=True)
+        stored["benchmarks"][key] = identity
+    config_file.write_text(json.dumps(stored, indent=1))
+
+
+def read_records(path: Path) -> dict[str, list[dict]]:
+    """{item id: its sample records in sample order}. A last line cut short by a crash is dropped."""
+    if not path.exists():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not JSON") from None
+            path.write_text("".join(ln + "\n" for ln in lines[:i]), encoding="utf-8")
+    out: dict[str, list[dict]] = {}
+    for r in records:
+        out.setdefault(str(r["id"]), []).append(r)
+    return {k: sorted(v, key=lambda r: r["sample"]) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- generation and scoring
+
+
+def _judge_with(engine: HFRolloutEngine, max_new_tokens: int = 64) -> Callable[[str], str]:
+    """MathVista's extraction judge played by the evaluated model itself (greedy, text only)."""
+    params = SamplingParams(n=1, greedy=True, max_new_tokens=max_new_tokens)
+    return lambda text: engine.generate([Prompt(text, [])], params, [0]).texts[0]
+
+
+def _seed_uid(suite: Suite, item_id: str) -> str:
+    # Embedded items keep evaluate_items' seeds (sampled runs draw what training-time evaluation draws),
+    # and every prompt variant of an item draws the same seeds (paired comparisons).
+    return item_id if suite.name == "embedded" else f"{suite.name}/{item_id}"
+
+
+def run_suite(suite: Suite, engine: HFRolloutEngine, decoding: str, seed: int, out: Path, batch: int,
+              progress: bool = True) -> dict[str, list[dict]]:
+    """Generate and score every item of `suite` not yet in `out/<name>.jsonl`; returns all its records."""
+    from tqdm.auto import tqdm
+
+    d = dict(DECODING[decoding])
+    k = d.pop("samples")
+    params = SamplingParams(n=k, max_new_tokens=suite.max_new_tokens, **d)
+    path = out / f"{suite.key}.jsonl"
+    done = read_records(path)
+    for item_id, recs in done.items():
+        if len(recs) != k:
+            raise ValueError(f"{path}: item {item_id} has {len(recs)} samples, the decoding asks for {k}")
+    scorers = [suite.new_scorer() for _ in range(k)]
+    variant = suite.identity["variant"]
+    bar = tqdm(total=len(suite.items), initial=sum(i in done for i in suite.ids), desc=suite.key,
+               disable=not progress, dynamic_ncols=True)
+    queue: list[int] = []
+
+    def flush() -> None:
+        if not queue:
+            return
+        chunk = [suite.items[i] for i in queue]
+        seeds = [sample_seed(seed, -1, _seed_uid(suite, suite.ids[i]), j) for i in queue for j in range(k)]
+        texts = engine.generate([suite.prompt(it) for it in chunk], params, seeds).texts
+        lines = []
+        for n, i in enumerate(queue):
+            recs = []
+            for j in range(k):
+                text = texts[n * k + j]
+                result = scorers[j](text, suite.items[i])
+                recs.append({"id": suite.ids[i], "sample": j, "variant": variant, "response": text, **result})
+            done[suite.ids[i]] = recs
+            lines += [json.dumps(r, default=str) for r in recs]
+        with path.open("a", encoding="utf-8") as f:  # after each batch: an interruption loses one batch at most
+            f.write("".join(ln + "\n" for ln in lines))
+        bar.update(len(queue))
+        queue.clear()
+
+    try:
+        for i, item_id in enumerate(suite.ids):
+            if item_id not in done:
+                queue.append(i)
+                if len(queue) >= batch:
+                    flush()
+            elif suite.stateful_scoring:
+                # Score in dataset order so that a stateful scorer (MMMU's random fallback) draws exactly
+                # as in an uninterrupted run: pending items first, then replay this done item.
+                flush()
+                for j, rec in enumerate(done[item_id]):
+                    scorers[j](rec["response"], suite.items[i])
+        flush()
+    finally:
+        bar.close()
+    return done
+
+
+def _mean(values: list) -> Any:
+    """Average k per-sample metric values: numbers element-wise (None skipped), equal values kept."""
+    if all(v == values[0] for v in values):  # counts like "total" stay integers
+        return values[0]
+    if all(isinstance(v, dict) for v in values):
+        keys = list(dict.fromkeys(key for v in values for key in v))
+        return {key: _mean([v.get(key) for v in values]) for key in keys}
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if numbers and len(numbers) == sum(v is not None for v in values):
+        return sum(numbers) / len(numbers)
+    return values
+
+
+def summarise(suite: Suite, records: dict[str, list[dict]], decoding: str) -> dict:
+    """The metrics json of one benchmark: the module's metrics averaged over samples, and mean@k."""
+    k = DECODING[decoding]["samples"]
+    per_item = [records[i] for i in suite.ids]
+    results = [[recs[j] for recs in per_item] for j in range(k)]
+    per_sample = [suite.metrics(suite.items, res) for res in results]
+    key = HEADLINE[suite.name]
+    values = [m.get(key) for m in per_sample]
+    numbers = [v for v in values if v is not None]
+    mean = sum(numbers) / len(numbers) if numbers else None
+    std = (math.sqrt(sum((v - mean) ** 2 for v in numbers) / (len(numbers) - 1)) if len(numbers) > 1 else None)
+    if suite.name == "zerobench":
+        # ZeroBench's own aggregation takes the k samples of a question together (pass@k, k/k reliability).
+        merged = suite.metrics([it for it in suite.items for _ in range(k)], [r for recs in per_item for r in recs])
+    else:
+        merged = _mean(per_sample)
+    summary = {"benchmark": suite.name, "key": suite.key, **suite.identity, "decoding": decoding, "samples": k,
+               "items": len(suite.items), "headline": key, f"mean@{k}": mean, "mean@k": mean, "std@k": std,
+               "per_sample_headline": values, "metrics": merged}
+    if k > 1:
+        summary["per_sample"] = per_sample
+    return summary
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def markdown(df) -> str:
+    """A GitHub markdown table, numbers to two decimals, missing values blank."""
+    return df.to_markdown(index=False, floatfmt=".2f", missingval="") + "\n"
+
+
+def write_table(out: Path):
+    """One row per benchmark (or benchmark-variant) with results in `out` (scores x 100), in the order of
+    BENCHMARKS, plus the unweighted average of the paper's five (their configured variants) when at least
+    one is there; written as table.md and table.csv."""
+    import pandas as pd
+
+    described = json.loads((out / "config.json").read_text())["benchmarks"] if (out / "config.json").exists() else {}
+    keys = sorted((key for key in described if (out / f"{key}.metrics.json").exists()),
+                  key=lambda key: (BENCHMARKS.index(key.split("-", 1)[0]), key))
+    rows = []
+    for key in keys:
+        m = json.loads((out / f"{key}.metrics.json").read_text())
+        pct = lambda v: None if v is None else 100 * v  # noqa: E731
+        k = m["samples"]
+        also = ", ".join(f"{label.format(k=k)} {100 * m['metrics'][name]:.2f}"
+                         for name, label in SECONDARY.get(m["benchmark"], ()) if m["metrics"].get(name) is not None)
+        rows.append({"benchmark": key, "split": m.get("split", "test"), "variant": m["variant"],
+                     "items": m["items"], "k": k, "metric": m["headline"], "mean@k": pct(m["mean@k"]),
+                     "std@k": pct(m["std@k"]), "also": also, "extractor": m.get("extractor", "")})
+    paper = [r["mean@k"] for r in rows if r["benchmark"] in EVAL_BENCHMARK_NAMES and r["mean@k"] is not None]
+    if paper:
+        rows.append({"benchmark": "average", "split": "", "variant": "", "items": None, "k": None,
+                     "metric": f"mean of {len(paper)} of {len(EVAL_BENCHMARK_NAMES)}",
+                     "mean@k": sum(paper) / len(paper), "std@k": None, "also": "", "extractor": ""})
+    df = pd.DataFrame(rows, columns=["benchmark", "split", "variant", "items", "k", "metric", "mean@k", "std@k",
+                                     "also", "extractor"]).astype({"items": "Int64", "k": "Int64"})
+    df.to_csv(out / "table.csv", index=False)
+    (out / "table.md").write_text(markdown(df))
+    return df
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def run_benchmarks(checkpoint: str | Path, names: list[str], cfg: Any, out: str | Path, limit: int | None = None,
+                   overwrite: bool = False, model=None, processor=None, log: Callable[[str], None] | None = None):
+    """Evaluate `checkpoint` on `names` under config `cfg` into `out`; returns the table (a DataFrame).
+    `model`/`processor` may be passed in already loaded (they must be the checkpoint's)."""
+    from rlsd_harness.models import load_model, load_processor
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    for spec in names:
+        parse_benchmark(spec)  # an unknown name fails first, listing the valid ones
+    if not names:
+        raise ValueError(f"no benchmarks given; valid: {', '.join(BENCHMARKS)}")
+    decoding = cfg.eval.decoding
+    if decoding not in DECODING:
+        raise ValueError(f"unknown decoding {decoding!r}; valid: {', '.join(DECODING)}")
+    if cfg.eval.mathvista_judge not in (None, "self"):
+        raise ValueError(f"unknown eval.mathvista_judge {cfg.eval.mathvista_judge!r}; valid: null, self")
+    model_dir = resolve_checkpoint(checkpoint)
+    out = Path(out)
+    # Data first: a bad source or variant fails before the model is loaded and before out is touched.
+    judge_slot: list[Callable[[str], str]] = []
+    judge = (lambda text: judge_slot[0](text)) if cfg.eval.mathvista_judge == "self" else None
+    suites = {s.key: s for s in (build_suite(spec, cfg, limit, judge) for spec in dict.fromkeys(names))}
+    common = {"checkpoint": str(model_dir.resolve()), "weights": _weights_fingerprint(model_dir),
+              "decoding": decoding, "sampling": _plain(DECODING[decoding]), "seed": int(cfg.seed)}
+    prepare_out(out, common, {n: s.identity for n, s in suites.items()}, overwrite)
+    if model is None:
+        model, processor = load_model(model_dir).eval(), load_processor(model_dir)
+    engine = HFRolloutEngine(model, processor, max_batch=int(cfg.eval.batch) * DECODING[decoding]["samples"])
+    judge_slot.append(_judge_with(engine))
+    was_training = model.training
+    model.eval()
+    try:
+        for key, suite in suites.items():
+            records = run_suite(suite, engine, decoding, int(cfg.seed), out, int(cfg.eval.batch),
+                                bool(cfg.eval.progress))
+            summary = summarise(suite, records, decoding)
+            (out / f"{key}.metrics.json").write_text(json.dumps(summary, indent=1, default=str))
+            log(f"{key}: {summary['headline']} mean@{summary['samples']} = {summary['mean@k']} "
+                f"over {summary['items']} items")
+    finally:
+        model.train(was_training)
+    return write_table(out)

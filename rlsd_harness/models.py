@@ -1,0 +1,222 @@
+"""Tokenizer, processor and model factory.
+
+Offline by construction: tiny Qwen-VL models are built from configs with random weights, the tokenizer is a
+byte-level BPE the project trains on the embedded task's texts, and the processor is assembled from parts
+(the stock Qwen-VL processors cannot be built without torchvision, which is unusable on this CPU stack).
+A real checkpoint (e.g. Qwen3-VL-8B-Instruct) is any local folder, loaded with the Auto classes.
+
+Built artifacts live in a cache folder keyed by a hash of their recipe, so the same recipe and seed give the
+same files, and a changed recipe never reads a stale build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# ChatML; an {"type": "image"} part renders as the Qwen-VL vision block (the processor expands the pad).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Tiny and small configs. "tiny" is the 1.09 M-parameter model measured in shared/specs/embedded-task.md.
+ARCHS = {
+    "qwen2_5_vl": {
+        "tiny": dict(hidden=128, layers=4, heads=4, kv=2, ffn=384, v_depth=2, v_hidden=64, v_ffn=128),
+        "small": dict(hidden=256, layers=6, heads=4, kv=2, ffn=768, v_depth=2, v_hidden=128, v_ffn=256),
+    },
+    "qwen3_vl": {
+        "tiny": dict(hidden=128, layers=4, heads=4, kv=2, ffn=384, v_depth=2, v_hidden=64, v_ffn=128),
+        "small": dict(hidden=256, layers=6, heads=4, kv=2, ffn=768, v_depth=2, v_hidden=128, v_ffn=256),
+    },
+}
+PATCH = {"qwen2_5_vl": 14, "qwen3_vl": 16}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
+
+
+def _recipe_dir(kind: str, recipe: dict) -> Path:
+    digest = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_root() / kind / digest
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 512):
+    """Byte-level BPE with individually split digits (as Qwen does) and the Qwen-VL special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+        padding_side="left",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+
+
+def _processor_class(arch: str):
+    """The stock processor minus its video processor (whose class check needs torchvision)."""
+    from transformers import ProcessorMixin, Qwen2_5_VLProcessor, Qwen3VLProcessor
+
+    base = {"qwen2_5_vl": Qwen2_5_VLProcessor, "qwen3_vl": Qwen3VLProcessor}[arch]
+
+    class ImageOnlyProcessor(base):
+        @classmethod
+        def get_attributes(cls):
+            return ["image_processor", "tokenizer"]
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+            self.video_processor = None
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            if arch == "qwen3_vl":
+                self.vision_start_token = "<|vision_start|>"
+                self.vision_end_token = "<|vision_end|>"
+                self.vision_start_token_id = tokenizer.convert_tokens_to_ids(self.vision_start_token)
+                self.vision_end_token_id = tokenizer.convert_tokens_to_ids(self.vision_end_token)
+
+    ImageOnlyProcessor.__name__ = f"ImageOnly{base.__name__}"
+    return ImageOnlyProcessor
+
+
+def build_processor(arch: str, tokenizer, image_size: int = 56):
+    from transformers import Qwen2VLImageProcessorPil
+
+    patch = PATCH[arch]
+    side = image_size
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": side * side, "longest_edge": 4 * side * side}, patch_size=patch, merge_size=2,
+        temporal_patch_size=2,
+    )
+    return _processor_class(arch)(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+
+
+def build_config(arch: str, size: str, tokenizer):
+    """A Qwen2.5-VL or Qwen3-VL config for the given tokenizer (random init happens in the model class)."""
+    if arch not in ARCHS:
+        raise KeyError(f"unknown model arch {arch!r}; valid: {', '.join(ARCHS)}")
+    if size not in ARCHS[arch]:
+        raise KeyError(f"unknown model size {size!r} for {arch}; valid: {', '.join(ARCHS[arch])}")
+    d = ARCHS[arch][size]
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    head_dim = d["hidden"] // d["heads"]
+    # mrope sections (temporal, height, width) must sum to head_dim / 2
+    half = head_dim // 2
+    section = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
+    text = dict(
+        vocab_size=len(tokenizer), hidden_size=d["hidden"], intermediate_size=d["ffn"], num_hidden_layers=d["layers"],
+        num_attention_heads=d["heads"], num_key_value_heads=d["kv"], max_position_embeddings=2048,
+        eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=None,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": section},
+        tie_word_embeddings=True,
+    )
+    common = dict(
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    if arch == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig
+
+        vision = dict(
+            depth=d["v_depth"], hidden_size=d["v_hidden"], intermediate_size=d["v_ffn"], num_heads=4, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=d["hidden"], window_size=56,
+            fullatt_block_indexes=list(range(d["v_depth"])),
+        )
+        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
+    from transformers import Qwen3VLConfig
+
+    text.update(head_dim=head_dim)
+    text["rope_parameters"]["mrope_interleaved"] = True
+    vision = dict(
+        depth=d["v_depth"], hidden_size=d["v_hidden"], intermediate_size=d["v_ffn"], num_heads=4, patch_size=16,
+        spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=d["hidden"], num_position_embeddings=64,
+        deepstack_visual_indexes=[0],
+    )
+    return Qwen3VLConfig(text_config=text, vision_config=vision, **common)
+
+
+def build_tiny(arch: str = "qwen2_5_vl", size: str = "tiny", seed: int = 0, vocab_size: int = 512) -> Path:
+    """Build (or find in the cache) a randomly initialised model folder with its tokenizer and processor."""
+    from transformers import AutoModelForImageTextToText
+
+    from rlsd_harness.benchmarks import embedded
+
+    recipe = {"arch": arch, "size": size, "seed": seed, "vocab": vocab_size, "v": 1}
+    out = _recipe_dir("models", recipe)
+    if (out / "done").exists():
+        return out
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer(embedded.corpus(seed=seed), vocab_size)
+    processor = build_processor(arch, tokenizer, image_size=embedded.IMAGE_SIZE if arch == "qwen2_5_vl" else 64)
+    model = AutoModelForImageTextToText.from_config(build_config(arch, size, tokenizer))
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    (tmp / "recipe.json").write_text(json.dumps(recipe))
+    tmp.rename(out)
+    (out / "done").touch()
+    return out
+
+
+def load_processor(path: str | Path):
+    """The processor of a model folder; project-built folders need the torchvision-free processor class."""
+    path = Path(path)
+    recipe = path / "recipe.json"
+    if recipe.exists():
+        arch = json.loads(recipe.read_text())["arch"]
+        return _processor_class(arch).from_pretrained(path)
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(path)
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32, **kwargs: Any):
+    from transformers import AutoModelForImageTextToText
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"no model at {path} (expected a config.json there)")
+    return AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **kwargs)
+
+
+def resolve_model(cfg: Any) -> Path:
+    """The folder a model config points to: a local checkpoint path, or a project-built tiny model."""
+    if cfg.get("path"):
+        return Path(cfg.path)
+    return build_tiny(cfg.arch, cfg.size, cfg.seed, cfg.vocab_size)

@@ -1,0 +1,197 @@
+"""Checkpoints that load without unpickling: tensors in safetensors, everything else in JSON.
+
+A checkpoint folder `step-000010/` holds the policy weights, each rank's optimizer state (the base torch
+optimizer's, over whatever parameters DeepSpeed gave it: the model's under ZeRO-0, flat fp32 partitions under
+ZeRO-1/2), the teacher's and reference's weights when they exist, RNG states, the step counters, the data
+position and the ledger totals. It is written to a temporary folder and renamed, so a crash mid-write
+leaves the previous checkpoint as the latest one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from rlsd_harness.dist import iter_full_parameters
+
+
+def _optimizer_slots(engine) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
+    """The torch optimizer DeepSpeed drives and the tensors it updates, in a stable order: the model's
+    parameters (ZeRO-0), flat fp32 partitions (ZeRO-1/2: in its param groups; ZeRO-3: its own list, which it
+    swaps into the param groups only during a step)."""
+    opt = engine.optimizer
+    base = getattr(opt, "optimizer", opt)
+    flat3 = getattr(opt, "fp32_partitioned_groups_flat", None)
+    params = list(flat3) if flat3 is not None else [p for g in base.param_groups for p in g["params"]]
+    return base, params
+
+
+def _optimizer_to_flat(engine) -> tuple[dict[str, torch.Tensor], dict]:
+    base, params = _optimizer_slots(engine)
+    tensors, scalars = {}, {}
+    for i, p in enumerate(params):
+        for name, v in base.state.get(p, {}).items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{i}.{name}"] = v.detach().clone().contiguous()
+            else:
+                scalars[f"{i}.{name}"] = v
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"} for g in base.param_groups]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _optimizer_from_flat(engine, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    base, params = _optimizer_slots(engine)
+    for key, v in tensors.items():
+        _, i, name = key.split(".", 2)
+        p = params[int(i)]
+        base.state.setdefault(p, {})[name] = v.to(p.device)
+    for key, v in meta["scalars"].items():
+        i, name = key.split(".", 1)
+        base.state.setdefault(params[int(i)], {})[name] = v
+    for group, saved in zip(base.param_groups, meta["param_groups"]):
+        group.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items()})
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    tensors = {"torch_cpu": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
+    if torch.cuda.is_available():
+        tensors["torch_cuda"] = torch.cuda.get_rng_state()
+    meta = {"python": [py[0], list(py[1]), py[2]], "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    v, state, gauss = meta["python"]
+    random.setstate((v, tuple(state), gauss))
+    name, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch_cpu"])
+    if "torch_cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["torch_cuda"])
+
+
+def save(folder: Path, trainer, rank: int, state: dict) -> Path:
+    """Write `folder` (atomically per rank: rank files land in the temp folder, rank 0 renames after a barrier)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    engine = trainer.engine
+    full = full_state_dict(engine)  # collective under ZeRO-3: every rank takes part
+    copies = {role: _copy_weights(holder) for role, holder in (("teacher", trainer.teacher), ("ref", trainer.ref))}
+    if rank == 0:
+        save_file(full, tmp / "model.safetensors")
+        for role, weights in copies.items():
+            if weights is not None:
+                save_file(weights, tmp / f"{role}.safetensors")
+    opt_tensors, opt_meta = _optimizer_to_flat(engine)
+    fp32 = _fp32_partitions(engine)
+    if fp32 is not None:  # ZeRO master copies: restored exactly rather than re-derived from the model
+        opt_tensors.update({f"fp32.{i}": t.detach().clone() for i, t in enumerate(fp32)})
+    save_file(opt_tensors, tmp / f"optimizer-rank{rank}.safetensors")
+    rng_tensors, rng_meta = _rng_state()
+    save_file(rng_tensors, tmp / f"rng-rank{rank}.safetensors")
+    sched = engine.lr_scheduler
+    meta = {
+        "optimizer": opt_meta,
+        "rng": rng_meta,
+        "scheduler": {"last_epoch": sched.last_epoch, "_step_count": sched._step_count, "base_lrs": sched.base_lrs,
+                      "_last_lr": sched._last_lr},
+    }
+    (tmp / f"rank{rank}.json").write_text(json.dumps(meta))
+    _barrier()
+    if rank == 0:
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    _barrier()
+    return folder
+
+
+def load(folder: Path, trainer, rank: int) -> dict:
+    folder = Path(folder)
+    if not (folder / "state.json").exists():
+        raise FileNotFoundError(f"no complete checkpoint at {folder}")
+    engine = trainer.engine
+    load_parameters(engine.module, load_file(folder / "model.safetensors"), engine.zero_optimization_stage() == 3)
+    for role, holder in (("teacher", trainer.teacher), ("ref", trainer.ref)):
+        if (folder / f"{role}.safetensors").exists():
+            load_parameters(holder.model, load_file(folder / f"{role}.safetensors"), holder.partitioned)
+    meta = json.loads((folder / f"rank{rank}.json").read_text())
+    opt_tensors = load_file(folder / f"optimizer-rank{rank}.safetensors")
+    fp32 = {k: v for k, v in opt_tensors.items() if k.startswith("fp32.")}
+    for k in fp32:
+        opt_tensors.pop(k)
+    _optimizer_from_flat(engine, opt_tensors, meta["optimizer"])
+    groups = _fp32_partitions(engine)
+    if groups is not None:
+        with torch.no_grad():
+            for i, t in enumerate(groups):
+                t.copy_(fp32[f"fp32.{i}"])
+    for k, v in meta["scheduler"].items():
+        setattr(engine.lr_scheduler, k, v)
+    _set_rng_state(load_file(folder / f"rng-rank{rank}.safetensors"), meta["rng"])
+    return json.loads((folder / "state.json").read_text())
+
+
+def _fp32_partitions(engine) -> list[torch.Tensor] | None:
+    opt = engine.optimizer
+    return getattr(opt, "single_partition_of_fp32_groups", None) or getattr(opt, "fp32_partitioned_groups_flat", None)
+
+
+def full_state_dict(engine) -> dict[str, torch.Tensor]:
+    """The policy's full weights (tied ones once). Under ZeRO-3 they are consolidated by DeepSpeed (a
+    collective call: all ranks), elsewhere read from the module."""
+    if engine.zero_optimization_stage() == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        state = engine.module.state_dict()
+    names = {n for n, _ in engine.module.named_parameters()} | {n for n, _ in engine.module.named_buffers()}
+    return {k: v.detach().contiguous().clone() for k, v in (state or {}).items() if k in names}
+
+
+def _copy_weights(holder) -> dict[str, torch.Tensor] | None:
+    """A teacher's or reference's own weights (gathered one parameter at a time when partitioned: a collective,
+    so every rank calls it), or None when there is no copy (no teacher, or a live one)."""
+    if holder is None or holder.model is None:
+        return None
+    stage = 3 if holder.partitioned else 0
+    return {name: t.detach().clone().contiguous() for name, t in iter_full_parameters(holder.model, stage)}
+
+
+@torch.no_grad()
+def load_parameters(module: torch.nn.Module, state: dict[str, torch.Tensor], partitioned: bool) -> None:
+    """Inverse of full_state_dict / _copy_weights; when partitioned (ZeRO-3) each parameter is gathered, set on
+    rank 0 and re-partitioned from it in turn."""
+    if partitioned:
+        import deepspeed
+
+        for name, p in module.named_parameters():
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                if torch.distributed.get_rank() == 0:
+                    p.copy_(state[name])
+    else:
+        missing = sorted({name for name, _ in module.named_parameters()} - set(state))
+        if missing:
+            raise KeyError(f"the checkpoint lacks {len(missing)} parameters, e.g. {missing[:3]}")
+        module.load_state_dict(state, strict=False)  # tied aliases (saved once) are not in `state`
+
+
+def latest(run_dir: Path) -> Path | None:
+    steps = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
+    return steps[-1] if steps else None
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()

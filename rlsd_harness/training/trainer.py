@@ -1,0 +1,465 @@
+"""The RL trainer: rollout -> verify -> (teacher context) -> objective -> DeepSpeed step -> ledger.
+
+One `Trainer.step()` is one rollout batch. Prompts of a step are a pure function of (seed, step) and each
+rank takes its share; losses are normalised by whole-mini-batch counts summed over ranks, and gradients are
+summed (not averaged) across micro-batches and ranks, so splitting a batch changes nothing but float order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from rlsd_harness import dist
+from rlsd_harness.algorithms import build_objective
+from rlsd_harness.algorithms.batch import PolicyOutput, PromptInputs, RolloutBatch, VisionInputs
+from rlsd_harness.algorithms.common import masked_mean
+from rlsd_harness.rollout.hf import (
+    HFRolloutEngine,
+    SamplingParams,
+    encode_prompts,
+    sample_seed,
+    vision_token_ids,
+)
+from rlsd_harness.training.dynamics import leakage_flags
+from rlsd_harness.training.ledger import Ledger, ModelShape
+from rlsd_harness.training.microbatch import balance_rows, pad_to_count, partition_by_tokens
+from rlsd_harness.training.teacher import TeacherConfig, TeacherWeights, reference_contexts, sibling_contexts
+from rlsd_harness.verifier import build_verifier
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def distinct_prompts(prompt: PromptInputs) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(first row of each distinct prompt, (B,) row -> distinct index), or None when rows carry no keys.
+    Rows that share nothing still go this way: under ZeRO-3 every rank must run the same sequence of forwards."""
+    if prompt.key is None:
+        return None
+    keys, inverse = torch.unique(prompt.key, return_inverse=True)
+    rows = torch.arange(len(inverse), device=inverse.device)
+    first = torch.full((len(keys),), len(inverse), device=inverse.device).scatter_reduce(0, inverse, rows, "amin")
+    return first, inverse
+
+
+def forward_logprobs(
+    model: torch.nn.Module,
+    prompt: PromptInputs,
+    vision: VisionInputs | None,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float,
+    image_token_id: int,
+    share_prompts: bool = False,
+) -> torch.Tensor:
+    """Full-vocabulary log-probs (B, T, V) of each response position, at the sampling temperature.
+    Only the response positions reach the output head (`logits_to_keep`).
+
+    With `share_prompts`, rows with the same `prompt.key` run their prompt, images included, once: its KV cache
+    is copied to each of its rows and the responses run on top of it, at the positions the full sequence gives
+    them (with gradient, the prompt's is the sum over its rows). The same log-probs and gradients up to float
+    order, for a fraction of the cost when G responses share a long prompt."""
+    ids = torch.cat([prompt.ids, response_ids], 1)
+    attn = torch.cat([prompt.mask, response_mask.to(prompt.mask.dtype)], 1)
+    mm_types = (ids == image_token_id).int()
+    T = response_ids.shape[1]
+    shared = distinct_prompts(prompt) if share_prompts else None
+    if shared is None:
+        inputs = dict(input_ids=ids, attention_mask=attn, mm_token_type_ids=mm_types, use_cache=False)
+        if vision is not None:
+            inputs.update(pixel_values=vision.pixel_values, image_grid_thw=vision.image_grid_thw)
+        logits = model(**inputs, logits_to_keep=T + 1).logits[:, :-1].float()
+    else:
+        first, inverse = shared
+        head = prompt.rows(first)
+        inputs = dict(input_ids=head.ids, attention_mask=head.mask, mm_token_type_ids=mm_types[first, : head.ids.shape[1]],
+                      use_cache=True)
+        if vision is not None:
+            heads_vision = vision.select(first)
+            inputs.update(pixel_values=heads_vision.pixel_values, image_grid_thw=heads_vision.image_grid_thw)
+        out = model(**inputs, logits_to_keep=1)  # the last prompt position predicts the first response token
+        cache = out.cache
+        cache.reorder_cache(inverse)
+        if vision is None:  # text only: a full forward numbers positions over the padded width
+            positions = torch.arange(ids.shape[1] - T, ids.shape[1], device=ids.device).expand(len(ids), -1)
+        else:  # multimodal RoPE positions of the full sequences, as a full forward computes them
+            base = getattr(model, "module", model).model
+            positions = base.get_rope_index(ids, mm_types, image_grid_thw=vision.image_grid_thw, attention_mask=attn)[0][..., -T:]
+        tail = model(input_ids=response_ids, attention_mask=attn, position_ids=positions, cache=cache, use_cache=True)
+        logits = torch.cat([out.logits[inverse], tail.logits[:, :-1]], 1).float()
+    # the rollout never samples vision placeholders; the trained distribution excludes them the same way
+    config = getattr(model, "module", model).config
+    logits = logits.index_fill(-1, torch.tensor(vision_token_ids(config), device=logits.device), float("-inf"))
+    return torch.log_softmax(logits / temperature, dim=-1)
+
+
+def token_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) log-probs -> (B, T) log-prob of each given token."""
+    return logprobs.gather(-1, token_ids[..., None])[..., 0]
+
+
+def _entropy(logprobs: torch.Tensor) -> torch.Tensor:
+    p = logprobs.exp()
+    return -torch.where(p > 0, p * logprobs, torch.zeros_like(p)).sum(-1)  # banned tokens: 0 * -inf is 0 here
+
+
+class Trainer:
+    def __init__(self, cfg: Any, policy: torch.nn.Module, processor, data, log=print, model_path: str | None = None) -> None:
+        self.cfg, self.processor, self.data, self.log = cfg, processor, data, log
+        self.rank, self.world = dist.init_distributed()
+        self.device = dist.device()
+        tcfg = cfg.train
+        self.objective = build_objective(cfg.algorithm.name, dict(cfg.algorithm.get("params") or {}))
+        self.verifier = build_verifier(cfg.data.verifier)
+        self.sampling = SamplingParams(
+            n=tcfg.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+            top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
+        )
+        if tcfg.prompts_per_step % self.world:
+            raise ValueError(f"train.prompts_per_step={tcfg.prompts_per_step} must be divisible by the {self.world} ranks")
+        rows = tcfg.prompts_per_step // self.world * tcfg.group_size
+        if tcfg.get("token_budget"):  # micro-batches vary in number; DeepSpeed's accumulation count is nominal
+            if rows % tcfg.mini_batches:
+                raise ValueError(f"{rows} rows per rank must split into train.mini_batches={tcfg.mini_batches}")
+            tcfg = OmegaConf.merge(tcfg, {"micro_batch_size": rows // tcfg.mini_batches})
+        if rows % (tcfg.mini_batches * tcfg.micro_batch_size):
+            raise ValueError(
+                f"{rows} rows per rank must split into train.mini_batches={tcfg.mini_batches} x "
+                f"micro-batches of train.micro_batch_size={tcfg.micro_batch_size}"
+            )
+        self.grad_accum = rows // (tcfg.mini_batches * tcfg.micro_batch_size)
+        vocab = policy.get_output_embeddings().weight.shape[0]
+        self.objective.check_vocab(vocab)
+
+        policy.to(self.device)
+        self.shape = ModelShape.of(policy)
+        self.image_token_id = policy.config.image_token_id
+        # The teacher (and a KL reference) start as copies of the initial policy, made before any update.
+        tconf = TeacherConfig(**dict(cfg.algorithm.get("teacher") or {"weights": "none"}))
+        if self.objective.teacher_signal != "none" and tconf.weights == "none":
+            raise ValueError(f"algorithm {cfg.algorithm.name} needs a teacher signal ({self.objective.teacher_signal}) "
+                             f"but algorithm.teacher.weights is none; set one of frozen, sync, ema, live")
+        self.teacher_context = self.objective.teacher_context
+        self.probe = self.objective.teacher_signal == "none" and cfg.dynamics.teacher_probe
+        if self.probe:  # GRPO has no teacher; a frozen one still measures teacher-student KL, off the budget
+            tconf, self.teacher_context = TeacherConfig(weights="frozen", hint=tconf.hint), "reference"
+        self.teacher_cfg = tconf
+        self.teacher = TeacherWeights(tconf, policy) if self.teacher_context else None
+        self.ref = TeacherWeights(TeacherConfig(weights="frozen"), policy) if self.objective.needs_ref else None
+
+        if tcfg.get("gradient_checkpointing"):
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+        optim = cfg.optim
+        lr = cfg.algorithm.get("lr") or optim.lr
+        optimizer = torch.optim.AdamW(
+            [p for p in policy.parameters() if p.requires_grad], lr=lr, betas=tuple(optim.betas),
+            weight_decay=optim.weight_decay, eps=optim.eps,
+        )
+        warmup = optim.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        ds_config = dist.deepspeed_config(cfg.deepspeed, tcfg.micro_batch_size, self.grad_accum, optim.grad_clip)
+        self.engine = dist.initialize_engine(policy, optimizer, scheduler, ds_config)
+        self.zero_stage = int(cfg.deepspeed.zero_stage)
+        self.synced_generation = self.zero_stage == 3 and self.world > 1
+        # The update's forward shares prompts too (their gradient sums over the rows), except under gradient
+        # checkpointing, which turns the KV cache off in training.
+        self.share_in_update = bool(tcfg.share_prompts) and not tcfg.get("gradient_checkpointing")
+        # DeepSpeed may have cast the policy (bf16); copies follow it, and are partitioned like it under ZeRO-3.
+        dtype = next(self.engine.module.parameters()).dtype
+        for holder in (self.teacher, self.ref):
+            if holder is not None:
+                holder.place(dtype, self.zero_stage, ds_config)
+        if cfg.rollout.engine == "hf":
+            self.rollout = HFRolloutEngine(self.engine.module, processor, synced=self.synced_generation)
+        elif cfg.rollout.engine == "vllm":
+            from rlsd_harness.rollout.vllm import VLLMRolloutEngine
+
+            if model_path is None:
+                raise ValueError("rollout.engine=vllm needs the policy's model folder (model_path)")
+            self.rollout = VLLMRolloutEngine(
+                str(model_path), processor, cfg.rollout.gpu_memory_utilization, cfg.rollout.max_model_len,
+                cfg.rollout.sleep_level, cfg.seed,
+            )
+            self.rollout.sleep()
+        else:
+            raise ValueError(f"unknown rollout.engine {cfg.rollout.engine!r}; valid: hf, vllm")
+        self.ledger = Ledger()
+        self.step_count = 0  # optimizer steps done
+        self.rollout_step = 0  # rollout batches done
+
+    # ------------------------------------------------------------------ one RL step
+    def step(self) -> dict[str, float]:
+        cfg, tcfg, obj, led = self.cfg, self.cfg.train, self.objective, self.ledger
+        self.rollout_step += 1
+        step = self.rollout_step
+        prompts = self.data.prompts(step, tcfg.prompts_per_step)[self.rank :: self.world]
+        G = tcfg.group_size
+
+        self.engine.module.eval()
+        with led.phase("rollout"):
+            seeds = [sample_seed(cfg.seed, step, str(p.id), j) for p in prompts for j in range(G)]
+            ro = self.rollout.generate(prompts, self.sampling, seeds)
+        with led.phase("reward"):
+            verdicts = [self.verifier(text, prompts[i // G].answer) for i, text in enumerate(ro.texts)]
+            rewards = torch.tensor([v.reward for v in verdicts])
+
+        # rows are prompt-major, G per prompt; keys number prompts across ranks (unique after rows move)
+        student = PromptInputs(ro.prompt.ids, ro.prompt.mask, (torch.arange(len(prompts) * G) // G) * self.world + self.rank)
+        batch = RolloutBatch(
+            response_ids=ro.response_ids, response_mask=ro.response_mask, rewards=rewards, group_size=G,
+            rollout_logp=ro.logp, student=student, vision=ro.vision, step=self.step_count + 1,
+            extras={"texts": ro.texts, "parsed": [v.parsed for v in verdicts]},
+        )
+        if self.teacher_context:
+            with led.phase("probe" if self.probe else "teacher"):
+                self._attach_teacher_prompts(batch, prompts)
+        metrics = obj.prepare(batch)
+        metrics.update(self._rollout_metrics(batch, prompts))
+        if self.world > 1 and tcfg.balance_ranks:
+            batch, balance = self._balance_ranks(batch)
+            metrics.update(balance)
+        batch = batch.to(self.device)
+        if self.ref is not None:
+            with led.phase("ref"):
+                batch.ref_logp = self._logprobs_no_grad(self.ref.module(self.engine.module), batch, "ref")
+        if tcfg.ppo_epochs > 1 or tcfg.mini_batches > 1:  # else the sampling policy is the current one
+            with led.phase("logprobs"):
+                batch.old_logp = self._logprobs_no_grad(self.engine.module, batch, "policy")
+
+        self.engine.module.train()
+        sums: dict[str, tuple[float, float]] = {}
+        n = batch.batch_size
+        rows_per_mini = n // tcfg.mini_batches
+        for _ in range(tcfg.ppo_epochs):
+            for m in range(tcfg.mini_batches):
+                mini = batch.select(torch.arange(m * rows_per_mini, (m + 1) * rows_per_mini))
+                mini.step = self.step_count + 1  # schedules (RLSD's lambda) follow optimizer steps
+                mini.set_loss_counts(max_len=self.sampling.max_new_tokens)
+                mini.num_tokens, mini.num_seqs = dist.all_reduce_sum([mini.num_tokens, mini.num_seqs])
+                micro_batches = self._micro_batches(mini, tcfg.get("token_budget"))
+                for k, rows in enumerate(micro_batches):
+                    # the last micro-batch closes the accumulation (their number may vary with a token budget)
+                    self.engine.set_gradient_accumulation_boundary(k == len(micro_batches) - 1)
+                    self._micro_step(mini.select(rows), sums)
+                self.step_count += 1
+                if self.teacher is not None:
+                    with led.phase("sync"):
+                        self.teacher.after_step(self.step_count, self.engine.module, self.zero_stage)
+
+        if hasattr(self.rollout, "sync_weights"):  # a separate inference engine gets the new weights
+            with led.phase("sync"):
+                self.rollout.sync_weights(self.engine.module, self.zero_stage)
+
+        # Metrics of this step (token-weighted means over micro-batches; rollout statistics over the batch).
+        # Weighted over the whole batch: the weighted sums and the weights are summed over ranks first.
+        names = sorted(sums)
+        flat = dist.all_reduce_sum([x for k in names for x in sums[k]])
+        metrics.update({k: flat[2 * i] / max(flat[2 * i + 1], 1.0) for i, k in enumerate(names)})
+        metrics["lr"] = self.engine.get_lr()[0]
+        metrics["teacher_updates"] = float(self.teacher.updates) if self.teacher else 0.0
+        return self._close_step(metrics)
+
+    def _balance_ranks(self, batch: RolloutBatch) -> tuple[RolloutBatch, dict[str, float]]:
+        """Even out the tokens each rank trains on. Within each mini-batch (the same rows of the whole batch as
+        without balancing) rows move between ranks so that every rank keeps as many rows but about as many
+        tokens: ZeRO's collectives make every rank wait for the slowest. Losses are unchanged, since they are
+        normalised by whole-mini-batch counts; only float order differs."""
+        W, n = self.world, batch.batch_size
+        per_mini = n // self.cfg.train.mini_batches
+        lengths = dist.all_gather_object((batch.student.mask.sum(-1) + batch.response_mask.sum(-1)).long().tolist())
+        dest = {}  # (source rank, row) -> destination rank
+        for m in range(self.cfg.train.mini_batches):
+            rows = [(src, i) for src in range(W) for i in range(m * per_mini, (m + 1) * per_mini)]
+            for dst, part in enumerate(balance_rows([lengths[src][i] for src, i in rows], W)):
+                dest.update({rows[j]: dst for j in part})
+        before = [sum(x) for x in lengths]
+        after = [sum(lengths[src][i] for (src, i), d in dest.items() if d == k) for k in range(W)]
+        if max(after) > max(before):  # the greedy split is a heuristic: never leave the ranks worse off
+            dest, after = {(src, i): src for src, i in dest}, before
+        pieces = [batch.select(torch.tensor([i for i in range(n) if dest[self.rank, i] == dst], dtype=torch.long))
+                  for dst in range(W)]
+        merged = RolloutBatch.concat(dist.exchange(pieces))
+        # back into mini-batch order, so that the m-th slice of every rank is still the m-th mini-batch
+        arrived = [(i // per_mini, src, i) for src in range(W) for i in range(n) if dest[src, i] == self.rank]
+        order = sorted(range(len(arrived)), key=arrived.__getitem__)
+        return merged.select(torch.tensor(order, dtype=torch.long)), {
+            "rank_imbalance_before": max(before) * W / max(sum(before), 1),
+            "rank_imbalance_after": max(after) * W / max(sum(after), 1),
+        }
+
+    def _micro_batches(self, batch: RolloutBatch, token_budget: int | None) -> list[torch.Tensor]:
+        """Row indices of each micro-batch: fixed-size slices, or (with a token budget) rows packed by padded
+        length, the same number of micro-batches on every rank (ZeRO-3 gathers in each pass)."""
+        n = batch.batch_size
+        if not token_budget:
+            return [torch.arange(k, min(k + self.cfg.train.micro_batch_size, n)) for k in range(0, n, self.cfg.train.micro_batch_size)]
+        lengths = (batch.student.mask.sum(-1) + batch.response_mask.sum(-1)).long().tolist()
+        groups = partition_by_tokens(lengths, int(token_budget))
+        groups = pad_to_count(groups, dist.all_reduce_max(len(groups)))
+        return [torch.tensor(sorted(g)) for g in groups]
+
+    def _micro_step(self, mb: RolloutBatch, sums: dict[str, tuple[float, float]]) -> None:
+        if self.cfg.train.get("token_budget"):
+            mb = mb.trim()
+        obj, led = self.objective, self.ledger
+        want_full = obj.teacher_signal in ("topk", "full")
+        with led.phase("update"):
+            logprobs = forward_logprobs(
+                self.engine, mb.student, mb.vision, mb.response_ids, mb.response_mask,
+                self.sampling.temperature, self.image_token_id, share_prompts=self.share_in_update,
+            )
+            logp = token_logprobs(logprobs, mb.response_ids)
+            policy = PolicyOutput(logp=logp, entropy=_entropy(logprobs.detach()), logprobs=logprobs if want_full else None)
+        if self.teacher_context:
+            with led.phase("probe" if self.probe else "teacher"):
+                self._teacher_signals(mb, policy)
+        with led.phase("update"):
+            loss, m = obj.loss(mb, policy)
+            # every rank stops together: a rank that went on into the backward would wait for the others forever
+            if dist.all_reduce_max(int(not torch.isfinite(loss))):
+                raise NonFiniteLoss(f"non-finite loss at step {self.step_count + 1} (this rank's: {loss.item()}) "
+                                    f"(algorithm {self.cfg.algorithm.name}); metrics: "
+                                    f"{ {k: float(v) for k, v in m.items()} }")
+            # The loss is already normalised by whole-mini-batch counts: undo DeepSpeed's 1/GAS and its
+            # averaging over ranks, so that micro-batch and rank gradients add up to the full-batch gradient.
+            self.engine.backward(loss * self.world, scale_wrt_gas=False)
+            self.engine.step()
+        mask = mb.response_mask
+        w = float(mask.sum())
+        tokens, flops = self._forward_cost(mb, mb.student, self.share_in_update)
+        led.add(**{"tokens/fwd_policy": tokens, "tokens/bwd_policy": tokens, "flops/policy_fwd": flops,
+                   "flops/policy_bwd": 2 * flops})
+        m["loss"] = loss.detach() * (mb.num_tokens or 1.0) / max(w, 1.0)  # token-weighted back to the batch loss
+        m["entropy"] = masked_mean(policy.entropy, mask)
+        # Rollout engine vs trainer on the same tokens (numerics, kernels, vLLM's bf16): the mismatch TIS corrects.
+        m["rollout_logp_gap"] = masked_mean((policy.logp.detach() - mb.rollout_logp).abs(), mask)
+        weights = dict.fromkeys(m, w)
+        if mb.teacher_logp is not None:  # over the tokens that have a teacher (SDPO: rows with a sibling)
+            kl_mask = mb.loss_mask if mb.teacher_mask is not None else mask
+            m["teacher_kl"] = masked_mean(policy.logp.detach() - mb.teacher_logp, kl_mask)
+            weights["teacher_kl"] = float(kl_mask.sum())
+        for k, v in m.items():  # (weighted sum, weight)
+            total, weight = sums.get(k, (0.0, 0.0))
+            sums[k] = (total + float(v) * weights[k], weight + weights[k])
+
+    # ------------------------------------------------------------------ teacher
+    def _attach_teacher_prompts(self, batch: RolloutBatch, prompts: list) -> None:
+        G = batch.group_size
+        if self.teacher_context == "reference":
+            convs = reference_contexts(prompts, G, self.teacher_cfg.hint)
+            mask = torch.ones(batch.batch_size)
+        else:
+            convs, mask = sibling_contexts(prompts, G, batch.extras["texts"], batch.rewards, self.teacher_cfg)
+        # Encode each distinct (prompt, context) once and index rows into it: with a reference context the G
+        # rows of a group share one conversation, and the processor (image resize/patching) and image rendering
+        # then run once per prompt instead of once per row. Left-padding to the longest is the same either way.
+        # (Only ids/mask are kept: the teacher reads the student's pixel values.)
+        # Rows with the same conversation also share a key (their group's student key, times G, plus the first
+        # such row within the group), so that the teacher's forward can run each distinct prompt once.
+        index, uniq_convs, uniq_images, seen, keys = [], [], [], {}, []
+        for r, conv in enumerate(convs):
+            key = (r // G, repr(conv))
+            if key not in seen:
+                seen[key] = (len(uniq_convs), r % G)
+                uniq_convs.append(conv)
+                uniq_images.append(prompts[r // G].images)
+            index.append(seen[key][0])
+            keys.append(int(batch.student.key[r]) * G + seen[key][1])
+        enc, _ = encode_prompts(self.processor, uniq_convs, uniq_images)
+        idx = torch.tensor(index, dtype=torch.long)
+        batch.teacher = PromptInputs(ids=enc.ids[idx], mask=enc.mask[idx], key=torch.tensor(keys))
+        batch.teacher_mask = mask
+
+    @torch.no_grad()
+    def _teacher_signals(self, mb: RolloutBatch, policy: PolicyOutput) -> None:
+        obj = self.objective
+        model = self.teacher.module(self.engine.module)
+        was_training = model.training
+        model.eval()
+        share = self.cfg.train.share_prompts
+        t_logprobs = forward_logprobs(
+            model, mb.teacher, mb.vision, mb.response_ids, mb.response_mask,
+            self.sampling.temperature, self.image_token_id, share_prompts=share,
+        )
+        model.train(was_training)
+        mb.teacher_logp = token_logprobs(t_logprobs, mb.response_ids)
+        if obj.teacher_signal == "full":
+            mb.teacher_logprobs = t_logprobs
+        elif obj.teacher_signal == "topk":
+            mb.topk_idx = policy.logprobs.detach().topk(obj.topk, dim=-1).indices
+            mb.teacher_topk_logp = t_logprobs.gather(-1, mb.topk_idx)
+        role = "probe" if self.probe else "teacher"
+        tokens, flops = self._forward_cost(mb, mb.teacher, share)
+        self.ledger.add(**{f"tokens/fwd_{role}": tokens, f"flops/{role}": flops})
+
+    @torch.no_grad()
+    def _logprobs_no_grad(self, model, batch: RolloutBatch, role: str) -> torch.Tensor:
+        """Sampled-token log-probs of the student prompt + response under `model` (old policy, reference)."""
+        out = torch.zeros_like(batch.response_mask)
+        budget = self.cfg.train.get("forward_token_budget")
+        share = self.cfg.train.share_prompts
+        for rows in self._micro_batches(batch, budget):
+            mb = batch.select(rows)
+            mb = mb.trim() if budget else mb
+            lp = forward_logprobs(model, mb.student, mb.vision, mb.response_ids, mb.response_mask,
+                                  self.sampling.temperature, self.image_token_id, share_prompts=share)
+            out[rows, : lp.shape[1]] = token_logprobs(lp, mb.response_ids)
+            tokens, flops = self._forward_cost(mb, mb.student, share)
+            self.ledger.add(**{f"tokens/fwd_{role}": tokens, f"flops/{role}": flops})
+        return out
+
+    # ------------------------------------------------------------------ accounting
+    @staticmethod
+    def _patches(mb: RolloutBatch) -> torch.Tensor | None:
+        return None if mb.vision is None else mb.vision.image_grid_thw.prod(-1)
+
+    def _forward_cost(self, mb: RolloutBatch, prompt: PromptInputs, shared: bool) -> tuple[float, float]:
+        """(tokens, FLOPs) of a forward over `prompt` + the responses. With shared prompts, each distinct prompt
+        (and its images) once, then every response over its cached prompt, as in generation."""
+        prompt_lens, response_lens = prompt.mask.sum(-1), mb.response_mask.sum(-1)
+        distinct = distinct_prompts(prompt) if shared else None
+        if distinct is None:
+            seq = prompt_lens + response_lens
+            return float(seq.sum()), self.shape.forward_flops(seq, self._patches(mb))
+        first = distinct[0]
+        head_patches = None if mb.vision is None else mb.vision.select(first).image_grid_thw.prod(-1)
+        flops = self.shape.forward_flops(prompt_lens[first], head_patches) + self.shape.generate_flops(prompt_lens, response_lens)
+        return float(prompt_lens[first].sum() + response_lens.sum()), flops
+
+    def _rollout_metrics(self, batch: RolloutBatch, prompts: list) -> dict[str, float]:
+        lengths = batch.response_mask.sum(-1).cpu()
+        prompt_lens = batch.student.mask.sum(-1).cpu()
+        self.ledger.add(**{
+            "prompts": len(prompts), "tokens/generated": float(lengths.sum()),
+            "flops/rollout": self.shape.generate_flops(prompt_lens, lengths)
+            + self.shape.forward_flops(torch.zeros(0), self._patches(batch)),
+        })
+        groups = batch.rewards.view(-1, batch.group_size)
+        leak = leakage_flags(batch.extras["texts"])
+        return {
+            "reward": batch.rewards.mean().item(),
+            "reward_std_in_group": groups.std(-1).mean().item() if batch.group_size > 1 else 0.0,
+            "mixed_groups": ((groups.max(-1).values > groups.min(-1).values).float().mean().item()),
+            "response_length": lengths.float().mean().item(),
+            "truncated": float((lengths >= self.sampling.max_new_tokens).float().mean()),
+            "leakage": sum(leak) / max(len(leak), 1),
+        }
+
+    def _close_step(self, metrics: dict[str, float]) -> dict[str, float]:
+        counts = self.ledger.close_step()
+        if self.world > 1:  # ledger counts are per rank; report the whole run's
+            keys = [k for k in counts if not k.startswith(("step/time", "cum/time"))]
+            summed = dist.all_reduce_sum([counts[k] for k in keys])
+            counts.update(zip(keys, summed))
+        if self.world > 1:  # per-rank means of equal-sized shards: the run's mean is their average
+            names = sorted(metrics)
+            metrics = dict(zip(names, (v / self.world for v in dist.all_reduce_sum([metrics[k] for k in names]))))
+        for k, v in metrics.items():
+            if not math.isfinite(v):
+                raise NonFiniteLoss(f"non-finite {k} ({v}) at step {self.step_count}")
+        return {"step": float(self.step_count), **metrics, **counts}
