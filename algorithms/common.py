@@ -131,21 +131,21 @@ def generalized_jsd(
     M = (1-beta) S + beta T;  JSD_beta = beta KL(T||M) + (1-beta) KL(S||M).
     beta = 0 is the forward KL(T||S), beta = 1 the reverse KL(S||T) (the limits are returned exactly).
     `pointwise_clip` clamps each vocabulary entry's term from above before the sum (OPSD's official setting).
+    For 0 < beta < 1 the clamped term is the entry's mixed one, beta k_T + (1-beta) k_S, as in the official
+    OPSD trainer and TRL's port of it: each of k_T, k_S alone can be negative, their mix cannot at beta = 1/2,
+    so clamping them apart can flip the loss's sign.
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
-
-    def terms(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
-        t = _kl_terms(p_logp, q_logp)
-        return t.clamp(max=pointwise_clip) if pointwise_clip is not None else t
-
     if beta == 0.0:
-        per_entry = terms(teacher_logp, student_logp)
+        per_entry = _kl_terms(teacher_logp, student_logp)
     elif beta == 1.0:
-        per_entry = terms(student_logp, teacher_logp)
+        per_entry = _kl_terms(student_logp, teacher_logp)
     else:
         mix_logp = torch.logaddexp(student_logp + math.log1p(-beta), teacher_logp + math.log(beta))
-        per_entry = beta * terms(teacher_logp, mix_logp) + (1.0 - beta) * terms(student_logp, mix_logp)
+        per_entry = beta * _kl_terms(teacher_logp, mix_logp) + (1.0 - beta) * _kl_terms(student_logp, mix_logp)
+    if pointwise_clip is not None:
+        per_entry = per_entry.clamp(max=pointwise_clip)
     return per_entry.sum(-1)
 
 
