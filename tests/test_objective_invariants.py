@@ -25,7 +25,7 @@ CASES = {name: (name, {}) for name in objective_names()} | {
     "opsd-sampled": ("opsd", {"mode": "sampled"}),
     "sdpo-topk5": ("sdpo", {"topk": 5}),
     "sdpo-full": ("sdpo", {"topk": 0, "alpha": 1.0}),
-    "sdpo-sampled": ("sdpo", {"mode": "sampled", "rollout_is_clip": 2.0}),
+    "sdpo-sampled": ("sdpo", {"mode": "sampled", "alpha": 1.0, "rollout_is_clip": 2.0}),
     "grpo_opsd-sampled": ("grpo_opsd", {"distill_coef": 0.3, "opsd": {"mode": "sampled"}}),
     "opd-discounted": ("opd", {"discount": 0.9}),
 }
