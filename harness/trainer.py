@@ -21,7 +21,13 @@ from harness.dynamics import leakage_flags
 from harness.ledger import Ledger, ModelShape
 from harness.microbatch import balance_rows, pad_to_count, partition_by_tokens
 from harness.rollout import HFRolloutEngine, SamplingParams, encode_prompts, sample_seed, vision_token_ids
-from harness.teacher import TeacherConfig, TeacherWeights, reference_contexts, sibling_contexts
+from harness.teacher import (
+    TeacherConfig,
+    TeacherWeights,
+    reference_contexts,
+    sibling_contexts,
+    teacher_config,
+)
 from harness.verifier import build_verifier
 
 
@@ -133,7 +139,7 @@ class Trainer:
         self.shape = ModelShape.of(policy)
         self.image_token_id = policy.config.image_token_id
         # The teacher (and a KL reference) start as copies of the initial policy, made before any update.
-        tconf = TeacherConfig(**dict(cfg.algorithm.get("teacher") or {"weights": "none"}))
+        tconf = teacher_config(cfg.algorithm.get("teacher") or {"weights": "none"})
         if self.objective.teacher_signal != "none" and tconf.weights == "none":
             raise ValueError(f"algorithm {cfg.algorithm.name} needs a teacher signal ({self.objective.teacher_signal}) "
                              f"but algorithm.teacher.weights is none; set one of frozen, sync, ema, live")
