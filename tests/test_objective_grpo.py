@@ -76,7 +76,7 @@ MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
         ("token-mean", 7.0 / 3.0),  # (1 + 2 + 4) / 3 tokens
         ("seq-mean-token-mean", (3.0 / 2.0 + 4.0 / 1.0) / 2.0),
         ("seq-mean-token-sum", (3.0 + 4.0) / 2.0),
-        ("seq-mean-token-sum-norm", 7.0 / (2.0 * 3.0)),  # / (seqs · T)
+        ("seq-mean-token-sum-over-max-len", 7.0 / (2.0 * 3.0)),  # / (seqs · T), TRL's dr_grpo
     ],
 )
 def test_aggregate_loss_modes(mode, expected):
@@ -86,7 +86,7 @@ def test_aggregate_loss_modes(mode, expected):
 def test_aggregate_loss_uses_whole_batch_counts_when_given():
     assert aggregate_loss(LOSS, MASK, "token-mean", num_tokens=7.0).item() == pytest.approx(1.0)
     assert aggregate_loss(LOSS, MASK, "seq-mean-token-sum", num_seqs=7.0).item() == pytest.approx(1.0)
-    assert aggregate_loss(LOSS, MASK, "seq-mean-token-sum-norm", num_seqs=2.0, max_len=10).item() == pytest.approx(7 / 20)
+    assert aggregate_loss(LOSS, MASK, "seq-mean-token-sum-over-max-len", num_seqs=2.0, max_len=10).item() == pytest.approx(7 / 20)
 
 
 def test_aggregate_loss_ignores_nan_and_inf_in_padding():

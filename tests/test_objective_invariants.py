@@ -89,6 +89,15 @@ def test_unknown_config_key_is_rejected_with_the_valid_keys(name):
         build_objective(name, {"no_such_option": 1})
 
 
+@pytest.mark.parametrize("name", objective_names())
+def test_unknown_loss_agg_mode_is_rejected_with_the_valid_ones(name):
+    # verl's name for a different reduction (a constant divisor without the sequence count) must not be taken
+    # for TRL's dr_grpo one, which is offered as seq-mean-token-sum-over-max-len.
+    params = _with_agg_mode(name, {}, "seq-mean-token-sum-norm")
+    with pytest.raises(ValueError, match=r"'seq-mean-token-sum-norm'.*valid: token-mean, .*seq-mean-token-sum-over-max-len"):
+        build_objective(name, params)
+
+
 def test_unknown_nested_key_in_grpo_opsd_is_rejected():
     with pytest.raises(KeyError, match=r"grpo_opsd\.opsd.*valid: .*beta"):
         build_objective("grpo_opsd", {"opsd": {"betta": 0.5}})
