@@ -116,7 +116,7 @@ class OPSD(Objective):
         metrics = {
             "distill_per_token": masked_mean(per_token.detach(), mask),
             # Teacher–student gap on the sampled tokens, the paper's KL-stagnation curve (Fig. 3c).
-            "sampled_kl": masked_mean((policy.logp.detach() - mb.teacher_logp), mask),
+            "teacher_kl": masked_mean((policy.logp.detach() - mb.teacher_logp), mask),
         }
         ratio = truncated_importance_ratio(policy.logp, mb.old_logp, cfg.is_clip)
         if ratio is not None:

@@ -130,7 +130,7 @@ class SDPO(Objective):
             "rows_with_teacher": (mask.sum(-1) > 0).float().mean(),
         }
         if mb.teacher_logp is not None:
-            metrics["sampled_kl"] = masked_mean(policy.logp.detach() - mb.teacher_logp, mask)
+            metrics["teacher_kl"] = masked_mean(policy.logp.detach() - mb.teacher_logp, mask)
         ratio = truncated_importance_ratio(policy.logp, mb.old_logp, cfg.is_clip)
         if ratio is not None:
             per_token = per_token * ratio

@@ -131,7 +131,7 @@ def test_opsd_objective_official_setting_on_hand_token():
     loss, metrics = obj.loss(batch, PolicyOutput(logp=student[..., 1], entropy=torch.zeros(1, 1), logprobs=student))
     assert loss.item() == pytest.approx(-0.1232868, abs=1e-6)
     # Sampled token 1: log P_S − log P_T = ln 0.5 − ln 0.75.
-    assert metrics["sampled_kl"].item() == pytest.approx(math.log(0.5 / 0.75), abs=1e-6)
+    assert metrics["teacher_kl"].item() == pytest.approx(math.log(0.5 / 0.75), abs=1e-6)
 
 
 def test_importance_ratio_is_capped_and_detached():

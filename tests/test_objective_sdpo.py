@@ -65,7 +65,7 @@ def test_sdpo_objective_declares_topk_and_matches_hand_value():
     batch, policy = _hand_batch()
     loss, metrics = obj.loss(batch, policy)
     assert loss.item() == pytest.approx(0.4184941, abs=1e-6)
-    assert metrics["sampled_kl"].item() == pytest.approx(math.log(0.5 / 0.125), abs=1e-6)
+    assert metrics["teacher_kl"].item() == pytest.approx(math.log(0.5 / 0.125), abs=1e-6)
 
 
 def test_signal_declared_by_mode():
