@@ -11,6 +11,5 @@ REFERENCE_TEMPLATE = (
     "After understanding the reference solution, please try to solve this problem using your own approach below."
 )
 # SDPO's reprompt templates (the SDPO paper's released code): a successful sibling shown as the solution.
-SIBLING_TEMPLATE = "{question}{solution}{feedback}\n\nCorrectly solve the original question."
+SIBLING_TEMPLATE = "{question}{solution}\n\nCorrectly solve the original question."
 SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{attempt}\n\n"
-FEEDBACK_TEMPLATE = "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback}\n\n"

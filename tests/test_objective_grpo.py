@@ -35,6 +35,24 @@ def test_group_with_equal_rewards_gets_zero_advantage():
         assert torch.equal(group_advantages(torch.full((4,), value), 4, norm_by_std=False), torch.zeros(4))
 
 
+@pytest.mark.parametrize("value", [0.9, 1 / 3, 1e-7])
+@pytest.mark.parametrize("group_size", [3, 8, 16])
+def test_equal_non_binary_rewards_give_exactly_zero_advantage(value, group_size):
+    # The float32 mean of G copies of `value` can miss it by an ulp (eight 0.9s: by 6e-8); that rounding must
+    # not become an advantage. A mixed group in the same batch keeps its normal values.
+    mixed = torch.tensor([1.0, 0.0] * group_size)[:group_size]
+    rewards = torch.cat([torch.full((group_size,), value), mixed])
+    for norm_by_std in (True, False):
+        adv = group_advantages(rewards, group_size, norm_by_std=norm_by_std)
+        assert torch.equal(adv[:group_size], torch.zeros(group_size))
+        expected = mixed - mixed.mean()
+        if norm_by_std:
+            expected = expected / (mixed.std() + 1e-6)
+        torch.testing.assert_close(adv[group_size:], expected)
+    metrics = build_objective("grpo").prepare(make_batch(num_groups=2, group_size=group_size, rewards=rewards))
+    assert metrics["zero_std_groups"] == 0.5
+
+
 def test_dr_grpo_advantage_is_reward_minus_group_mean():
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
     adv = group_advantages(rewards, group_size=4, norm_by_std=False)
@@ -64,7 +82,7 @@ MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
         ("token-mean", 7.0 / 3.0),  # (1 + 2 + 4) / 3 tokens
         ("seq-mean-token-mean", (3.0 / 2.0 + 4.0 / 1.0) / 2.0),
         ("seq-mean-token-sum", (3.0 + 4.0) / 2.0),
-        ("seq-mean-token-sum-norm", 7.0 / (2.0 * 3.0)),  # / (seqs · T)
+        ("seq-mean-token-sum-over-max-len", 7.0 / (2.0 * 3.0)),  # / (seqs · T), TRL's dr_grpo
     ],
 )
 def test_aggregate_loss_modes(mode, expected):
@@ -74,7 +92,7 @@ def test_aggregate_loss_modes(mode, expected):
 def test_aggregate_loss_uses_whole_batch_counts_when_given():
     assert aggregate_loss(LOSS, MASK, "token-mean", num_tokens=7.0).item() == pytest.approx(1.0)
     assert aggregate_loss(LOSS, MASK, "seq-mean-token-sum", num_seqs=7.0).item() == pytest.approx(1.0)
-    assert aggregate_loss(LOSS, MASK, "seq-mean-token-sum-norm", num_seqs=2.0, max_len=10).item() == pytest.approx(7 / 20)
+    assert aggregate_loss(LOSS, MASK, "seq-mean-token-sum-over-max-len", num_seqs=2.0, max_len=10).item() == pytest.approx(7 / 20)
 
 
 def test_aggregate_loss_ignores_nan_and_inf_in_padding():

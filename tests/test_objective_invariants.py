@@ -9,8 +9,15 @@ import torch
 
 from rlsd_harness.algorithms import build_objective, get_objective_class, objective_names
 from rlsd_harness.algorithms.batch import PolicyOutput
-from rlsd_harness.algorithms.common import LOSS_AGG_MODES
-from tests.objective_helpers import make_batch, random_logits, run_in_micro_batches
+from rlsd_harness.algorithms.common import LOSS_AGG_MODES, masked_mean
+from tests.objective_helpers import (
+    fill_teacher_signals,
+    make_batch,
+    needs_full_logprobs,
+    random_logits,
+    run_in_micro_batches,
+    student_forward,
+)
 
 VOCAB = 128  # room for SDPO's default top-100 support
 
@@ -25,7 +32,7 @@ CASES = {name: (name, {}) for name in objective_names()} | {
     "opsd-sampled": ("opsd", {"mode": "sampled"}),
     "sdpo-topk5": ("sdpo", {"topk": 5}),
     "sdpo-full": ("sdpo", {"topk": 0, "alpha": 1.0}),
-    "sdpo-sampled": ("sdpo", {"mode": "sampled", "rollout_is_clip": 2.0}),
+    "sdpo-sampled": ("sdpo", {"mode": "sampled", "alpha": 1.0, "rollout_is_clip": 2.0}),
     "grpo_opsd-sampled": ("grpo_opsd", {"distill_coef": 0.3, "opsd": {"mode": "sampled"}}),
     "opd-discounted": ("opd", {"discount": 0.9}),
 }
@@ -89,6 +96,15 @@ def test_unknown_config_key_is_rejected_with_the_valid_keys(name):
         build_objective(name, {"no_such_option": 1})
 
 
+@pytest.mark.parametrize("name", objective_names())
+def test_unknown_loss_agg_mode_is_rejected_with_the_valid_ones(name):
+    # verl's name for a different reduction (a constant divisor without the sequence count) must not be taken
+    # for TRL's dr_grpo one, which is offered as seq-mean-token-sum-over-max-len.
+    params = _with_agg_mode(name, {}, "seq-mean-token-sum-norm")
+    with pytest.raises(ValueError, match=r"'seq-mean-token-sum-norm'.*valid: token-mean, .*seq-mean-token-sum-over-max-len"):
+        build_objective(name, params)
+
+
 def test_unknown_nested_key_in_grpo_opsd_is_rejected():
     with pytest.raises(KeyError, match=r"grpo_opsd\.opsd.*valid: .*beta"):
         build_objective("grpo_opsd", {"opsd": {"betta": 0.5}})
@@ -107,6 +123,44 @@ def test_grpo_opsd_is_the_weighted_sum_of_its_parts():
     )
     torch.testing.assert_close(mixed_loss, 0.75 * grpo_loss + 0.25 * opsd_loss)
     torch.testing.assert_close(mixed_grad, 0.75 * grpo_grad + 0.25 * opsd_grad)
+
+
+def _metrics_on_one_micro_batch(name, params):
+    """The objective's metrics on the whole (off-policy) test batch as one micro-batch, teacher signals filled."""
+    objective = build_objective(name, params)
+    batch, logits, teacher_logits = _batch(True, name)
+    objective.prepare(batch)
+    batch.set_loss_counts()
+    policy = student_forward(logits, batch.response_ids, needs_full_logprobs(objective))
+    fill_teacher_signals(batch, objective, policy, teacher_logits)
+    loss, metrics = objective.loss(batch, policy)
+    return loss, metrics, batch, policy
+
+
+@pytest.mark.parametrize("opsd_params", [{}, {"mode": "sampled"}], ids=["logit", "sampled"])
+def test_grpo_opsd_logs_each_part_metric_under_the_part_name(opsd_params):
+    grpo_params = {"kl_coef": 0.0, "rollout_is_cap": 2.0}
+    grpo_loss, grpo_metrics, _, _ = _metrics_on_one_micro_batch("grpo", grpo_params)
+    opsd_loss, opsd_metrics, _, _ = _metrics_on_one_micro_batch("opsd", opsd_params)
+    _, metrics, _, _ = _metrics_on_one_micro_batch("grpo_opsd", {"grpo": grpo_params, "opsd": opsd_params})
+    assert set(metrics) == set(grpo_metrics) | set(opsd_metrics) | {"grpo_loss", "opsd_loss"}
+    for key, value in {**grpo_metrics, **opsd_metrics}.items():
+        torch.testing.assert_close(metrics[key], value, msg=key)
+    torch.testing.assert_close(metrics["grpo_loss"], grpo_loss.detach())
+    torch.testing.assert_close(metrics["opsd_loss"], opsd_loss.detach())
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_metric_names_are_plain_and_the_teacher_gap_is_teacher_kl(case):
+    # The trainer logs the teacher-student gap as teacher_kl for every objective with a teacher; an objective
+    # that logs it too must use that name and that definition, so the two never disagree in metrics.jsonl.
+    name, params = CASES[case]
+    _, metrics, batch, policy = _metrics_on_one_micro_batch(name, params)
+    assert all("/" not in key for key in metrics), sorted(metrics)
+    assert "sampled_kl" not in metrics
+    if name in ("opsd", "sdpo", "opd", "grpo_opsd"):
+        expected = masked_mean(policy.logp.detach() - batch.teacher_logp, batch.loss_mask)
+        torch.testing.assert_close(metrics["teacher_kl"], expected)
 
 
 def test_grpo_opsd_takes_its_teacher_signal_from_the_opsd_part():

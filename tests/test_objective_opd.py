@@ -46,7 +46,7 @@ def test_on_policy_loss_and_gradient():
     # loss = mean(−A) = 0.25; gradient −A/2.
     assert loss == pytest.approx(0.25)
     torch.testing.assert_close(grad, torch.tensor([[-0.25, 0.5]]))
-    assert metrics["sampled_kl"].item() == pytest.approx(0.25)
+    assert metrics["teacher_kl"].item() == pytest.approx(0.25)
 
 
 def test_discount_and_coefficient():

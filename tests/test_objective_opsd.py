@@ -30,6 +30,48 @@ def test_pointwise_clip_caps_each_vocabulary_entry():
     assert generalized_jsd(S, T, 0.0, pointwise_clip=0.05).item() == pytest.approx(-0.1232868, abs=1e-6)
 
 
+# Far apart: S = (0.9, 0.1), T = (0.1, 0.9). At β = 0.5, M = (0.5, 0.5) and on each entry
+# k_T = T ln(T/M), k_S = S ln(S/M) are {0.1 ln 0.2 = −0.1609438, 0.9 ln 1.8 = 0.5290080}, one of each.
+S_FAR = torch.tensor([0.9, 0.1]).log()
+T_FAR = torch.tensor([0.1, 0.9]).log()
+
+
+def test_pointwise_clip_caps_the_mixed_term_of_each_entry():
+    # Unclipped: 2 · 0.5 · (−0.1609438 + 0.5290080) = 0.3680642.
+    assert generalized_jsd(S_FAR, T_FAR, 0.5).item() == pytest.approx(0.3680642, abs=1e-6)
+    # Each entry's mixed term 0.1840321 is capped at 0.05: 0.1. (Clamping k_T and k_S apart and then mixing
+    # would give 2 · 0.5 · (−0.1609438 + 0.05) = −0.1109438, a negative divergence.)
+    assert generalized_jsd(S_FAR, T_FAR, 0.5, pointwise_clip=0.05).item() == pytest.approx(0.1, abs=1e-6)
+    # One entry under the cap, one over, one zero: S = (0.9, 0.05, 0.05), T = (0.1, 0.85, 0.05), M = (0.5, 0.45, 0.05);
+    # mixed terms 0.1840321, 0.5·(0.85 ln(0.85/0.45) + 0.05 ln(0.05/0.45)) = 0.2153646 → 0.2, and 0: 0.3840321.
+    s3, t3 = torch.tensor([0.9, 0.05, 0.05]).log(), torch.tensor([0.1, 0.85, 0.05]).log()
+    assert generalized_jsd(s3, t3, 0.5, pointwise_clip=0.2).item() == pytest.approx(0.3840321, abs=1e-6)
+
+
+def test_pointwise_clip_mixes_with_beta_on_the_teacher_side():
+    # β = 0.25 checks which side β weights: M = 0.75·S + 0.25·T = (0.7, 0.3); mixed terms
+    # 0.25·0.1 ln(1/7) + 0.75·0.9 ln(9/7) = 0.1209895 and 0.25·0.9 ln 3 + 0.75·0.1 ln(1/3) = 0.1647918 → 0.15.
+    assert generalized_jsd(S_FAR, T_FAR, 0.25, pointwise_clip=0.15).item() == pytest.approx(0.2709895, abs=1e-6)
+
+
+def test_pointwise_clip_with_teacher_topk_applies_after_the_restriction():
+    # Teacher's top-2 ids are 1 and 0; renormalised there the pair is exactly (S_FAR, T_FAR): 0.1 as above.
+    student = torch.tensor([0.54, 0.06, 0.40]).log()
+    teacher = torch.tensor([0.095, 0.855, 0.05]).log()
+    loss = logit_distillation_loss(student, teacher, 0.5, teacher_topk=2, pointwise_clip=0.05)
+    assert loss.item() == pytest.approx(0.1, abs=1e-6)
+
+
+def test_opsd_objective_jsd_with_clip_on_hand_token():
+    obj = build_objective("opsd", {"beta": 0.5, "pointwise_clip": 0.05, "is_clip": None})
+    batch = make_batch(num_groups=1, group_size=1, response_len=1, vocab_size=2, lengths=torch.tensor([1]))
+    batch.response_ids = torch.tensor([[1]])
+    batch.teacher_logprobs, batch.teacher_logp = T_FAR.view(1, 1, 2), T_FAR[1].view(1, 1)
+    student = S_FAR.view(1, 1, 2)
+    loss, _ = obj.loss(batch, PolicyOutput(logp=student[..., 1], entropy=torch.zeros(1, 1), logprobs=student))
+    assert loss.item() == pytest.approx(0.1, abs=1e-6)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_jsd_limits_equal_independent_forward_and_reverse_kl(seed):
     gen = torch.Generator().manual_seed(seed)
@@ -89,7 +131,7 @@ def test_opsd_objective_official_setting_on_hand_token():
     loss, metrics = obj.loss(batch, PolicyOutput(logp=student[..., 1], entropy=torch.zeros(1, 1), logprobs=student))
     assert loss.item() == pytest.approx(-0.1232868, abs=1e-6)
     # Sampled token 1: log P_S − log P_T = ln 0.5 − ln 0.75.
-    assert metrics["sampled_kl"].item() == pytest.approx(math.log(0.5 / 0.75), abs=1e-6)
+    assert metrics["teacher_kl"].item() == pytest.approx(math.log(0.5 / 0.75), abs=1e-6)
 
 
 def test_importance_ratio_is_capped_and_detached():

@@ -56,6 +56,19 @@ def test_eps_zero_in_the_pure_function_is_the_uniform_advantage():
     assert torch.equal(adv_hat, ADV[:, None] * MASK)
 
 
+def test_equal_non_binary_rewards_give_zero_token_advantages():
+    # Eight equal graded rewards: GRPO's A is exactly 0, so Â = A·(reweight) is exactly 0 on every token.
+    obj = build_objective("rlsd", {"lam": 1.0, "lam_decay_steps": 0})
+    batch = make_batch(num_groups=1, group_size=8, response_len=4, vocab_size=5, rewards=torch.full((8,), 0.9))
+    obj.prepare(batch)
+    batch.set_loss_counts()
+    logits = random_logits(batch, 5, seed=1)
+    logp = torch.log_softmax(logits, -1).gather(-1, batch.response_ids[..., None]).squeeze(-1)
+    batch.teacher_logp = logp + 1.0  # a teacher that prefers every sampled token: w would be e at A > 0
+    adv_hat, _ = obj.token_advantages(batch, PolicyOutput(logp=logp, entropy=torch.zeros_like(logp)))
+    assert torch.equal(adv_hat, torch.zeros_like(adv_hat))
+
+
 def test_lambda_schedule():
     # The paper: 0.5 → 0 linearly over 50 steps, step counted from 1.
     assert [lambda_schedule(s, 0.5, 0, 50) for s in (1, 25, 50, 80)] == pytest.approx([0.49, 0.25, 0.0, 0.0])

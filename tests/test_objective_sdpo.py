@@ -65,14 +65,14 @@ def test_sdpo_objective_declares_topk_and_matches_hand_value():
     batch, policy = _hand_batch()
     loss, metrics = obj.loss(batch, policy)
     assert loss.item() == pytest.approx(0.4184941, abs=1e-6)
-    assert metrics["sampled_kl"].item() == pytest.approx(math.log(0.5 / 0.125), abs=1e-6)
+    assert metrics["teacher_kl"].item() == pytest.approx(math.log(0.5 / 0.125), abs=1e-6)
 
 
 def test_signal_declared_by_mode():
     assert build_objective("sdpo", {}).teacher_signal == "topk"
     assert build_objective("sdpo", {}).topk == 100
     assert build_objective("sdpo", {"topk": 0}).teacher_signal == "full"
-    assert build_objective("sdpo", {"mode": "sampled"}).teacher_signal == "sampled"
+    assert build_objective("sdpo", {"mode": "sampled", "alpha": 1.0}).teacher_signal == "sampled"
 
 
 def test_full_vocabulary_reverse_kl_matches_independent_kl():
@@ -102,7 +102,7 @@ def test_topk_covering_the_vocabulary_equals_full_vocabulary_loss():
 
 
 def test_sampled_mode_value_and_gradient():
-    obj = build_objective("sdpo", {"mode": "sampled"})
+    obj = build_objective("sdpo", {"mode": "sampled", "alpha": 1.0})
     batch = make_batch(num_groups=1, group_size=1, response_len=2, lengths=torch.tensor([2]))
     batch.teacher_logp = torch.tensor([[-0.5, -3.0]])
     logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
@@ -114,7 +114,7 @@ def test_sampled_mode_value_and_gradient():
 
 
 def test_importance_ratio_cap_two():
-    obj = build_objective("sdpo", {"mode": "sampled"})
+    obj = build_objective("sdpo", {"mode": "sampled", "alpha": 1.0})
     batch = make_batch(num_groups=1, group_size=1, response_len=2, lengths=torch.tensor([2]))
     batch.teacher_logp = torch.tensor([[-0.5, -3.0]])
     logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
@@ -127,7 +127,7 @@ def test_importance_ratio_cap_two():
 
 
 def test_rows_without_a_sibling_carry_no_loss_and_no_count():
-    obj = build_objective("sdpo", {"mode": "sampled"})
+    obj = build_objective("sdpo", {"mode": "sampled", "alpha": 1.0})
     batch = make_batch(num_groups=1, group_size=2, response_len=2, lengths=torch.tensor([2, 2]), teacher_mask=torch.tensor([1.0, 0.0]))
     batch.teacher_logp = torch.tensor([[-0.5, -3.0], [-0.1, -0.1]])
     batch.set_loss_counts()
@@ -141,7 +141,7 @@ def test_rows_without_a_sibling_carry_no_loss_and_no_count():
 
 
 def test_optional_rollout_importance_weight():
-    obj = build_objective("sdpo", {"mode": "sampled", "rollout_is_clip": 2.0})
+    obj = build_objective("sdpo", {"mode": "sampled", "alpha": 1.0, "rollout_is_clip": 2.0})
     batch = make_batch(num_groups=1, group_size=1, response_len=2, lengths=torch.tensor([2]))
     batch.teacher_logp = torch.tensor([[-0.5, -3.0]])
     batch.rollout_logp = torch.tensor([[-1.0 - math.log(1.5), -2.0 + 3.0]])  # π_old/π_rollout = 1.5, e⁻³
@@ -165,3 +165,13 @@ def test_sdpo_misuse_errors():
         build_objective("sdpo", {"topk": 2}).loss(batch, policy)
     with pytest.raises(ValueError, match="vocabulary size 3"):
         build_objective("sdpo", {"topk": 4}).check_vocab(3)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.99])
+def test_sampled_mode_refuses_an_alpha_it_would_ignore(alpha):
+    # The sampled-token loss is the reverse KL only (α = 1); any other α must fail at build time, naming the fix.
+    with pytest.raises(ValueError, match=rf"alpha {alpha} with mode 'sampled'.*reverse KL.*alpha: 1\.0.*mode: logit"):
+        build_objective("sdpo", {"mode": "sampled", "alpha": alpha})
+    with pytest.raises(ValueError, match="alpha"):
+        build_objective("sdpo", {"mode": "sampled"})  # the default α = 0.5 belongs to the logit mode
+    assert build_objective("sdpo", {"mode": "logit", "alpha": alpha}).cfg.alpha == alpha

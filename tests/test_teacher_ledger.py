@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from rlsd_harness.training.teacher import REFERENCE_TEMPLATE, TeacherConfig, TeacherWeights, sibling_contexts
+from rlsd_harness.prompts import REFERENCE_TEMPLATE
+from rlsd_harness.training import teacher as teacher_module
+from rlsd_harness.training.teacher import TeacherConfig, TeacherWeights, sibling_contexts
 from tests.test_trainer import make_trainer
 
 
@@ -76,6 +78,15 @@ def test_sibling_context_excludes_own_success_and_masks_lonely_rows():
     assert mask.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 1.0]
     assert "Correct solution:\n\na" in convs[1][0]["content"][-1]["text"]
     assert "Correct solution:\n\ne" in convs[3][0]["content"][-1]["text"]
+
+
+def test_teacher_config_has_no_feedback_option_and_names_unknown_keys():
+    # No verifier returns feedback text, so an include_feedback switch could only ever be a no-op: it is gone, and
+    # a config that still sets it fails, naming the key, where it came from and the valid keys.
+    assert "include_feedback" not in TeacherConfig.__dataclass_fields__
+    with pytest.raises(KeyError, match=r"\['include_feedback'\] for algorithm\.teacher; valid: .*include_own_success"):
+        teacher_module.teacher_config({"weights": "ema", "include_feedback": True})
+    assert teacher_module.teacher_config({"weights": "ema", "ema_rate": 0.25}).ema_rate == 0.25
 
 
 @pytest.mark.parametrize("share", [True, False])

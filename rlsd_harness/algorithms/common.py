@@ -9,7 +9,7 @@ import math
 
 import torch
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-over-max-len")
 
 
 def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -29,7 +29,8 @@ def aggregate_loss(
     num_seqs: float | None = None,
     max_len: int | None = None,
 ) -> torch.Tensor:
-    """Reduce a (B, T) per-token loss to a scalar, with verl's four modes.
+    """Reduce a (B, T) per-token loss to a scalar: verl's token-mean, seq-mean-token-mean and seq-mean-token-sum,
+    and TRL's `loss_type="dr_grpo"` (Dr. GRPO's constant normaliser).
 
     Without the optional counts, the batch is normalised by itself. With them (the token count and the
     sequence count of the *whole* optimizer mini-batch, across micro-batches and ranks), the micro-batch
@@ -38,7 +39,11 @@ def aggregate_loss(
     - token-mean:              sum(l*m) / tokens
     - seq-mean-token-mean:     sum_i [sum_t l*m / |y_i|] / seqs      (the GRPO paper's Eq. 2)
     - seq-mean-token-sum:      sum_i [sum_t l*m] / seqs
-    - seq-mean-token-sum-norm: sum_i [sum_t l*m] / (seqs * max_len)  (Dr. GRPO; max_len a constant, default T)
+    - seq-mean-token-sum-over-max-len: sum_i [sum_t l*m] / (seqs * max_len)  (TRL's dr_grpo; max_len a
+      constant, the generation limit, default T)
+
+    verl's `seq-mean-token-sum-norm` is not this: it divides the token sum by its `loss_scale_factor` alone, with
+    no sequence count, so its scale follows the batch size and the way verl splits it; it is not offered.
     """
     mask = mask.to(loss_mat.dtype)
     seq_has_tokens = mask.sum(-1) > 0
@@ -54,7 +59,7 @@ def aggregate_loss(
         return (token_sums / mask.sum(-1).clamp(min=1)).sum() / num_seqs
     if mode == "seq-mean-token-sum":
         return token_sums.sum() / num_seqs
-    if mode == "seq-mean-token-sum-norm":
+    if mode == "seq-mean-token-sum-over-max-len":
         return token_sums.sum() / (num_seqs * (max_len or mask.shape[-1]))
     raise ValueError(f"unknown loss aggregation mode {mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
 
@@ -131,21 +136,21 @@ def generalized_jsd(
     M = (1-beta) S + beta T;  JSD_beta = beta KL(T||M) + (1-beta) KL(S||M).
     beta = 0 is the forward KL(T||S), beta = 1 the reverse KL(S||T) (the limits are returned exactly).
     `pointwise_clip` clamps each vocabulary entry's term from above before the sum (OPSD's official setting).
+    For 0 < beta < 1 the clamped term is the entry's mixed one, beta k_T + (1-beta) k_S, as in the official
+    OPSD trainer and TRL's port of it: each of k_T, k_S alone can be negative, their mix cannot at beta = 1/2,
+    so clamping them apart can flip the loss's sign.
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
-
-    def terms(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
-        t = _kl_terms(p_logp, q_logp)
-        return t.clamp(max=pointwise_clip) if pointwise_clip is not None else t
-
     if beta == 0.0:
-        per_entry = terms(teacher_logp, student_logp)
+        per_entry = _kl_terms(teacher_logp, student_logp)
     elif beta == 1.0:
-        per_entry = terms(student_logp, teacher_logp)
+        per_entry = _kl_terms(student_logp, teacher_logp)
     else:
         mix_logp = torch.logaddexp(student_logp + math.log1p(-beta), teacher_logp + math.log(beta))
-        per_entry = beta * terms(teacher_logp, mix_logp) + (1.0 - beta) * terms(student_logp, mix_logp)
+        per_entry = beta * _kl_terms(teacher_logp, mix_logp) + (1.0 - beta) * _kl_terms(student_logp, mix_logp)
+    if pointwise_clip is not None:
+        per_entry = per_entry.clamp(max=pointwise_clip)
     return per_entry.sum(-1)
 
 

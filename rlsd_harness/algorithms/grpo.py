@@ -22,7 +22,9 @@ from rlsd_harness.algorithms.registry import Objective, register_objective
 def group_advantages(rewards: torch.Tensor, group_size: int, norm_by_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
     """(r - mean_group) / (std_group + eps), unbiased std, rows ordered group by group; (B,) in, (B,) out.
 
-    norm_by_std=False is Dr. GRPO (r - mean). A group of one gets mean 0 and std 1, as in verl.
+    norm_by_std=False is Dr. GRPO (r - mean). A group of one gets mean 0 and std 1, as in verl. A group whose
+    rewards are all equal gets exactly 0: the float32 mean of equal values need not equal them (eight 0.9s
+    average to 0.9 + 6e-8), and divided by std + eps ~ 1e-6 that rounding alone would be an advantage of 0.06.
     """
     if rewards.dim() != 1 or rewards.shape[0] % group_size:
         raise ValueError(f"rewards must be (B,) with B a multiple of group_size={group_size}, got {tuple(rewards.shape)}")
@@ -35,7 +37,14 @@ def group_advantages(rewards: torch.Tensor, group_size: int, norm_by_std: bool =
     adv = groups - mean
     if norm_by_std:
         adv = adv / (std + eps)
+    if group_size > 1:
+        adv = torch.where(equal_reward_groups(groups)[:, None], torch.zeros_like(adv), adv)
     return adv.reshape(-1)
+
+
+def equal_reward_groups(groups: torch.Tensor) -> torch.Tensor:
+    """(num_groups, G) rewards -> (num_groups,) bool: every reward of the group is the same (no learning signal)."""
+    return groups.amax(-1) == groups.amin(-1)
 
 
 @register_objective("grpo")
@@ -65,7 +74,7 @@ class GRPO(Objective):
     def prepare(self, batch: RolloutBatch) -> dict[str, float]:
         batch.advantages = group_advantages(batch.rewards, batch.group_size, self.cfg.norm_adv_by_std)
         groups = batch.rewards.view(-1, batch.group_size)
-        return {"zero_std_groups": (groups.std(-1) == 0).float().mean().item() if batch.group_size > 1 else 1.0}
+        return {"zero_std_groups": equal_reward_groups(groups).float().mean().item() if batch.group_size > 1 else 1.0}
 
     def token_advantages(self, mb: RolloutBatch, policy: PolicyOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The per-token advantage fed to the surrogate: GRPO broadcasts the sequence advantage."""

@@ -62,8 +62,7 @@ class GRPOPlusOPSD(Objective):
         opsd_loss = aggregate_loss(
             distill_per_token, mb.loss_mask, self.cfg.opsd.loss_agg_mode, mb.num_tokens, mb.num_seqs, mb.max_len
         )
-        metrics = {f"grpo/{k}": v for k, v in grpo_metrics.items()}
-        metrics.update({f"opsd/{k}": v for k, v in opsd_metrics.items()})
-        metrics["grpo/loss"] = grpo_loss.detach()
-        metrics["opsd/loss"] = opsd_loss.detach()
+        # The parts' metrics keep the names GRPO and OPSD log them under (their key sets are disjoint), so a
+        # cross-method plot finds one quantity under one name.
+        metrics = {**grpo_metrics, **opsd_metrics, "grpo_loss": grpo_loss.detach(), "opsd_loss": opsd_loss.detach()}
         return (1.0 - c) * grpo_loss + c * opsd_loss, metrics

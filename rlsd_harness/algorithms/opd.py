@@ -74,7 +74,7 @@ class OnPolicyDistillation(Objective):
         per_token = importance_sampling_loss(policy.logp, behaviour_logp, advantages)
         loss = aggregate_loss(per_token, mask, cfg.loss_agg_mode, mb.num_tokens, mb.num_seqs, mb.max_len)
         metrics = {
-            "sampled_kl": masked_mean(behaviour_logp - mb.teacher_logp, mask),
+            "teacher_kl": masked_mean(policy.logp.detach() - mb.teacher_logp, mask),
             "advantage_mean": masked_mean(advantages, mask),
         }
         return loss, metrics

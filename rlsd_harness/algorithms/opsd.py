@@ -4,8 +4,8 @@ next-token distribution toward the same model's distribution given the reference
 Two modes (specs/algorithms.md §2.2, §2.5):
 - "logit": GKD's generalized JSD with β per position, over the full vocabulary (teacher_signal "full"),
   optionally restricted to the teacher's top-k ids (both distributions renormalised there) and with a
-  point-wise clip of each vocabulary entry's KL term before the sum (the official 2026-03 setting: β = 0,
-  clip 0.05).
+  point-wise clip of each vocabulary entry's term, β·k_T + (1 − β)·k_S, before the sum (the official 2026-03
+  setting: β = 0, clip 0.05).
 - "sampled": the policy-gradient form on the sampled token (OPSD's `--use_tinker_loss`): advantage
   Δ_t = sg(log P_T(y_t) − log P_S(y_t)), loss −Δ_t·log P_S(y_t) (teacher_signal "sampled"). Its gradient is
   the reverse KL's on the sampled token.
@@ -116,7 +116,7 @@ class OPSD(Objective):
         metrics = {
             "distill_per_token": masked_mean(per_token.detach(), mask),
             # Teacher–student gap on the sampled tokens, the paper's KL-stagnation curve (Fig. 3c).
-            "sampled_kl": masked_mean((policy.logp.detach() - mb.teacher_logp), mask),
+            "teacher_kl": masked_mean((policy.logp.detach() - mb.teacher_logp), mask),
         }
         ratio = truncated_importance_ratio(policy.logp, mb.old_logp, cfg.is_clip)
         if ratio is not None:

@@ -5,7 +5,8 @@ gradient (specs/algorithms.md §3.1-§3.3).
 - "logit" mode: generalized JSD α between student and teacher on the student's top-k ids plus one tail
   bucket holding the remaining mass, log(1 − Σ_topk p) (teacher_signal "topk"); `topk: 0` uses the whole
   vocabulary instead (teacher_signal "full").
-- "sampled" mode: reverse KL on the sampled token as a policy gradient, sg(log P_S − log P_T)·log P_S.
+- "sampled" mode: reverse KL on the sampled token as a policy gradient, sg(log P_S − log P_T)·log P_S; only
+  with α = 1, the reverse KL it estimates (any other α is refused rather than ignored).
 Each token's loss is weighted by the detached ratio π/π_old clamped at `is_clip` (2.0). Rows without a
 successful sibling carry no loss: the backbone zeroes them in `teacher_mask`, hence in `mb.loss_mask`.
 """
@@ -75,6 +76,12 @@ class SDPO(Objective):
                 raise ValueError(f"mode {self.mode!r}; valid: {', '.join(SDPO_MODES)}")
             if not 0.0 <= self.alpha <= 1.0:
                 raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+            if self.mode == "sampled" and self.alpha != 1.0:
+                raise ValueError(
+                    f"alpha {self.alpha} with mode 'sampled': the sampled-token loss is the reverse KL(S‖T) on the "
+                    "sampled token, which is alpha = 1; it has no forward or mixed form, so any other alpha would be "
+                    "ignored. Set alpha: 1.0, or mode: logit for the generalized JSD"
+                )
             if self.topk < 0:
                 raise ValueError(f"topk must be >= 0, got {self.topk}")
             for name in ("is_clip", "rollout_is_clip"):
@@ -123,7 +130,7 @@ class SDPO(Objective):
             "rows_with_teacher": (mask.sum(-1) > 0).float().mean(),
         }
         if mb.teacher_logp is not None:
-            metrics["sampled_kl"] = masked_mean(policy.logp.detach() - mb.teacher_logp, mask)
+            metrics["teacher_kl"] = masked_mean(policy.logp.detach() - mb.teacher_logp, mask)
         ratio = truncated_importance_ratio(policy.logp, mb.old_logp, cfg.is_clip)
         if ratio is not None:
             per_token = per_token * ratio

@@ -9,23 +9,28 @@ Weight sources:
 
 Context builders (one conversation per response row, same images as the student's prompt):
   reference  the question plus a reference ("Here is a reference solution: ...", RLSD / OPSD);
-  sibling    the question plus a successful sibling response of the same group (SDPO), optionally feedback;
-             rows with neither get teacher_mask = 0 and no distillation loss.
+  sibling    the question plus a successful sibling response of the same group (SDPO); rows without one get
+             teacher_mask = 0 and no distillation loss. (The SDPO paper can also show a failed attempt the
+             environment's feedback on it; the verifiers here return a reward and a parsed answer, no such text.)
 The student's response tokens are appended unchanged by the trainer.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from rlsd_harness import dist
-from rlsd_harness.prompts import FEEDBACK_TEMPLATE, REFERENCE_TEMPLATE, SIBLING_TEMPLATE, SOLUTION_TEMPLATE
+from rlsd_harness.algorithms.registry import make_config
+from rlsd_harness.prompts import REFERENCE_TEMPLATE, SIBLING_TEMPLATE, SOLUTION_TEMPLATE
 from rlsd_harness.rollout.hf import user_messages
 
 WEIGHT_SOURCES = ("none", "frozen", "sync", "ema", "live")
+
 
 @dataclass
 class TeacherConfig:
@@ -35,7 +40,6 @@ class TeacherConfig:
     hint: str = "answer"  # reference context: the gold "answer" (RLSD) or the reference "solution" (OPSD)
     success_threshold: float = 1.0  # sibling context: a sibling counts as a solution at reward >= this
     include_own_success: bool = False  # sibling context: may a successful response demonstrate itself
-    include_feedback: bool = False
 
     def __post_init__(self) -> None:
         if self.weights not in WEIGHT_SOURCES:
@@ -48,6 +52,11 @@ class TeacherConfig:
             raise ValueError(f"teacher.ema_rate must be in (0, 1], got {self.ema_rate}")
 
 
+def teacher_config(params: Mapping[str, Any] | None) -> TeacherConfig:
+    """The config's `algorithm.teacher` mapping as a TeacherConfig; an unknown key is an error listing the valid ones."""
+    return make_config(TeacherConfig, params, "algorithm.teacher")
+
+
 def reference_contexts(examples: list, group_size: int, hint: str) -> list[list[dict]]:
     """One privileged conversation per response row (rows group by group)."""
     convs = []
@@ -58,11 +67,10 @@ def reference_contexts(examples: list, group_size: int, hint: str) -> list[list[
 
 
 def sibling_contexts(
-    examples: list, group_size: int, texts: list[str], rewards: torch.Tensor, cfg: TeacherConfig,
-    feedback: list[str | None] | None = None,
+    examples: list, group_size: int, texts: list[str], rewards: torch.Tensor, cfg: TeacherConfig
 ) -> tuple[list[list[dict]], torch.Tensor]:
-    """SDPO's reprompt: the first successful sibling (own success excluded unless configured), plus feedback
-    when asked and no solution exists. Returns the conversations and the (B,) mask of rows that have one."""
+    """SDPO's reprompt: the first successful sibling (own success excluded unless configured). Returns the
+    conversations and the (B,) mask of rows that have one."""
     convs, mask = [], []
     for g, ex in enumerate(examples):
         rows = range(g * group_size, (g + 1) * group_size)
@@ -70,11 +78,9 @@ def sibling_contexts(
         for r in rows:
             demo = next((w for w in winners if w != r or cfg.include_own_success), None)
             solution = SOLUTION_TEMPLATE.format(attempt=texts[demo]) if demo is not None else ""
-            fb = feedback[r] if (feedback and cfg.include_feedback and demo is None) else None
-            fb_text = FEEDBACK_TEMPLATE.format(feedback=fb) if fb else ""
-            text = SIBLING_TEMPLATE.format(question=ex.question, solution=solution, feedback=fb_text)
+            text = SIBLING_TEMPLATE.format(question=ex.question, solution=solution)
             convs.append(user_messages(text, len(ex.images)))
-            mask.append(float(bool(solution or fb_text)))
+            mask.append(float(demo is not None))
     return convs, torch.tensor(mask)
 
 

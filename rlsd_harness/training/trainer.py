@@ -27,7 +27,13 @@ from rlsd_harness.rollout.hf import (
 from rlsd_harness.training.dynamics import leakage_flags
 from rlsd_harness.training.ledger import Ledger, ModelShape
 from rlsd_harness.training.microbatch import balance_rows, pad_to_count, partition_by_tokens
-from rlsd_harness.training.teacher import TeacherConfig, TeacherWeights, reference_contexts, sibling_contexts
+from rlsd_harness.training.teacher import (
+    TeacherConfig,
+    TeacherWeights,
+    reference_contexts,
+    sibling_contexts,
+    teacher_config,
+)
 from rlsd_harness.verifier import build_verifier
 
 
@@ -139,7 +145,7 @@ class Trainer:
         self.shape = ModelShape.of(policy)
         self.image_token_id = policy.config.image_token_id
         # The teacher (and a KL reference) start as copies of the initial policy, made before any update.
-        tconf = TeacherConfig(**dict(cfg.algorithm.get("teacher") or {"weights": "none"}))
+        tconf = teacher_config(cfg.algorithm.get("teacher") or {"weights": "none"})
         if self.objective.teacher_signal != "none" and tconf.weights == "none":
             raise ValueError(f"algorithm {cfg.algorithm.name} needs a teacher signal ({self.objective.teacher_signal}) "
                              f"but algorithm.teacher.weights is none; set one of frozen, sync, ema, live")

@@ -29,7 +29,7 @@ def privileged_prompt(item, rng: random.Random) -> str:
         return REFERENCE_TEMPLATE.format(question=item.question, hint=item.answer)
     if kind < 0.7:
         return REFERENCE_TEMPLATE.format(question=item.question, hint=item.solution)
-    return SIBLING_TEMPLATE.format(question=item.question, solution=SOLUTION_TEMPLATE.format(attempt=item.solution), feedback="")
+    return SIBLING_TEMPLATE.format(question=item.question, solution=SOLUTION_TEMPLATE.format(attempt=item.solution))
 
 
 def _sft_batch(processor, items: list, rng: random.Random, hint_share: float):
