@@ -63,3 +63,27 @@ def small_overrides(tmp_path: Path, *extra: str) -> list[str]:
         "train.group_size=4", "train.micro_batch_size=16", "train.eval_every=0", "train.save_every=0",
         "train.progress=false", "rollout.max_new_tokens=12", f"run.dir={tmp_path}", "optim.lr=1e-3", *extra,
     ]
+
+
+_REAL_DATA_REPORT = pytest.StashKey[list]()
+
+
+@pytest.fixture
+def real_data_report(request):
+    """Append a line to the figures printed at the end of the run (agreement with official verdicts on
+    the real benchmark files), so they show in a plain `pytest -q` without `-s`."""
+    lines = request.config.stash.setdefault(_REAL_DATA_REPORT, [])
+
+    def add(line: str) -> None:
+        print(line)
+        lines.append(line)
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = config.stash.get(_REAL_DATA_REPORT, [])
+    if lines:
+        terminalreporter.section("real benchmark files: re-scored vs. official verdicts")
+        for line in lines:
+            terminalreporter.write_line(line)

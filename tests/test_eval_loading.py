@@ -123,9 +123,10 @@ def test_bad_rows_name_benchmark_split_and_row(tmp_path):
 def test_missing_image_file_for_a_path_cell(tmp_path):
     root = fixtures.write_wemath(tmp_path)
     shutil.rmtree(root / "images")
-    rows = get_benchmark("wemath").load(root, "testmini")
-    with pytest.raises(BenchmarkError, match=r"wemath: split 'testmini', row '2steps_1': undecodable image"):
-        get_benchmark("wemath").prompt(rows[0])
+    # At load, before any generation, naming the row and the file it looked for.
+    with pytest.raises(BenchmarkError, match=r"wemath: split 'testmini', row '2steps_1': image 'image_path' "
+                       r"missing: no file at .*images/2steps_1-1\.png.*\(8 more row\(s\) too\)"):
+        get_benchmark("wemath").load(root, "testmini")
 
 
 def test_registry():

@@ -6,6 +6,13 @@ never decodes 10k images. Every loaded row also carries `row["_meta"]`:
 `{"benchmark", "split", "source", "revision", "files"}`; `revision` is the hub commit sha when read
 from the hub, else the `revision=` argument, a `REVISION` file in the folder, the snapshot sha of an
 HF cache path, or a fingerprint of the data files (`local-<sha1 of names and sizes>`).
+
+Image cells that hold only a path (the official repositories' json/jsonl layouts: MATH-V `image`,
+MathVista `image`, We-Math `image_path`) are resolved at load time against the data file's folder,
+then the folder above it (MATH-V keeps `data/` beside `images/`), then the folder passed as source.
+A file found nowhere is a `BenchmarkError` naming the row and the path, so that a model is never
+evaluated text-only by accident; `allow_missing_images=True` turns it into one warning with a count
+and leaves those rows without an image (`_meta["missing_images"]` holds the count).
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +97,8 @@ class LazyImage:
 
 
 def to_lazy(cell: Any, base_dir: Path | None, benchmark: str, split: str | None, row_id: Any) -> Any:
-    """Wrap one image cell; None stays None; a bare string is a path relative to the data file."""
+    """Wrap one image cell; None stays None; a bare string is a path (joined to `base_dir` when
+    relative and a base is given)."""
     if cell is None or isinstance(cell, LazyImage):
         return cell
     if isinstance(cell, dict):
@@ -102,6 +111,7 @@ def to_lazy(cell: Any, base_dir: Path | None, benchmark: str, split: str | None,
         # A PIL image (e.g. from a `datasets` object handed in directly): keep it, it is already decoded.
         return cell
     if data is None and path and base_dir is not None and not os.path.isabs(path):
+        # Only where the cell is read later without `load_rows` resolving it (that one does its own).
         path = str(base_dir / path)
     return LazyImage(data, path, benchmark, split, row_id)
 
@@ -228,6 +238,26 @@ def _load_hub(benchmark: str, source: str, split: str, revision: str | None, con
         ) from exc
 
 
+def _path_candidates(path: str, base: Path | None, root: Path | None) -> list[Path]:
+    if os.path.isabs(path):
+        return [Path(path)]
+    dirs: list[Path] = []
+    for d in (base, base.parent if base is not None else None, root):
+        if d is not None and d not in dirs:
+            dirs.append(d)
+    return [d / path for d in dirs] or [Path(path)]
+
+
+def _resolve_path_image(img: LazyImage, raw_path: str, base: Path | None, root: Path | None) -> list[Path] | None:
+    """Point a path-only LazyImage at the first existing candidate; the candidates tried if none exists."""
+    candidates = _path_candidates(raw_path, base, root)
+    for cand in candidates:
+        if cand.is_file():
+            img.path = str(cand)
+            return None
+    return candidates
+
+
 def load_rows(
     benchmark: str,
     source: str | os.PathLike,
@@ -239,14 +269,23 @@ def load_rows(
     image_fields: Iterable[str] = (),
     list_image_fields: Iterable[str] = (),
     hub_configs: list[str] | None = None,
+    image_paths: Mapping[str, str] | None = None,
+    require_image: str | None = None,
+    allow_missing_images: bool = False,
 ) -> list[dict]:
-    """Rows of one split, from a local folder/file or a hub id; image cells wrapped lazily."""
+    """Rows of one split, from a local folder/file or a hub id; image cells wrapped lazily.
+
+    `image_paths` maps an image field to a path field read when the image field is absent or empty
+    (`{"decoded_image": "image"}`: the hub parquet has the bytes, the official jsonl only the path).
+    `require_image` names a field every row must have an image in. Path-only images must exist on
+    disk (see the module docstring); `allow_missing_images` makes a missing one a warning."""
     valid_splits = list(valid_splits)
     if split not in valid_splits:
         raise BenchmarkError(benchmark, split, None, f"unknown split; valid: {', '.join(valid_splits)}")
     src = str(source)
     path = Path(src).expanduser()
     base_dirs: list[Path | None]
+    root: Path | None = None
     if path.exists():
         files = [path] if path.is_file() else _split_files(path, split)
         if not files:
@@ -266,6 +305,8 @@ def load_rows(
         raise BenchmarkError(benchmark, split, None, f"local path {src!r} does not exist")
 
     meta = {"benchmark": benchmark, "split": split, "source": src, "revision": rev, "files": file_names}
+    image_paths = dict(image_paths or {})
+    missing: list[tuple[Any, str, str]] = []  # (row id, field, what was looked for)
     out = []
     for row, base in zip(raw, base_dirs):
         if not isinstance(row, dict):
@@ -273,14 +314,48 @@ def load_rows(
         rid = row.get(id_field)
         if rid is None:
             raise BenchmarkError(benchmark, split, None, f"a row has no {id_field!r} field")
+        for name, path_field in image_paths.items():
+            cell = row.get(name)
+            empty = cell is None or (isinstance(cell, dict) and cell.get("bytes") is None and not cell.get("path"))
+            if empty and isinstance(row.get(path_field), str) and row[path_field].strip():
+                row[name] = row[path_field].strip()
         for name in image_fields:
             if name in row:
-                row[name] = to_lazy(row[name], base, benchmark, split, rid)
+                row[name] = to_lazy(row[name], None, benchmark, split, rid)
         for name in list_image_fields:
             if row.get(name) is not None:
-                row[name] = [to_lazy(c, base, benchmark, split, rid) for c in row[name]]
+                row[name] = [to_lazy(c, None, benchmark, split, rid) for c in row[name]]
+        row_missing = False
+        for name in (*image_fields, *list_image_fields):
+            cells = row.get(name)
+            for cell in cells if isinstance(cells, list) else [cells]:
+                if isinstance(cell, LazyImage) and cell.data is None and cell.path:
+                    tried = _resolve_path_image(cell, cell.path, base, root)
+                    if tried is not None:
+                        missing.append((rid, name, "no file at " + " or ".join(str(t) for t in tried)))
+                        row[name] = [] if isinstance(cells, list) else None
+                        row_missing = True
+                        break
+        if require_image is not None and row.get(require_image) is None and not row_missing:
+            fields = [require_image, *(p for n, p in image_paths.items() if n == require_image)]
+            missing.append((rid, require_image, f"the row has no {' or '.join(map(repr, fields))} field"))
         row["_meta"] = meta
         out.append(row)
+    if missing:
+        rid, name, what = missing[0]
+        more = f" ({len(missing) - 1} more row(s) too)" if len(missing) > 1 else ""
+        if not allow_missing_images:
+            raise BenchmarkError(
+                benchmark, split, rid,
+                f"image {name!r} missing: {what}{more}; put the image files where the data file says, "
+                "or pass allow_missing_images=True to evaluate those rows without their image",
+            )
+        warnings.warn(
+            f"{benchmark}: split {split!r}: {len(missing)} of {len(out)} rows have no image and are prompted "
+            f"text-only (allow_missing_images=True); first: row {rid!r}, {name!r}: {what}",
+            stacklevel=3,
+        )
+    meta["missing_images"] = len(missing)
     return out
 
 

@@ -108,12 +108,14 @@ def symbolic_value(s: str) -> int | float | None:
 
 # ----------------------------------------------------------------------------- answers without the worker
 
-_PLAIN_INT = re.compile(r"-?\d{1,15}")
-_PLAIN_DEC = re.compile(r"-?\d+\.\d+")
+# ASCII digits only: `\d` also matches other scripts' digits (Arabic-Indic, full-width), which Python's
+# int()/float() read as numbers but latex2sympy's grammar does not, so the official value is an error.
+_PLAIN_INT = re.compile(r"-?[0-9]{1,15}")
+_PLAIN_DEC = re.compile(r"-?[0-9]+\.[0-9]+")
 
 
 def quick_value(s: str) -> tuple[bool, int | float | None]:
-    """(known, value) for strings whose latex2sympy value is certain without running it: integers
+    """(known, value) for strings whose latex2sympy value is certain without running it: ASCII integers
     (sympy Integer), decimals with at most 15 significant digits (a 53-bit sympy Float prints them back
     to the same double) and single letters (a Symbol, or E for "e": not a `math` name, so an error)."""
     if _PLAIN_INT.fullmatch(s):

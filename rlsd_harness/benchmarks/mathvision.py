@@ -48,8 +48,17 @@ _LMMS_COT = 'Please solve the problem step by step and put your answer in one "\
 _FLAGS = ("the final answer is", "the answer is", "the correct answer is", "the answer should be")
 
 
-def load(source: str, split: str = "test", revision: str | None = None) -> list[dict]:
-    rows = load_rows(NAME, source, split, revision, valid_splits=SPLITS, id_field="id", image_fields=("decoded_image",))
+def load(
+    source: str, split: str = "test", revision: str | None = None, *, allow_missing_images: bool = False
+) -> list[dict]:
+    """Rows from the hub parquet (`decoded_image` bytes) or the official repository's jsonl (`image`,
+    a path relative to the repository root, beside `data/`). A row without its image file is an error
+    unless `allow_missing_images` (then a warning and a text-only prompt for that row)."""
+    rows = load_rows(
+        NAME, source, split, revision, valid_splits=SPLITS, id_field="id", image_fields=("decoded_image",),
+        image_paths={"decoded_image": "image"}, require_image="decoded_image",
+        allow_missing_images=allow_missing_images,
+    )
     for row in rows:
         _gold_pair(row)
         require(NAME, row, ("question", "level", "subject"), "id")

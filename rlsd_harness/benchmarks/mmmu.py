@@ -67,11 +67,14 @@ _OPEN_PROMPT = "Answer the question using a single word or phrase."
 _IMAGE_TAG = re.compile(r"<image (\d+)>")
 
 
-def load(source: str, split: str = "validation", revision: str | None = None) -> list[dict]:
-    """Rows of `split` (all 30 subject configs together) from a local folder or `MMMU/MMMU`."""
+def load(
+    source: str, split: str = "validation", revision: str | None = None, *, allow_missing_images: bool = False
+) -> list[dict]:
+    """Rows of `split` (all 30 subject configs together) from a local folder or `MMMU/MMMU`. An image
+    cell that names a file which does not exist is an error unless `allow_missing_images`."""
     rows = load_rows(
         NAME, source, split, revision, valid_splits=SPLITS, id_field="id",
-        image_fields=IMAGE_FIELDS, hub_configs=SUBJECTS,
+        image_fields=IMAGE_FIELDS, hub_configs=SUBJECTS, allow_missing_images=allow_missing_images,
     )
     for row in rows:
         require(NAME, row, ("question", "options", "answer", "question_type"), "id")

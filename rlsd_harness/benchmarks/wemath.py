@@ -44,8 +44,16 @@ _REQUIREMENT = (
 )
 
 
-def load(source: str, split: str = "testmini", revision: str | None = None) -> list[dict]:
-    rows = load_rows(NAME, source, split, revision, valid_splits=SPLITS, id_field="ID", image_fields=("image_path",))
+def load(
+    source: str, split: str = "testmini", revision: str | None = None, *, allow_missing_images: bool = False
+) -> list[dict]:
+    """Rows of `testmini.json` / `.jsonl` / parquet; `image_path` is relative to the data file's folder
+    (`2steps/image/1-1.png` in the official repository). A missing image file is an error unless
+    `allow_missing_images` (then a warning and a text-only prompt for that row)."""
+    rows = load_rows(
+        NAME, source, split, revision, valid_splits=SPLITS, id_field="ID", image_fields=("image_path",),
+        require_image="image_path", allow_missing_images=allow_missing_images,
+    )
     for row in rows:
         require(NAME, row, ("key", "question", "option", "answer"), "ID")
     return rows
