@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import mathvision, mathvista, wemath
-from benchmarks._common import BenchmarkError
-from benchmarks._symbolic import quick_value
+from rlsd_harness.benchmarks import mathvision, mathvista, wemath
+from rlsd_harness.benchmarks._common import BenchmarkError
+from rlsd_harness.benchmarks._symbolic import quick_value
 
 
 def _image(path: Path, size=(9, 7), fmt="JPEG") -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import mathvision, mathvista, mmmu, wemath
-from benchmarks._common import BenchmarkError
+from rlsd_harness.benchmarks import mathvision, mathvista, mmmu, wemath
+from rlsd_harness.benchmarks._common import BenchmarkError
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real-benchmarks"
 pytestmark = [
