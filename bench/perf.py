@@ -102,11 +102,12 @@ class Ours:
         t0 = time.perf_counter()
         m = self.trainer.step()
         wall = time.perf_counter() - t0
-        rec = {k[len("step/time/"):]: v for k, v in m.items() if k.startswith("step/time/") and k != "step/time/step"}
+        rec = {k[len("ledger/step/time/"):]: v for k, v in m.items()
+               if k.startswith("ledger/step/time/") and k != "ledger/step/time/step"}
         rec["other"] = wall - sum(rec.values())  # metrics, batch assembly, advantage computation outside phases
         rec["step"] = wall
-        rec["tokens"] = m["step/tokens/generated"]
-        rec["mean_reward"] = m["reward"]
+        rec["tokens"] = m["ledger/step/tokens/generated"]
+        rec["mean_reward"] = m["rollout/reward"]
         self.steps.append(rec)
 
 
