@@ -85,6 +85,7 @@ DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
 _METADATA_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _IMAGE_TAG = re.compile(r"<image\s*\d*>")
+KEY_COLUMN = "__key__"  # a {key: row} json file's keys; the id of last resort
 
 
 def _resolve_fields(columns: list[str], schema: str, overrides: dict[str, Any], where: str) -> dict[str, Any]:
@@ -108,6 +109,8 @@ def _resolve_fields(columns: list[str], schema: str, overrides: dict[str, Any], 
     for alt in SCHEMAS[schema]:
         spec = {**alt, **{k: v for k, v in overrides.items() if v is not None}}
         fields = {k: pick(spec[k]) for k in FIELDS}
+        if fields["id"] is None and KEY_COLUMN in have:
+            fields["id"] = KEY_COLUMN
         missing = [k for k in REQUIRED if fields[k] is None]
         # A field the user named must exist: silently falling back would train on the wrong column.
         missing += [k for k in overrides if overrides[k] is not None and fields[k] is None and k not in missing]
@@ -168,15 +171,11 @@ def _json_rows(path: Path, where: str) -> list[dict] | None:
         head = f.read(4096).lstrip()
     if not head.startswith(b"{"):
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        _diagnose_json(path, where)
-        raise
+    data = json.loads(path.read_text(encoding="utf-8"))
     if not all(isinstance(v, dict) for v in data.values()):
         raise DataError(f"{where}: {path} is a JSON object whose values are not all rows (objects); "
                         "expected a list of rows or a {id: row} mapping")
-    return [dict(v) if "id" in v else {"id": k, **v} for k, v in data.items()]
+    return [{KEY_COLUMN: k, **v} for k, v in data.items()]
 
 
 def _open_file(path: Path, where: str, cache_dir: str | None):
@@ -202,16 +201,19 @@ def _open_file(path: Path, where: str, cache_dir: str | None):
                 raise DataError(f"{where}: {path} is not a readable parquet file ({exc})") from None
             builder = "parquet"
         else:
+            # pyarrow's json reader neither checks UTF-8 nor rejects a line that is not an object, so the
+            # text is checked first (one streaming pass), and a bad line is named with its number.
+            _diagnose_json(path, where)
             if path.suffix == ".json":
                 rows = _json_rows(path, where)
                 if rows is not None:
-                    return datasets.Dataset.from_list(rows)
+                    names = list(dict.fromkeys(k for r in rows for k in r))  # rows may lack optional keys
+                    return datasets.Dataset.from_dict({k: [r.get(k) for r in rows] for k in names},
+                                                      on_mixed_types="use_json")
             builder = "json"
         try:
             return datasets.load_dataset(builder, data_files=[str(path)], split="train", cache_dir=cache_dir)
         except Exception as exc:
-            if builder == "json":
-                _diagnose_json(path, where)
             raise DataError(f"{where}: {path} could not be read as {builder} ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
@@ -453,10 +455,15 @@ class LocalData:
     def __init__(self, path: Any, seed: int = 0, test_path: Any = None, require_image: bool = True, *,
                  schema: str = "mmfinereason", fields: dict[str, Any] | None = None, split: str = "train",
                  test_split: str = "test", config: str | None = None, revision: str | None = None,
-                 cache_dir: str | None = None, where: str = "data.path") -> None:
+                 cache_dir: str | None = None, image_root: str | None = None, where: str = "data.path") -> None:
         self.seed, self.where, self.require_image = seed, where, require_image
         self.source = path
         parts = _open_source(path, where, split, config, revision, cache_dir)
+        if image_root is not None:
+            if not Path(image_root).is_dir():
+                raise DataError(f"data.image_root {image_root} is not a folder")
+            for p in parts:
+                p.base = Path(image_root)
         columns = list(parts[0].ds.column_names)
         for p in parts[1:]:
             if list(p.ds.column_names) != columns:
@@ -483,7 +490,7 @@ class LocalData:
         if test_path is not None:
             self.test = LocalData(test_path, seed, None, require_image, schema=schema, fields=fields,
                                   split=test_split, config=config, revision=revision, cache_dir=cache_dir,
-                                  where="data.test_path")
+                                  image_root=image_root, where="data.test_path")
 
     def __len__(self) -> int:
         return self._len
@@ -497,7 +504,7 @@ class LocalData:
         first `max_listed` named."""
         f = self.fields
         problems: list[tuple[int, str]] = []
-        total = 0
+        total, missing_files = 0, 0
 
         def bad(index: int, rid: Any, field_: str, what: str, label: str) -> None:
             nonlocal total
@@ -517,8 +524,10 @@ class LocalData:
                     rid = batch[f["id"]][j] if f["id"] else part.start + i
                     ids.append(rid)
                     q = batch[f["question"]][j]
-                    if not isinstance(q, str) or not _IMAGE_TAG.sub("", q).strip():
-                        bad(part.start + i, rid, "question", "is missing or empty" if not q else f"is a {type(q).__name__}, not text", part.label)
+                    if q is not None and not isinstance(q, str):
+                        bad(part.start + i, rid, "question", f"is a {type(q).__name__}, not text", part.label)
+                    elif not q or not _IMAGE_TAG.sub("", q).strip():
+                        bad(part.start + i, rid, "question", "is missing or empty", part.label)
                     a = batch[f["answer"]][j]
                     if _answer_text(a) is None:
                         if isinstance(a, list | tuple):
@@ -539,6 +548,7 @@ class LocalData:
                     elif path is not None:
                         full = Path(path) if part.base is None or os.path.isabs(path) else part.base / path
                         if not full.is_file():
+                            missing_files += 1
                             bad(part.start + i, ids[i], "images", f"(column {col!r}): image file {full} does not exist", part.label)
             if self.require_image and img_cols:
                 for i in np.flatnonzero(n_images == 0):
@@ -546,6 +556,9 @@ class LocalData:
         if total:
             listed = [msg for _, msg in sorted(problems)[:max_listed]]
             more = f"\n  ... and {total - len(listed)} more" if total > len(listed) else ""
+            if missing_files:
+                more += ("\n  (relative image paths start at the data file's folder, or at data.image_root when "
+                         "it is set)")
             raise DataError(f"{self.where}: {total} bad row(s); nothing is dropped silently, fix or remove them:\n  "
                             + "\n  ".join(listed) + more)
 
@@ -614,5 +627,5 @@ def build_data(cfg: Any, seed: int):
         return LocalData(cfg.path, seed=seed, test_path=cfg.get("test_path"), require_image=cfg.get("require_image", True),
                          schema=cfg.get("schema") or "mmfinereason", fields=fields, split=cfg.get("split") or "train",
                          test_split=cfg.get("test_split") or "test", config=cfg.get("config"),
-                         revision=cfg.get("revision"), cache_dir=cfg.get("cache_dir"))
+                         revision=cfg.get("revision"), cache_dir=cfg.get("cache_dir"), image_root=cfg.get("image_root"))
     raise KeyError(f"unknown data {cfg.name!r}; valid: embedded, local")
