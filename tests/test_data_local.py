@@ -333,3 +333,16 @@ def test_a_bad_data_file_stops_the_run_before_its_folder_exists(tmp_path, tiny_d
     with pytest.raises(DataError, match="row 0 .*is a list"):
         run(cfg, log=lambda m: None)
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+def test_a_run_trains_on_local_rows(tmp_path, tiny_dir):
+    from harness.train import compose_config, run
+    from tests.conftest import small_overrides
+
+    path = _rows_with_images(tmp_path, 6)
+    cfg = compose_config(small_overrides(tmp_path / "runs", "data=local", f"data.path={path}", "data.verifier=parity",
+                                         "run.name=local", "train.steps=2", "train.prompts_per_step=4"))
+    run_dir = run(cfg, log=lambda m: None)
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in lines if m["rollout_step"] > 0]  # the step-0 line is the untrained policy's record
+    assert [m["rollout_step"] for m in steps] == [1, 2] and all(0 <= m["reward"] <= 1 for m in steps)
