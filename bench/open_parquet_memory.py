@@ -2,7 +2,7 @@
 
 Writes a synthetic parquet of 123,000 rows (MMFineReason-SFT-123K's row count) in the Hugging Face Image
 layout, each row with one small PNG (a handful of distinct noise images of a few KB, stored uncompressed
-and without dictionary encoding, as real photographs would be), opens it with `harness.data.LocalData`,
+and without dictionary encoding, as real photographs would be), opens it with `rlsd_harness.data.LocalData`,
 reads a few rows, and reports the peak resident memory above the process's baseline. Each open runs in a
 fresh process: the first converts the parquet into the `datasets` cache (as every first run does), the
 second maps the cached copy (every later run).
@@ -75,7 +75,7 @@ def _measure(path: str, cache: str) -> dict:
     import psutil
 
     sys.path.insert(0, str(REPO))
-    from harness.data import LocalData
+    from rlsd_harness.data import LocalData
 
     # Open a 2-row file first: the modules `datasets` imports on its first load are not data.
     warm = Path(cache).parent / "warm-up.parquet"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness.data import DataError, LocalData
+from rlsd_harness.data import DataError, LocalData
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "real-benchmarks"
 
@@ -324,7 +324,8 @@ def test_test_path_problems_name_data_test_path(tmp_path):
 
 
 def test_a_bad_data_file_stops_the_run_before_its_folder_exists(tmp_path, tiny_dir):
-    from harness.train import compose_config, run
+    from rlsd_harness.config import compose_config
+    from rlsd_harness.training.run import run
     from tests.conftest import small_overrides
 
     bad = _write_jsonl(tmp_path / "rows.jsonl", [{"question": "Q", "images": [], "answer": ["1", "2"]}])
@@ -336,7 +337,8 @@ def test_a_bad_data_file_stops_the_run_before_its_folder_exists(tmp_path, tiny_d
 
 
 def test_a_run_trains_on_local_rows(tmp_path, tiny_dir):
-    from harness.train import compose_config, run
+    from rlsd_harness.config import compose_config
+    from rlsd_harness.training.run import run
     from tests.conftest import small_overrides
 
     path = _rows_with_images(tmp_path, 6)
