@@ -138,11 +138,11 @@ def test_local_data_rows_are_validated(tmp_path):
 
     bad = tmp_path / "rows.jsonl"
     bad.write_text(json.dumps({"id": "q7", "problem": "What?", "answer": "3"}) + "\n")
-    with pytest.raises(ValueError, match="row q7 has no image"):
-        LocalData(str(bad))
+    with pytest.raises(ValueError, match="no image column"):
+        LocalData(str(bad), cache_dir=str(tmp_path / "cache"))
     bad.write_text(json.dumps({"id": "q8", "problem": "What?", "images": ["x.png"]}) + "\n")
-    with pytest.raises(ValueError, match="row q8 has no 'answer'"):
-        LocalData(str(bad))
+    with pytest.raises(ValueError, match="no column for answer"):
+        LocalData(str(bad), cache_dir=str(tmp_path / "cache"))
 
 
 def test_token_budget_micro_batches_change_nothing(tmp_path, tiny_dir):
