@@ -583,7 +583,9 @@ def _bench_trl(cfg: Any, model_dir: Path, result: Path, settings: dict, work: Pa
                    "peak_allocated_gib": _gib(torch.cuda.max_memory_allocated()),
                    "peak_reserved_gib": _gib(torch.cuda.max_memory_reserved())}
             steps.append(rec)
-            note = "HF Trainer bf16 autocast over fp32 weights, adamw_torch (ours: DeepSpeed ZeRO-2 bf16)"
+            note = ("HF Trainer bf16 autocast over fp32 weights, adamw_torch, gradient checkpointing "
+                    f"{'on' if args.gradient_checkpointing else 'off'} (GRPOConfig's default); ours: DeepSpeed "
+                    "ZeRO-2 bf16, no gradient checkpointing")
             _write(result, "PASS" if len(steps) > 1 else "FAIL", _bench_summary("trl", rec, len(steps) == 1),
                    settings={**settings, "trl": note}, steps=steps)
 
