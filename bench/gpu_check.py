@@ -39,23 +39,23 @@ PY = sys.executable
 # ------------------------------------------------------------------------------------------------------------
 # Everything the check calls by name: the one place to update when modules, functions or tests are renamed.
 NAMES = {
-    "compose_config": "harness.train:compose_config",
-    "run": "harness.train:run",
-    "shutdown": "harness.dist:shutdown",
-    "objective_names": "algorithms:objective_names",
-    "policy_path": "harness.warmup:policy_path",
-    "build_data": "harness.data:build_data",
-    "Trainer": "harness.trainer:Trainer",
-    "load_model": "harness.models:load_model",
-    "load_processor": "harness.models:load_processor",
-    "models": "harness.models",  # ARCHS, build_config, build_processor, train_tokenizer
-    "embedded": "benchmarks.embedded",
-    "build_trl": "harness.perf:build_trl",
-    "trl_timer": "harness.perf:_PhaseTimer",
-    "verifiers": "harness.verifier:VERIFIERS",
+    "compose_config": "rlsd_harness.config:compose_config",
+    "run": "rlsd_harness.training.run:run",
+    "shutdown": "rlsd_harness.dist:shutdown",
+    "objective_names": "rlsd_harness.algorithms:objective_names",
+    "policy_path": "rlsd_harness.training.warmup:policy_path",
+    "build_data": "rlsd_harness.data:build_data",
+    "Trainer": "rlsd_harness.training.trainer:Trainer",
+    "load_model": "rlsd_harness.models:load_model",
+    "load_processor": "rlsd_harness.models:load_processor",
+    "models": "rlsd_harness.models",  # ARCHS, build_config, build_processor, train_tokenizer
+    "embedded": "rlsd_harness.benchmarks.embedded",
+    "build_trl": "bench.perf:build_trl",
+    "trl_timer": "bench.perf:_PhaseTimer",
+    "verifiers": "rlsd_harness.verifier:VERIFIERS",
     "parity": "tests.ds_worker:Parity",  # test-only verifier: mixed rewards even for a random model
     "small_overrides": "tests.conftest:small_overrides",
-    "objective_registry": "algorithms.registry:get_objective_class",
+    "objective_registry": "rlsd_harness.algorithms.registry:get_objective_class",
 }
 PYTEST = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts="]
 TESTS = {

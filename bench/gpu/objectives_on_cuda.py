@@ -56,7 +56,7 @@ def pytest_configure(config) -> None:
 
     if not torch.cuda.is_available():
         return
-    from algorithms import get_objective_class, objective_names
+    from rlsd_harness.algorithms import get_objective_class, objective_names
 
     for name in objective_names():
         cls = get_objective_class(name)
