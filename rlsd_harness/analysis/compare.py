@@ -1,9 +1,20 @@
 """`rlsd-compare experiment=embedded`: methods x seeds from one experiment file, each trained to the
 same compute budget from the same base policy, compared at matched budget points.
 
-Runs land in results/<experiment>/runs/<method>-s<seed>/. Finished runs are not rerun; an interrupted run
-resumes from its last checkpoint; a run that fails is recorded (failed.json) and shown as failed in the table.
-The report (tables, plots, README) is rebuilt from the run folders at the end, by `harness.report`.
+With a `tuning:` section the tuning arms run first: every method's grid (the same number of points for
+each) at the tuning seeds and the short tuning budget, evaluated on the validation split, into
+<out>/tuning/runs/<label>-s<seed>/; the picks (config.PICK_RULE) go to tuning.csv, tuning.md and
+picks.json, and the reported runs then train at the picked values and are evaluated on the test split.
+The validation split never enters the tables and the test split never enters a pick.
+
+Runs land in <out>/runs/<method>-s<seed>/. Finished runs are not rerun; an interrupted run resumes from its
+last checkpoint; a run that fails is recorded (failed.json) and counted as failed in the tables. The report
+(tables, plots, README) is rebuilt from the run folders at the end (analysis/report.py).
+
+Results are never overwritten: when the default folder results/<experiment>/ holds a finished study
+(meta.json with `finished`, and no failed run or a meta.json committed to git), a rerun writes a fresh
+results/<experiment>-rerun-<timestamp>/ and compares itself with the finished one (compare_with.md); an
+explicit out= naming a finished study is refused.
 """
 
 from __future__ import annotations
@@ -11,15 +22,28 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from rlsd_harness.config import REPO, arms, compose_config, load_experiment, run_overrides
+from rlsd_harness.config import (
+    CONFIG_DIR,
+    REPO,
+    ConfigError,
+    arms,
+    compose_config,
+    experiment_path,
+    load_experiment,
+    run_overrides,
+    tuning_grid,
+    tuning_run_overrides,
+)
 from rlsd_harness.training.run import run
 
 
@@ -35,7 +59,13 @@ def dry_run(exp, name: str, runs_dir: Path, extra: list[str]) -> str:
         cfgs[method], needs_ref[method], needs_teacher[method] = cfg, obj.needs_ref, obj.teacher_signal != "none"
         missing |= {f"{group}.path" for group in ("model", "data") if OmegaConf.is_missing(cfg[group], "path")}
     p = exp.get("plan") or {}
+    grid = tuning_grid(exp, name)
     lines = [f"experiment {name}: {len(arms(exp))} arms x {len(exp.seeds)} seeds -> {runs_dir}", ""]
+    if grid:
+        size = len(next(iter(grid.values())))
+        lines += [f"tuning first: {len(grid)} methods x {size} grid points x {len(exp.tuning.seeds)} seeds = "
+                  f"{len(grid) * size * len(exp.tuning.seeds)} runs at `{' '.join(exp.tuning.get('overrides') or [])}`",
+                  ""]
     if missing:
         lines += [f"to set before launching: {', '.join(sorted(missing))}", ""]
     lines.append(plan(cfgs, needs_ref, needs_teacher, int(exp.get("world_size", 1)), int(p.get("prompt_tokens", 400)),
@@ -43,54 +73,134 @@ def dry_run(exp, name: str, runs_dir: Path, extra: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _git_tracked(path: Path) -> bool:
+    try:
+        r = subprocess.run(["git", "-C", str(path.parent), "ls-files", "--error-unmatch", path.name],
+                           capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return r.returncode == 0
+
+
+def finished_study(folder: Path) -> bool:
+    """A study that must not be touched: meta.json says `finished`, and either no run failed (a failed run
+    is retried by the next invocation) or the meta.json is committed."""
+    meta = Path(folder) / "meta.json"
+    if not meta.exists():
+        return False
+    try:
+        if "finished" not in json.loads(meta.read_text()):
+            return False
+    except json.JSONDecodeError:
+        return False
+    if not any((Path(folder) / "runs").glob("*/failed.json")):
+        return True
+    return _git_tracked(meta)
+
+
+def output_folder(name: str, out: str | Path | None) -> tuple[Path, Path | None]:
+    """Where this invocation writes, and the finished study it is a rerun of (None if it is not one)."""
+    default = REPO / "results" / name
+    if out is not None:
+        target = Path(out)
+        if finished_study(target):
+            raise ConfigError(f"out={target} holds a finished study (meta.json finished); results are never "
+                              f"overwritten: give a new out= folder, or leave out= unset for a fresh "
+                              f"results/{name}-rerun-<timestamp>/ (rlsd-report folder={target} rebuilds its tables)")
+        return target, (default if finished_study(default) and target.resolve() != default.resolve() else None)
+    if finished_study(default):
+        return REPO / "results" / f"{name}-rerun-{time.strftime('%Y%m%d-%H%M%S')}", default
+    return default, None
+
+
+def _train(run_dir: Path, overrides: list[str], log: Callable[[str], None]) -> None:
+    """One run of the matrix: skipped when finished, resumed from its last checkpoint, recorded when it fails."""
+    if (run_dir / "final" / "config.json").exists():
+        return
+    state = ["run.resume=true"] if any((run_dir / "checkpoints").glob("step-*")) else ["run.overwrite=true"]
+    (run_dir / "failed.json").unlink(missing_ok=True)
+    try:
+        run(compose_config(overrides + state + ["train.progress=false"]), log)
+    except Exception as e:  # a failed run is reported, not dropped, and the matrix goes on
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "failed.json").write_text(json.dumps({"error": f"{type(e).__name__}: {e}",
+                                                         "traceback": traceback.format_exc()}))
+        log(f"{run_dir.name} failed: {e}")
+
+
 def compare(name: str = "embedded", out: str | Path | None = None, overrides: list[str] | None = None,
             dry: bool = False) -> Path | str:
-    """Run (or continue) experiment `name` into `out` (default results/<name>) and write its report; returns
-    the folder. With `dry`, only validates every run's configuration and returns the plan as text."""
+    """Run (or continue) experiment `name` into `out` (default results/<name>, or a fresh rerun folder when
+    that holds a finished study) and write its report; returns the folder. With `dry`, only validates every
+    run's configuration and returns the plan as text."""
     from tqdm.auto import tqdm
 
     from rlsd_harness import dist
-    from rlsd_harness.analysis.report import write_report
+    from rlsd_harness.analysis.report import write_comparison, write_json, write_report, write_tuning
 
     extra = list(overrides or [])
     exp = load_experiment(name)
-    out = Path(out) if out else REPO / "results" / name
-    runs_dir = out / "runs"
+    path = experiment_path(name)  # an experiment file outside config/experiment/ is recorded for rlsd-report
+    source, name = (None if path.parent == CONFIG_DIR / "experiment" else str(path.resolve())), path.stem
+    grid = tuning_grid(exp, name)
+    target, previous = output_folder(name, out)
+    runs_dir, tuning_dir = target / "runs", target / "tuning" / "runs"
+    tuning_jobs = [(pt, s) for points in grid.values() for pt in points for s in exp.tuning.seeds]
     jobs = [(m, s) for m in arms(exp) for s in exp.seeds]
-    for m, s in jobs:  # validate every configuration before spending any compute
-        compose_config(run_overrides(exp, m, s, runs_dir, extra))
+    # every configuration is validated before any compute is spent; the test runs with a stand-in pick
+    for pt, s in tuning_jobs:
+        compose_config(tuning_run_overrides(exp, pt, s, tuning_dir, extra))
+    for m, s in jobs:
+        stand_in = list(grid[arms(exp)[m][0]][0].overrides) if grid else []
+        compose_config(run_overrides(exp, m, s, runs_dir, extra, stand_in))
     if dry:
         return dry_run(exp, name, runs_dir, extra)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    target.mkdir(parents=True, exist_ok=True)
     log = lambda msg: tqdm.write(msg, file=sys.stderr)  # noqa: E731
-    bar = tqdm(jobs, desc=f"{name}: methods x seeds", unit="run", position=0, dynamic_ncols=True)
-    for method, seed in bar:
-        run_dir = runs_dir / f"{method}-s{seed}"
-        bar.set_postfix(run=run_dir.name)
-        if (run_dir / "final" / "config.json").exists():
-            continue
-        state = ["run.resume=true"] if any((run_dir / "checkpoints").glob("step-*")) else ["run.overwrite=true"]
-        (run_dir / "failed.json").unlink(missing_ok=True)
+    if previous is not None:
+        log(f"{previous} holds a finished study; this run writes {target} and compares itself with it")
+    started = time.time()
+    bar = tqdm(total=len(tuning_jobs) + len(jobs), desc=f"{name}: {'tuning + ' if grid else ''}methods x seeds",
+               unit="run", position=0, dynamic_ncols=True)
+    for pt, seed in tuning_jobs:
+        bar.set_postfix(run=f"tuning/{pt.label}-s{seed}")
+        _train(tuning_dir / f"{pt.label}-s{seed}", tuning_run_overrides(exp, pt, seed, tuning_dir, extra), log)
+        bar.update(1)
+    picks: dict[str, dict] = {}
+    if grid:
+        old_picks = json.loads((target / "picks.json").read_text())["picks"] if (target / "picks.json").exists() else None
         try:
-            run(compose_config(run_overrides(exp, method, seed, runs_dir, extra) + state + ["train.progress=false"]), log)
-        except Exception as e:  # a failed run is reported, not dropped, and the matrix goes on
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "failed.json").write_text(json.dumps({"error": f"{type(e).__name__}: {e}",
-                                                             "traceback": traceback.format_exc()}))
-            log(f"{run_dir.name} failed: {e}")
+            picks = write_tuning(target, exp, grid)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        changed = old_picks is not None and {m: p["overrides"] for m, p in old_picks.items()} != {
+            m: p["overrides"] for m, p in picks.items()}
+        if changed and runs_dir.is_dir() and any(runs_dir.iterdir()):
+            raise ConfigError(f"the tuning picks changed ({old_picks} -> {picks}) but {runs_dir} holds runs trained "
+                              f"at the old picks; give a fresh out= folder")
+        for m, p in picks.items():
+            log(f"tuning pick for {m}: {' '.join(p['overrides'])} (validation mean@k {p['validation_mean']:.3f})")
+    for method, seed in jobs:
+        bar.set_postfix(run=f"{method}-s{seed}")
+        picked = picks[arms(exp)[method][0]]["overrides"] if grid else []
+        _train(runs_dir / f"{method}-s{seed}", run_overrides(exp, method, seed, runs_dir, extra, picked), log)
+        bar.update(1)
+    bar.close()
     dist.shutdown()
-    meta = {"experiment": name, "seconds": time.time() - started,
+    meta = {"experiment": name, "experiment_file": source, "seconds": time.time() - started,
             "machine": f"{platform.platform()}, {os.cpu_count()} CPU cores, no GPU" if not torch.cuda.is_available()
             else f"{platform.platform()}, {torch.cuda.get_device_name()}",
+            "tuning": bool(grid), "rerun_of": str(previous) if previous else None,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    write_json(meta, target / "meta.json")
     rlsd_runs = sorted(p for p in runs_dir.glob("rlsd-s*") if (p / "final" / "config.json").exists())
-    if rlsd_runs and not (out / "credit_rlsd.png").exists():
+    if rlsd_runs and not (target / "credit_rlsd.png").exists():
         from rlsd_harness.analysis.credit import draw, token_weights
 
-        picks = token_weights(rlsd_runs[0])
-        (out / "credit_rlsd.json").write_text(json.dumps(picks, indent=1))
-        draw(picks, out / "credit_rlsd.png")
-    write_report(out, exp, meta)
-    return out
+        picks_w = token_weights(rlsd_runs[0])
+        write_json(picks_w, target / "credit_rlsd.json")
+        draw(picks_w, target / "credit_rlsd.png")
+    if previous is not None:
+        write_comparison(target, previous, exp)
+    write_report(target, exp, meta)
+    return target

@@ -1,5 +1,7 @@
 """`rlsd-report folder=results/embedded`: rebuild a comparison's tables, plots and README from its run folders
-(nothing is trained)."""
+(nothing is trained). `compare_with=<an earlier folder of the same experiment>` also writes compare_with.md /
+.csv: per method and budget point both studies' means, the difference and how many same-seed runs have
+identical per-item records."""
 
 from __future__ import annotations
 
@@ -9,22 +11,38 @@ from pathlib import Path
 from rlsd_harness.cli import run_main, split_args
 from rlsd_harness.config import ConfigError
 
+OWN = {"folder": "a comparison's output folder (required)",
+       "compare_with": "an earlier output folder of the same experiment to compare with (optional)"}
+
+
+def _comparison_folder(value: str, key: str) -> Path:
+    folder = Path(value)
+    if not (folder / "runs").is_dir():
+        raise FileNotFoundError(f"{key}={folder} has no runs/ folder: not a comparison's output")
+    return folder
+
 
 def main(argv: list[str] | None = None) -> None:
-    from rlsd_harness.analysis.report import write_report
+    from rlsd_harness.analysis.report import write_comparison, write_report
     from rlsd_harness.config import load_experiment
 
     def body() -> None:
-        own, _ = split_args(argv, "rlsd-report", __doc__, {"folder": "a comparison's output folder (required)"},
-                            takes_overrides=False)
+        own, _ = split_args(argv, "rlsd-report", __doc__, OWN, takes_overrides=False)
         if "folder" not in own:
             raise ConfigError("folder=<a comparison's output folder> is required; see rlsd-report --help")
-        folder = Path(own["folder"])
-        if not (folder / "runs").is_dir():
-            raise FileNotFoundError(f"{folder} has no runs/ folder: not a comparison's output")
+        folder = _comparison_folder(own["folder"], "folder")
         meta_file = folder / "meta.json"
         meta = json.loads(meta_file.read_text()) if meta_file.exists() else {"experiment": folder.name}
-        write_report(folder, load_experiment(meta["experiment"]), meta)
+        own_file = meta.get("experiment_file")  # an experiment given as a yaml path outside config/experiment/
+        exp = load_experiment(own_file if own_file and Path(own_file).is_file() else meta["experiment"])
+        if "compare_with" in own:
+            old = _comparison_folder(own["compare_with"], "compare_with")
+            old_meta = json.loads((old / "meta.json").read_text()) if (old / "meta.json").exists() else {}
+            if old_meta.get("experiment", meta["experiment"]) != meta["experiment"]:
+                raise ConfigError(f"compare_with={old} is experiment {old_meta['experiment']!r}, folder={folder} is "
+                                  f"{meta['experiment']!r}; compare two runs of one experiment")
+            write_comparison(folder, old, exp)
+        write_report(folder, exp, meta)
         print(f"report in {folder}")
 
     run_main(body)

@@ -9,6 +9,7 @@ folder, `train.yaml` is the root.
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +66,191 @@ def compose_config(overrides: list[str], config_name: str = "train") -> DictConf
     return cfg
 
 
-def load_experiment(name: str) -> DictConfig:
+# Keys an experiment file may have (config/experiment/*.yaml); anything else is a typo.
+EXPERIMENT_KEYS = {
+    "methods": "objectives compared (algorithm configs)",
+    "seeds": "seeds of the reported (test) runs; the same seed pairs runs of two methods",
+    "overrides": "training overrides every run shares",
+    "method_overrides": "per-method training overrides ({method: [key=value, ...]})",
+    "grid": "an ablation grid ({key: [values]}); every method runs at every point",
+    "budget_kind": "flops | tokens | steps | seconds: what the budget points are fractions of",
+    "budget_points": "fractions of train.budget.value where the large test evaluations happen and the tables read",
+    "baseline": "the arm every other arm is compared with (default grpo, else the first arm)",
+    "pairs": "extra comparisons, [[method, baseline], ...]",
+    "delta_points": "the difference (points) the power line sizes the study for (default 3)",
+    "last_k": "the last-K summary: mean of each run's last K budget points (default min(3, points))",
+    "tuning": "fair tuning before the test runs (see tuning_grid)",
+    "world_size": "GPUs the dry-run plan assumes",
+    "plan": "mean lengths the dry-run plan assumes",
+}
+TUNING_KEYS = {
+    "seeds": "seeds of the tuning runs",
+    "split": "the split the picks read (validation: the test split never picks)",
+    "overrides": "training overrides of the tuning runs only (the short budget)",
+    "grid": "per method: {lr: [values], <one more config key>: [values]}, the same number of points for every method",
+}
+PICK_RULE = ("highest mean validation mean@k over the tuning seeds at the last budget point; ties go to the "
+             "smaller learning rate, then to the earlier grid point")
+
+
+def experiment_path(name: str) -> Path:
+    """An experiment of config/experiment/, or a path to one's yaml file (its name is the file's stem)."""
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        return Path(name)
     path = CONFIG_DIR / "experiment" / f"{name}.yaml"
     if not path.exists():
-        raise ConfigError(f"unknown experiment {name!r}; valid: {', '.join(group_choices('experiment'))}")
+        raise ConfigError(f"unknown experiment {name!r}; valid: {', '.join(group_choices('experiment'))} "
+                          f"(or a path to an experiment .yaml file)")
+    return path
+
+
+def experiment_name(name: str) -> str:
+    return experiment_path(name).stem
+
+
+def load_experiment(name: str) -> DictConfig:
+    path = experiment_path(name)
     exp = OmegaConf.load(path)
     for key in ("methods", "seeds", "overrides"):
         if key not in exp:
             raise ConfigError(f"experiment {name}: missing key {key!r}")
+    unknown = sorted(set(exp.keys()) - set(EXPERIMENT_KEYS))
+    if unknown:
+        raise ConfigError(f"experiment {name}: unknown key(s) {unknown}; valid: {', '.join(EXPERIMENT_KEYS)}")
+    check_experiment(exp, name)
     return exp
+
+
+def check_experiment(exp: DictConfig, name: str = "experiment") -> None:
+    """The report and tuning keys of an experiment, checked before any compute is spent."""
+    labels = list(arms(exp))
+    baseline_of(exp, name)
+    for pair in exp.get("pairs") or []:
+        if len(pair) != 2 or any(p not in labels for p in pair):
+            raise ConfigError(f"experiment {name}: pairs entry {list(pair)} must be [method, baseline] of the arms "
+                              f"{labels}")
+    if float(exp.get("delta_points", 3.0)) <= 0:
+        raise ConfigError(f"experiment {name}: delta_points must be > 0 points; got {exp.delta_points}")
+    points = budget_points_of(exp, name)
+    k = exp.get("last_k")
+    if k is not None and not 1 <= int(k) <= len(points):
+        raise ConfigError(f"experiment {name}: last_k must be between 1 and the {len(points)} budget points "
+                          f"{points}; got {k}")
+    for o in [*exp.overrides, *((exp.get("tuning") or {}).get("overrides") or [])]:
+        if o.lstrip("+~").split("=", 1)[0] in ("eval.budget_points", "eval.budget_split"):
+            raise ConfigError(f"experiment {name}: {o!r} in overrides; the experiment's budget_points (and the "
+                              f"tuning split) set it, so that the runs evaluate where the tables read")
+    tuning_grid(exp, name)
+
+
+def budget_points_of(exp: DictConfig, name: str = "experiment") -> list[float]:
+    points = [float(p) for p in exp.get("budget_points", [0.25, 0.5, 0.75, 1.0])]
+    if not points or any(not 0 < p <= 1 for p in points) or points != sorted(set(points)):
+        raise ConfigError(f"experiment {name}: budget_points must be increasing fractions in (0, 1]; got {points}")
+    return points
+
+
+def baseline_of(exp: DictConfig, name: str = "experiment") -> str:
+    """The arm the others are compared with: the experiment's `baseline`, else grpo, else the first arm."""
+    labels = list(arms(exp))
+    base = exp.get("baseline")
+    if base is None:
+        return "grpo" if "grpo" in labels else labels[0]
+    if base not in labels:
+        raise ConfigError(f"experiment {name}: baseline {base!r} is not one of its arms {labels}")
+    return str(base)
+
+
+def pairs_of(exp: DictConfig) -> list[tuple[str, str]]:
+    return [(str(a), str(b)) for a, b in (exp.get("pairs") or [])]
+
+
+@dataclass(frozen=True)
+class TuningPoint:
+    """One point of a method's tuning grid: its run label and the overrides that set it."""
+
+    method: str
+    label: str
+    lr: float
+    values: dict  # config key -> value, lr under algorithm.lr
+    overrides: tuple[str, ...]
+
+
+def _format_value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def tuning_grid(exp: DictConfig, name: str = "experiment") -> dict[str, list[TuningPoint]]:
+    """method -> its tuning grid, or {} without a `tuning:` section. Every method of the experiment gets a
+    grid of the same size: a learning-rate list (`lr`, set as algorithm.lr so that it wins over a method's
+    own default) and at most one more config key. The grids are run at the tuning seeds with the tuning
+    overrides (the short budget) and picked on the validation split by PICK_RULE."""
+    t = exp.get("tuning")
+    if not t:
+        return {}
+    where = f"experiment {name}: tuning"
+    unknown = sorted(set(t.keys()) - set(TUNING_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid: {', '.join(TUNING_KEYS)}")
+    if exp.get("grid"):
+        raise ConfigError(f"experiment {name}: tuning and an ablation grid cannot be combined; drop one of them")
+    if str(t.get("split", "validation")) != "validation":
+        raise ConfigError(f"{where}.split must be validation (the test split reports, it never picks); got {t.split!r}")
+    if not list(t.get("seeds") or []):
+        raise ConfigError(f"{where}.seeds: give at least one seed")
+    grid = t.get("grid") or {}
+    methods = [str(m) for m in exp.methods]
+    if sorted(grid) != sorted(methods):
+        raise ConfigError(f"{where}.grid must have one entry per method {methods}; it has {sorted(grid)}")
+    out: dict[str, list[TuningPoint]] = {}
+    for m in methods:
+        spec = dict(grid[m])
+        lrs = list(spec.pop("lr", None) or [])
+        if not lrs or any(not isinstance(v, (int, float)) or v <= 0 for v in lrs):
+            raise ConfigError(f"{where}.grid.{m}.lr must be a list of positive learning rates; got {lrs}")
+        if len(spec) > 1:
+            raise ConfigError(f"{where}.grid.{m}: lr and at most one more key; got {sorted(spec)}")
+        knob, values = (next(iter(spec.items())) if spec else (None, [None]))
+        values = list(values)
+        if not values:
+            raise ConfigError(f"{where}.grid.{m}.{knob}: give at least one value")
+        points = []
+        for lr, v in itertools.product(lrs, values):
+            vals: dict[str, Any] = {"algorithm.lr": float(lr)}
+            label = f"{m}-lr{_format_value(float(lr))}"
+            if knob is not None:
+                vals[str(knob)] = v
+                label += f"-{str(knob).rsplit('.', 1)[-1]}{_format_value(v)}"
+            points.append(TuningPoint(m, label, float(lr), vals,
+                                      tuple(f"{k}={_format_value(x)}" for k, x in vals.items())))
+        out[m] = points
+    sizes = {m: len(p) for m, p in out.items()}
+    if len(set(sizes.values())) > 1:
+        raise ConfigError(f"{where}.grid: every method gets the same tuning budget, but the grid sizes differ: "
+                          f"{sizes}")
+    return out
+
+
+def _budget_eval_overrides(exp: DictConfig, split: str | None = None) -> list[str]:
+    """The held-out evaluation's budget points follow the experiment's (`++`: the key may be new to the
+    composed config); tuning runs evaluate the validation split at them instead of the test split."""
+    out = []
+    if "budget_points" in exp:
+        out.append(f"++eval.budget_points=[{','.join(_format_value(float(p)) for p in exp.budget_points)}]")
+    if split is not None:
+        out.append(f"++eval.budget_split={split}")
+    return out
+
+
+def tuning_run_overrides(exp: DictConfig, point: TuningPoint, seed: int, runs_dir: Path,
+                         extra: list[str]) -> list[str]:
+    """One tuning run: the experiment's overrides, the method's, the tuning budget, the grid point, the
+    command line's last."""
+    t = exp.tuning
+    return [f"algorithm={point.method}", f"seed={seed}", f"run.dir={runs_dir}", f"run.name={point.label}-s{seed}",
+            *exp.overrides, *_budget_eval_overrides(exp, str(t.get("split", "validation"))),
+            *(exp.get("method_overrides") or {}).get(point.method, []), *(t.get("overrides") or []),
+            *point.overrides, *extra]
 
 
 def arms(exp: DictConfig) -> dict[str, tuple[str, list[str]]]:
@@ -93,11 +270,13 @@ def arms(exp: DictConfig) -> dict[str, tuple[str, list[str]]]:
     return out
 
 
-def run_overrides(exp: DictConfig, arm: str, seed: int, runs_dir: Path, extra: list[str]) -> list[str]:
-    """The overrides of one run of a comparison: the experiment's, then the arm's, then the command line's."""
+def run_overrides(exp: DictConfig, arm: str, seed: int, runs_dir: Path, extra: list[str],
+                  picked: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The overrides of one run of a comparison: the experiment's, then the arm's, then the tuning pick's
+    (`picked`), then the command line's."""
     algorithm, arm_overrides = arms(exp)[arm]
     return [f"algorithm={algorithm}", f"seed={seed}", f"run.dir={runs_dir}", f"run.name={arm}-s{seed}",
-            *exp.overrides, *arm_overrides, *extra]
+            *exp.overrides, *_budget_eval_overrides(exp), *arm_overrides, *picked, *extra]
 
 
 def expand_experiment(overrides: list[str]) -> list[str]:
