@@ -199,6 +199,21 @@ def test_unpaired_power_uses_pooled_sd_and_ttestindpower():
     assert "6 + 4 seeds" in pw.sentence and "seeds per method" in pw.sentence
 
 
+def test_power_with_a_tiny_spread_needs_two_runs():
+    # Per-seed differences with a spread of a fraction of a point against a 3-point delta (effect size
+    # 20-80): statsmodels' noncentral t returns nan power at 2 runs for some of these, where the power is ~1.
+    z = np.array([-1.5, -0.5, 0.5, 1.5])
+    b = np.array([0.40, 0.41, 0.42, 0.43])
+    for sd in np.linspace(0.03 / 20, 0.03 / 80, 61):
+        a = b + 0.1 + sd * z / np.std(z, ddof=1)
+        if math.isnan(TTestPower().power(0.03 / np.std(a - b, ddof=1), 2, 0.05)):
+            break
+    else:
+        pytest.fail("no spread in the scanned range reproduces statsmodels' nan power")
+    pw = S.power_analysis(a, b, paired=True, delta_points=3.0)
+    assert pw.runs_needed == 2 and "3 points needs 2 seeds" in pw.sentence
+
+
 def test_power_without_spread_says_it_cannot_tell():
     pw = S.power_analysis(np.array([0.5]), np.array([0.4]), paired=True)
     assert pw.runs_needed is None and "cannot be estimated" in pw.sentence

@@ -333,7 +333,9 @@ def power_analysis(run_m: np.ndarray, run_b: np.ndarray, paired: bool, *, delta_
     mdd = solver.solve_power(effect_size=None, alpha=alpha, power=power, **kw_now) * sd * 100
     effect = delta_points / 100 / sd
     size_kw = {"nobs": 2} if paired else {"nobs1": 2, "ratio": 1.0}
-    if solver.power(effect_size=effect, alpha=alpha, **size_kw) >= power:
+    at_two = solver.power(effect_size=effect, alpha=alpha, **size_kw)
+    # statsmodels' noncentral t returns nan for very large effects (tiny spread), where the power is ~1
+    if not math.isfinite(at_two) or at_two >= power:
         needed = 2  # a t-test needs two runs per method; the solver cannot go below that
     else:
         key = "nobs" if paired else "nobs1"

@@ -1,0 +1,164 @@
+"""The comparison report on synthetic run folders: its numbers are analysis/stats.py's on the same records,
+a planted difference is found and a null is not, Holm covers each table, failed and older runs are counted
+and said, a rerun is compared with the original."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+from statsmodels.stats.multitest import multipletests
+
+from rlsd_harness.analysis import stats
+from rlsd_harness.analysis.report import compare_studies, load_runs, write_report
+from tests.study_fixtures import fabricate_study, records_from, write_run
+
+SEEDS = list(range(8))
+
+
+def experiment(methods, **extra):
+    return OmegaConf.create({"methods": methods, "seeds": SEEDS, "overrides": [], "budget_kind": "flops",
+                             "budget_points": [0.5, 1.0], **extra})
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """grpo, rlsd planted 0.8 logits better at the full budget (about +13 points), opsd no difference."""
+    out = tmp_path_factory.mktemp("planted")
+    written = fabricate_study(out, {"grpo": 0.0, "rlsd": 0.8, "opsd": 0.0}, SEEDS)
+    exp = experiment(["grpo", "opsd", "rlsd"], pairs=[["rlsd", "opsd"]])
+    write_report(out, exp, {"experiment": "planted"})
+    return out, written, exp
+
+
+def test_table_numbers_equal_stats_on_the_same_records(planted):
+    out, written, _ = planted
+    table = pd.read_csv(out / "table.csv")
+    records = records_from(written)  # built from the arrays, not by the report's reader
+    at_full = records[records["budget"] == 1.0]
+    want = stats.comparison_table(at_full, budget=1.0, baseline="grpo", extra_pairs=[("rlsd", "opsd")])
+    got = table[table["table"] == "budget=1"].dropna(subset=["baseline"])
+    cols = ["diff", "diff_low", "diff_high", "p_value", "p_holm", "p_improvement", "min_detectable_points"]
+    for _, w in want.iterrows():
+        g = got[(got["method"] == w["method"]) & (got["baseline"] == w["baseline"])]
+        assert len(g) == 1
+        np.testing.assert_allclose(g[cols].to_numpy(float)[0], w[cols].to_numpy(float), rtol=1e-12)
+        assert bool(g["significant"].iloc[0]) == bool(w["significant"]) and bool(g["paired"].iloc[0])
+    summ = stats.summary_table(at_full, budget=1.0, methods=["grpo", "opsd", "rlsd"])
+    for _, w in summ.iterrows():
+        g = got[got["method"] == w["method"]].iloc[0] if w["method"] != "grpo" else \
+            table[(table["table"] == "budget=1") & (table["method"] == "grpo")].iloc[0]
+        np.testing.assert_allclose([g["mean"], g["ci_low"], g["ci_high"]], [w["mean"], w["ci_low"], w["ci_high"]],
+                                   rtol=1e-12)
+    auc = stats.comparison_table(records, curve="auc", baseline="grpo", extra_pairs=[("rlsd", "opsd")])
+    got_auc = table[(table["table"] == "auc") & (table["method"] == "rlsd") & (table["baseline"] == "grpo")]
+    np.testing.assert_allclose(got_auc["diff"].iloc[0], auc[auc["method"] == "rlsd"]["diff"].iloc[0], rtol=1e-12)
+    last = stats.summary_table(records, curve="last", last_k=2, methods=["grpo"])
+    got_last = table[(table["table"] == "last2") & (table["method"] == "grpo")]
+    np.testing.assert_allclose(got_last["mean"].iloc[0], last["mean"].iloc[0], rtol=1e-12)
+
+
+def test_planted_difference_is_significant_and_the_null_is_not(planted):
+    out, _, _ = planted
+    table = pd.read_csv(out / "table.csv")
+    full = table[(table["table"] == "budget=1") & (table["baseline"] == "grpo")].set_index("method")
+    assert full.loc["rlsd", "significant"] and full.loc["rlsd", "diff"] > 0.08
+    assert not full.loc["opsd", "significant"]
+    md = (out / "table.md").read_text()
+    rlsd_row = next(ln for ln in md.split("at 1 x budget")[1].splitlines() if ln.startswith("| rlsd |"))
+    opsd_row = next(ln for ln in md.split("at 1 x budget")[1].splitlines() if ln.startswith("| opsd |"))
+    assert "**yes**" in rlsd_row and "**yes**" not in opsd_row
+    readme = (out / "README.md").read_text()
+    assert "## What this study cannot resolve" in readme and "opsd vs grpo" in readme.split("cannot resolve")[1]
+
+
+def test_holm_is_applied_across_each_tables_comparisons(planted):
+    out, _, _ = planted
+    table = pd.read_csv(out / "table.csv").dropna(subset=["baseline"])
+    corrected = 0
+    for key, rows in table.groupby("table"):
+        assert len(rows) == 3  # rlsd - grpo, opsd - grpo, rlsd - opsd: one family
+        want = multipletests(rows["p_value"], method="holm")[1]
+        np.testing.assert_allclose(rows["p_holm"], want, rtol=1e-12)
+        corrected += int((rows["p_holm"] > rows["p_value"] + 1e-12).any())
+    assert corrected >= 1  # the correction changed something: not the raw p-values copied
+
+
+def test_power_line_and_per_seed_table(planted):
+    out, _, _ = planted
+    table = pd.read_csv(out / "table.csv")
+    full = table[(table["table"] == "budget=1") & (table["baseline"] == "grpo")]
+    md = (out / "table.md").read_text().split("at 1 x budget")[1].split("**test")[0]
+    line = next(ln for ln in md.splitlines() if ln.startswith("Power:"))
+    assert f"resolves differences >= {full['min_detectable_points'].max():.1f} points with 8 seeds" in line
+    assert f"delta=3 needs {int(full['runs_needed'].max())} seeds" in line
+    per_seed = pd.read_csv(out / "per_seed.csv")
+    assert len(per_seed) == 24 and set(per_seed["status"]) == {"finished"}
+    row = per_seed[(per_seed["method"] == "rlsd") & (per_seed["seed"] == 3)].iloc[0]
+    want = np.mean([json.loads(x)["correct"] for x in (out / "runs/rlsd-s3/evals/test-step000010.jsonl")
+                    .read_text().splitlines()])
+    assert row["at 1"] == pytest.approx(want, abs=1e-12)
+    assert (out / "per_seed.md").exists() and (out / "accuracy_vs_compute.png").stat().st_size > 0
+
+
+def test_failed_unfinished_and_recordless_runs_are_counted_not_dropped(tmp_path):
+    fabricate_study(tmp_path, {"grpo": 0.0, "rlsd": 0.5}, SEEDS[:6], items=40)
+    (tmp_path / "runs/rlsd-s6").mkdir()
+    (tmp_path / "runs/rlsd-s6/failed.json").write_text(json.dumps({"error": "RuntimeError: diverged"}))
+    write_run(tmp_path / "runs/rlsd-s7", {0.0: {"test": np.ones((40, 4))}}, finished=False)
+    # a finished run that lacks the 1.0 point (stopped by train.steps short of the budget)
+    write_run(tmp_path / "runs/grpo-s6", {0.0: {"test": np.ones((40, 4))}, 0.5: {"test": np.ones((40, 4))}})
+    write_report(tmp_path, experiment(["grpo", "rlsd"]), {"experiment": "counted"}, n_resamples=999)
+    md = (tmp_path / "table.md").read_text()
+    full = md.split("at 1 x budget")[1]
+    rlsd_row = next(ln for ln in full.splitlines() if ln.startswith("| rlsd |"))
+    grpo_row = next(ln for ln in full.splitlines() if ln.startswith("| grpo (baseline) |"))
+    assert "rlsd-s6 failed" in rlsd_row and "rlsd-s7 unfinished" in rlsd_row and "| 6 |" in rlsd_row
+    assert "grpo-s6 lacks this budget point" in grpo_row
+    half = md.split("at 0.5 x budget")[1].split("at 1 x budget")[0]
+    assert "| 7 |" in next(ln for ln in half.splitlines() if ln.startswith("| grpo (baseline) |"))
+    readme = (tmp_path / "README.md").read_text()
+    assert "rlsd-s6: failed: RuntimeError: diverged" in readme and "rlsd-s7: unfinished" in readme
+    assert "Runs: 13 finished, 1 failed, 1 unfinished" in readme
+    df = load_runs(tmp_path / "runs")
+    assert isinstance(df, pd.DataFrame) and set(df[df["run"] == "rlsd-s6"]["status"]) == {"failed"}
+
+
+def test_older_runs_without_records_fall_back_and_say_so(tmp_path):
+    rng = np.random.default_rng(0)
+    for m, lift in (("grpo", 0.0), ("rlsd", 0.05)):
+        for s in range(4):
+            lines = [{"rollout_step": 0, "step": 0, "eval/pass@1": 0.3}]  # the flat names of older runs
+            for t in range(1, 11):
+                line = {"rollout_step": t, "step": t, "cum/flops/total": 1e11 * t, "reward": 0.2}
+                if t % 5 == 0:
+                    line["eval/pass@1"] = 0.3 + lift + 0.02 * t / 5 + rng.normal(0, 0.01)
+                lines.append(line)
+            d = tmp_path / "runs" / f"{m}-s{s}"
+            d.mkdir(parents=True)
+            (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+            (d / "config.yaml").write_text("train:\n  steps: 10\n  budget:\n    kind: null\n    value: null\n")
+    exp = OmegaConf.create({"methods": ["grpo", "rlsd"], "seeds": [0, 1, 2, 3], "overrides": [],
+                            "budget_points": [0.5, 1.0]})
+    write_report(tmp_path, exp, {"experiment": "old"}, n_resamples=999)
+    readme = (tmp_path / "README.md").read_text()
+    assert "no per-item evaluation records" in readme and "intervals cover seeds only" in readme
+    table = pd.read_csv(tmp_path / "table.csv")
+    row = table[(table["table"] == "budget=1") & (table["method"] == "rlsd")].iloc[0]
+    finals = [json.loads(x) for x in (tmp_path / "runs/rlsd-s0/metrics.jsonl").read_text().splitlines()]
+    assert row["n_runs"] == 4 and 0.3 < row["mean"] < 0.5 and finals[-1]["eval/pass@1"] > 0
+
+
+def test_compare_with_an_identical_rerun_and_a_changed_one(tmp_path):
+    exp = experiment(["grpo", "rlsd"])
+    fabricate_study(tmp_path / "a", {"grpo": 0.0, "rlsd": 0.5}, SEEDS[:3], items=30)
+    fabricate_study(tmp_path / "b", {"grpo": 0.0, "rlsd": 0.5}, SEEDS[:3], items=30)
+    same = compare_studies(tmp_path / "b", tmp_path / "a", exp)
+    assert (same["runs_identical"] == 3).all() and (same["diff_points"] == 0).all()
+    fabricate_study(tmp_path / "c", {"grpo": 0.0, "rlsd": 0.5}, SEEDS[:3], items=30, rng_seed=1)
+    changed = compare_studies(tmp_path / "c", tmp_path / "a", exp)
+    assert (changed["runs_both"] == 3).all() and (changed["runs_identical"] < 3).any()
+    assert (changed["max_abs_item_diff"] > 0).any()
