@@ -3,6 +3,7 @@
 import json
 import re
 
+import pandas as pd
 import pytest
 
 from rlsd_harness import dist
@@ -35,16 +36,27 @@ def test_interrupted_matrix_resumes_without_redoing_finished_runs(tmp_path, tiny
     runs = tmp_path / "smoke" / "runs"
     assert "simulated crash" in json.loads((runs / "rlsd-s0" / "failed.json").read_text())["error"]
     table = (tmp_path / "smoke" / "table.md").read_text()
-    assert "rlsd-s0 failed" in table
+    assert "rlsd-s0 failed" in table  # counted beside its method's row, not dropped
     assert calls == ["grpo-s0", "grpo-s1", "rlsd-s0", "rlsd-s1"]
 
     calls.clear()
     compare_main(args)
     assert calls == ["rlsd-s0"]  # finished runs are not rerun
     assert not (runs / "rlsd-s0" / "failed.json").exists()
-    report = (tmp_path / "smoke" / "README.md").read_text()
-    assert "Held-out pass@1" in report and (tmp_path / "smoke" / "accuracy_vs_compute.png").exists()
-    assert (tmp_path / "smoke" / "dynamics.png").exists() and (tmp_path / "smoke" / "table.csv").exists()
+    out = tmp_path / "smoke"
+    report = (out / "README.md").read_text()
+    assert "rlsd-s0 failed" not in (out / "table.md").read_text()  # the retried run is in the table now
+    # the new tables: each method with its interval, rlsd against grpo with a paired p-value, the power line
+    table = pd.read_csv(out / "table.csv")
+    full = table[table["table"] == "budget=1"].set_index("method")
+    assert set(full.index) == {"grpo", "rlsd"} and (full["n_runs"] == 2).all()
+    assert (full["ci_low"] <= full["mean"]).all() and (full["mean"] <= full["ci_high"]).all()
+    assert full.loc["rlsd", "baseline"] == "grpo" and bool(full.loc["rlsd", "paired"])
+    assert "Power:" in report and "95 % CI" in report and "## Tables" in report
+    per_seed = pd.read_csv(out / "per_seed.csv")
+    assert len(per_seed) == 4 and set(per_seed["status"]) == {"finished"}
+    for name in ("accuracy_vs_compute.png", "dynamics.png", "per_seed.md", "table.md"):
+        assert (out / name).stat().st_size > 0
 
 
 def test_grid_expands_into_labelled_arms():

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from rlsd_harness.config import (
     CONFIG_DIR,
@@ -113,14 +113,19 @@ def output_folder(name: str, out: str | Path | None) -> tuple[Path, Path | None]
     return default, None
 
 
-def _train(run_dir: Path, overrides: list[str], log: Callable[[str], None]) -> None:
-    """One run of the matrix: skipped when finished, resumed from its last checkpoint, recorded when it fails."""
+def _train(run_dir: Path, cfg: DictConfig, log: Callable[[str], None]) -> None:
+    """One run of the matrix from its composed config: skipped when finished, resumed from its last
+    checkpoint, recorded when it fails."""
     if (run_dir / "final" / "config.json").exists():
         return
-    state = ["run.resume=true"] if any((run_dir / "checkpoints").glob("step-*")) else ["run.overwrite=true"]
+    cfg = cfg.copy()
+    resume = any((run_dir / "checkpoints").glob("step-*"))
+    OmegaConf.update(cfg, "run.resume", resume)
+    OmegaConf.update(cfg, "run.overwrite", not resume)
+    OmegaConf.update(cfg, "train.progress", False)
     (run_dir / "failed.json").unlink(missing_ok=True)
     try:
-        run(compose_config(overrides + state + ["train.progress=false"]), log)
+        run(cfg, log)
     except Exception as e:  # a failed run is reported, not dropped, and the matrix goes on
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "failed.json").write_text(json.dumps({"error": f"{type(e).__name__}: {e}",
@@ -147,12 +152,12 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     runs_dir, tuning_dir = target / "runs", target / "tuning" / "runs"
     tuning_jobs = [(pt, s) for points in grid.values() for pt in points for s in exp.tuning.seeds]
     jobs = [(m, s) for m in arms(exp) for s in exp.seeds]
-    # every configuration is validated before any compute is spent; the test runs with a stand-in pick
-    for pt, s in tuning_jobs:
-        compose_config(tuning_run_overrides(exp, pt, s, tuning_dir, extra))
-    for m, s in jobs:
-        stand_in = list(grid[arms(exp)[m][0]][0].overrides) if grid else []
-        compose_config(run_overrides(exp, m, s, runs_dir, extra, stand_in))
+    # every configuration is composed (validated) before any compute is spent; with tuning, the test runs
+    # are validated with a stand-in pick and composed again once the picks are known
+    tuning_cfgs = [compose_config(tuning_run_overrides(exp, pt, s, tuning_dir, extra)) for pt, s in tuning_jobs]
+    test_cfgs = [compose_config(run_overrides(exp, m, s, runs_dir, extra,
+                                              list(grid[arms(exp)[m][0]][0].overrides) if grid else []))
+                 for m, s in jobs]
     if dry:
         return dry_run(exp, name, runs_dir, extra)
     target.mkdir(parents=True, exist_ok=True)
@@ -162,9 +167,9 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     started = time.time()
     bar = tqdm(total=len(tuning_jobs) + len(jobs), desc=f"{name}: {'tuning + ' if grid else ''}methods x seeds",
                unit="run", position=0, dynamic_ncols=True)
-    for pt, seed in tuning_jobs:
+    for (pt, seed), cfg in zip(tuning_jobs, tuning_cfgs):
         bar.set_postfix(run=f"tuning/{pt.label}-s{seed}")
-        _train(tuning_dir / f"{pt.label}-s{seed}", tuning_run_overrides(exp, pt, seed, tuning_dir, extra), log)
+        _train(tuning_dir / f"{pt.label}-s{seed}", cfg, log)
         bar.update(1)
     picks: dict[str, dict] = {}
     if grid:
@@ -180,10 +185,12 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
                               f"at the old picks; give a fresh out= folder")
         for m, p in picks.items():
             log(f"tuning pick for {m}: {' '.join(p['overrides'])} (validation mean@k {p['validation_mean']:.3f})")
-    for method, seed in jobs:
+    for (method, seed), cfg in zip(jobs, test_cfgs):
         bar.set_postfix(run=f"{method}-s{seed}")
-        picked = picks[arms(exp)[method][0]]["overrides"] if grid else []
-        _train(runs_dir / f"{method}-s{seed}", run_overrides(exp, method, seed, runs_dir, extra, picked), log)
+        if grid:
+            picked = picks[arms(exp)[method][0]]["overrides"]
+            cfg = compose_config(run_overrides(exp, method, seed, runs_dir, extra, picked))
+        _train(runs_dir / f"{method}-s{seed}", cfg, log)
         bar.update(1)
     bar.close()
     dist.shutdown()

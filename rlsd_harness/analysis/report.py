@@ -519,9 +519,20 @@ def _x_unit(kind: str) -> tuple[float, str]:
             "seconds": (1.0, "training seconds")}[kind]
 
 
-def plot_accuracy(study: Study, order: list[str], kind: str, path: Path, n_resamples: int) -> None:
+def point_summaries(study: Study, order: list[str], n_resamples: int) -> dict[float, pd.DataFrame]:
+    """stats.summary_table at every budget point (0 included), for the methods evaluated there."""
+    out = {}
+    for p in study.points:
+        sub = study.records[np.isclose(study.records["budget"], p)]
+        methods = [m for m in order if m in set(sub["method"])]
+        if methods:
+            out[p] = stats.summary_table(sub, budget=p, methods=methods, n_resamples=n_resamples).set_index("method")
+    return out
+
+
+def plot_accuracy(study: Study, order: list[str], kind: str, path: Path, summaries: dict[float, pd.DataFrame]) -> None:
     """Test accuracy at the budget points against the compute actually spent there (mean over seeds), with
-    each point's 95 % interval (stats.summary_table) as the band."""
+    each point's 95 % interval (stats.summary_table, `point_summaries`) as the band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -534,9 +545,9 @@ def plot_accuracy(study: Study, order: list[str], kind: str, path: Path, n_resam
         xs, ys, lo, hi = [], [], [], []
         for p in study.points:
             sub = recs[(recs["method"] == m) & np.isclose(recs["budget"], p)]
-            if sub.empty:
+            if sub.empty or m not in summaries.get(p, pd.DataFrame()).index:
                 continue
-            row = stats.summary_table(sub, budget=p, methods=[m], n_resamples=n_resamples).iloc[0]
+            row = summaries[p].loc[m]
             spend = sub.groupby("seed")["spend"].first().astype(float)
             x = 0.0 if p == 0.0 else float(spend.mean()) / scale  # the base spent nothing
             if not math.isfinite(x):
@@ -616,10 +627,10 @@ def _cannot_resolve(sections: list[Section], baseline: str) -> list[str]:
     return out
 
 
-def write_report(out: Path, exp: Any, meta: dict, split: str = "test",
-                 n_resamples: int = stats.N_RESAMPLES) -> list[Section]:
+def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resamples: int = stats.N_RESAMPLES,
+                 plots: bool = True) -> list[Section]:
     """Rebuild every table, plot and the README of the comparison in `out` from out/runs; returns the
-    sections (the tables' content)."""
+    sections (the tables' content). `plots=False` keeps the plots that are there (tests of the tables)."""
     out = Path(out)
     cfg = report_settings(exp)
     study = load_study(out / "runs", cfg["fractions"], cfg["kind"], split)
@@ -638,10 +649,10 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test",
           f"interval, its difference from {cfg['baseline']} (paired by seed when both have the same seeds), "
           f"p-values Holm-corrected within each table, **significant** at alpha 0.05 after correction. "
           f"Budget points are fractions of the {cfg['kind']} budget.", ""]
-    base = study.records[study.records["budget"] == 0.0]
-    if len(base):  # every method starts from the same base policy; the baseline's runs carry its evaluation
-        src = cfg["baseline"] if cfg["baseline"] in set(base["method"]) else sorted(set(base["method"]))[0]
-        b = stats.summary_table(base[base["method"] == src], budget=0.0, methods=[src], n_resamples=n_resamples).iloc[0]
+    summaries = point_summaries(study, order, n_resamples)
+    if 0.0 in summaries:  # every method starts from the same base policy; the baseline's runs carry its evaluation
+        src = cfg["baseline"] if cfg["baseline"] in summaries[0.0].index else summaries[0.0].index[0]
+        b = summaries[0.0].loc[src]
         md += [f"Base policy (budget 0, the {src} runs' step-0 evaluation): {_pts(b['mean'])} "
                f"[{_pts(b['ci_low'])}, {_pts(b['ci_high'])}] over {b['n_runs']} seeds.", ""]
     md += [section_markdown(s, cfg["baseline"], measure) for s in sections]
@@ -651,9 +662,10 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test",
     per_seed = per_seed_frame(study, cfg["fractions"], cfg["last_k"])
     write_csv(per_seed, out / "per_seed.csv")
     write_text(out / "per_seed.md", per_seed_markdown(per_seed))
-    plot_accuracy(study, order, cfg["kind"], out / "accuracy_vs_compute.png", n_resamples)
     df = load_runs(out / "runs")
-    plot_dynamics(df, order, out / "dynamics.png")
+    if plots:
+        plot_accuracy(study, order, cfg["kind"], out / "accuracy_vs_compute.png", summaries)
+        plot_dynamics(df, order, out / "dynamics.png")
 
     failed = study.status[study.status["status"] == "failed"]
     unfinished = study.status[study.status["status"] == "unfinished"]
@@ -761,7 +773,7 @@ def write_tuning(out: Path, exp: Any, grid: dict[str, list[TuningPoint]],
              f"last budget point ({max(fractions):g}), 95 % intervals. Rule: {PICK_RULE}.", "",
              "| method | lr | knob | runs | mean | 95 % CI | picked | not counted |", "|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples(index=False):
-        knob = f"{r.knob.rsplit('.', 1)[-1]}={r.value}" if r.knob else ""
+        knob = f"{r.knob.rsplit('.', 1)[-1]}={r.value:g}" if isinstance(r.knob, str) else ""  # None -> nan in pandas
         lines.append(f"| {r.method} | {r.lr:g} | {knob} | {r.n_runs} | {_pts(r.mean)} | "
                      f"[{_pts(r.ci_low)}, {_pts(r.ci_high)}] | {'**picked**' if r.picked else ''} | {r.not_counted} |")
     write_text(Path(out) / "tuning.md", "\n".join(lines) + "\n")

@@ -1,0 +1,182 @@
+"""Fair tuning and reruns in `compare`, with training replaced by synthetic run folders: the picks follow
+the stated rule on validation results, the test runs train at the picked values and report the test split,
+and a rerun of a finished study leaves it untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rlsd_harness import dist
+from rlsd_harness.analysis import compare, credit
+from rlsd_harness.config import ConfigError, load_experiment, tuning_grid
+from tests.study_fixtures import write_run
+
+EXPERIMENT = """
+methods: [grpo, opsd, rlsd]
+seeds: [0, 1]
+budget_kind: flops
+budget_points: [0.5, 1.0]
+baseline: grpo
+overrides:
+  - model.warmup=null
+  - train.steps=4
+  - train.budget.kind=flops
+  - train.budget.value=1e12
+tuning:
+  seeds: [100, 101]
+  split: validation
+  overrides: [train.budget.value=2e11]
+  grid:
+    grpo: {lr: [1e-5, 5e-5, 1e-4, 2e-4]}
+    opsd: {lr: [1e-5, 1e-4], algorithm.params.pointwise_clip: [0.05, 0.1]}
+    rlsd: {lr: [1e-5, 5e-5], algorithm.params.eps_w: [0.1, 0.2]}
+"""
+
+# validation accuracy each grid point is built to reach; opsd's two best are tied: the smaller lr must win
+VALIDATION = {
+    ("grpo", 1e-5, None): 0.30, ("grpo", 5e-5, None): 0.45, ("grpo", 1e-4, None): 0.40, ("grpo", 2e-4, None): 0.10,
+    ("opsd", 1e-5, 0.05): 0.20, ("opsd", 1e-5, 0.1): 0.35, ("opsd", 1e-4, 0.05): 0.35, ("opsd", 1e-4, 0.1): 0.30,
+    ("rlsd", 1e-5, 0.1): 0.25, ("rlsd", 1e-5, 0.2): 0.30, ("rlsd", 5e-5, 0.1): 0.50, ("rlsd", 5e-5, 0.2): 0.40,
+}
+ITEMS = 40
+
+
+def correct_at(acc: float, seed: int) -> np.ndarray:
+    """Exactly round(acc * ITEMS) items correct in all 4 samples, shifted by the seed."""
+    row = (np.arange(ITEMS) + seed) % ITEMS < round(acc * ITEMS)
+    return np.repeat(row[:, None], 4, axis=1).astype(int)
+
+
+class FakeRun:
+    """Stands in for training/run.py: records each composed config and writes a finished run folder whose
+    validation accuracy follows VALIDATION and whose test accuracy is 0.6 at every point; a test run also
+    writes validation records at a misleading 0.99 that must not reach the tables."""
+
+    def __init__(self):
+        self.configs = []
+
+    def __call__(self, cfg, log=None):
+        self.configs.append(cfg)
+        method, lr = cfg.algorithm.name, float(cfg.algorithm.lr or cfg.optim.lr)
+        knob = {"opsd": "pointwise_clip", "rlsd": "eps_w"}.get(method)
+        value = float(cfg.algorithm.params[knob]) if knob else None
+        split = cfg.eval.get("budget_split", "test")
+        points = [0.0, *[float(p) for p in cfg.eval.budget_points]]
+        if split == "validation":
+            evals = {p: {"validation": correct_at(VALIDATION[(method, lr, value)], cfg.seed)} for p in points}
+        else:
+            evals = {p: {"test": correct_at(0.6, cfg.seed), "validation": correct_at(0.99, cfg.seed)} for p in points}
+        write_run(Path(cfg.run.dir) / cfg.run.name, evals, budget=float(cfg.train.budget.value))
+        return Path(cfg.run.dir) / cfg.run.name
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """compare without training: the fake run, no process-group shutdown, no credit picture, results/ in tmp."""
+    fake = FakeRun()
+    monkeypatch.setattr(compare, "run", fake)
+    monkeypatch.setattr(dist, "shutdown", lambda: None)
+    monkeypatch.setattr(credit, "token_weights", lambda run_dir: {})
+    monkeypatch.setattr(credit, "draw", lambda picks, path: Path(path).write_bytes(b"png"))
+    monkeypatch.setattr(compare, "REPO", tmp_path)
+    path = tmp_path / "tuned.yaml"
+    path.write_text(EXPERIMENT)
+    return fake, str(path)
+
+
+def test_picks_follow_the_rule_and_the_test_runs_get_them(offline, tmp_path):
+    fake, exp_file = offline
+    out = compare.compare(exp_file)
+    assert out == tmp_path / "results" / "tuned"
+    picks = json.loads((out / "picks.json").read_text())
+    assert picks["split"] == "validation" and "ties go to the smaller learning rate" in picks["rule"]
+    got = {m: p["values"] for m, p in picks["picks"].items()}
+    assert got == {"grpo": {"algorithm.lr": 5e-5},
+                   "opsd": {"algorithm.lr": 1e-5, "algorithm.params.pointwise_clip": 0.1},  # tie with lr 1e-4
+                   "rlsd": {"algorithm.lr": 5e-5, "algorithm.params.eps_w": 0.1}}
+    tuning = [c for c in fake.configs if "/tuning/" in str(c.run.dir)]
+    tests = [c for c in fake.configs if "/tuning/" not in str(c.run.dir)]
+    assert len(tuning) == 3 * 4 * 2 and len(tests) == 3 * 2
+    assert fake.configs.index(tests[0]) == len(tuning)  # every tuning run before any test run
+    # the same short budget and validation split for every method's grid; the test runs at the full budget
+    assert {(c.train.budget.value, c.eval.budget_split, c.seed in (100, 101)) for c in tuning} == {(2e11, "validation", True)}
+    assert {c.train.budget.value for c in tests} == {1e12}
+    assert all(c.eval.get("budget_split", "test") == "test" for c in tests)
+    for c in tests:
+        want = got[c.algorithm.name]
+        assert float(c.algorithm.lr) == want["algorithm.lr"]
+        for key, value in want.items():
+            if key != "algorithm.lr":
+                assert float(c.algorithm.params[key.rsplit(".", 1)[1]]) == value
+    grid = pd.read_csv(out / "tuning.csv")
+    assert len(grid) == 12 and grid["picked"].sum() == 3 and (grid["n_runs"] == 2).all()
+    best = grid[grid["picked"]].set_index("method")["mean"]
+    assert best.to_dict() == pytest.approx({"grpo": 0.45, "opsd": 0.35, "rlsd": 0.50})
+    # the tables read the test split (0.6), never the validation records the test runs also wrote (0.99)
+    table = pd.read_csv(out / "table.csv")
+    assert np.allclose(table[table["table"] == "budget=1"]["mean"], 0.6)
+    readme = (out / "README.md").read_text()
+    assert "## Tuning" in readme and "**picked**" in readme
+
+
+def test_a_rerun_writes_a_fresh_folder_and_leaves_the_finished_one_untouched(offline, tmp_path):
+    fake, _ = offline
+    exp_file = tmp_path / "tuned.yaml"  # the rerun machinery does not depend on tuning: a smaller matrix
+    exp_file.write_text("methods: [grpo, rlsd]\nseeds: [0, 1, 2]\nbudget_kind: flops\nbudget_points: [0.5, 1.0]\n"
+                        "overrides: [model.warmup=null, train.steps=4, train.budget.kind=flops, train.budget.value=1e12]\n")
+    exp_file = str(exp_file)
+    first = compare.compare(exp_file)
+
+    def snapshot(folder: Path) -> dict[str, str]:
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before = snapshot(first)
+    second = compare.compare(exp_file)
+    assert second != first and second.name.startswith("tuned-rerun-")
+    assert snapshot(first) == before
+    assert json.loads((second / "meta.json").read_text())["rerun_of"] == str(first)
+    same = pd.read_csv(second / "compare_with.csv")
+    assert (same["runs_both"] == 3).all() and (same["runs_identical"] == same["runs_both"]).all()
+    assert "Against an earlier run of this study" in (second / "README.md").read_text()
+    with pytest.raises(ConfigError, match="holds a finished study"):
+        compare.compare(exp_file, out=first)
+
+
+def test_every_method_gets_the_same_grid_size_and_picks_never_read_the_test_split(tmp_path):
+    bad = tmp_path / "uneven.yaml"
+    bad.write_text(EXPERIMENT.replace("grpo: {lr: [1e-5, 5e-5, 1e-4, 2e-4]}", "grpo: {lr: [1e-5, 5e-5]}"))
+    with pytest.raises(ConfigError, match=r"grid sizes differ: \{'grpo': 2, 'opsd': 4, 'rlsd': 4\}"):
+        load_experiment(str(bad))
+    test_split = tmp_path / "test_split.yaml"
+    test_split.write_text(EXPERIMENT.replace("split: validation", "split: test"))
+    with pytest.raises(ConfigError, match="tuning.split must be validation"):
+        load_experiment(str(test_split))
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(EXPERIMENT.replace("    rlsd: {lr: [1e-5, 5e-5], algorithm.params.eps_w: [0.1, 0.2]}\n", ""))
+    with pytest.raises(ConfigError, match="one entry per method"):
+        load_experiment(str(missing))
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(EXPERIMENT)
+    grid = tuning_grid(load_experiment(str(ok)))
+    assert [p.label for p in grid["rlsd"]] == ["rlsd-lr1e-05-eps_w0.1", "rlsd-lr1e-05-eps_w0.2",
+                                               "rlsd-lr5e-05-eps_w0.1", "rlsd-lr5e-05-eps_w0.2"]
+
+
+def test_committed_experiments_load_and_the_paper_table_keeps_its_own_settings():
+    from rlsd_harness.config import group_choices
+
+    for name in group_choices("experiment"):
+        load_experiment(name)
+    assert not tuning_grid(load_experiment("paper_main_table"))
+    reference = load_experiment("reference")
+    assert list(reference.methods) == ["grpo", "opsd", "sdpo", "grpo_opsd", "rlsd"]
+    assert list(reference.seeds) == list(range(8)) and reference.budget_kind == "flops"
+    sizes = {m: len(p) for m, p in tuning_grid(reference).items()}
+    assert set(sizes) == set(reference.methods) and len(set(sizes.values())) == 1
