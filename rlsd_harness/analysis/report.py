@@ -336,7 +336,7 @@ def power_line(comparisons: pd.DataFrame, baseline: str, delta_points: float) ->
         return "Power: no comparison against the baseline in this table."
     ok = rows.dropna(subset=["min_detectable_points"])
     if not len(ok):
-        return f"Power: cannot be estimated ({rows['power_sentence'].iloc[0]})."
+        return f"Power: {rows['power_sentence'].iloc[0]}"
     seeds = int(ok["n_runs"].min())
     paired = bool(ok["paired"].all())
     test = "paired t-test over seeds" if paired else "t-test over runs"
@@ -441,7 +441,7 @@ def section_markdown(s: Section, baseline: str, measure: str) -> str:
                          f"{'**' if sig else ''}{100 * c['diff']:+.1f}{'**' if sig else ''} | "
                          f"[{100 * c['diff_low']:+.1f}, {100 * c['diff_high']:+.1f}] | {_p(c['p_value'])} | "
                          f"{_p(c['p_holm'])} | {'**yes**' if sig else 'no'} | {c['p_improvement']:.2f} |")
-    lines += ["", s.power_line + "."]
+    lines += ["", s.power_line.rstrip(".") + "."]
     unreliable = s.summary[~s.summary["reliable"]]["method"].tolist()
     if unreliable:
         lines.append(f"Intervals over fewer than {stats.MIN_RELIABLE_RUNS} runs are unreliable: {', '.join(unreliable)}.")
@@ -606,7 +606,7 @@ def report_settings(exp: Any) -> dict[str, Any]:
             "last_k": int(exp.get("last_k") or min(3, len(fractions))), "order": list(arms(exp))}
 
 
-def _cannot_resolve(sections: list[Section], baseline: str) -> list[str]:
+def _cannot_resolve(sections: list[Section], delta_points: float) -> list[str]:
     """The comparisons at the last table that are not resolved, with their intervals and the design's limit."""
     if not sections:
         return []
@@ -618,12 +618,15 @@ def _cannot_resolve(sections: list[Section], baseline: str) -> list[str]:
     for _, c in s.comparisons.iterrows():
         if bool(c["significant"]):
             continue
-        mdd = c["min_detectable_points"]
-        limit = f"this design resolves >= {mdd:.1f} points" if mdd is not None and np.isfinite(mdd) else "power unknown"
+        mdd, need = c["min_detectable_points"], c["runs_needed"]
+        if mdd is not None and np.isfinite(mdd):
+            limit = (f"with {c['n_runs']} seeds this design resolves >= {mdd:.1f} points; {delta_points:g} points "
+                     f"needs {int(need)} seeds")
+        else:
+            limit = f"the power cannot be estimated from {c['n_runs']} run(s)"
         out.append(f"- {c['method']} vs {c['baseline']} ({s.title}): {100 * c['diff']:+.1f} points, 95 % CI "
                    f"[{100 * c['diff_low']:+.1f}, {100 * c['diff_high']:+.1f}], p Holm {_p(c['p_holm'])}: cannot tell "
-                   f"({limit} with {c['n_runs']} seeds; {c['runs_needed'] if c['runs_needed'] is not None else '?'} "
-                   f"seeds would resolve 3 points)")
+                   f"({limit})")
     return out
 
 
@@ -648,7 +651,8 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
     md = [f"Tables of `{meta.get('experiment')}`: {measure} in points; each method's mean over seeds with its 95 % "
           f"interval, its difference from {cfg['baseline']} (paired by seed when both have the same seeds), "
           f"p-values Holm-corrected within each table, **significant** at alpha 0.05 after correction. "
-          f"Budget points are fractions of the {cfg['kind']} budget.", ""]
+          f"Budget points are fractions of the run's {cfg['kind']} budget (train.budget.value; of train.steps "
+          f"when a run has no budget).", ""]
     summaries = point_summaries(study, order, n_resamples)
     if 0.0 in summaries:  # every method starts from the same base policy; the baseline's runs carry its evaluation
         src = cfg["baseline"] if cfg["baseline"] in summaries[0.0].index else summaries[0.0].index[0]
@@ -676,7 +680,7 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
         f"# Comparison `{meta.get('experiment')}`", "",
         f"Arms {order} x seeds {list(exp.seeds)}, all from the same base policy; common overrides: "
         f"`{' '.join(exp.overrides)}`.", "",
-        f"Machine: {meta.get('machine')}. Finished {meta.get('finished')}. Wall time of the last invocation: "
+        f"Machine: {meta.get('machine', 'not recorded')}. Finished {meta.get('finished', '(not recorded)')}. Wall time of the last invocation: "
         f"{meta.get('seconds', 0):.0f} s; training + evaluation time summed over runs: {wall:.0f} s.", "",
         f"Runs: {int((study.status['status'] == 'finished').sum())} finished, {len(failed)} failed, "
         f"{len(unfinished)} unfinished.", "",
@@ -690,7 +694,7 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
     if (out / "tuning.md").exists():
         lines += ["## Tuning", "", (out / "tuning.md").read_text(), ""]
     lines += ["## Tables", "", (out / "table.md").read_text(), ""]
-    unresolved = _cannot_resolve(sections, cfg["baseline"])
+    unresolved = _cannot_resolve(sections, cfg["delta"])
     if unresolved:
         lines += ["## What this study cannot resolve", "",
                   "Comparisons at the last budget point whose difference is not significant after correction:", "",
