@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from math import comb
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -269,8 +268,8 @@ def test_local_data_is_evaluated_with_the_runs_verifier(tmp_path, tiny_dir, monk
 def test_benchmarks_are_evaluated_during_training_with_their_own_scorers(tmp_path, monkeypatch):
     from tests import benchmark_fixtures as fixtures
 
-    sources = fixtures.write_all(tmp_path / "fixtures")
-    cfg = _cfg("train.steps=10", f"eval.sources.mathvista={sources['mathvista']}", "train.eval_benchmarks=[mathvista]",
+    source = fixtures.write_mathvista(tmp_path / "fixtures")
+    cfg = _cfg("train.steps=10", f"eval.sources.mathvista={source}", "train.eval_benchmarks=[mathvista]",
                "eval.split=null", "eval.budget_points=[]", "eval.decoding=greedy")
     ev = RunEvaluator(cfg, EmbeddedData(level=1), ExactVerifier())
     ev.place(tmp_path / "run", 0, 1)
@@ -294,8 +293,49 @@ def test_benchmarks_are_evaluated_during_training_with_their_own_scorers(tmp_pat
     assert [r["id"] for r in records] == ["5", "2", "479", "31"]
     from rlsd_harness.benchmarks import mathvista
 
-    rows = mathvista.load(str(sources["mathvista"]), "testmini", None)[:4]
+    rows = mathvista.load(str(source), "testmini", None)[:4]
     official = [[int(bool(mathvista.score("The answer is 1000.", row)["correct"]))] for row in rows]
     # MathVista's scorer (the run's verifier, an exact \boxed{} match, would mark every one wrong)
     assert [r["correct"] for r in records] == official and official[1] == [1]
     assert out["eval/mathvista/mean@k"] == sum(c[0] for c in official) / 4 == out["eval/mathvista/pass@1"]
+
+
+@pytest.mark.slow
+def test_resumed_run_evaluates_as_the_uninterrupted_one(tmp_path, tiny_dir):
+    """A run stopped at step 2 of a 4-step budget and resumed has the same evaluations (budget point 0.5 once,
+    at step 2) and the same per-item records as one that never stopped."""
+    from rlsd_harness.training.run import run
+
+    common = ["train.eval_every=2", "train.save_every=2", "eval.n=4", "eval.budget_n=6", "eval.max_new_tokens=6",
+              "eval.k=2", "train.budget.kind=steps", "train.budget.value=4"]
+    run(compose_config(small_overrides(tmp_path, *common, "train.steps=4", "run.name=straight")), log=lambda m: None)
+    run(compose_config(small_overrides(tmp_path, *common, "train.steps=2", "run.name=split")), log=lambda m: None)
+    run(compose_config(small_overrides(tmp_path, *common, "train.steps=4", "run.name=split", "run.resume=true")),
+        log=lambda m: None)
+    evals = lambda name: [{k: v for k, v in json.loads(x).items() if k.startswith("eval/") and k != "eval/seconds"}  # noqa: E731
+                          for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    straight = evals("straight")
+    assert [line.get("eval/test/budget_point") for line in straight] == [0.0, None, 0.5, None, 1.0]
+    assert [line.get("eval/validation/n") for line in straight] == [4, None, 4, None, 4]
+    assert evals("split") == straight
+    files = sorted(p.name for p in (tmp_path / "straight" / "evals").iterdir())
+    assert files == [f"{s}-step{n:06d}.jsonl" for s in ("test", "validation") for n in (0, 2, 4)]
+    assert all((tmp_path / "split" / "evals" / f).read_text() == (tmp_path / "straight" / "evals" / f).read_text()
+               for f in files)
+
+
+def test_runner_reads_eval_k_and_the_sample_decoding(tiny, tiny_dir, tmp_path):
+    from rlsd_harness.evaluation.runner import read_records, run_benchmarks
+
+    model, processor = tiny
+    overrides = ["eval.max_new_tokens=4", "eval.progress=false", "eval.decoding=sample", "eval.k=2",
+                 "eval.sampling.temperature=0.9"]
+    run_benchmarks(tiny_dir, ["embedded"], compose_config(overrides), tmp_path / "out", limit=2, model=model,
+                   processor=processor, log=lambda m: None)
+    assert [len(v) for v in read_records(tmp_path / "out" / "embedded.jsonl").values()] == [2, 2]
+    stored = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (stored["decoding"], stored["sampling"]) == (
+        "sample", {"greedy": False, "samples": 2, "temperature": 0.9, "top_p": 1.0, "top_k": 0})
+    # a named decoding at its default k keeps the identity earlier runner folders recorded
+    paper = heldout.decoding_from_config(OmegaConf.create({"decoding": "paper", "k": None}))
+    assert paper.identity() == heldout.DECODING["paper"]
