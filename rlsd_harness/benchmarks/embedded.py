@@ -24,7 +24,10 @@ How many distinct items a split can supply: about a tenth of the task's items ea
 2.3e10 at level 1 and 5.0e10 at level 2; but the generator's smallest strata are tiny (level 1 with one
 shape: 864 items in all, about 86 per held-out split; level 2 with an empty picture: 27 in all), so a
 held-out set of more than a few hundred items holds fewer of those than the training distribution would
-(`distinct_supply` gives the numbers per stratum).
+(`distinct_supply` gives the numbers per stratum). Measured on 1,200-item sets (seed 0): level 1 test holds
+80 one-shape items where the generating distribution gives 150 (validation 75); level 2 test holds no
+empty picture where it gives 40 (validation 5). Those are the easiest items, so a large held-out set is
+slightly harder than the prompts trained on.
 """
 
 from __future__ import annotations

@@ -150,7 +150,8 @@ def heldout_items(data: Any, split: str, n: int | None, key: str = "eval.split")
         return data.heldout_set(split, n)
     if split == "test":
         return data.test_set(n)
-    raise ConfigError(f"{key}={split}: {type(data).__name__} has no {split} split; valid here: test")
+    raise ConfigError(f"{key}={split}: {type(data).__name__} has no {split} split; valid here: test "
+                      f"({key}=test), or null with train.eval_benchmarks=[...] for benchmarks only")
 
 
 def verifier_scorer(verifier: Callable[[str, Any], Any]) -> Callable[[], Scorer]:

@@ -185,13 +185,15 @@ class RunEvaluator:
         return list(wanted.values())
 
     def step_targets(self, rollout_step: int, metrics: dict[str, float], last: bool) -> list[Target]:
-        """`targets` with the budget progress as rank 0 sees it (a seconds budget differs between ranks)."""
+        """`targets` as rank 0 decides them: a seconds budget differs between ranks, and only rank 0 reads
+        the budget points a resumed run already evaluated."""
         if not self.enabled:
             return []
         progress = budget_progress(self.cfg, metrics, rollout_step) if self.fractions else 0.0
+        targets = self.targets(rollout_step, progress, last)
         if self.world > 1 and self.fractions:
-            progress = dist.all_gather_object(progress)[0]
-        return self.targets(rollout_step, progress, last)
+            targets = dist.all_gather_object(targets)[0]
+        return targets
 
     # ------------------------------------------------------------------ running
 
