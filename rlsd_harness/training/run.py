@@ -76,6 +76,7 @@ def run(cfg: DictConfig, log=None) -> Path:
     from rlsd_harness.models import load_model, load_processor
     from rlsd_harness.training import checkpoint
     from rlsd_harness.training.evals import RunEvaluator, read_metrics
+    from rlsd_harness.training.metrics import open_sinks
     from rlsd_harness.training.trainer import NonFiniteLoss, Trainer
     from rlsd_harness.training.warmup import policy_path
     from rlsd_harness.verifier import build_verifier
@@ -120,11 +121,15 @@ def run(cfg: DictConfig, log=None) -> Path:
                  "ledger": trainer.ledger.state_dict(), "algorithm": cfg.algorithm.name}
         checkpoint.save(run_dir / "checkpoints" / f"step-{trainer.rollout_step:06d}", trainer, rank, state)
 
+    sinks = open_sinks(run_dir, list(cfg.run.get("trackers") or []), OmegaConf.to_container(cfg, resolve=True)) \
+        if rank == 0 else []
     if trainer.rollout_step == 0:
         first = {"rollout_step": 0, "step": 0.0, **evaluate()}
-        first.update({f"cum/{k}": 0.0 for k in ("flops/total", "tokens/generated", "time/step")})
+        first.update({f"ledger/cum/{k}": 0.0 for k in ("flops/total", "tokens/generated", "time/step")})
         if rank == 0:
-            metrics_file.write_text(json.dumps(first) + "\n")
+            metrics_file.write_text("")
+            for sink in sinks:
+                sink.log(first, 0)
     bar = tqdm(total=cfg.train.steps, initial=trainer.rollout_step, desc=f"{run_dir.name}",
                disable=not cfg.train.progress or rank != 0, dynamic_ncols=True)
     try:
@@ -134,15 +139,15 @@ def run(cfg: DictConfig, log=None) -> Path:
             last = trainer.rollout_step == cfg.train.steps or budget_spent(cfg.train.budget, metrics)
             metrics.update(evaluate(metrics, last))
             if rank == 0:
-                with metrics_file.open("a") as f:
-                    f.write(json.dumps(metrics) + "\n")
+                for sink in sinks:
+                    sink.log(metrics, trainer.rollout_step)
             if cfg.train.save_every and (trainer.rollout_step % cfg.train.save_every == 0 or last):
                 save()
             bar.update(1)
             if last:
                 break
             shown = f"eval/{evaluator.split}/mean@k"
-            bar.set_postfix(reward=f"{metrics['reward']:.2f}", loss=f"{metrics.get('loss', 0.0):.3f}",
+            bar.set_postfix(reward=f"{metrics['rollout/reward']:.2f}", loss=f"{metrics.get('actor/loss', 0.0):.3f}",
                             **({"acc": f"{metrics[shown]:.2f}"} if shown in metrics else {}))
     except NonFiniteLoss as e:
         if rank == 0:
@@ -152,6 +157,8 @@ def run(cfg: DictConfig, log=None) -> Path:
         raise
     finally:
         bar.close()
+        for sink in sinks:
+            sink.close()
     weights = checkpoint.full_state_dict(trainer.engine)  # every rank: a collective under ZeRO-3
     if rank == 0:
         trainer.engine.module.save_pretrained(run_dir / "final", state_dict=weights)
