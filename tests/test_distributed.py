@@ -71,5 +71,5 @@ def test_two_ranks_follow_one_rank(tmp_path, tiny_dir, stage, algorithm, extra):
     updates = {"rlsd": 2, "sdpo": 4 * 2}[algorithm]  # RLSD syncs at step 2; SDPO's EMA after each optimizer step
     assert one[-1]["teacher/updates"] == two[-1]["teacher/updates"] == updates
     if "train.balance_ranks=false" not in extra:  # rows moved between ranks: token loads evened out
-        assert all(b["rank_imbalance_after"] <= b["rank_imbalance_before"] for b in two)
-        assert any(b["rank_imbalance_after"] < b["rank_imbalance_before"] for b in two)
+        assert all(b["actor/rank_imbalance_after"] <= b["actor/rank_imbalance_before"] for b in two)
+        assert any(b["actor/rank_imbalance_after"] < b["actor/rank_imbalance_before"] for b in two)
