@@ -160,7 +160,8 @@ def test_shared_decode_runs_each_prompt_and_image_once(tiny):
     seen = []
     hooks = [model.model.visual.register_forward_pre_hook(lambda m, a: seen.append(("image", a[0].shape[0]))),
              model.model.language_model.register_forward_pre_hook(
-                 lambda m, a, kw: seen.append(("text", kw["inputs_embeds"].shape[:2])), with_kwargs=True)]
+                 lambda m, a, kw: seen.append(("text", (kw.get("inputs_embeds") if kw.get("input_ids") is None
+                                                        else kw["input_ids"]).shape[:2])), with_kwargs=True)]
     try:
         HFRolloutEngine(model, proc).generate(items, SamplingParams(n=4, max_new_tokens=5, min_new_tokens=5),
                                               [sample_seed(0, 1, it.id, j) for it in items for j in range(4)])

@@ -306,6 +306,10 @@ class HFRolloutEngine:
         logits = out.logits[rows, -1].float()
         sampler = _SeededSampler(params, seeds, vision_token_ids(model.config))
         unfinished = torch.ones(len(rows), dtype=torch.bool, device=device)
+        # A decode step holds no image and its positions are given: the multimodal wrapper would only look up the
+        # embeddings, so the steps call the language model and the output head directly (fewer calls per token).
+        base = getattr(model, "module", model)
+        text_model, head = base.model.language_model, base.lm_head
         tokens: list[torch.Tensor] = []
         done, forwards = max_new == 0, 0
         while True:
@@ -320,9 +324,9 @@ class HFRolloutEngine:
             if (dist.all_reduce_max(int(not done)) == 0) if self.synced else done:
                 break
             forwards += 1  # a finished rank keeps stepping on its last tokens while another still decodes
-            out = model(input_ids=tokens[-1][:, None], attention_mask=attn[:, : width + forwards],
-                        position_ids=last + forwards, cache=cache, use_cache=True)
-            logits = out.logits[:, -1].float()
+            hidden = text_model(input_ids=tokens[-1][:, None], attention_mask=attn[:, : width + forwards],
+                                position_ids=last + forwards, cache=cache, use_cache=True).last_hidden_state
+            logits = head(hidden[:, -1]).float()
         response = torch.stack(tokens, 1).cpu() if tokens else torch.zeros(len(rows), 0, dtype=torch.long)
         logp = torch.stack(sampler.logps, 1).cpu() if tokens else torch.zeros(len(rows), 0)
         return response, logp
