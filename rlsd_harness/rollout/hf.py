@@ -106,11 +106,14 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
 
 class _SeededSampler:
     """A logits processor that samples (Gumbel-max with one generator per row) and records the log-prob of
-    the chosen token; it returns a one-hot score so that greedy `generate` emits exactly that token."""
+    the chosen token; it returns a one-hot score so that greedy `generate` emits exactly that token, and keeps
+    the chosen tokens in `choice` for a decode loop."""
 
     def __init__(self, params: SamplingParams, seeds: list[int], banned: list[int]) -> None:
         self.params = params
         self.banned = banned
+        self._banned: torch.Tensor | None = None
+        self.choice: torch.Tensor | None = None
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         self.logps: list[torch.Tensor] = []
         self._noise: torch.Tensor | None = None
@@ -124,7 +127,9 @@ class _SeededSampler:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         p = self.params
-        scores = scores.float().index_fill(-1, torch.tensor(self.banned, device=scores.device), float("-inf"))
+        if self._banned is None or self._banned.device != scores.device:
+            self._banned = torch.tensor(self.banned, dtype=torch.long, device=scores.device)
+        scores = scores.float().index_fill(-1, self._banned, float("-inf"))
         if p.greedy:
             choice = scores.argmax(-1)
             logp = torch.log_softmax(scores.float(), -1).gather(-1, choice[:, None])[:, 0]
@@ -135,6 +140,7 @@ class _SeededSampler:
             choice = (logp_all + gumbel).argmax(-1)
             logp = logp_all.gather(-1, choice[:, None])[:, 0]
         self.logps.append(logp)
+        self.choice = choice
         out = torch.full_like(scores, float("-inf"))
         return out.scatter(-1, choice[:, None], 0.0)
 
@@ -316,8 +322,8 @@ class HFRolloutEngine:
             if not done:
                 if len(tokens) < params.min_new_tokens:
                     logits[:, self.eos_id] = float("-inf")
-                choice = sampler(None, logits).argmax(-1)
-                token = torch.where(unfinished, choice, self.pad_id)
+                sampler(None, logits)
+                token = torch.where(unfinished, sampler.choice, self.pad_id)
                 tokens.append(token)
                 unfinished &= token != self.eos_id
                 done = len(tokens) == max_new or not bool(unfinished.any())
