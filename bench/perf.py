@@ -1,7 +1,7 @@
 """`python -m bench.perf [--steps N] [--warmup W] [--out perf.json] [key=value ...]`: step-time benchmark.
 
 Not a test: it measures, on the warmed-up tiny policy (`policy_path(cfg.model, cfg.data)`),
-  * our GRPO step (`rlsd_harness.training.trainer.Trainer`, DeepSpeed ZeRO-0, HF generate rollout) per phase,
+  * our GRPO step (`rlsd_harness.training.trainer.Trainer`, DeepSpeed ZeRO-0, the HF rollout engine) per phase,
   * TRL's `GRPOTrainer` at the same settings: same model folder (same initial weights), same processor,
     prompts x samples, forced completion length (min_new_tokens = max_new_tokens on both sides), temperature,
     top-p/top-k, lr / AdamW / grad clip, beta = 0, one process, no vLLM, one optimizer step per rollout batch,
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-DECODE_MODES = ("shared", "generate")  # harness.rollout.DECODE_MODES, without importing torch before the load probe
+DECODE_MODES = ("shared", "generate")  # rlsd_harness.rollout.hf.DECODE_MODES, not imported: torch must load after the idle-cores probe
 GOALS = {"TRL / ours (GRPO step)": (">=", 2.0), "RLSD / GRPO (ours, step)": ("<=", 1.15),
          "RLSD / GRPO (ours, median of paired)": ("<=", 1.15)}
 PHASE_ORDER = ("rollout", "reward", "logprobs", "teacher", "ref", "update", "sync", "probe", "other")
