@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from rlsd_harness.benchmarks import embedded
+from rlsd_harness.config import ConfigError
 from rlsd_harness.rollout.hf import stable_seed
 
 
@@ -40,14 +41,36 @@ class EmbeddedData:
         return embedded.generate("test", n or self.test_size, seed=self.test_seed, level=self.level)
 
 
-def _load_rows(path: Path) -> list[dict]:
+class DataError(ConfigError):
+    """A problem with the user's data: names the file, and the row and field when there is one."""
+
+
+def _load_rows(path: Path, key: str = "data.path") -> list[dict]:
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{key}={path} is not UTF-8 text (byte {e.start})") from None
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{key}={path} line {lineno} is not valid JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{key}={path} line {lineno} is a JSON {type(row).__name__}, not an object (one row per line)")
+            rows.append(row)
+        return rows
     if path.suffix == ".parquet":
         import pandas as pd
 
-        return pd.read_parquet(path).to_dict("records")
-    raise ValueError(f"unsupported data file {path} (use .jsonl or .parquet)")
+        try:
+            return pd.read_parquet(path).to_dict("records")
+        except Exception as e:  # pyarrow raises several types for a file that is not parquet
+            raise DataError(f"{key}={path} is not a readable parquet file ({e})") from None
+    raise DataError(f"{key}={path}: unsupported data file; valid: .jsonl, .parquet")
 
 
 def _image(value: Any, base: Path) -> Image.Image:
@@ -58,31 +81,53 @@ def _image(value: Any, base: Path) -> Image.Image:
     return Image.open(base / str(value))
 
 
+def _scalar_text(value: Any) -> str | None:
+    """A gold answer as text; None for a value that cannot be one answer (a list, a mapping)."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
 class LocalData:
     """Rows with `problem`/`question`, `answer` and `images` (MMFineReason's schema), from .jsonl or .parquet.
     Rows are validated up front: a row without an image or an answer is named in the error."""
 
-    def __init__(self, path: str, seed: int = 0, test_path: str | None = None, require_image: bool = True) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str, seed: int = 0, test_path: str | None = None, require_image: bool = True,
+                 key: str = "data.path") -> None:
+        self.path, self.key = Path(path), key
         if not self.path.exists():
-            raise FileNotFoundError(f"data.path {self.path} does not exist")
-        self.rows = [self._example(i, r, require_image) for i, r in enumerate(_load_rows(self.path))]
+            raise FileNotFoundError(f"{key} {self.path} does not exist")
+        self.rows = [self._example(i, r, require_image) for i, r in enumerate(_load_rows(self.path, key))]
+        if not self.rows:
+            raise DataError(f"{key}={self.path} has no rows")
         self.seed = seed
         self.test_path = test_path
 
     def _example(self, i: int, row: dict, require_image: bool) -> Example:
         rid = str(row.get("id", row.get("pid", i)))
         question = row.get("problem", row.get("question"))
-        if not question:
-            raise ValueError(f"{self.path}: row {rid} has no 'problem'/'question' text")
+        where = f"{self.key}={self.path} row {rid}"
+        if not question or not isinstance(question, str):
+            raise DataError(f"{where} has no 'problem'/'question' text")
         if row.get("answer") in (None, ""):
-            raise ValueError(f"{self.path}: row {rid} has no 'answer'")
+            raise DataError(f"{where} has no 'answer'")
+        answer = _scalar_text(row["answer"])
+        if answer is None:
+            raise DataError(f"{where}: answer {row['answer']!r} is a {type(row['answer']).__name__}; valid: one "
+                            f"string or number")
         images = row.get("images") or ([row["image"]] if row.get("image") else [])
-        if require_image and not images:
-            raise ValueError(f"{self.path}: row {rid} has no image")
+        if isinstance(images, str | dict):  # one image given without its list: not a list of characters
+            images = [images]
+        if require_image and not len(images):
+            raise DataError(f"{where} has no image")
         question = question.replace("<image>", "").strip()
-        return Example(rid, question, [_image(v, self.path.parent) for v in images], str(row["answer"]),
-                       str(row.get("solution", row["answer"])))
+        opened = []
+        for v in images:
+            try:
+                opened.append(_image(v, self.path.parent))
+            except (OSError, KeyError, TypeError) as e:  # missing file, not an image, a cell without bytes/path
+                raise DataError(f"{where}: image {str(v)[:80]!r} cannot be opened ({type(e).__name__}: {e})") from None
+        return Example(rid, question, opened, answer, str(row.get("solution", answer)))
 
     def prompts(self, step: int, n: int) -> list[Example]:
         order = list(range(len(self.rows)))
@@ -96,8 +141,8 @@ class LocalData:
 
     def test_set(self, n: int | None = None) -> list[Example]:
         if self.test_path is None:
-            raise ValueError("data.test_path is not set")
-        return LocalData(self.test_path, self.seed).rows[:n]
+            raise DataError("data.test_path is not set: held-out evaluation of data=local needs it")
+        return LocalData(self.test_path, self.seed, key="data.test_path").rows[:n]
 
 
 def build_data(cfg: Any, seed: int):

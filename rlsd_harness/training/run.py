@@ -75,9 +75,11 @@ def run(cfg: DictConfig, log=None) -> Path:
     from rlsd_harness.evaluation.heldout import evaluate_items
     from rlsd_harness.models import load_model, load_processor
     from rlsd_harness.training import checkpoint
+    from rlsd_harness.training.preflight import check_run
     from rlsd_harness.training.trainer import NonFiniteLoss, Trainer
     from rlsd_harness.training.warmup import policy_path
 
+    check_run(cfg)  # config, model folder and data, before anything is written
     log = log or (lambda msg: print(msg, file=sys.stderr))
     init_path = policy_path(cfg.model, cfg.data, log)  # a bad model or data path fails before the run folder exists
     data = build_data(cfg.data, cfg.seed)
