@@ -30,6 +30,15 @@ BASE = ["model.warmup=null", "train.steps=1", "train.prompts_per_step=2", "train
         "rollout.max_new_tokens=4"]
 
 
+@pytest.fixture(autouse=True)
+def keep_process_group(monkeypatch):
+    """A command that does train (a case the checks let through) must not tear down the process group the
+    next case in this process would need."""
+    from rlsd_harness import dist
+
+    monkeypatch.setattr(dist, "shutdown", lambda: None)
+
+
 def train_refuses(tmp_path: Path, capsys, *args: str) -> str:
     """Run rlsd-train; assert exit status 2, one short message, and nothing written under tmp_path/runs."""
     runs = tmp_path / "runs"
@@ -202,6 +211,17 @@ def test_a_failed_overwrite_leaves_the_old_run(tmp_path, capsys, cache_dir):
     assert exit_info.value.code == 2
     assert "train.steps='two'" in capsys.readouterr().err
     assert sorted(p.name for p in old.iterdir()) == ["metrics.jsonl"] and (old / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_compare_refuses_a_bad_override_before_its_first_run(tmp_path, capsys, cache_dir):
+    from rlsd_harness.cli.compare import main as compare_main
+
+    out = tmp_path / "smoke"
+    with pytest.raises(SystemExit) as exit_info:
+        compare_main(["experiment=smoke", f"out={out}", *BASE, "train.steps=two"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "train.steps='two' (set on the command line)" in err, err
+    assert not out.exists()
 
 
 # ----------------------------------------------------------------------------- data files
