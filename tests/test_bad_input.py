@@ -72,7 +72,7 @@ CONFIG_CASES = {
     "zero prompts": (["train.prompts_per_step=0"], ["train.prompts_per_step=0", "integer >= 1"]),
     "geometry": (["train.micro_batch_size=3"], ["4 rows per rank", "train.micro_batch_size=3", "1, 2, 4"]),
     "mini-batches do not divide": (["train.mini_batches=3"], ["train.mini_batches=3", "4 rows per rank"]),
-    "one beta": (["optim.betas=[0.9]"], ["optim.betas=[0.9]", "of 2"]),
+    "one beta": (["optim.betas=[0.9]"], ["optim.betas=[0.9]", "a list of 2 numbers"]),
     "beta of one": (["optim.betas=[0.9,1.0]"], ["optim.betas=[0.9, 1.0]", "< 1"]),
     "zero lr": (["optim.lr=0"], ["optim.lr=0", "> 0"]),
     "top_p above one": (["rollout.top_p=1.5"], ["rollout.top_p=1.5", "<= 1"]),
@@ -276,8 +276,8 @@ def test_missing_held_out_file_is_named_as_test_path(data_dir, tmp_path, capsys,
 def test_one_image_given_as_a_string_is_one_image(data_dir):
     from rlsd_harness.data import LocalData
 
-    rows = LocalData(str(_rows(data_dir / "t.jsonl", {**GOOD, "images": "a.png"}))).rows
-    assert len(rows[0].images) == 1 and rows[0].images[0].size == (32, 32)
+    (example,) = LocalData(str(_rows(data_dir / "t.jsonl", {**GOOD, "images": "a.png"}))).prompts(1, 1)
+    assert len(example.images) == 1 and example.images[0].size == (32, 32)
 
 
 # ----------------------------------------------------------------------------- model folders

@@ -76,9 +76,10 @@ class Key:
         else:
             bounds = [f"{op} {_show(v)}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
                       if v is not None]
-            text = TYPE_WORDS[self.type] + (f" of {self.length}" if self.length else "")
-            if self.type == "floats" and bounds:
-                text += ", each"
+            text = TYPE_WORDS[self.type]
+            if self.type == "floats":
+                text = f"a list of {self.length} numbers" if self.length else text
+                text += ", each" if bounds else ""
             text += (" " + " and ".join(bounds)) if bounds else ""
         return text + (" (or null)" if self.null else "")
 
