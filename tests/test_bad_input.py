@@ -98,6 +98,8 @@ CONFIG_CASES = {
     "unknown decoding": (["eval.decoding=fast"], ["eval.decoding='fast'", "'greedy', 'paper'"]),
     "unknown zero stage": (["deepspeed.zero_stage=5"], ["deepspeed.zero_stage=5", "0, 1, 2, 3"]),
     "unknown level": (["data.level=7"], ["data.level=7", "1, 2, 3"]),
+    "unknown tracker": (["run.trackers=[tensorbored]"], ["run.trackers=['tensorbored']", "'tensorbored' is not one",
+                                                         "'tensorboard'"]),
     "run name escapes": (["run.name=../elsewhere"], ["run.name='../elsewhere'", "path separators"]),
     "model folder required": (["model=qwen3-vl-8b"], ["model.path", "model/qwen3-vl-8b.yaml", "set model.path=<folder>"]),
     "data file required": (["data=local"], ["data.path", "data/local.yaml", "set data.path=<file>"]),

@@ -15,12 +15,12 @@ import pandas as pd
 from rlsd_harness.config import BUDGET_KEYS
 
 CURVES = [
-    ("reward", "training reward (mean over samples)"),
-    ("entropy", "policy entropy (nats / token)"),
-    ("teacher_kl", "teacher-student KL on sampled tokens"),
-    ("w_clip_frac", "RLSD w clipped (fraction of tokens)"),
-    ("leakage", "leakage rate (responses)"),
-    ("response_length", "response length (tokens)"),
+    ("rollout/reward", "training reward (mean over samples)"),
+    ("actor/entropy", "policy entropy (nats / token)"),
+    ("teacher/kl", "teacher-student KL on sampled tokens"),
+    ("actor/w_clip_frac", "RLSD w clipped (fraction of tokens)"),
+    ("rollout/leakage", "leakage rate (responses)"),
+    ("rollout/response_length", "response length (tokens)"),
 ]
 
 
@@ -35,8 +35,8 @@ def load_runs(runs_dir: Path) -> tuple[pd.DataFrame, dict[str, str]]:
             continue
         df = pd.DataFrame([json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()])
         df["method"], df["seed"], df["finished"] = method, int(seed), (run_dir / "final").exists()
-        if "w_clip_low_frac" in df:
-            df["w_clip_frac"] = df["w_clip_low_frac"] + df["w_clip_high_frac"]
+        if "actor/w_clip_low_frac" in df:
+            df["actor/w_clip_frac"] = df["actor/w_clip_low_frac"] + df["actor/w_clip_high_frac"]
         frames.append(df)
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), failed
 
@@ -148,7 +148,7 @@ def write_report(out: Path, exp, meta: dict) -> None:
     fig.savefig(out / "dynamics.png", dpi=110)
     plt.close(fig)
 
-    wall = df.groupby(["method", "seed"])["cum/time/step"].max().sum() + df.get("eval/seconds", pd.Series(dtype=float)).sum()
+    wall = df.groupby(["method", "seed"])["ledger/cum/time/step"].max().sum() + df.get("eval/seconds", pd.Series(dtype=float)).sum()
     lines = [
         f"# Comparison `{meta.get('experiment')}`", "",
         f"Arms {list(arms(exp))} x seeds {list(exp.seeds)}, all from the same warmed-up base policy; "

@@ -31,7 +31,7 @@ from rlsd_harness.benchmarks.embedded import LEVELS
 from rlsd_harness.config import BUDGET_KEYS, ConfigError, provenance, source_of
 
 TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-              "floats": "a list of numbers", "mapping": "a mapping"}
+              "floats": "a list of numbers", "strs": "a list", "mapping": "a mapping"}
 
 # A choice list supplied by the caller: a sequence, or a function of the config (model.size depends on arch).
 Registry = Sequence[Any] | Callable[[Any], Sequence[Any]]
@@ -69,7 +69,9 @@ class Key:
     def valid(self, cfg: Any = None, registries: Mapping[str, Registry] | None = None) -> str:
         """The valid values in words: "an integer >= 1", "one of flops, tokens (or null)"."""
         choices = self.choice_list(cfg, registries or {})
-        if choices is not None:
+        if choices is not None and self.type == "strs":
+            text = f"a list of any of {', '.join(_show(c) for c in choices)}"
+        elif choices is not None:
             text = ", ".join(_show(c) for c in choices) or "none"
         elif self.choices is not None:
             text = f"a {self.choices}"
@@ -88,6 +90,11 @@ class Key:
         if value is None:
             return None if self.null else "must not be null"
         choices = self.choice_list(cfg, registries or {})
+        if self.type == "strs":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                return "not a list of names"
+            bad = [v for v in value if choices is not None and v not in choices]
+            return f"{_show(bad[0])} is not one of the choices" if bad else None
         if choices is not None:
             # by type as well as value: true == 1 in Python, and 1.0 is not the integer choice 1
             return None if any(type(value) is type(c) and value == c for c in choices) else "not one of the choices"
@@ -151,6 +158,7 @@ KEYS: list[Key] = [
     Key("run.dir", "str", "folder holding the run folders (relative: to the source checkout)"),
     Key("run.overwrite", "bool", "replace an existing run folder of the same name"),
     Key("run.resume", "bool", "continue the run in run.dir/run.name from its latest checkpoint"),
+    Key("run.trackers", "strs", "experiment trackers besides metrics.jsonl", choices="tracker"),
     Key("train.steps", "int", "rollout batches to train", ge=1),
     Key("train.prompts_per_step", "int", "prompts per rollout batch (all ranks together)", ge=1),
     Key("train.group_size", "int", "responses per prompt; >= 2 for objectives that compare a group's responses", ge=1),
@@ -208,8 +216,20 @@ KEYS: list[Key] = [
     Key("data.level", "int", "embedded task difficulty", choices=LEVELS),
     Key("data.test_size", "int", "embedded held-out set size", ge=1),
     Key("data.verifier", "str", "reward verifier", choices="verifier"),
-    Key("data.path", "str", "training rows (.jsonl or .parquet)", placeholder="<file>"),
-    Key("data.test_path", "str", "held-out rows; needed when train.eval_every > 0", null=True, placeholder="<file>"),
+    Key("data.path", "str", "training rows: a .jsonl/.json/.parquet/.arrow file, a folder of them, a save_to_disk "
+        "folder, or a hub id in the local cache", placeholder="<file>"),
+    Key("data.test_path", "str", "held-out rows, the same kinds; needed when train.eval_every > 0", null=True,
+        placeholder="<file>"),
+    Key("data.split", "str", "split of a folder or hub id (data.path)"),
+    Key("data.test_split", "str", "the same for data.test_path"),
+    Key("data.config", "str", "a hub dataset's config (its subfolder)", null=True),
+    Key("data.revision", "str", "a hub dataset's cached revision", null=True),
+    Key("data.cache_dir", "str", "where `datasets` keeps converted json/parquet", null=True),
+    Key("data.image_root", "str", "where relative image paths start (default: the data file's folder)", null=True),
+    Key("data.schema", "str", "which columns hold each field", choices="data schema"),
+    Key("data.fields", "mapping", "per-field column overrides (id, question, images, answer, solution, options)",
+        open=True),
+    Key("data.require_image", "bool", "refuse rows without an image"),
     Key("rollout.engine", "str", "rollout engine", choices=("hf", "vllm")),
     Key("rollout.temperature", "float", "sampling temperature", gt=0),
     Key("rollout.top_p", "float", "nucleus sampling mass", gt=0, le=1),

@@ -13,9 +13,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from rlsd_harness.config import ConfigError, schema, source_of
+from rlsd_harness.config import ConfigError, schema
+from rlsd_harness.data import SCHEMAS
 from rlsd_harness.evaluation.heldout import DECODING
 from rlsd_harness.models import ARCHS, check_weights
+from rlsd_harness.training.metrics import TRACKERS
 from rlsd_harness.training.teacher import WEIGHT_SOURCES, TeacherConfig, teacher_config
 from rlsd_harness.verifier import VERIFIERS
 
@@ -32,6 +34,8 @@ def registries() -> dict[str, Any]:
         "verifier": list(VERIFIERS),
         "decoding": list(DECODING),
         "teacher weights": list(WEIGHT_SOURCES),
+        "data schema": list(SCHEMAS),
+        "tracker": list(TRACKERS),
     }
 
 
@@ -49,17 +53,11 @@ def check_model(cfg: Any) -> None:
 
 def check_data(cfg: Any) -> None:
     """The training rows (and, when training evaluates, the held-out rows) load: readable files with the
-    named fields, openable images. The data builder validates rows as it reads them."""
-    from pathlib import Path
-
+    named fields, openable images. The data builder validates every row as it opens the files, and names
+    data.path or data.test_path in its errors."""
     from rlsd_harness.data import build_data
 
     evaluating = bool(cfg.train.eval_every)
-    if cfg.data.name == "local" and evaluating:
-        test = cfg.data.get("test_path")
-        if test is not None and not Path(str(test)).exists():
-            raise FileNotFoundError(f"data.test_path={test} ({source_of(cfg, 'data.test_path')}) does not exist; "
-                                    f"held-out evaluation (train.eval_every={cfg.train.eval_every}) reads it")
     try:
         data = build_data(cfg.data, cfg.seed)
     except KeyError as e:  # an unknown data.name

@@ -75,6 +75,7 @@ def run(cfg: DictConfig, log=None) -> Path:
     from rlsd_harness.evaluation.heldout import evaluate_items
     from rlsd_harness.models import load_model, load_processor
     from rlsd_harness.training import checkpoint
+    from rlsd_harness.training.metrics import open_sinks
     from rlsd_harness.training.preflight import check_run
     from rlsd_harness.training.trainer import NonFiniteLoss, Trainer
     from rlsd_harness.training.warmup import policy_path
@@ -123,11 +124,15 @@ def run(cfg: DictConfig, log=None) -> Path:
                  "ledger": trainer.ledger.state_dict(), "algorithm": cfg.algorithm.name}
         checkpoint.save(run_dir / "checkpoints" / f"step-{trainer.rollout_step:06d}", trainer, rank, state)
 
+    sinks = open_sinks(run_dir, list(cfg.run.get("trackers") or []), OmegaConf.to_container(cfg, resolve=True)) \
+        if rank == 0 else []
     if trainer.rollout_step == 0:
         first = {"rollout_step": 0, "step": 0.0, **evaluate()}
-        first.update({f"cum/{k}": 0.0 for k in ("flops/total", "tokens/generated", "time/step")})
+        first.update({f"ledger/cum/{k}": 0.0 for k in ("flops/total", "tokens/generated", "time/step")})
         if rank == 0:
-            metrics_file.write_text(json.dumps(first) + "\n")
+            metrics_file.write_text("")
+            for sink in sinks:
+                sink.log(first, 0)
     bar = tqdm(total=cfg.train.steps, initial=trainer.rollout_step, desc=f"{run_dir.name}",
                disable=not cfg.train.progress or rank != 0, dynamic_ncols=True)
     try:
@@ -138,14 +143,14 @@ def run(cfg: DictConfig, log=None) -> Path:
             if cfg.train.eval_every and (trainer.rollout_step % cfg.train.eval_every == 0 or last):
                 metrics.update(evaluate())
             if rank == 0:
-                with metrics_file.open("a") as f:
-                    f.write(json.dumps(metrics) + "\n")
+                for sink in sinks:
+                    sink.log(metrics, trainer.rollout_step)
             if cfg.train.save_every and (trainer.rollout_step % cfg.train.save_every == 0 or last):
                 save()
             bar.update(1)
             if last:
                 break
-            bar.set_postfix(reward=f"{metrics['reward']:.2f}", loss=f"{metrics.get('loss', 0.0):.3f}",
+            bar.set_postfix(reward=f"{metrics['rollout/reward']:.2f}", loss=f"{metrics.get('actor/loss', 0.0):.3f}",
                             **({"acc": f"{metrics['eval/pass@1']:.2f}"} if "eval/pass@1" in metrics else {}))
     except NonFiniteLoss as e:
         if rank == 0:
@@ -155,6 +160,8 @@ def run(cfg: DictConfig, log=None) -> Path:
         raise
     finally:
         bar.close()
+        for sink in sinks:
+            sink.close()
     weights = checkpoint.full_state_dict(trainer.engine)  # every rank: a collective under ZeRO-3
     if rank == 0:
         trainer.engine.module.save_pretrained(run_dir / "final", state_dict=weights)

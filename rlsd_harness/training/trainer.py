@@ -26,6 +26,7 @@ from rlsd_harness.rollout.hf import (
 )
 from rlsd_harness.training.dynamics import leakage_flags
 from rlsd_harness.training.ledger import Ledger, ModelShape
+from rlsd_harness.training.metrics import namespaced
 from rlsd_harness.training.microbatch import balance_rows, pad_to_count, partition_by_tokens
 from rlsd_harness.training.teacher import (
     TeacherConfig,
@@ -468,4 +469,4 @@ class Trainer:
         for k, v in metrics.items():
             if not math.isfinite(v):
                 raise NonFiniteLoss(f"non-finite {k} ({v}) at step {self.step_count}")
-        return {"step": float(self.step_count), **metrics, **counts}
+        return namespaced({"step": float(self.step_count), **metrics, **counts})
