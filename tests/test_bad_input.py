@@ -226,6 +226,16 @@ def test_compare_refuses_a_bad_override_before_its_first_run(tmp_path, capsys, c
     assert not out.exists()
 
 
+def test_dry_run_checks_the_geometry_of_the_planned_cluster(capsys):
+    from rlsd_harness.cli.compare import main as compare_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        compare_main(["experiment=paper_main_table", "dry_run=true", "train.micro_batch_size=3"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "train.prompts_per_step=256 / 32 ranks" in err, err
+    assert "train.micro_batch_size=3 (set on the command line)" in err
+
+
 # ----------------------------------------------------------------------------- data files
 
 

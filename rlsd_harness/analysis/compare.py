@@ -59,7 +59,9 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     runs_dir = out / "runs"
     jobs = [(m, s) for m in arms(exp) for s in exp.seeds]
     for m, s in jobs:  # validate every configuration before spending any compute or writing anything
-        check_config(compose_config(run_overrides(exp, m, s, runs_dir, extra)))
+        # a dry run checks the batch geometry of the planned cluster and lists the paths still to set
+        check_config(compose_config(run_overrides(exp, m, s, runs_dir, extra)), allow_missing=dry,
+                     world=int(exp.get("world_size", 1)) if dry else None)
     if dry:
         return dry_run(exp, name, runs_dir, extra)
     out.mkdir(parents=True, exist_ok=True)

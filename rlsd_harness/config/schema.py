@@ -292,7 +292,8 @@ def _plain(v: Any) -> Any:
     return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
 
 
-def check_keys(cfg: Any, errors: _Errors, registries: Mapping[str, Registry], only: Sequence[str] | None) -> None:
+def check_keys(cfg: Any, errors: _Errors, registries: Mapping[str, Registry], only: Sequence[str] | None,
+               allow_missing: bool = False) -> None:
     prov = provenance(cfg)
     for key, raw in _leaves(cfg):
         if only is not None and key.split(".", 1)[0] not in only:
@@ -307,6 +308,8 @@ def check_keys(cfg: Any, errors: _Errors, registries: Mapping[str, Registry], on
                             f"{parent or 'the top level'}: {', '.join(siblings)}")
             continue
         if isinstance(raw, str) and raw == "???":
+            if allow_missing:
+                continue
             errors.text(f"{key} has no value ({source_of(cfg, key)} leaves it ???): set {key}={rule.placeholder}")
             continue
         value = _plain(raw)
@@ -479,16 +482,17 @@ def check_cross(cfg: Any, errors: _Errors, world: int) -> None:
 
 def validate(cfg: Any, registries: Mapping[str, Registry] | None = None,
              sections: Mapping[str, tuple[type, Callable[[Mapping[str, Any]], Any]]] | None = None,
-             world: int | None = None, only: Sequence[str] | None = None) -> None:
+             world: int | None = None, only: Sequence[str] | None = None, allow_missing: bool = False) -> None:
     """Check `cfg` against the schema; raise one ConfigError naming every problem. `registries` supply the
     choice lists of higher layers ("model arch", "model size", "verifier", "decoding"); `sections` map a key
     to (dataclass, builder) for mappings typed by a dataclass (algorithm.teacher); `only` restricts the check
-    to some top-level sections (the benchmark runner reads seed and eval only)."""
+    to some top-level sections (the benchmark runner reads seed and eval only); `allow_missing` lets a
+    mandatory value (`???`) stay unset (a dry run lists them); `world` defaults to this launch's ranks."""
     registries = _with_own(registries)
     sections = dict(sections or {})
     world = world_size() if world is None else world
     errors = _Errors(cfg)
-    check_keys(cfg, errors, registries, only)
+    check_keys(cfg, errors, registries, only, allow_missing)
     if only is not None:
         errors.raise_if_any()
         return

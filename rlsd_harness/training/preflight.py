@@ -39,8 +39,9 @@ def registries() -> dict[str, Any]:
     }
 
 
-def check_config(cfg: Any, only: tuple[str, ...] | None = None) -> None:
-    schema.validate(cfg, registries(), SECTIONS, only=only)
+def check_config(cfg: Any, only: tuple[str, ...] | None = None, world: int | None = None,
+                 allow_missing: bool = False) -> None:
+    schema.validate(cfg, registries(), SECTIONS, world=world, only=only, allow_missing=allow_missing)
 
 
 def check_model(cfg: Any) -> None:
