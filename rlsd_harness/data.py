@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from rlsd_harness.benchmarks import embedded
+from rlsd_harness.config import ConfigError
 from rlsd_harness.rollout.hf import stable_seed
 
 
@@ -57,7 +58,7 @@ class EmbeddedData:
         return self.heldout_set("test", n)
 
 
-class DataError(ValueError):
+class DataError(ConfigError):
     """A problem with the user's data: names the config key, the file, and the row and field when there is one."""
 
 

@@ -435,7 +435,7 @@ def run_benchmarks(checkpoint: str | Path, names: list[str], cfg: Any, out: str 
                    overwrite: bool = False, model=None, processor=None, log: Callable[[str], None] | None = None):
     """Evaluate `checkpoint` on `names` under config `cfg` into `out`; returns the table (a DataFrame).
     `model`/`processor` may be passed in already loaded (they must be the checkpoint's)."""
-    from rlsd_harness.models import load_model, load_processor
+    from rlsd_harness.models import check_weights, load_model, load_processor
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     for spec in names:
@@ -446,6 +446,8 @@ def run_benchmarks(checkpoint: str | Path, names: list[str], cfg: Any, out: str 
     if cfg.eval.mathvista_judge not in (None, "self"):
         raise ValueError(f"unknown eval.mathvista_judge {cfg.eval.mathvista_judge!r}; valid: null, self")
     model_dir = resolve_checkpoint(checkpoint)
+    if model is None:  # weights that would load incompletely (random init) or hold NaN are refused first
+        check_weights(model_dir, "checkpoint")
     out = Path(out)
     # Data first: a bad source or variant fails before the model is loaded and before out is touched.
     judge_slot: list[Callable[[str], str]] = []
