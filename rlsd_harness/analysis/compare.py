@@ -44,6 +44,7 @@ from rlsd_harness.config import (
     tuning_grid,
     tuning_run_overrides,
 )
+from rlsd_harness.training.preflight import check_config
 from rlsd_harness.training.run import run
 
 
@@ -152,11 +153,18 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     runs_dir, tuning_dir = target / "runs", target / "tuning" / "runs"
     tuning_jobs = [(pt, s) for points in grid.values() for pt in points for s in exp.tuning.seeds]
     jobs = [(m, s) for m in arms(exp) for s in exp.seeds]
-    # every configuration is composed (validated) before any compute is spent; with tuning, the test runs
-    # are validated with a stand-in pick and composed again once the picks are known
-    tuning_cfgs = [compose_config(tuning_run_overrides(exp, pt, s, tuning_dir, extra)) for pt, s in tuning_jobs]
-    test_cfgs = [compose_config(run_overrides(exp, m, s, runs_dir, extra,
-                                              list(grid[arms(exp)[m][0]][0].overrides) if grid else []))
+    # every configuration is composed and checked against the schema before any compute is spent or anything
+    # written (a dry run checks the batch geometry of the planned cluster and lists the paths still to set);
+    # with tuning, the test runs are checked with a stand-in pick and composed again once the picks are known
+    world = int(exp.get("world_size", 1)) if dry else None
+
+    def checked(overrides: list[str]) -> DictConfig:
+        cfg = compose_config(overrides)
+        check_config(cfg, allow_missing=dry, world=world)
+        return cfg
+
+    tuning_cfgs = [checked(tuning_run_overrides(exp, pt, s, tuning_dir, extra)) for pt, s in tuning_jobs]
+    test_cfgs = [checked(run_overrides(exp, m, s, runs_dir, extra, list(grid[arms(exp)[m][0]][0].overrides) if grid else []))
                  for m, s in jobs]
     if dry:
         return dry_run(exp, name, runs_dir, extra)
@@ -189,7 +197,7 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
         bar.set_postfix(run=f"{method}-s{seed}")
         if grid:
             picked = picks[arms(exp)[method][0]]["overrides"]
-            cfg = compose_config(run_overrides(exp, method, seed, runs_dir, extra, picked))
+            cfg = checked(run_overrides(exp, method, seed, runs_dir, extra, picked))
         _train(runs_dir / f"{method}-s{seed}", cfg, log)
         bar.update(1)
     bar.close()
