@@ -8,7 +8,7 @@ The Python API (each name imported on first use, so `import rlsd_harness` stays 
     run_dir = train(cfg)                                                # one run -> its folder
     out = compare("embedded")                                           # an experiment's matrix + report
     table = evaluate(run_dir, ["embedded"], cfg, out="results/eval/x")  # benchmark runner -> DataFrame
-    df, failed = load_runs(out / "runs")                                # every metrics line, one DataFrame
+    df = load_runs(out / "runs")                                        # every metrics line, one DataFrame
 
 docs/api.md documents them.
 """

@@ -795,8 +795,9 @@ def compare_studies(new: Path, old: Path, exp: Any, split: str = "test") -> pd.D
     bit). Columns: method, budget, runs_new, runs_old, runs_both, runs_identical, max_abs_item_diff,
     mean_new, mean_old, diff_points."""
     cfg = report_settings(exp)
-    a = load_study(Path(new) / "runs", cfg["fractions"], cfg["kind"], split).records
-    b = load_study(Path(old) / "runs", cfg["fractions"], cfg["kind"], split).records
+    study_a = load_study(Path(new) / "runs", cfg["fractions"], cfg["kind"], split)
+    study_b = load_study(Path(old) / "runs", cfg["fractions"], cfg["kind"], split)
+    a, b = study_a.records, study_b.records
     rows = []
     for (method, budget), ga in a.groupby(["method", "budget"]):
         gb = b[(b["method"] == method) & np.isclose(b["budget"], budget)]
@@ -816,7 +817,8 @@ def compare_studies(new: Path, old: Path, exp: Any, split: str = "test") -> pd.D
         rows.append({"method": method, "budget": float(budget), "runs_new": ga["seed"].nunique(),
                      "runs_old": gb["seed"].nunique(), "runs_both": len(both), "runs_identical": identical,
                      "max_abs_item_diff": worst, "mean_new": mean_new, "mean_old": mean_old,
-                     "diff_points": 100 * (mean_new - mean_old)})
+                     "diff_points": 100 * (mean_new - mean_old), "records_new": study_a.mode,
+                     "records_old": study_b.mode})
     return pd.DataFrame(rows)
 
 
@@ -831,5 +833,9 @@ def write_comparison(new: Path, old: Path, exp: Any, split: str = "test") -> pd.
         lines.append(f"| {r.method} | {r.budget:g} | {r.runs_new} / {r.runs_old} / {r.runs_both} | "
                      f"{r.runs_identical} / {r.runs_both} | {_pts(r.mean_new)} | {_pts(r.mean_old)} | "
                      f"{r.diff_points:+.2f} |")
+    if len(table) and (table["records_new"] != table["records_old"]).any():
+        lines += ["", "The two studies do not measure the same thing: one has per-item records (mean@k), the other "
+                  "only aggregate greedy pass@1 (runs from before per-item records), so the differences above mix "
+                  "the measure with the runs."]
     write_text(Path(new) / "compare_with.md", "\n".join(lines) + "\n")
     return table
