@@ -26,6 +26,8 @@ import numpy as np
 from PIL import Image
 
 from rlsd_harness.answers import last_boxed
+from rlsd_harness.benchmarks import Metadata, options_scorer
+from rlsd_harness.benchmarks._common import acc_entry
 from rlsd_harness.prompts import REFERENCE_TEMPLATE
 
 NAME = "embedded"
@@ -143,6 +145,11 @@ def score(response: str, item: Item) -> dict:
     return {"parsed": parsed, "correct": bool(correct)}
 
 
+def metrics(items: list[Item], results: list[dict]) -> dict:
+    """Accuracy over `items` (one score record each)."""
+    return acc_entry(sum(bool(r["correct"]) for r in results), len(items))
+
+
 def corpus(n: int = 2000, seed: int = 0) -> list[str]:
     """Texts the project's tokenizer is trained on: questions, solutions and privileged prompts of all levels."""
     texts = []
@@ -151,3 +158,7 @@ def corpus(n: int = 2000, seed: int = 0) -> list[str]:
             texts += [item.question, item.solution, REFERENCE_TEMPLATE.format(question=item.question, hint=item.answer)]
             texts.append(REFERENCE_TEMPLATE.format(question=item.question, hint=item.solution))
     return texts
+
+
+METADATA = Metadata(row_id=lambda item: str(item.id), headline="accuracy", new_scorer=options_scorer(score),
+                    training_task=True)

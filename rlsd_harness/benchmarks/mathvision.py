@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rlsd_harness.benchmarks import Metadata, options_scorer
 from rlsd_harness.benchmarks._common import (
     BenchmarkError,
     breakdown,
@@ -338,3 +339,6 @@ def metrics(rows: list[dict], results: list) -> dict:
         "timed_out": sum(1 for r in results if isinstance(r, dict) and r.get("timed_out")),
     }
     return out
+
+
+METADATA = Metadata(row_id=lambda row: str(row["id"]), headline="accuracy", new_scorer=options_scorer(score))

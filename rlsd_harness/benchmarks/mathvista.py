@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rlsd_harness.answers import last_boxed
+from rlsd_harness.benchmarks import Judge, Metadata, Scorer
 from rlsd_harness.benchmarks._common import (
     BenchmarkError,
     breakdown,
@@ -44,8 +45,6 @@ NAME = "mathvista"
 SPLITS = ("testmini", "test")
 VARIANTS = ("official", "vlmevalkit")
 METADATA_KEYS = ("language", "source", "category", "task", "context", "grade", "skills")
-
-Judge = Callable[[str], str]
 
 
 def load(
@@ -440,3 +439,11 @@ def metrics(rows: list[dict], results: list) -> dict:
             extractors[r["extractor"]] = extractors.get(r["extractor"], 0) + 1
     out["extractor"] = extractors
     return out
+
+
+def new_scorer(options: Mapping[str, Any], judge: Judge | None = None) -> Scorer:
+    """A scorer that extracts with `judge` when one is given, else with the rules."""
+    return lambda response, row: score(response, row, judge=judge, **options)
+
+
+METADATA = Metadata(row_id=lambda row: str(row["pid"]), headline="accuracy", new_scorer=new_scorer, judged=True)

@@ -23,8 +23,10 @@ from __future__ import annotations
 import ast
 import random
 import re
+from collections.abc import Mapping
 from typing import Any
 
+from rlsd_harness.benchmarks import Judge, Metadata, Scorer
 from rlsd_harness.benchmarks._common import (
     BenchmarkError,
     acc_entry,
@@ -352,3 +354,14 @@ def metrics(rows: list[dict], results: list) -> dict:
     out["random_fallbacks"] = fallbacks
     out["overall"] = acc_entry(n_correct, len(rows))
     return out
+
+
+def new_scorer(options: Mapping[str, Any], judge: Judge | None = None) -> Scorer:
+    """A scorer for one sample index of a run: its own generator, drawn in dataset order, so that each
+    sample repeats an official run's random fallback."""
+    rng = new_rng()
+    return lambda response, row: score(response, row, rng=rng, **options)
+
+
+METADATA = Metadata(row_id=lambda row: str(row["id"]), headline="accuracy", new_scorer=new_scorer,
+                    stateful_scoring=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from rlsd_harness.benchmarks import Metadata, options_scorer
 from rlsd_harness.benchmarks._common import (
     check_aligned,
     check_variant,
@@ -192,3 +193,12 @@ def metrics(
                 per_domain.setdefault(domain, []).append(concept_acc[concept])
         out["by_domain"] = {d: sum(v) / len(v) for d, v in sorted(per_domain.items())}
     return out
+
+
+# "ID" names a composite problem; its one-step and multi-step sub-problems share it and differ by "key".
+METADATA = Metadata(
+    row_id=lambda row: f"{row['ID']}/{row['key']}",
+    headline="Score (Strict)",
+    secondary=(("Score (Loose)", "Score (Loose)"),),
+    new_scorer=options_scorer(score),
+)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from math import comb
 from typing import Any
 
+from rlsd_harness.benchmarks import Metadata, options_scorer
 from rlsd_harness.benchmarks._common import (
     check_aligned,
     check_variant,
@@ -154,3 +155,12 @@ def _summarise(groups: dict[str, list[bool]], k: int | None) -> dict[str, Any]:
         "correct_questions_any": sum(1 for _, c in counts if c > 0),
         "correct_questions_all": sum(1 for n, c in counts if c == n),
     }
+
+
+METADATA = Metadata(
+    row_id=lambda row: str(row["question_id"]),
+    headline="pass@1",
+    secondary=(("pass@k", "pass@{k}"), ("k/k", "{k}/{k}")),
+    new_scorer=options_scorer(score),
+    samples_together=True,  # pass@k and k/k reliability count the k samples of a question together
+)
