@@ -1,6 +1,6 @@
 """MathVision / MATH-V (test 3,040, testmini 304): official prompts and rule-based scorer.
 
-Scoring follows MATH-V `evaluation/evaluate.py` + `utils.py` (specs/benchmarks.md §3.4), quirks
+Scoring follows MATH-V's `evaluation/evaluate.py` + `evaluation/utils.py` (github.com/mathllm/MATH-V), quirks
 included: the letter shortcuts, the `is ` number shortcut, the answer flags (only when no `oxed{`),
 the last box winning when there are several, the greedy `oxed{(.*)}`, `\\text`/`\\mbox` removed with
 their braces kept, `_fix_sqrt` and `_fix_fracs` run only when "sqrt" is present, and

@@ -1,6 +1,7 @@
 """MMMU (validation, 900 items): official prompt and rule-based scorer (MMMU repo `eval_utils.py`).
 
-Official semantics kept on purpose (specs/benchmarks.md §1.4, §1.7):
+Official semantics kept on purpose (github.com/MMMU-Benchmark/MMMU, mmmu/utils/eval_utils.py), the
+lenient and the random ones included:
 - MC parsing strips `, . ! ? ; : '` one character kind after the other from both ends, pads with
   spaces, then looks for `(X)`, then ` X ` (case-sensitive), then (only with more than 5 tokens) the
   option text; several candidates -> the one whose marker occurs last; none -> a random letter.

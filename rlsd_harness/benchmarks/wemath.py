@@ -1,6 +1,7 @@
 """We-Math (testmini, 1,740 rows = 525 composite problems): official prompt, parsing and metrics.
 
-Parsing (`parse`) is the official pandas chain (specs/benchmarks.md §5.4), exactly: take what follows
+Parsing (`parse`) is the official pandas chain (github.com/We-Math/We-Math,
+evaluation/four_dimensional_metrics.py), exactly: take what follows
 the last case-sensitive "Answer", strip, delete every `>`, `<`, `:` and `.`, strip again, and keep
 the first character if it is one of A-H (else None). So "Because ..." parses as B, "The answer is B."
 as None, "**Answer:** B" as None.

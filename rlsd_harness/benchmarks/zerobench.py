@@ -1,6 +1,7 @@
 """ZeroBench (100 main questions, 334 subquestions): official prompt, scoring snippet and metrics.
 
-Scoring is the README snippet (specs/benchmarks.md §4.4), quirks included: lower-case the stripped
+Scoring is the snippet of the official README (github.com/jonathan-roberts1/zerobench; there is no scoring
+module), quirks included: lower-case the stripped
 response, take the last non-greedy `{...}` on one line (no DOTALL; `''` when there is none), and
 compare it to the gold without stripping the inside of the braces:
 `parsed[:len(gt)] == gt.strip().lower() and len(parsed) == len(gt.strip())`. So `11.9` is not

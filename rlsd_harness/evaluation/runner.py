@@ -19,7 +19,8 @@ A benchmark is named alone (its prompt variant from eval.variants) or as `name:v
 rerun, so an interrupted run continues where it stopped and a larger `limit=` extends a quick look. A
 rerun whose config differs from the folder's config.json is an error unless overwrite=true (which
 discards the affected results). With no `benchmarks=`, the embedded benchmark runs with the plain
-prompt, the privileged hint and a blank image (what this command reported before the runner existed).
+prompt, the privileged hint and a blank image (the probes that show whether the policy reads the picture
+and the teacher's context).
 """
 
 from __future__ import annotations
