@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from rlsd_harness.models import _recipe_dir, build_tiny, load_model, load_processor
+from rlsd_harness.models import _recipe_dir, build_tiny, load_model, load_processor, save_model
 from rlsd_harness.prompts import REFERENCE_TEMPLATE, SIBLING_TEMPLATE, SOLUTION_TEMPLATE
 from rlsd_harness.rollout.hf import encode_prompts, stable_seed, user_messages
 
@@ -78,8 +78,7 @@ def run_warmup(model_dir: Path, steps: int, batch_size: int, lr: float, hint_sha
             log(f"warm-up step {step}/{steps} loss {loss_v:.3f} ({time.perf_counter() - t0:.0f} s)")
     seconds = time.perf_counter() - t0
     tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
+    save_model(model, processor, tmp)
     for name in ("recipe.json",):
         (tmp / name).write_text((model_dir / name).read_text())
     report = {"steps": steps, "batch_size": batch_size, "lr": lr, "hint_share": hint_share, "level": level,
