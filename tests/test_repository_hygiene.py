@@ -15,13 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 _SPECS, _SHARED = "specs", "shared"
 FORBIDDEN = re.compile("|".join((
     re.escape(_SPECS + "/"),  # a path into a spec folder
-    re.escape(_SPECS) + r"\s+§",  # "specs §8"
+    re.escape(_SPECS) + r"\s+§",  # the spec folder's name followed by a section sign
     # the spec files by name, wherever they are said to be
     r"\b(?:algorithms|benchmarks|cpu-stack|embedded-task|frameworks|statistics)\.md\b",
     re.escape(".." + "/" + _SHARED),  # a relative path to the sibling folder
-    r"[\"']" + _SHARED + r"[\"']\s*/\s*[\"'](?!real-benchmarks[\"'])",  # Path(...) / "shared" / "<not the data>"
+    r"[\"']" + _SHARED + r"[\"']\s*/\s*[\"'](?!real-benchmarks[\"'])",  # a Path joined into that folder, not to the data
 )))
-# The real-data tests' one way of locating ../shared/real-benchmarks (see tests/test_real_benchmarks.py).
+# The real-data tests' one way of locating the optional real benchmark files (see tests/test_real_benchmarks.py).
 ALLOWED = re.compile(r'^REAL = Path\(__file__\)\.resolve\(\)\.parents\[1\](?:\.parent| / "\.\.") / "'
                      + _SHARED + r'" / "real-benchmarks"$')
 
@@ -50,10 +50,11 @@ def outside_references(paths: list[Path]) -> list[str]:
 def test_patterns_catch_what_they_should(tmp_path):
     bad = tmp_path / "tests" / "bad.py"
     bad.parent.mkdir()
-    lines = [f"# see {_SPECS}/algorithms.md", f"# ({_SPECS} §8)", f"x = '../{_SHARED}/x'",
+    spec_file = "algorithms" + ".md"
+    lines = [f"# see {_SPECS}/{spec_file}", f"# ({_SPECS} §8)", f"x = '..{'/'}{_SHARED}/x'",
              f'P = Path(__file__).parent / "{_SHARED}" / "{_SPECS}"',
              f'REAL = Path(__file__).resolve().parents[1].parent / "{_SHARED}" / "real-benchmarks"',
-             "# Specs: algorithms" + ".md §1.2", "# the RLSD paper (arXiv 2604.03128) §5"]
+             f"# Specs: {spec_file} §1.2", "# the RLSD paper (arXiv 2604.03128) §5"]
     bad.write_text("\n".join(lines) + "\n")
     global ROOT
     saved, ROOT = ROOT, tmp_path

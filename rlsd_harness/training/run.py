@@ -2,7 +2,8 @@
 
 results/runs/<name>/ holds config.yaml (resolved), manifest.json (versions, commit, seeds, device),
 metrics.jsonl (one line per step: objective metrics, rollout statistics, held-out accuracy when evaluated,
-the compute ledger), checkpoints/step-N/ and final/ (a Hugging Face folder of the last policy).
+the compute ledger), evals/ (per-item records of every held-out evaluation, training/evals.py),
+checkpoints/step-N/ and final/ (a Hugging Face folder of the last policy).
 """
 
 from __future__ import annotations
@@ -72,18 +73,22 @@ def run(cfg: DictConfig, log=None) -> Path:
 
     from rlsd_harness import dist
     from rlsd_harness.data import build_data
-    from rlsd_harness.evaluation.heldout import evaluate_items
     from rlsd_harness.models import load_model, load_processor, save_model
     from rlsd_harness.training import checkpoint
+    from rlsd_harness.training.evals import RunEvaluator, read_metrics
     from rlsd_harness.training.metrics import open_sinks
     from rlsd_harness.training.trainer import NonFiniteLoss, Trainer
     from rlsd_harness.training.warmup import policy_path
+    from rlsd_harness.verifier import build_verifier
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     init_path = policy_path(cfg.model, cfg.data, log)  # a bad model or data path fails before the run folder exists
     data = build_data(cfg.data, cfg.seed)
+    # Held-out evaluation with the run's verifier (training/evals.py); a bad eval key fails here too.
+    evaluator = RunEvaluator(cfg, data, build_verifier(cfg.data.verifier))
     run_dir = prepare_run_dir(cfg)
     rank, world = dist.init_distributed()
+    evaluator.place(run_dir, rank, world)
     if not cfg.run.resume and rank == 0:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (run_dir / "manifest.json").write_text(json.dumps(manifest(cfg, str(dist.device())), indent=1))
@@ -103,19 +108,13 @@ def run(cfg: DictConfig, log=None) -> Path:
             metrics_file.write_text("".join(ln + "\n" for ln in lines))
         log(f"resumed {run_dir.name} at step {trainer.rollout_step} from {ckpt.name}")
 
-    # Held-out evaluation is sharded over the ranks (under ZeRO-3 each forward needs all of them); a test set
-    # that does not split evenly loses its last few items, so that every rank runs the same generate calls.
-    test_items = data.test_set(cfg.eval.n) if cfg.train.eval_every else []
-    test_items = test_items[: len(test_items) - len(test_items) % world][rank::world]
+    if cfg.run.resume and rank == 0:  # only rank 0 decides budget points (RunEvaluator.step_targets)
+        evaluator.resume(read_metrics(metrics_file))
 
-    def evaluate() -> dict[str, float]:
-        if not cfg.train.eval_every:
-            return {}
-        t0 = time.perf_counter()
-        r = evaluate_items(trainer.engine.module, processor, test_items, "plain", cfg.eval.decoding,
-                           cfg.eval.max_new_tokens, synced=trainer.synced_generation)
-        correct, total = dist.all_reduce_sum([sum(x["correct"] for x in r["records"]), len(r["records"])])
-        return {"eval/pass@1": correct / max(total, 1), "eval/seconds": time.perf_counter() - t0}
+    def evaluate(metrics: dict[str, float] | None = None, last: bool = False) -> dict[str, float]:
+        step = trainer.rollout_step
+        targets = evaluator.targets(0) if metrics is None else evaluator.step_targets(step, metrics, last)
+        return evaluator.run(trainer.engine.module, processor, targets, step, synced=trainer.synced_generation)
 
     def save() -> None:
         state = {"step_count": trainer.step_count, "rollout_step": trainer.rollout_step,
@@ -138,8 +137,7 @@ def run(cfg: DictConfig, log=None) -> Path:
             metrics = trainer.step()
             metrics["rollout_step"] = trainer.rollout_step
             last = trainer.rollout_step == cfg.train.steps or budget_spent(cfg.train.budget, metrics)
-            if cfg.train.eval_every and (trainer.rollout_step % cfg.train.eval_every == 0 or last):
-                metrics.update(evaluate())
+            metrics.update(evaluate(metrics, last))
             if rank == 0:
                 for sink in sinks:
                     sink.log(metrics, trainer.rollout_step)
@@ -148,8 +146,9 @@ def run(cfg: DictConfig, log=None) -> Path:
             bar.update(1)
             if last:
                 break
+            shown = f"eval/{evaluator.split}/mean@k"
             bar.set_postfix(reward=f"{metrics['rollout/reward']:.2f}", loss=f"{metrics.get('actor/loss', 0.0):.3f}",
-                            **({"acc": f"{metrics['eval/pass@1']:.2f}"} if "eval/pass@1" in metrics else {}))
+                            **({"acc": f"{metrics[shown]:.2f}"} if shown in metrics else {}))
     except NonFiniteLoss as e:
         if rank == 0:
             (run_dir / "failed.json").write_text(json.dumps({"error": str(e), "step": trainer.rollout_step}))
