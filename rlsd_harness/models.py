@@ -11,9 +11,11 @@ same files, and a changed recipe never reads a stale build.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,8 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# Tiny and small configs. "tiny" is the 1.09 M-parameter model measured in shared/specs/embedded-task.md.
+# Tiny and small configs. "tiny" has 1,088,832 parameters (257,344 in the vision tower), small enough to learn
+# the embedded task on a 2-core CPU within minutes.
 ARCHS = {
     "qwen2_5_vl": {
         "tiny": dict(hidden=128, layers=4, heads=4, kv=2, ffn=384, v_depth=2, v_hidden=64, v_ffn=128),
@@ -76,7 +79,8 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512):
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,  # its bar is another library's display inside the command's own
     )
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
@@ -186,14 +190,43 @@ def build_tiny(arch: str = "qwen2_5_vl", size: str = "tiny", seed: int = 0, voca
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(embedded.corpus(seed=seed), vocab_size)
     processor = build_processor(arch, tokenizer, image_size=embedded.IMAGE_SIZE if arch == "qwen2_5_vl" else 64)
-    model = AutoModelForImageTextToText.from_config(build_config(arch, size, tokenizer))
+    with quiet_transformers():
+        model = AutoModelForImageTextToText.from_config(build_config(arch, size, tokenizer))
     tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
+    save_model(model, processor, tmp)
     (tmp / "recipe.json").write_text(json.dumps(recipe))
     tmp.rename(out)
     (out / "done").touch()
     return out
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights", "Writing model shards") off while a local model
+    folder is read or written: a command shows one progress display, its own. The previous setting comes back
+    afterwards (transformers' switch covers huggingface_hub's bars too, so hub downloads elsewhere keep theirs).
+    Loading imports DeepSpeed (through accelerate), so it is told the accelerator first (see dist)."""
+    from transformers.utils import logging as hf_logging
+
+    from rlsd_harness.dist import name_cpu_accelerator
+
+    name_cpu_accelerator()
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def save_model(model, processor, folder: str | Path, **kwargs: Any) -> None:
+    """`model.save_pretrained(folder, **kwargs)` and the processor beside it, without library progress bars."""
+    with quiet_transformers():
+        model.save_pretrained(folder, **kwargs)
+        if processor is not None:
+            processor.save_pretrained(folder)
 
 
 def load_processor(path: str | Path):
@@ -286,7 +319,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, **kwargs: A
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no model at {path} (expected a config.json there)")
-    model, info = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, output_loading_info=True, **kwargs)
+    with quiet_transformers():
+        model, info = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, output_loading_info=True, **kwargs)
     problem = _loading_problems(path, info)
     if problem:
         raise WeightsError(f"{path}: {problem}")

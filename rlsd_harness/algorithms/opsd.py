@@ -1,7 +1,8 @@
 """OPSD (On-Policy Self-Distillation, arXiv 2601.18734): on the student's own samples, pull the student's
 next-token distribution toward the same model's distribution given the reference solution.
 
-Two modes (specs/algorithms.md §2.2, §2.5):
+Two modes (the paper's objective and github.com/siyan-zhao/OPSD, opsd_trainer.py; TRL's port,
+trl/experimental/opsd/opsd_config.py, for the 2026-03 setting):
 - "logit": GKD's generalized JSD with β per position, over the full vocabulary (teacher_signal "full"),
   optionally restricted to the teacher's top-k ids (both distributions renormalised there) and with a
   point-wise clip of each vocabulary entry's term, β·k_T + (1 − β)·k_S, before the sum (the official 2026-03

@@ -1,6 +1,7 @@
 """SDPO (Reinforcement Learning via Self-Distillation, arXiv 2601.20802): distil the student toward the same
 model re-prompted with a successful sibling rollout from its group. The distillation loss replaces the policy
-gradient (specs/algorithms.md §3.1-§3.3).
+gradient (github.com/lasgroup/SDPO: verl/trainer/ppo/ray_trainer.py builds the teacher context,
+verl/trainer/ppo/core_algos.py `compute_self_distillation_loss` the loss).
 
 - "logit" mode: generalized JSD α between student and teacher on the student's top-k ids plus one tail
   bucket holding the remaining mass, log(1 − Σ_topk p) (teacher_signal "topk"); `topk: 0` uses the whole
