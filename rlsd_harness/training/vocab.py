@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 
 HEAD_MODES = ("chunked", "full", "floor")
-# Logit elements (rows x V) per chunk when `chunk` is "auto". A chunk's forward holds ~4 fp32 tensors of this
-# size, its backward ~5: on CPU 2^22 elements keep that near 80 MB, small next to even the tiny model's step at
-# V = 151,936, and at V = 512 still cover 8,192 positions (one chunk per micro-batch). A GPU's step is dominated
+# Logit elements (rows x V) per chunk when `chunk` is "auto". A chunk holds 2-3 fp32 tensors of this size at a
+# time (forward and backward alike): on CPU 2^22 elements keep that under 50 MB, small next to even the tiny
+# model's step at V = 151,936, and at V = 512 still cover 8,192 positions (one chunk per micro-batch). Smaller
+# chunks cost time on CPU: every chunk reads the whole (V, H) head weight three times. A GPU's step is dominated
 # by the model's own weights and activations, and wider matmuls run closer to peak: 2^26 elements (256 MiB
 # each, ~400 positions at V = 151,936).
 AUTO_CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
@@ -109,6 +110,45 @@ def _chunk_values(lp: torch.Tensor, req: _Request, targets, topk_ids, gather_ids
     ]
 
 
+def _chunk_logprobs(h: torch.Tensor, weight: torch.Tensor, req: _Request) -> torch.Tensor:
+    """log_softmax_head of one chunk, in place on its fresh logits (one (n, V) tensor fewer at a time)."""
+    z = F.linear(h, weight).float()
+    z.index_fill_(-1, req.banned, float("-inf"))
+    return torch.log_softmax(z.div_(req.temperature), dim=-1)
+
+
+def _lean_entropy(lp: torch.Tensor, keep: bool) -> torch.Tensor:
+    """entropy(lp) holding one more (n, V) tensor; `lp` is clobbered (its -inf clamped) unless `keep`."""
+    finite = lp.clamp(min=torch.finfo(lp.dtype).min) if keep else lp.clamp_(min=torch.finfo(lp.dtype).min)
+    p = finite.exp()  # banned ids: exp(finite min) = 0, and 0 * (finite min) = 0, as 0 log 0 = 0
+    return -torch.einsum("nv,nv->n", p, finite)
+
+
+def _gather_chunk_grad(h, weight, req: _Request, ids: list, grads: list) -> torch.Tensor:  # noqa: ANN001
+    """d/d(logits) of sum(g * log-probs gathered at ids): (scatter(g) - softmax * sum(g)) / temperature, zero at
+    the banned ids (the index_fill's backward); the log_softmax backward, written out to hold one (n, V) tensor."""
+    lp = _chunk_logprobs(h, weight, req)
+    total = sum(g.sum(-1) for g in grads if g is not None)
+    g_logits = lp.exp_().mul_(-total[:, None])
+    for i, g in zip(ids, grads):
+        if g is not None:
+            g_logits.scatter_add_(-1, i, g.to(g_logits.dtype))
+    return g_logits.index_fill_(-1, req.banned, 0.0).div_(req.temperature)
+
+
+def _autograd_chunk_grad(h, weight, req: _Request, ids: list, grads: list, teacher, g_vloss) -> torch.Tensor:  # noqa: ANN001
+    """d/d(logits) through autograd, for a per-position vocabulary loss (any function of the distribution)."""
+    with torch.no_grad():
+        logits = F.linear(h, weight).float()
+    logits.requires_grad_(True)
+    with torch.enable_grad():
+        lp = log_softmax_head(logits, req.banned, req.temperature)
+        outs = [(req.vocab_loss(lp, teacher), g_vloss)]
+        outs += [(lp.gather(-1, i), g) for i, g in zip(ids, grads) if g is not None]
+        (g_logits,) = torch.autograd.grad([v for v, _ in outs], logits, [g for _, g in outs])
+    return g_logits
+
+
 class _ChunkedHead(torch.autograd.Function):
     """hidden (N, H), weight (V, H) -> (logp (N,), entropy (N,), topk ids, topk logp, gathered, logprobs,
     vocab loss), chunk by chunk over N, recomputing each chunk's logits in the backward."""
@@ -119,11 +159,11 @@ class _ChunkedHead(torch.autograd.Function):
         parts: list[list[torch.Tensor | None]] = []
         for s in range(0, n, rows):
             e = min(s + rows, n)
-            lp = log_softmax_head(F.linear(hidden[s:e], weight).float(), req.banned, req.temperature)
+            lp = _chunk_logprobs(hidden[s:e], weight, req)
             ids = lp.topk(req.topk, dim=-1).indices if req.topk else None
             vals = _chunk_values(lp, req, targets[s:e], ids, None if gather_ids is None else gather_ids[s:e],
                                  None if teacher is None else teacher[s:e])
-            parts.append([*vals, entropy(lp), ids, lp if req.full else None])
+            parts.append([*vals, _lean_entropy(lp, keep=req.full), ids, lp if req.full else None])
             del lp
         cat = [None if p[0] is None else torch.cat(p) for p in zip(*parts)] if parts else [None] * 7
         if not parts:  # no positions: empty outputs of the right shapes
@@ -139,7 +179,6 @@ class _ChunkedHead(torch.autograd.Function):
     def backward(ctx, g_logp, g_ent, g_ids, g_topk, g_gath, g_full, g_vloss):  # noqa: ANN001
         hidden, weight, targets, topk_ids, gather_ids, teacher = ctx.saved_tensors
         req, rows = ctx.req, ctx.rows
-        grads = [g_logp, g_topk, g_gath, g_vloss]
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros_like(hidden) if need_h else None
         # accumulated in fp32 over chunks and rounded once, as one matmul over all rows would
@@ -148,18 +187,16 @@ class _ChunkedHead(torch.autograd.Function):
         for s in range(0, n, rows):
             e = min(s + rows, n)
             h = hidden[s:e]
-            with torch.no_grad():
-                logits = F.linear(h, weight).float()
-            logits.requires_grad_(True)
-            with torch.enable_grad():
-                lp = log_softmax_head(logits, req.banned, req.temperature)
-                vals = _chunk_values(lp, req, targets[s:e], None if topk_ids is None else topk_ids[s:e],
-                                     None if gather_ids is None else gather_ids[s:e],
-                                     None if teacher is None else teacher[s:e])
-                outs = [(v, g[s:e]) for v, g in zip(vals, grads) if v is not None and g is not None]
-                if not outs:
-                    continue
-                (g_logits,) = torch.autograd.grad([v for v, _ in outs], logits, [g for _, g in outs])
+            chunk_ids = [targets[s:e, None], None if topk_ids is None else topk_ids[s:e],
+                         None if gather_ids is None else gather_ids[s:e]]
+            chunk_grads = [None if g_logp is None else g_logp[s:e, None], None if g_topk is None else g_topk[s:e],
+                           None if g_gath is None else g_gath[s:e]]
+            if req.vocab_loss is not None and g_vloss is not None:
+                g_logits = _autograd_chunk_grad(h, weight, req, chunk_ids, chunk_grads, teacher[s:e], g_vloss[s:e])
+            elif any(g is not None for g in chunk_grads):
+                g_logits = _gather_chunk_grad(h, weight, req, chunk_ids, chunk_grads)
+            else:
+                continue
             g_logits = g_logits.to(weight.dtype)
             if need_h:
                 grad_h[s:e] = g_logits @ weight
