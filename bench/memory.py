@@ -104,7 +104,7 @@ def measure(vocab: int, length: int, mode: str, threads: int = 1) -> dict[str, A
     return {"vocab": vocab, "length": length, "mode": mode, "peak_mib": (peak - base) / 1024,
             "baseline_mib": base / 1024, "seconds": seconds, "rows": cfg.train.group_size,
             "chunk_rows": trainer.head.rows(vocab, torch.device("cpu")) if mode == "chunked" else None,
-            "loss": metrics["loss"]}
+            "loss": metrics["actor/loss"]}
 
 
 def _child(vocab: int, length: int, mode: str, threads: int, malloc: str) -> dict[str, Any]:

@@ -185,6 +185,6 @@ def test_chunked_head_changes_nothing(tmp_path, tiny_dir, case):
     algorithm, *extra = case
     whole, m_whole = _params_after_one_step(tmp_path, f"algorithm={algorithm}", *extra, "train.logits_chunk=0")
     chunked, m_chunked = _params_after_one_step(tmp_path, f"algorithm={algorithm}", *extra, "train.logits_chunk=3")
-    for key in ("loss", "entropy", "teacher_kl", "rollout_logp_gap"):
+    for key in ("actor/loss", "actor/entropy", "teacher/kl", "actor/rollout_logp_gap"):
         assert m_chunked[key] == pytest.approx(m_whole[key], abs=1e-6), key
     assert max((whole[n] - chunked[n]).abs().max().item() for n in whole) < 1e-5
