@@ -17,7 +17,9 @@ just before the step) minus the resident set at that moment. Each configuration 
 subprocess, so peaks never mix. By default the subprocesses run with glibc's mmap threshold fixed at 1 MiB
 (MALLOC_MMAP_THRESHOLD_): glibc otherwise raises it after each large free, so the chunked head's repeated
 tens-of-MB chunks come from the heap, which keeps freed chunks resident (measured here: +100 MB at 256 tokens,
-+1 GB at 1,024 tokens at V = 151,936, none of it live tensors). `--malloc glibc` measures without it. The table and the fitted bytes per response token go to stdout and `--out`.
++1 GB at 1,024 tokens at V = 151,936, none of it live tensors). The trainer fixes the threshold itself on CPU
+with the chunked head (`keep_large_frees_off_the_heap`); `--malloc glibc` leaves the environment alone, so it
+measures that. The table and the fitted bytes per response token go to stdout and `--out`.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from rlsd_harness.training.vocab import (
     HeadConfig,
     HeadOutput,
     head_signals,
+    keep_large_frees_off_the_heap,
     log_softmax_head,
     swapped_forward,
 )
@@ -181,6 +182,8 @@ class Trainer:
         vocab = policy.get_output_embeddings().weight.shape[0]
         self.objective.check_vocab(vocab)
         self.head = HeadConfig.from_setting(tcfg.get("logits_chunk", "auto"))
+        if self.device.type == "cpu" and self.head.mode == "chunked":
+            keep_large_frees_off_the_heap()  # else glibc keeps freed chunks resident (bench/memory.py)
 
         policy.to(self.device)
         self.shape = ModelShape.of(policy)
