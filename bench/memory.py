@@ -6,7 +6,7 @@ Not a test: it measures, on the tiny Qwen3-VL with its embedding and head widene
 exactly T tokens, one row per micro-batch, through the trainer's step: the teacher's forward, the update's
 forward and backward, the optimizer step. Modes (rlsd_harness/training/vocab.py):
   full     the whole (B, T, V) fp32 log-softmax, as every forward computed it before the chunked head;
-  chunked  the chunked head at its automatic chunk size (train.logits_chunk=auto);
+  chunked  the chunked head at its automatic chunk size (train.logits_chunk=null);
   floor    the same step with the head's output cut to the sampled tokens: the least any head can cost.
 The rollout is excluded: its prompts are encoded by one real 1-token generate call, and the responses are
 random tokens of the tokenizer (no end-of-turn, so every row is T long), all made before the measurement.
@@ -69,7 +69,7 @@ def measure(vocab: int, length: int, mode: str, threads: int = 1) -> dict[str, A
         "algorithm=rlsd", "model=tiny_qwen3vl", "model.warmup=null", f"model.head_vocab={vocab}",
         "train.prompts_per_step=1", "train.group_size=2", "train.micro_batch_size=1", "train.eval_every=0",
         "train.save_every=0", "train.progress=false", f"rollout.max_new_tokens={length}", f"run.dir={run_dir}",
-        "train.logits_chunk=" + ("0" if mode == "full" else "auto"),
+        "train.logits_chunk=" + ("0" if mode == "full" else "null"),
     ]
     cfg = compose_config(overrides)
     path = resolve_model(cfg.model)

@@ -70,12 +70,12 @@ def test_temperature_divides_the_logits():
 def test_auto_chunk_follows_device_and_vocabulary():
     from rlsd_harness.training.vocab import AUTO_CHUNK_ELEMENTS
 
-    cfg = HeadConfig.from_setting("auto")
+    cfg = HeadConfig.from_setting(None)
     assert cfg.rows(151936, torch.device("cpu")) == AUTO_CHUNK_ELEMENTS["cpu"] // 151936
     assert cfg.rows(151936, torch.device("cuda")) == AUTO_CHUNK_ELEMENTS["cuda"] // 151936
-    assert HeadConfig.from_setting(0).mode == "full" and HeadConfig.from_setting(None).mode == "full"
+    assert HeadConfig.from_setting(0).mode == "full" and HeadConfig.from_setting("auto") == cfg
     assert HeadConfig.from_setting(7).rows(512, torch.device("cpu")) == 7
-    with pytest.raises(ValueError, match="logits_chunk=-1.*valid: auto, 0"):
+    with pytest.raises(ValueError, match=r"logits_chunk=-1.*valid: null \(by device\), 0"):
         HeadConfig.from_setting(-1)
     with pytest.raises(ValueError, match="logits_chunk='big'"):
         HeadConfig.from_setting("big")

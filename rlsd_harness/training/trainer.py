@@ -181,7 +181,7 @@ class Trainer:
         self.grad_accum = rows // (tcfg.mini_batches * tcfg.micro_batch_size)
         vocab = policy.get_output_embeddings().weight.shape[0]
         self.objective.check_vocab(vocab)
-        self.head = HeadConfig.from_setting(tcfg.get("logits_chunk", "auto"))
+        self.head = HeadConfig.from_setting(tcfg.get("logits_chunk"))
         if self.device.type == "cpu" and self.head.mode == "chunked":
             keep_large_frees_off_the_heap()  # else glibc keeps freed chunks resident (bench/memory.py)
 

@@ -37,7 +37,7 @@ VocabLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (n, V) stude
 @dataclass(frozen=True)
 class HeadConfig:
     """How the output head is evaluated: `mode` one of HEAD_MODES; `chunk` positions per chunk ("auto": by
-    device and vocabulary size, see AUTO_CHUNK_ELEMENTS; 0 or None: the whole tensor at once, i.e. mode full)."""
+    device and vocabulary size, see AUTO_CHUNK_ELEMENTS)."""
 
     mode: str = "chunked"
     chunk: int | str | None = "auto"
@@ -46,19 +46,16 @@ class HeadConfig:
         if self.mode not in HEAD_MODES:
             raise ValueError(f"head mode {self.mode!r}; valid: {', '.join(HEAD_MODES)}")
         if not (self.chunk in (None, "auto") or (isinstance(self.chunk, int) and self.chunk >= 0)):
-            raise ValueError(f"train.logits_chunk={self.chunk!r}; valid: auto, 0 (the whole (B, T, V) tensor at "
-                             f"once) or a positive number of response positions per chunk")
+            raise ValueError(f"train.logits_chunk={self.chunk!r}; valid: null (by device), 0 (the whole (B, T, V) "
+                             f"tensor at once) or a positive number of response positions per chunk")
 
     @staticmethod
     def from_setting(chunk: Any) -> HeadConfig:
-        """From the config value `train.logits_chunk` (auto | 0 | null | positive int)."""
-        if chunk in (0, None):
+        """From the config value `train.logits_chunk`: null (or "auto") by device, 0 the whole tensor, N rows."""
+        if chunk is None or chunk == "auto":
+            return HeadConfig("chunked", "auto")
+        if chunk == 0:
             return HeadConfig("full", None)
-        if isinstance(chunk, str) and chunk != "auto":
-            try:
-                chunk = int(chunk)
-            except ValueError:
-                pass
         return HeadConfig("chunked", chunk)
 
     def rows(self, vocab: int, device: torch.device) -> int:
