@@ -132,26 +132,35 @@ def build_processor(arch: str, tokenizer, image_size: int = 56):
     return _processor_class(arch)(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def build_config(arch: str, size: str, tokenizer):
-    """A Qwen2.5-VL or Qwen3-VL config for the given tokenizer (random init happens in the model class)."""
+def build_config(arch: str, size: str, tokenizer, head_vocab: int | None = None):
+    """A Qwen2.5-VL or Qwen3-VL config for the given tokenizer (random init happens in the model class).
+
+    `head_vocab` sizes the embedding and the output head (default: the tokenizer's size). The tokenizer's ids
+    are a prefix of it; the rest are never sampled nor trained toward (`rlsd_harness.rollout.hf.vision_token_ids`
+    bans them), so a tiny model can carry a real model's vocabulary, e.g. Qwen3-VL's 151,936, for measurement."""
     if arch not in ARCHS:
         raise KeyError(f"unknown model arch {arch!r}; valid: {', '.join(ARCHS)}")
     if size not in ARCHS[arch]:
         raise KeyError(f"unknown model size {size!r} for {arch}; valid: {', '.join(ARCHS[arch])}")
     d = ARCHS[arch][size]
+    if head_vocab is not None and head_vocab < len(tokenizer):
+        raise ValueError(f"model.head_vocab={head_vocab} is smaller than the tokenizer's {len(tokenizer)} ids; "
+                         f"valid: null or an integer >= {len(tokenizer)}")
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = d["hidden"] // d["heads"]
     # mrope sections (temporal, height, width) must sum to head_dim / 2
     half = head_dim // 2
     section = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
     text = dict(
-        vocab_size=len(tokenizer), hidden_size=d["hidden"], intermediate_size=d["ffn"], num_hidden_layers=d["layers"],
+        vocab_size=head_vocab or len(tokenizer), hidden_size=d["hidden"], intermediate_size=d["ffn"], num_hidden_layers=d["layers"],
         num_attention_heads=d["heads"], num_key_value_heads=d["kv"], max_position_embeddings=2048,
         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=None,
         rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": section},
         tie_word_embeddings=True,
     )
     common = dict(
+        # ids from here to the head's size stand for no token (absent unless the head is wider)
+        **({"unused_token_ids_from": len(tokenizer)} if head_vocab and head_vocab > len(tokenizer) else {}),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
@@ -177,13 +186,17 @@ def build_config(arch: str, size: str, tokenizer):
     return Qwen3VLConfig(text_config=text, vision_config=vision, **common)
 
 
-def build_tiny(arch: str = "qwen2_5_vl", size: str = "tiny", seed: int = 0, vocab_size: int = 512) -> Path:
-    """Build (or find in the cache) a randomly initialised model folder with its tokenizer and processor."""
+def build_tiny(arch: str = "qwen2_5_vl", size: str = "tiny", seed: int = 0, vocab_size: int = 512,
+               head_vocab: int | None = None) -> Path:
+    """Build (or find in the cache) a randomly initialised model folder with its tokenizer and processor.
+    `vocab_size` is the tokenizer's; `head_vocab` the embedding's and head's rows (see `build_config`)."""
     from transformers import AutoModelForImageTextToText
 
     from rlsd_harness.benchmarks import embedded
 
     recipe = {"arch": arch, "size": size, "seed": seed, "vocab": vocab_size, "v": 1}
+    if head_vocab is not None:  # absent by default, so the default builds keep their recipe (and cache folder)
+        recipe["head_vocab"] = head_vocab
     out = _recipe_dir("models", recipe)
     if (out / "done").exists():
         return out
@@ -191,7 +204,7 @@ def build_tiny(arch: str = "qwen2_5_vl", size: str = "tiny", seed: int = 0, voca
     tokenizer = train_tokenizer(embedded.corpus(seed=seed), vocab_size)
     processor = build_processor(arch, tokenizer, image_size=embedded.IMAGE_SIZE if arch == "qwen2_5_vl" else 64)
     with quiet_transformers():
-        model = AutoModelForImageTextToText.from_config(build_config(arch, size, tokenizer))
+        model = AutoModelForImageTextToText.from_config(build_config(arch, size, tokenizer, head_vocab))
     tmp = out.with_name(out.name + ".tmp")
     save_model(model, processor, tmp)
     (tmp / "recipe.json").write_text(json.dumps(recipe))
@@ -331,4 +344,4 @@ def resolve_model(cfg: Any) -> Path:
     """The folder a model config points to: a local checkpoint path, or a project-built tiny model."""
     if cfg.get("path"):
         return Path(cfg.path)
-    return build_tiny(cfg.arch, cfg.size, cfg.seed, cfg.vocab_size)
+    return build_tiny(cfg.arch, cfg.size, cfg.seed, cfg.vocab_size, cfg.get("head_vocab"))

@@ -53,6 +53,9 @@ class GRPOPlusOPSD(Objective):
     def check_vocab(self, vocab_size: int) -> None:
         self.opsd.check_vocab(vocab_size)
 
+    def vocab_loss(self, student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:
+        return self.opsd.vocab_loss(student_logprobs, teacher_logprobs)
+
     def prepare(self, batch: RolloutBatch) -> dict[str, float]:
         return self.grpo.prepare(batch)
 
