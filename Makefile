@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-gpu lint bench config-docs clean-venv gpu-wheels gpu-check
+.PHONY: demo test test-slow test-gpu lint bench config-docs clean-venv gpu-wheels gpu-check bench-memory
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -51,3 +51,7 @@ else
 gpu-check:
 	$(GPU_PY) bench/gpu_check.py --wheels $(GPU_WHEELS)
 endif
+
+# peak memory of one RLSD step by vocabulary, response length and output-head mode (a few minutes)
+bench-memory: $(STAMP)
+	$(PY) -m bench.memory

@@ -59,11 +59,12 @@ def _write(path: Path, rows: int, distinct: int, side: int) -> None:
             }, schema=schema))
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
+def _anon_and_file(proc) -> tuple[int, int]:
+    """Resident bytes of `proc` (a psutil.Process) that are anonymous (the heap) and file-backed (memory-mapped
+    files, shared memory included): psutil's `shared` is the kernel's resident file and shmem pages on Linux."""
+    info = proc.memory_info()
+    shared = getattr(info, "shared", 0)
+    return info.rss - shared, shared
 
 
 def _measure(path: str, cache: str) -> dict:
@@ -83,15 +84,15 @@ def _measure(path: str, cache: str) -> dict:
     LocalData(str(warm), cache_dir=str(Path(cache).parent / "warm-up-cache"))
     proc = psutil.Process()
     base_rss = proc.memory_info().rss
-    base_anon, base_file = _status_kb("RssAnon"), _status_kb("RssFile")
+    base_anon, base_file = _anon_and_file(proc)
     peak = {"rss": base_rss, "anon": base_anon, "file": base_file}
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
             peak["rss"] = max(peak["rss"], proc.memory_info().rss)
-            peak["anon"] = max(peak["anon"], _status_kb("RssAnon"))
-            peak["file"] = max(peak["file"], _status_kb("RssFile"))
+            anon, file = _anon_and_file(proc)
+            peak["anon"], peak["file"] = max(peak["anon"], anon), max(peak["file"], file)
             time.sleep(0.005)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -108,8 +109,8 @@ def _measure(path: str, cache: str) -> dict:
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
     return {"rows": len(data), "open_s": t_open, "read_s": t_read, "rows_read": len(rows),
             "baseline_rss": base_rss, "peak_above_baseline": max(max_rss, peak["rss"]) - base_rss,
-            "peak_anon_above_baseline": (peak["anon"] - base_anon) * 1024,
-            "peak_file_above_baseline": (peak["file"] - base_file) * 1024,
+            "peak_anon_above_baseline": peak["anon"] - base_anon,
+            "peak_file_above_baseline": peak["file"] - base_file,
             "end_rss_above_baseline": proc.memory_info().rss - base_rss}
 
 

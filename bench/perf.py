@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 DECODE_MODES = ("shared", "generate")  # rlsd_harness.rollout.hf.DECODE_MODES, not imported: torch must load after the idle-cores probe
 GOALS = {"TRL / ours (GRPO step)": (">=", 2.0), "RLSD / GRPO (ours, step)": ("<=", 1.15),
          "RLSD / GRPO (ours, median of paired)": ("<=", 1.15)}
@@ -36,26 +38,20 @@ PHASE_ORDER = ("rollout", "reward", "logprobs", "teacher", "ref", "update", "syn
 ALWAYS_SHOWN = ("rollout", "reward", "logprobs", "teacher", "update", "other")
 
 
-def _cpu_sample() -> tuple[float, float, float] | None:
-    """(busy jiffies of the whole machine, all jiffies, CPU seconds of this process) or None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    t = os.times()
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    return sum(v) - idle, sum(v), t.user + t.system
+def _cpu_sample() -> tuple[float, float, float]:
+    """(busy CPU seconds of the whole machine, all CPU seconds, CPU seconds of this process)."""
+    machine = psutil.cpu_times()
+    idle = machine.idle + getattr(machine, "iowait", 0.0)  # iowait is reported on Linux only
+    own = psutil.Process().cpu_times()
+    return sum(machine) - idle, sum(machine), own.user + own.system
 
 
-def _other_cores(a, b) -> float:
-    """Cores kept busy by other processes between two `_cpu_sample`s (nan where unknown)."""
-    if a is None or b is None or b[1] <= a[1]:
+def _other_cores(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
+    """Cores kept busy by other processes between two `_cpu_sample`s (nan where the interval is empty)."""
+    if b[1] <= a[1]:
         return float("nan")
-    cpus = os.cpu_count() or 1
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    wall = (b[1] - a[1]) / cpus / tick
-    return max(0.0, ((b[0] - a[0]) / tick - (b[2] - a[2])) / wall)
+    wall = (b[1] - a[1]) / (psutil.cpu_count() or 1)
+    return max(0.0, ((b[0] - a[0]) - (b[2] - a[2])) / wall)
 
 
 def _busy_cores(seconds: float = 1.0) -> float:

@@ -11,9 +11,11 @@ same files, and a changed recipe never reads a stale build.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,8 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# Tiny and small configs. "tiny" is the 1.09 M-parameter model measured in shared/specs/embedded-task.md.
+# Tiny and small configs. "tiny" has 1,088,832 parameters (257,344 in the vision tower), small enough to learn
+# the embedded task on a 2-core CPU within minutes.
 ARCHS = {
     "qwen2_5_vl": {
         "tiny": dict(hidden=128, layers=4, heads=4, kv=2, ffn=384, v_depth=2, v_hidden=64, v_ffn=128),
@@ -76,7 +79,8 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512):
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,  # its bar is another library's display inside the command's own
     )
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
@@ -128,26 +132,35 @@ def build_processor(arch: str, tokenizer, image_size: int = 56):
     return _processor_class(arch)(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def build_config(arch: str, size: str, tokenizer):
-    """A Qwen2.5-VL or Qwen3-VL config for the given tokenizer (random init happens in the model class)."""
+def build_config(arch: str, size: str, tokenizer, head_vocab: int | None = None):
+    """A Qwen2.5-VL or Qwen3-VL config for the given tokenizer (random init happens in the model class).
+
+    `head_vocab` sizes the embedding and the output head (default: the tokenizer's size). The tokenizer's ids
+    are a prefix of it; the rest are never sampled nor trained toward (`rlsd_harness.rollout.hf.vision_token_ids`
+    bans them), so a tiny model can carry a real model's vocabulary, e.g. Qwen3-VL's 151,936, for measurement."""
     if arch not in ARCHS:
         raise KeyError(f"unknown model arch {arch!r}; valid: {', '.join(ARCHS)}")
     if size not in ARCHS[arch]:
         raise KeyError(f"unknown model size {size!r} for {arch}; valid: {', '.join(ARCHS[arch])}")
     d = ARCHS[arch][size]
+    if head_vocab is not None and head_vocab < len(tokenizer):
+        raise ValueError(f"model.head_vocab={head_vocab} is smaller than the tokenizer's {len(tokenizer)} ids; "
+                         f"valid: null or an integer >= {len(tokenizer)}")
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = d["hidden"] // d["heads"]
     # mrope sections (temporal, height, width) must sum to head_dim / 2
     half = head_dim // 2
     section = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
     text = dict(
-        vocab_size=len(tokenizer), hidden_size=d["hidden"], intermediate_size=d["ffn"], num_hidden_layers=d["layers"],
+        vocab_size=head_vocab or len(tokenizer), hidden_size=d["hidden"], intermediate_size=d["ffn"], num_hidden_layers=d["layers"],
         num_attention_heads=d["heads"], num_key_value_heads=d["kv"], max_position_embeddings=2048,
         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], bos_token_id=None,
         rope_parameters={"rope_type": "default", "rope_theta": 1e4, "mrope_section": section},
         tie_word_embeddings=True,
     )
     common = dict(
+        # ids from here to the head's size stand for no token (absent unless the head is wider)
+        **({"unused_token_ids_from": len(tokenizer)} if head_vocab and head_vocab > len(tokenizer) else {}),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
@@ -173,27 +186,60 @@ def build_config(arch: str, size: str, tokenizer):
     return Qwen3VLConfig(text_config=text, vision_config=vision, **common)
 
 
-def build_tiny(arch: str = "qwen2_5_vl", size: str = "tiny", seed: int = 0, vocab_size: int = 512) -> Path:
-    """Build (or find in the cache) a randomly initialised model folder with its tokenizer and processor."""
+def build_tiny(arch: str = "qwen2_5_vl", size: str = "tiny", seed: int = 0, vocab_size: int = 512,
+               head_vocab: int | None = None) -> Path:
+    """Build (or find in the cache) a randomly initialised model folder with its tokenizer and processor.
+    `vocab_size` is the tokenizer's; `head_vocab` the embedding's and head's rows (see `build_config`)."""
     from transformers import AutoModelForImageTextToText
 
     from rlsd_harness.benchmarks import embedded
 
     recipe = {"arch": arch, "size": size, "seed": seed, "vocab": vocab_size, "v": 1}
+    if head_vocab is not None:  # absent by default, so the default builds keep their recipe (and cache folder)
+        recipe["head_vocab"] = head_vocab
     out = _recipe_dir("models", recipe)
     if (out / "done").exists():
         return out
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(embedded.corpus(seed=seed), vocab_size)
     processor = build_processor(arch, tokenizer, image_size=embedded.IMAGE_SIZE if arch == "qwen2_5_vl" else 64)
-    model = AutoModelForImageTextToText.from_config(build_config(arch, size, tokenizer))
+    with quiet_transformers():
+        model = AutoModelForImageTextToText.from_config(build_config(arch, size, tokenizer, head_vocab))
     tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
+    save_model(model, processor, tmp)
     (tmp / "recipe.json").write_text(json.dumps(recipe))
     tmp.rename(out)
     (out / "done").touch()
     return out
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights", "Writing model shards") off while a local model
+    folder is read or written: a command shows one progress display, its own. The previous setting comes back
+    afterwards (transformers' switch covers huggingface_hub's bars too, so hub downloads elsewhere keep theirs).
+    Loading imports DeepSpeed (through accelerate), so it is told the accelerator first (see dist)."""
+    from transformers.utils import logging as hf_logging
+
+    from rlsd_harness.dist import name_cpu_accelerator
+
+    name_cpu_accelerator()
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def save_model(model, processor, folder: str | Path, **kwargs: Any) -> None:
+    """`model.save_pretrained(folder, **kwargs)` and the processor beside it, without library progress bars."""
+    with quiet_transformers():
+        model.save_pretrained(folder, **kwargs)
+        if processor is not None:
+            processor.save_pretrained(folder)
 
 
 def load_processor(path: str | Path):
@@ -286,7 +332,8 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, **kwargs: A
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no model at {path} (expected a config.json there)")
-    model, info = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, output_loading_info=True, **kwargs)
+    with quiet_transformers():
+        model, info = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, output_loading_info=True, **kwargs)
     problem = _loading_problems(path, info)
     if problem:
         raise WeightsError(f"{path}: {problem}")
@@ -297,4 +344,4 @@ def resolve_model(cfg: Any) -> Path:
     """The folder a model config points to: a local checkpoint path, or a project-built tiny model."""
     if cfg.get("path"):
         return Path(cfg.path)
-    return build_tiny(cfg.arch, cfg.size, cfg.seed, cfg.vocab_size)
+    return build_tiny(cfg.arch, cfg.size, cfg.seed, cfg.vocab_size, cfg.get("head_vocab"))

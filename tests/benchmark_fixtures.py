@@ -5,7 +5,8 @@ them with no network. Layouts follow the hub repositories: MMMU per-subject fold
 MathVista and MathVision `data/<split>-00000-of-00001.parquet` (with a `test` file beside `testmini`
 so that split matching is exercised), ZeroBench an arrow stream in a `save_to_disk`-style folder plus
 a parquet file, WeMath a `testmini.jsonl` whose `image_path` is a relative PNG path. Images are real
-PNGs made with Pillow. The rows are made up but carry the tricky cases of specs/benchmarks.md.
+PNGs made with Pillow. The rows are made up but carry the tricky cases of each official scorer (see the
+benchmark modules' docstrings).
 """
 
 from __future__ import annotations

@@ -10,12 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rlsd_harness.benchmarks import EVAL_BENCHMARK_NAMES
+from rlsd_harness.benchmarks import EVAL_BENCHMARK_NAMES, metadata
 from rlsd_harness.cli import evaluate
 from rlsd_harness.config import ConfigError, compose_config
 from rlsd_harness.evaluation.runner import (
     BENCHMARKS,
-    HEADLINE,
     read_records,
     resolve_checkpoint,
     run_benchmarks,
@@ -67,7 +66,7 @@ def test_all_benchmarks_write_records_metrics_and_table(tiny, tiny_dir, sources,
             assert isinstance(r["response"], str) and isinstance(r["correct"], bool) and r["sample"] == 0
         assert records[0]["variant"] == ("plain" if name == "embedded" else "official")
         m = json.loads((out / f"{name}.metrics.json").read_text())
-        assert m["samples"] == 1 and m["items"] == 2 and m["headline"] == HEADLINE[name]
+        assert m["samples"] == 1 and m["items"] == 2 and m["headline"] == metadata(name).headline
         assert 0.0 <= m["mean@k"] <= 1.0 and m["mean@k"] == m["metrics"][m["headline"]]
     # MathVista says which extractor produced its numbers, per run and per record.
     mv = json.loads((out / "mathvista.metrics.json").read_text())

@@ -175,3 +175,19 @@ def test_sampled_mode_refuses_an_alpha_it_would_ignore(alpha):
     with pytest.raises(ValueError, match="alpha"):
         build_objective("sdpo", {"mode": "sampled"})  # the default α = 0.5 belongs to the logit mode
     assert build_objective("sdpo", {"mode": "logit", "alpha": alpha}).cfg.alpha == alpha
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.5, 0.75])
+def test_full_vocabulary_jsd_has_finite_gradients_when_both_sides_ban_an_id(alpha):
+    # the trainer's distributions give the vision placeholders probability 0 on both sides (log-prob -inf)
+    logits = torch.tensor([[2.0, -1.0, 0.5, 0.0]], requires_grad=True)
+    banned = torch.tensor([False, False, False, True])
+    student = torch.log_softmax(logits.masked_fill(banned, float("-inf")), -1)
+    teacher = torch.log_softmax(torch.tensor([[0.0, 1.0, -0.5, 0.0]]).masked_fill(banned, float("-inf")), -1)
+    loss = build_objective("sdpo", {"topk": 0, "alpha": alpha}).vocab_loss(student, teacher)
+    s, t = student.detach().exp()[0, :3], teacher.exp()[0, :3]
+    m = (1 - alpha) * s + alpha * t
+    hand = alpha * (t * (t / m).log()).sum() + (1 - alpha) * (s * (s / m).log()).sum()
+    assert loss.item() == pytest.approx(hand.item(), abs=1e-6)
+    loss.sum().backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[0, :3].abs().sum() > 0

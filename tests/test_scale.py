@@ -186,3 +186,22 @@ def test_vllm_rollouts_train_zero3_steps_and_stay_in_sync(tmp_path, tiny_dir):
     gaps = [trainer.step()["actor/rollout_logp_gap"] for _ in range(3)]
     # vLLM generates in bf16, the trainer runs fp32: a small gap, which must not grow as weights are synced
     assert all(g < 0.05 for g in gaps), gaps
+
+
+def test_memory_plan_counts_the_measured_head_bytes():
+    from types import SimpleNamespace
+
+    from rlsd_harness.analysis.plan import HEAD_BYTES_PER_TOKEN_PER_VOCAB, activation_gib
+    from rlsd_harness.training.vocab import AUTO_CHUNK_ELEMENTS
+
+    gib, vocab, resp = 1024**3, 151936, 4096
+    shape = SimpleNamespace(model=SimpleNamespace(layers=36, d_model=4096), vocab=vocab)
+    chunked, whole = activation_gib(shape, 5000, resp), activation_gib(shape, 5000, resp, head="full")
+    per_token = HEAD_BYTES_PER_TOKEN_PER_VOCAB["full"] - max(HEAD_BYTES_PER_TOKEN_PER_VOCAB["chunked"], 0)
+    transient = 3 * 4 * AUTO_CHUNK_ELEMENTS["cuda"]
+    assert whole - chunked == pytest.approx((resp * vocab * per_token - transient) / gib)
+    assert whole - chunked > 7  # the whole-tensor path at 4K responses and Qwen3-VL's vocabulary: 8.4 GiB more
+    teacher = activation_gib(shape, 5000, resp, full_signal=True) - chunked
+    assert teacher == pytest.approx(resp * vocab * 4 / gib)
+    with pytest.raises(ValueError, match="head 'fused'; valid: full, chunked"):
+        activation_gib(shape, 5000, resp, head="fused")

@@ -169,3 +169,22 @@ def test_token_budget_micro_batches_change_nothing(tmp_path, tiny_dir):
                                         "train.gradient_checkpointing=true")
     assert m1["rollout/reward"] == m2["rollout/reward"] and abs(m1["actor/loss"] - m2["actor/loss"]) < 1e-5
     assert max((fixed[n] - packed[n]).abs().max().item() for n in fixed) < 1e-5
+
+
+@pytest.mark.parametrize("case", [
+    ("grpo", "train.mini_batches=2", "train.micro_batch_size=8", "algorithm.params.kl_coef=0.1"),  # ref + old policy
+    ("grpo", "train.share_prompts=false", "train.mini_batches=2", "train.micro_batch_size=8"),
+    ("rlsd",), ("rlsd", "train.share_prompts=false"), ("rlsd", "model=tiny_qwen3vl"),
+    ("opsd",),  # full-vocabulary JSD with the point-wise clip
+    ("sdpo",), ("sdpo", "algorithm.params.topk=0"),  # top-k + tail; full vocabulary
+    ("grpo_opsd",), ("opd",),
+])
+def test_chunked_head_changes_nothing(tmp_path, tiny_dir, case):
+    # every pass (update, teacher, reference, old policy) through the chunked head (3 positions per chunk) or the
+    # whole (B, T, V) tensor: the same losses, entropies and parameters after a step
+    algorithm, *extra = case
+    whole, m_whole = _params_after_one_step(tmp_path, f"algorithm={algorithm}", *extra, "train.logits_chunk=0")
+    chunked, m_chunked = _params_after_one_step(tmp_path, f"algorithm={algorithm}", *extra, "train.logits_chunk=3")
+    for key in ("actor/loss", "actor/entropy", "teacher/kl", "actor/rollout_logp_gap"):
+        assert m_chunked[key] == pytest.approx(m_whole[key], abs=1e-6), key
+    assert max((whole[n] - chunked[n]).abs().max().item() for n in whole) < 1e-5

@@ -61,7 +61,10 @@ class PolicyOutput:
 
     logp: torch.Tensor  # (B, T) log-prob of each sampled token, with gradient
     entropy: torch.Tensor  # (B, T) detached
-    logprobs: torch.Tensor | None = None  # (B, T, V) full log-softmax, with gradient, when the objective asks
+    logprobs: torch.Tensor | None = None  # (B, T, V) full log-softmax, with gradient (tests, small models)
+    # What the trainer gives instead of `logprobs`, computed chunk by chunk without a (B, T, V) tensor:
+    topk_logp: torch.Tensor | None = None  # (B, T, k) with gradient, on the batch's topk_idx (teacher_signal topk)
+    vocab_loss: torch.Tensor | None = None  # (B, T) the objective's `vocab_loss`, with gradient (signal full)
 
 
 @dataclass

@@ -147,7 +147,13 @@ def generalized_jsd(
     elif beta == 1.0:
         per_entry = _kl_terms(student_logp, teacher_logp)
     else:
-        mix_logp = torch.logaddexp(student_logp + math.log1p(-beta), teacher_logp + math.log(beta))
+        # An entry with probability 0 on both sides (a banned token) has mixture probability 0; logaddexp of
+        # two -inf has a NaN gradient, so those entries are set aside before it and put back as -inf after.
+        absent = (student_logp == -float("inf")) & (teacher_logp == -float("inf"))
+        zero = torch.zeros((), dtype=student_logp.dtype, device=student_logp.device)
+        mix_logp = torch.logaddexp(torch.where(absent, zero, student_logp) + math.log1p(-beta),
+                                   torch.where(absent, zero, teacher_logp) + math.log(beta))
+        mix_logp = torch.where(absent, -float("inf"), mix_logp)
         per_entry = beta * _kl_terms(teacher_logp, mix_logp) + (1.0 - beta) * _kl_terms(student_logp, mix_logp)
     if pointwise_clip is not None:
         per_entry = per_entry.clamp(max=pointwise_clip)

@@ -1,6 +1,6 @@
 """GRPO+OPSD, the RLSD paper's interpolation baseline: (1 − c)·GRPO loss + c·OPSD loss on the same batch
-("inspired by MOPD in MiMo-V2-Flash"; specs/algorithms.md §1.6). The paper's coefficient and divergence were
-not recovered; the config exposes both.
+("inspired by MOPD in MiMo-V2-Flash": the RLSD paper, arXiv 2604.03128, describing its baselines). That description
+gives neither the coefficient nor the divergence; the config exposes both.
 
 Config: `distill_coef` is c; `grpo` and `opsd` are nested mappings holding the fields of `GRPO.Config` and
 `OPSD.Config` (unknown keys are errors, omitted keys take those classes' defaults). Each part aggregates its
@@ -52,6 +52,9 @@ class GRPOPlusOPSD(Objective):
 
     def check_vocab(self, vocab_size: int) -> None:
         self.opsd.check_vocab(vocab_size)
+
+    def vocab_loss(self, student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:
+        return self.opsd.vocab_loss(student_logprobs, teacher_logprobs)
 
     def prepare(self, batch: RolloutBatch) -> dict[str, float]:
         return self.grpo.prepare(batch)

@@ -1,5 +1,6 @@
 """Sampled-token on-policy distillation in the style of Thinking Machines' "On-Policy Distillation"
-(specs/algorithms.md §5.1), here with the harness's privileged self-teacher.
+(thinkingmachines.ai/blog/on-policy-distillation; code: github.com/thinking-machines-lab/tinker-cookbook,
+tinker_cookbook/distillation/train_on_policy.py), here with the harness's privileged self-teacher.
 
     r_t = −kl_coef·(log P_S(y_t) − log P_T(y_t))              per-token reverse KL as a reward
     A_t = Σ_{s≥t} γ^{s−t}·r_s                                 γ = `discount` (0: A_t = r_t, the recipe's default)

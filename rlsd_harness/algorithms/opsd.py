@@ -1,7 +1,8 @@
 """OPSD (On-Policy Self-Distillation, arXiv 2601.18734): on the student's own samples, pull the student's
 next-token distribution toward the same model's distribution given the reference solution.
 
-Two modes (specs/algorithms.md §2.2, §2.5):
+Two modes (the paper's objective and github.com/siyan-zhao/OPSD, opsd_trainer.py; TRL's port,
+trl/experimental/opsd/opsd_config.py, for the 2026-03 setting):
 - "logit": GKD's generalized JSD with β per position, over the full vocabulary (teacher_signal "full"),
   optionally restricted to the teacher's top-k ids (both distributions renormalised there) and with a
   point-wise clip of each vocabulary entry's term, β·k_T + (1 − β)·k_S, before the sum (the official 2026-03
@@ -98,18 +99,22 @@ class OPSD(Objective):
         if self.cfg.mode == "logit" and self.cfg.teacher_topk > vocab_size:
             raise ValueError(f"{self.name}: teacher_topk {self.cfg.teacher_topk} exceeds the vocabulary size {vocab_size}")
 
+    def vocab_loss(self, student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        return logit_distillation_loss(student_logprobs, teacher_logprobs, cfg.beta, cfg.teacher_topk, cfg.pointwise_clip)
+
     def per_token_loss(self, mb: RolloutBatch, policy: PolicyOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The (B, T) loss before aggregation, and metrics; shared with GRPO+OPSD."""
         cfg = self.cfg
         self.require(mb, "teacher_logp")
-        if cfg.mode == "logit":
+        if cfg.mode == "logit" and policy.vocab_loss is not None:
+            per_token = policy.vocab_loss
+        elif cfg.mode == "logit":
             self.require(mb, "teacher_logprobs")
             if policy.logprobs is None:
                 raise ValueError(f"{self.name}: logit mode needs the policy's full log-probs (PolicyOutput.logprobs)")
             self.check_vocab(policy.logprobs.shape[-1])
-            per_token = logit_distillation_loss(
-                policy.logprobs, mb.teacher_logprobs, cfg.beta, cfg.teacher_topk, cfg.pointwise_clip
-            )
+            per_token = self.vocab_loss(policy.logprobs, mb.teacher_logprobs)
         else:
             per_token = sampled_token_reverse_kl(policy.logp, mb.teacher_logp)
         mask = mb.loss_mask

@@ -50,6 +50,12 @@ class Objective:
         if self.teacher_signal == "topk" and not 0 < self.topk <= vocab_size:
             raise ValueError(f"{self.name}: top-k {self.topk} must be in [1, vocabulary size {vocab_size}]")
 
+    def vocab_loss(self, student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:
+        """Per-position loss over the whole vocabulary, (…, V) log-probs in, (…) out, for teacher_signal "full":
+        the backbone evaluates it a chunk of positions at a time and hands the result over as
+        `PolicyOutput.vocab_loss`, so it must treat positions independently."""
+        raise NotImplementedError(f"{self.name}: teacher_signal {self.teacher_signal!r} declares no vocab_loss")
+
     def require(self, mb: RolloutBatch, *fields: str) -> None:
         """Raise a clear error when the backbone did not fill a signal this objective needs."""
         missing = [f for f in fields if getattr(mb, f) is None]

@@ -5,7 +5,9 @@ by how much a privileged teacher (the same model shown the reference answer) agr
     w_t = exp(sign(A)·Δ_t)                                    direction-aware evidence weight (Eq. 14)
     Â_t = A·((1 − λ) + λ·clip(w_t, 1 − ε_w, 1 + ε_w))         clipped credit, warm-start mix (Eq. 15)
 
-Â_t then replaces A in GRPO's clipped surrogate; there is no distillation loss. Specs: algorithms.md §1.2-§1.3.
+Â_t then replaces A in GRPO's clipped surrogate; there is no distillation loss (paper §4.2). The released
+code (github.com/iie-ycx/RLSD, verl/workers/actor/dp_opsd_actor.py, `_build_stgca_advantages`) clamps w_t
+symmetrically and feeds Â_t to the standard clipped surrogate, as here.
 """
 
 from __future__ import annotations

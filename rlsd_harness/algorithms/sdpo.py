@@ -1,6 +1,7 @@
 """SDPO (Reinforcement Learning via Self-Distillation, arXiv 2601.20802): distil the student toward the same
 model re-prompted with a successful sibling rollout from its group. The distillation loss replaces the policy
-gradient (specs/algorithms.md §3.1-§3.3).
+gradient (github.com/lasgroup/SDPO: verl/trainer/ppo/ray_trainer.py builds the teacher context,
+verl/trainer/ppo/core_algos.py `compute_self_distillation_loss` the loss).
 
 - "logit" mode: generalized JSD α between student and teacher on the student's top-k ids plus one tail
   bucket holding the remaining mass, log(1 − Σ_topk p) (teacher_signal "topk"); `topk: 0` uses the whole
@@ -106,20 +107,31 @@ class SDPO(Objective):
         if self.teacher_signal == "sampled":
             self.require(mb, "teacher_logp")
             return sampled_token_reverse_kl(policy.logp, mb.teacher_logp)
-        if policy.logprobs is None:
-            raise ValueError(f"{self.name}: logit mode needs the policy's full log-probs (PolicyOutput.logprobs)")
-        self.check_vocab(policy.logprobs.shape[-1])
-        if self.teacher_signal == "full":
-            self.require(mb, "teacher_logprobs")
-            return generalized_jsd(policy.logprobs, mb.teacher_logprobs.detach(), cfg.alpha)
+        if self.teacher_signal == "full" and policy.vocab_loss is not None:
+            return policy.vocab_loss
+        if self.teacher_signal == "topk" and policy.topk_logp is not None:
+            student_topk_logp = policy.topk_logp
+        elif policy.logprobs is None:
+            raise ValueError(f"{self.name}: logit mode needs the policy's full log-probs (PolicyOutput.logprobs) or "
+                             f"its chunked signal (PolicyOutput.topk_logp / vocab_loss)")
+        else:
+            self.check_vocab(policy.logprobs.shape[-1])
+            if self.teacher_signal == "full":
+                self.require(mb, "teacher_logprobs")
+                return self.vocab_loss(policy.logprobs, mb.teacher_logprobs)
+            student_topk_logp = None
         self.require(mb, "topk_idx", "teacher_topk_logp")
         if mb.topk_idx.shape[-1] != self.topk or mb.teacher_topk_logp.shape != mb.topk_idx.shape:
             raise ValueError(
                 f"{self.name}: expected top-k support of size {self.topk}, got topk_idx "
                 f"{tuple(mb.topk_idx.shape)} and teacher_topk_logp {tuple(mb.teacher_topk_logp.shape)}"
             )
-        student_topk_logp = policy.logprobs.gather(-1, mb.topk_idx)
+        if student_topk_logp is None:
+            student_topk_logp = policy.logprobs.gather(-1, mb.topk_idx)
         return topk_tail_distillation_loss(student_topk_logp, mb.teacher_topk_logp, cfg.alpha)
+
+    def vocab_loss(self, student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:
+        return generalized_jsd(student_logprobs, teacher_logprobs.detach(), self.cfg.alpha)
 
     def loss(self, mb: RolloutBatch, policy: PolicyOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.cfg

@@ -20,7 +20,7 @@ from rlsd_harness.models import load_model, load_processor
 from rlsd_harness.rollout.hf import HFRolloutEngine, SamplingParams, encode_prompts, sample_seed
 from rlsd_harness.training import checkpoint
 from rlsd_harness.training.teacher import reference_contexts
-from rlsd_harness.training.trainer import forward_logprobs, token_logprobs
+from rlsd_harness.training.trainer import forward_head
 from rlsd_harness.verifier import build_verifier
 
 
@@ -43,10 +43,9 @@ def token_weights(run_dir: Path, n_prompts: int = 16, group: int = 8) -> list[di
     adv = group_advantages(rewards, group)
     tprompt, _ = encode_prompts(processor, reference_contexts(items, group, "answer"), [it.images for it in items for _ in range(group)])
     tok_id = student.config.image_token_id
-    s_lp = forward_logprobs(student, ro.prompt, ro.vision, ro.response_ids, ro.response_mask, 1.0, tok_id)
-    t_lp = forward_logprobs(teacher, tprompt, ro.vision, ro.response_ids, ro.response_mask, 1.0, tok_id)
-    _, w = evidence_weights(adv, token_logprobs(s_lp, ro.response_ids), token_logprobs(t_lp, ro.response_ids),
-                            ro.response_mask)
+    s_lp = forward_head(student, ro.prompt, ro.vision, ro.response_ids, ro.response_mask, 1.0, tok_id).logp
+    t_lp = forward_head(teacher, tprompt, ro.vision, ro.response_ids, ro.response_mask, 1.0, tok_id).logp
+    _, w = evidence_weights(adv, s_lp, t_lp, ro.response_mask)
     w = w.clamp(1 - eps_w, 1 + eps_w)
     picks = []
     for want in (1.0, 0.0):  # one correct rollout with A > 0, one wrong with A < 0, from a mixed group

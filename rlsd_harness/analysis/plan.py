@@ -10,8 +10,10 @@ A frozen / synced teacher or a reference model adds bf16 weights, 2 Psi: a full 
 ZeRO-0/1/2, partitioned like the policy (2 Psi/N) under ZeRO-3 (harness/teacher.py); an EMA teacher is kept
 in fp32 (4 Psi, or 4 Psi/N) so that tau = 0.05 updates are not lost to bf16 rounding; a live teacher adds
 nothing. Activations: with gradient checkpointing, one micro-batch of one sequence keeps
-L x S x d bf16 layer inputs plus one layer's working set, and the fp32 log-softmax over the response
-positions (S_resp x V x 4 bytes), which dominates at 4K responses and a 152K vocabulary.
+L x S x d bf16 layer inputs plus one layer's working set, and the output head's memory per response token,
+measured (HEAD_BYTES_PER_TOKEN_PER_VOCAB): with the chunked head (rlsd_harness/training/vocab.py) one chunk's
+logits at a time instead of the whole fp32 (S_resp x V) log-softmax, which dominated at 4K responses and a 152K
+vocabulary.
 """
 
 from __future__ import annotations
@@ -76,12 +78,33 @@ def memory_per_gpu(params: int, stage: int, world: int, extras: list[str], offlo
     return {"policy_gib": policy / GIB, "teacher_ref_gib": others / GIB}
 
 
-def activation_gib(shape: Shape, seq: int, resp: int, micro_batch: int = 1) -> float:
+# Output-head memory per response token and vocabulary entry, per micro-batch row of one RLSD step (the
+# teacher's forward, the update's forward and backward): measured by `python -m bench.memory` (bench/memory.json,
+# CPU, tiny Qwen3-VL widened to V = 151,936, fp32 logits): the least-squares slope of the step's peak memory over
+# response lengths 512 / 1,024 / 2,048 at V = 151,936 minus the slope at V = 512, over the 151,424 entries between.
+# "full": the whole (B, T, V) log-softmax path, about 3.6 fp32 tensors of (T, V) at the peak;
+# "chunked": the chunked head, whose per-token cost does not grow with V (measured -0.11: noise).
+HEAD_BYTES_PER_TOKEN_PER_VOCAB = {"full": 14.49, "chunked": 0.0}
+CHUNK_TENSORS = 3  # fp32 (rows x V) tensors one chunk holds at a time (forward and backward alike)
+
+
+def activation_gib(shape: Shape, seq: int, resp: int, micro_batch: int = 1, head: str = "chunked",
+                   full_signal: bool = False, device: str = "cuda") -> float:
+    """Activations of one micro-batch with gradient checkpointing. `head`: "chunked" or "full" (the whole-tensor
+    path, train.logits_chunk=0); `full_signal`: the objective reads the teacher's whole distribution (OPSD's
+    logit mode, SDPO with topk 0), one fp32 (T, V) tensor that stays."""
+    from rlsd_harness.training.vocab import AUTO_CHUNK_ELEMENTS
+
+    if head not in HEAD_BYTES_PER_TOKEN_PER_VOCAB:
+        raise ValueError(f"head {head!r}; valid: {', '.join(HEAD_BYTES_PER_TOKEN_PER_VOCAB)}")
     m = shape.model
     layer_inputs = m.layers * seq * m.d_model * 2
     working = seq * m.d_model * 2 * 16  # one layer's recomputed activations (attention + MLP), bf16
-    logits = resp * shape.vocab * 4 * 2  # fp32 log-softmax and its gradient
-    return micro_batch * (layer_inputs + working + logits) / GIB
+    per_row = layer_inputs + working + resp * shape.vocab * max(HEAD_BYTES_PER_TOKEN_PER_VOCAB[head], 0.0)
+    if full_signal:
+        per_row += resp * shape.vocab * 4
+    transient = CHUNK_TENSORS * 4 * AUTO_CHUNK_ELEMENTS[device] if head == "chunked" else 0
+    return (micro_batch * per_row + transient) / GIB
 
 
 def plan(cfgs: dict[str, Any], needs_ref: dict[str, bool], needs_teacher: dict[str, bool], world: int,
@@ -113,8 +136,12 @@ def plan(cfgs: dict[str, Any], needs_ref: dict[str, bool], needs_teacher: dict[s
         lines.append(f"| {name} | {cfg.train.steps} | {step / 1e15:.1f} ({gen / 1e15:.1f} + {3 * fwd / 1e15:.1f} + "
                      f"{extra / 1e15:.1f}) | {step * cfg.train.steps / 1e15:.0f} | {', '.join(extras) or '-'} |")
     act = activation_gib(shape, seq, response_tokens)
+    whole = activation_gib(shape, seq, response_tokens, head="full")
+    teacher_full = activation_gib(shape, seq, response_tokens, full_signal=True) - act
     lines += ["", f"Memory per GPU (GiB), {world} data-parallel ranks; + activations ~{act:.1f} GiB per micro-batch "
-              f"sequence with gradient checkpointing; vLLM (colocated, asleep during the update) takes "
+              f"sequence with gradient checkpointing and the chunked output head ({whole:.1f} GiB with the whole "
+              f"(T, V) log-softmax, train.logits_chunk=0; + {teacher_full:.1f} GiB where the loss reads the teacher's "
+              f"whole distribution: OPSD logit mode, SDPO topk=0); vLLM (colocated, asleep during the update) takes "
               f"gpu_memory_utilization x GPU memory while it generates.", "",
               "| method | ZeRO-0 | ZeRO-1 | ZeRO-2 | ZeRO-3 | ZeRO-3 + offload |", "|---|---|---|---|---|---|"]
     for name, cfg in cfgs.items():

@@ -1,15 +1,55 @@
 """Evaluation benchmarks. Each module (mmmu, mathvista, mathvision, zerobench, wemath) has the same
 face: NAME, load(source, split, revision=None), prompt(row, variant="official"),
-score(response, row, **options) and metrics(rows, results). Modules are imported on first use so
-that importing this package stays cheap."""
+score(response, row, **options), metrics(rows, results) and METADATA, the `Metadata` the benchmark runner
+reads instead of knowing benchmarks by name (the embedded task's module declares one too). Modules are
+imported on first use so that importing this package stays cheap."""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 EVAL_BENCHMARK_NAMES = ("mmmu", "mathvista", "mathvision", "zerobench", "wemath")
+# Every name the benchmark runner accepts: the paper's five and the embedded task's test split.
+ALL_BENCHMARK_NAMES = (*EVAL_BENCHMARK_NAMES, "embedded")
+
+Scorer = Callable[[str, Any], dict]  # (response, row) -> the score record: "parsed", "correct", extras
+Judge = Callable[[str], str]  # an extraction prompt -> the judge model's reply
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What the benchmark runner needs to know about one benchmark besides load/prompt/score/metrics."""
+
+    row_id: Callable[[Any], str]  # the id that keys an item's results; unique within a split
+    headline: str  # the key of the module's metrics that the paper's table reports
+    # (score options, judge or None) -> a fresh scorer; the runner makes one per sample index
+    new_scorer: Callable[[Mapping[str, Any], Judge | None], Scorer]
+    # (metrics key, label) pairs shown beside the headline in the table; "{k}" in a label is the sample count
+    secondary: tuple[tuple[str, str], ...] = ()
+    # The scorer carries state across items (MMMU's random fallback draws from one generator in dataset
+    # order): a resumed run replays the done items through it so that it draws as an uninterrupted run.
+    stateful_scoring: bool = False
+    # The metrics take the k samples of an item together (ZeroBench's pass@k and k/k reliability) rather
+    # than being computed per sample and averaged.
+    samples_together: bool = False
+    # The scorer can use an extraction judge; the results then say which extractor produced them.
+    judged: bool = False
+    # The training task's held-out split: items come from the run's data config (not eval.sources), and
+    # samples draw the seeds that training-time evaluation draws for the same item.
+    training_task: bool = False
+
+
+def options_scorer(score: Callable[..., dict]) -> Callable[[Mapping[str, Any], Judge | None], Scorer]:
+    """`new_scorer` for a stateless `score(response, row, **options)` that takes no judge."""
+
+    def new_scorer(options: Mapping[str, Any], judge: Judge | None = None) -> Scorer:
+        return lambda response, row: score(response, row, **options)
+
+    return new_scorer
 
 
 def get_benchmark(name: str) -> ModuleType:
@@ -17,6 +57,18 @@ def get_benchmark(name: str) -> ModuleType:
     if name not in EVAL_BENCHMARK_NAMES:
         raise KeyError(f"unknown benchmark {name!r}; valid: {', '.join(EVAL_BENCHMARK_NAMES)}")
     return importlib.import_module(f"rlsd_harness.benchmarks.{name}")
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """The module of any benchmark the runner accepts (ALL_BENCHMARK_NAMES, the embedded task included)."""
+    if name not in ALL_BENCHMARK_NAMES:
+        raise KeyError(f"unknown benchmark {name!r}; valid: {', '.join(ALL_BENCHMARK_NAMES)}")
+    return importlib.import_module(f"rlsd_harness.benchmarks.{name}")
+
+
+def metadata(name: str) -> Metadata:
+    """The `Metadata` of benchmark `name` (one of ALL_BENCHMARK_NAMES); an unknown name lists the valid ones."""
+    return benchmark_module(name).METADATA
 
 
 class _LazyRegistry(Mapping):

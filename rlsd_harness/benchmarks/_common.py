@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from rapidfuzz.distance import Levenshtein
 
 
 class BenchmarkError(ValueError):
@@ -391,45 +391,9 @@ def is_correct(result: Any) -> bool:
 # ----------------------------------------------------------------------------- edit distance
 
 
-def _levenshtein_small(a: str, b: str) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def _levenshtein_numpy(a: str, b: str) -> int:
-    """Column-by-column DP, vectorised over the long string; the in-column insertion chain is a
-    running minimum (D[i] = min_k T[k] + i - k), so each column costs a few numpy passes."""
-    if len(a) < len(b):
-        a, b = b, a
-    codes = np.frombuffer(a.encode("utf-32-le"), dtype=np.uint32)
-    n = len(codes)
-    idx = np.arange(n + 1, dtype=np.int64)
-    col = idx.copy()  # distances of a[:i] to the empty prefix of b
-    for j, ch in enumerate(b, 1):
-        cost = (codes != ord(ch)).astype(np.int64)
-        t = np.empty(n + 1, dtype=np.int64)
-        t[0] = j
-        t[1:] = np.minimum(col[1:] + 1, col[:-1] + cost)
-        col = np.minimum.accumulate(t - idx) + idx
-    return int(col[-1])
-
-
 def levenshtein(a: str, b: str) -> int:
     """Plain unit-cost edit distance (what python-Levenshtein's `distance` returns)."""
-    if a == b:
-        return 0
-    if not a or not b:
-        return len(a) + len(b)
-    if len(a) * len(b) <= 40_000:
-        return _levenshtein_small(a, b)
-    return _levenshtein_numpy(a, b)
+    return Levenshtein.distance(a, b)
 
 
 def first_of(items: list, key: Callable[[Any], Any]):

@@ -1,6 +1,6 @@
 """MathVision / MATH-V (test 3,040, testmini 304): official prompts and rule-based scorer.
 
-Scoring follows MATH-V `evaluation/evaluate.py` + `utils.py` (specs/benchmarks.md §3.4), quirks
+Scoring follows MATH-V's `evaluation/evaluate.py` + `evaluation/utils.py` (github.com/mathllm/MATH-V), quirks
 included: the letter shortcuts, the `is ` number shortcut, the answer flags (only when no `oxed{`),
 the last box winning when there are several, the greedy `oxed{(.*)}`, `\\text`/`\\mbox` removed with
 their braces kept, `_fix_sqrt` and `_fix_fracs` run only when "sqrt" is present, and
@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rlsd_harness.benchmarks import Metadata, options_scorer
 from rlsd_harness.benchmarks._common import (
     BenchmarkError,
     breakdown,
@@ -338,3 +339,6 @@ def metrics(rows: list[dict], results: list) -> dict:
         "timed_out": sum(1 for r in results if isinstance(r, dict) and r.get("timed_out")),
     }
     return out
+
+
+METADATA = Metadata(row_id=lambda row: str(row["id"]), headline="accuracy", new_scorer=options_scorer(score))

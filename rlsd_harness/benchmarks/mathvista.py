@@ -1,15 +1,15 @@
 """MathVista (testmini, 1,000 items): official prompt (`query`), extraction and normalisation.
 
-The official extraction calls GPT-4 after a few rule-based fast paths (specs/benchmarks.md §2.4), so
-a network-free score is an approximation. This module does, in order:
+The official extraction (github.com/lupantech/MathVista, evaluation/extract_answer.py) calls GPT-4 after
+a few rule-based fast paths, so a network-free score is an approximation. This module does, in order:
 1. the official fast paths (empty response; MC response equal to a choice; `int()` for integer
    answers; `float()` for float answers), then the official quick-extract regex
    `The answer is "(.*)"\\.`;
 2. then either a judge (any callable `judge(prompt_text) -> str`, e.g. a local model; the prompt is
    built like the official one: few-shot demos + query + response + "Extracted answer: ") or the
-   deterministic rules of §8: last `\\boxed{...}`, else the text after the last answer marker, then
-   for MC a standalone letter / `(X)` / option text, for numbers the last number, for lists the last
-   `[...]` with `, ` spacing.
+   deterministic rules of this project (`rules_extract`): last `\\boxed{...}`, else the text after the
+   last answer marker, then for MC a standalone letter / `(X)` / option text, for numbers the last
+   number, for lists the last `[...]` with `, ` spacing.
 3. the exact official `normalize_extracted_answer` (`normalize`) and string equality.
 
 `score` says which extractor produced the extraction: `"extractor": "rules"` (fast path or rules)
@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rlsd_harness.answers import last_boxed
+from rlsd_harness.benchmarks import Judge, Metadata, Scorer
 from rlsd_harness.benchmarks._common import (
     BenchmarkError,
     breakdown,
@@ -44,8 +45,6 @@ NAME = "mathvista"
 SPLITS = ("testmini", "test")
 VARIANTS = ("official", "vlmevalkit")
 METADATA_KEYS = ("language", "source", "category", "task", "context", "grade", "skills")
-
-Judge = Callable[[str], str]
 
 
 def load(
@@ -293,7 +292,8 @@ def _strip_latex(text: str) -> str:
 
 
 def rules_extract(response: str, row: dict) -> str:
-    """The deterministic fallback extractor (specs §8); '' when nothing is found."""
+    """The deterministic fallback extractor, this project's own rules where the official code asks GPT-4;
+    '' when nothing is found."""
     cand, located = _candidate(response)
     cand = _strip_latex(cand)
     qtype, atype = row.get("question_type"), row.get("answer_type")
@@ -440,3 +440,11 @@ def metrics(rows: list[dict], results: list) -> dict:
             extractors[r["extractor"]] = extractors.get(r["extractor"], 0) + 1
     out["extractor"] = extractors
     return out
+
+
+def new_scorer(options: Mapping[str, Any], judge: Judge | None = None) -> Scorer:
+    """A scorer that extracts with `judge` when one is given, else with the rules."""
+    return lambda response, row: score(response, row, judge=judge, **options)
+
+
+METADATA = Metadata(row_id=lambda row: str(row["pid"]), headline="accuracy", new_scorer=new_scorer, judged=True)

@@ -1,6 +1,7 @@
 """MMMU (validation, 900 items): official prompt and rule-based scorer (MMMU repo `eval_utils.py`).
 
-Official semantics kept on purpose (specs/benchmarks.md §1.4, §1.7):
+Official semantics kept on purpose (github.com/MMMU-Benchmark/MMMU, mmmu/utils/eval_utils.py), the
+lenient and the random ones included:
 - MC parsing strips `, . ! ? ; : '` one character kind after the other from both ends, pads with
   spaces, then looks for `(X)`, then ` X ` (case-sensitive), then (only with more than 5 tokens) the
   option text; several candidates -> the one whose marker occurs last; none -> a random letter.
@@ -23,8 +24,10 @@ from __future__ import annotations
 import ast
 import random
 import re
+from collections.abc import Mapping
 from typing import Any
 
+from rlsd_harness.benchmarks import Judge, Metadata, Scorer
 from rlsd_harness.benchmarks._common import (
     BenchmarkError,
     acc_entry,
@@ -352,3 +355,14 @@ def metrics(rows: list[dict], results: list) -> dict:
     out["random_fallbacks"] = fallbacks
     out["overall"] = acc_entry(n_correct, len(rows))
     return out
+
+
+def new_scorer(options: Mapping[str, Any], judge: Judge | None = None) -> Scorer:
+    """A scorer for one sample index of a run: its own generator, drawn in dataset order, so that each
+    sample repeats an official run's random fallback."""
+    rng = new_rng()
+    return lambda response, row: score(response, row, rng=rng, **options)
+
+
+METADATA = Metadata(row_id=lambda row: str(row["id"]), headline="accuracy", new_scorer=new_scorer,
+                    stateful_scoring=True)

@@ -1,6 +1,7 @@
 """We-Math (testmini, 1,740 rows = 525 composite problems): official prompt, parsing and metrics.
 
-Parsing (`parse`) is the official pandas chain (specs/benchmarks.md §5.4), exactly: take what follows
+Parsing (`parse`) is the official pandas chain (github.com/We-Math/We-Math,
+evaluation/four_dimensional_metrics.py), exactly: take what follows
 the last case-sensitive "Answer", strip, delete every `>`, `<`, `:` and `.`, strip again, and keep
 the first character if it is one of A-H (else None). So "Because ..." parses as B, "The answer is B."
 as None, "**Answer:** B" as None.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from rlsd_harness.benchmarks import Metadata, options_scorer
 from rlsd_harness.benchmarks._common import (
     check_aligned,
     check_variant,
@@ -192,3 +194,12 @@ def metrics(
                 per_domain.setdefault(domain, []).append(concept_acc[concept])
         out["by_domain"] = {d: sum(v) / len(v) for d, v in sorted(per_domain.items())}
     return out
+
+
+# "ID" names a composite problem; its one-step and multi-step sub-problems share it and differ by "key".
+METADATA = Metadata(
+    row_id=lambda row: f"{row['ID']}/{row['key']}",
+    headline="Score (Strict)",
+    secondary=(("Score (Loose)", "Score (Loose)"),),
+    new_scorer=options_scorer(score),
+)

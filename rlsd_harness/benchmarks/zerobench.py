@@ -1,6 +1,7 @@
 """ZeroBench (100 main questions, 334 subquestions): official prompt, scoring snippet and metrics.
 
-Scoring is the README snippet (specs/benchmarks.md §4.4), quirks included: lower-case the stripped
+Scoring is the snippet of the official README (github.com/jonathan-roberts1/zerobench; there is no scoring
+module), quirks included: lower-case the stripped
 response, take the last non-greedy `{...}` on one line (no DOTALL; `''` when there is none), and
 compare it to the gold without stripping the inside of the braces:
 `parsed[:len(gt)] == gt.strip().lower() and len(parsed) == len(gt.strip())`. So `11.9` is not
@@ -18,6 +19,7 @@ from __future__ import annotations
 from math import comb
 from typing import Any
 
+from rlsd_harness.benchmarks import Metadata, options_scorer
 from rlsd_harness.benchmarks._common import (
     check_aligned,
     check_variant,
@@ -154,3 +156,12 @@ def _summarise(groups: dict[str, list[bool]], k: int | None) -> dict[str, Any]:
         "correct_questions_any": sum(1 for _, c in counts if c > 0),
         "correct_questions_all": sum(1 for n, c in counts if c == n),
     }
+
+
+METADATA = Metadata(
+    row_id=lambda row: str(row["question_id"]),
+    headline="pass@1",
+    secondary=(("pass@k", "pass@{k}"), ("k/k", "{k}/{k}")),
+    new_scorer=options_scorer(score),
+    samples_together=True,  # pass@k and k/k reliability count the k samples of a question together
+)

@@ -167,6 +167,8 @@ KEYS: list[Key] = [
     Key("train.forward_token_budget", "int", "the same for forward-only passes", ge=1, null=True),
     Key("train.gradient_checkpointing", "bool", "recompute activations in the backward pass"),
     Key("train.share_prompts", "bool", "forward-only passes run a prompt shared by G rows once"),
+    Key("train.logits_chunk", "int", "response positions per chunk of the output head (null: by device and "
+        "vocabulary; 0: the whole (B, T, V) log-softmax at once)", ge=0, null=True),
     Key("train.balance_ranks", "bool", "move rows between ranks to even out their tokens"),
     Key("train.mini_batches", "int", "optimizer steps per rollout batch; must divide the rows per rank", ge=1),
     Key("train.ppo_epochs", "int", "passes over each rollout batch", ge=1),
@@ -218,6 +220,8 @@ KEYS: list[Key] = [
     Key("model.size", "str", "a project-built size (null: load model.path)", choices="model size", null=True),
     Key("model.seed", "int", "initialisation seed of a project-built model", ge=0),
     Key("model.vocab_size", "int", "tokenizer size of a project-built model", ge=1, null=True),
+    Key("model.head_vocab", "int", "embedding and output-head rows of a project-built model (null: the "
+        "tokenizer's); ids past the tokenizer are never sampled", ge=1, null=True),
     Key("model.path", "str", "a local Hugging Face model folder instead of a built model", null=True,
         placeholder="<folder>"),
     Key("model.warmup", "mapping", "supervised warm-up of a project-built model (null: none)", null=True),

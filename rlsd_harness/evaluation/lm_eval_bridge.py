@@ -16,8 +16,9 @@ or `lm_eval.simple_evaluate(model=HarnessLM(model=..., processor=...), ...)` wit
   go through the processor; with no placeholder, the images come first in the user turn (Qwen-VL order).
 - Chat templates: `apply_chat_template`, `chat_template` and `tokenizer_name` use the checkpoint's template.
 
-lm-eval's registry quirk (specs/cpu-stack.md §7): registering a model before the built-in ones are
-imported leaves "hf" & co. unregistered, so this module imports `lm_eval.models` first.
+lm-eval's registry quirk (lm-eval 0.4.13, lm_eval/api/registry.py: `get_model` imports `lm_eval.models`
+only while the registry is empty): registering a model before the built-in ones are imported leaves "hf"
+& co. unregistered, so this module imports `lm_eval.models` first.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ A benchmark is named alone (its prompt variant from eval.variants) or as `name:v
 rerun, so an interrupted run continues where it stopped and a larger `limit=` extends a quick look. A
 rerun whose config differs from the folder's config.json is an error unless overwrite=true (which
 discards the affected results). With no `benchmarks=`, the embedded benchmark runs with the plain
-prompt, the privileged hint and a blank image (what this command reported before the runner existed).
+prompt, the privileged hint and a blank image (the probes that show whether the policy reads the picture
+and the teacher's context).
 """
 
 from __future__ import annotations
@@ -33,20 +34,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlsd_harness.benchmarks import EVAL_BENCHMARK_NAMES, embedded
+from rlsd_harness.benchmarks import (
+    ALL_BENCHMARK_NAMES,
+    EVAL_BENCHMARK_NAMES,
+    Metadata,
+    Scorer,
+    benchmark_module,
+    get_benchmark,
+    metadata,
+)
 from rlsd_harness.evaluation.heldout import Decoding, _variant, decoding_from_config
 from rlsd_harness.rollout.hf import HFRolloutEngine, SamplingParams, sample_seed
 
 # ----------------------------------------------------------------------------- the benchmark runner
 
-BENCHMARKS = (*EVAL_BENCHMARK_NAMES, "embedded")
+BENCHMARKS = ALL_BENCHMARK_NAMES
 # With no benchmarks=: held-out accuracy on the embedded task, with the privileged hint, and with a blank image.
 DEFAULT_BENCHMARKS = ("embedded", "embedded:hint", "embedded:blank")
-# The number each benchmark reports in the paper's table (its key in the module's metrics), and a few
-# secondary numbers shown beside it.
-HEADLINE = {"mmmu": "accuracy", "mathvista": "accuracy", "mathvision": "accuracy", "zerobench": "pass@1",
-            "wemath": "Score (Strict)", "embedded": "accuracy"}
-SECONDARY = {"zerobench": (("pass@k", "pass@{k}"), ("k/k", "{k}/{k}")), "wemath": (("Score (Loose)", "Score (Loose)"),)}
 
 
 @dataclass
@@ -57,23 +61,20 @@ class Prompt:
     images: list
 
 
-Scorer = Callable[[str, Any], dict]
-
-
 @dataclass
 class Suite:
     """One benchmark ready to run: its items in dataset order and how to prompt, score and aggregate them."""
 
     name: str  # the benchmark
+    meta: Metadata  # what its module declares: headline metric, scorer, how samples aggregate
     key: str  # its results' name in the out folder: the name, or name-variant when the variant was asked for
     items: list  # benchmark rows, or embedded items
     ids: list[str]
     identity: dict  # what the per-item results depend on, besides the model and the decoding
     prompt: Callable[[Any], Prompt]
-    new_scorer: Callable[[], Scorer]  # a fresh scorer per sample index (MMMU's scorer carries a generator)
+    new_scorer: Callable[[], Scorer]  # a fresh scorer per sample index (a scorer may carry state)
     metrics: Callable[[list, list], dict]
     max_new_tokens: int
-    stateful_scoring: bool = False  # True: a resumed run replays the done items through the scorer first
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -106,17 +107,8 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _row_id(name: str, row: dict) -> str:
-    if name == "wemath":  # "ID" names the composite problem; its sub-steps share it and differ by "key"
-        return f"{row['ID']}/{row['key']}"
-    field = {"mmmu": "id", "mathvista": "pid", "mathvision": "id", "zerobench": "question_id"}[name]
-    return str(row[field])
-
-
 def _benchmark_suite(name: str, key: str, variant: str | None, ecfg: Any, limit: int | None,
                      judge: Callable[[str], str] | None) -> Suite:
-    from rlsd_harness.benchmarks import get_benchmark
-
     module = get_benchmark(name)
     source = ecfg.sources.get(name)
     if not source:
@@ -137,32 +129,24 @@ def _benchmark_suite(name: str, key: str, variant: str | None, ecfg: Any, limit:
         text, images = module.prompt(row, variant)
         return Prompt(text, list(images))
 
-    if name == "mmmu":
-        # One generator per sample index, drawn in dataset order: each sample repeats an official run.
-        def new_scorer() -> Scorer:
-            rng = module.new_rng()
-            return lambda response, row: module.score(response, row, rng=rng, **score_options)
-    elif name == "mathvista":
+    meta = module.METADATA
+    if meta.judged:
         identity["extractor"] = f"judge:{ecfg.mathvista_judge}" if judge is not None else "rules"
-
-        def new_scorer() -> Scorer:
-            return lambda response, row: module.score(response, row, judge=judge, **score_options)
-    else:
-        def new_scorer() -> Scorer:
-            return lambda response, row: module.score(response, row, **score_options)
-
     return Suite(
-        name=name, key=key, items=rows, ids=[_row_id(name, r) for r in rows], identity=identity, prompt=prompt,
-        new_scorer=new_scorer, metrics=lambda rs, results: module.metrics(rs, results, **metric_options),
-        max_new_tokens=int(ecfg.benchmark_max_new_tokens), stateful_scoring=name == "mmmu",
+        name=name, meta=meta, key=key, items=rows, ids=[meta.row_id(r) for r in rows], identity=identity,
+        prompt=prompt, new_scorer=lambda: meta.new_scorer(score_options, judge),
+        metrics=lambda rs, results: module.metrics(rs, results, **metric_options),
+        max_new_tokens=int(ecfg.benchmark_max_new_tokens),
     )
 
 
-def _embedded_suite(key: str, variant: str | None, cfg: Any, limit: int | None) -> Suite:
-    from rlsd_harness.benchmarks._common import acc_entry
+def _training_task_suite(name: str, key: str, variant: str | None, cfg: Any, limit: int | None) -> Suite:
+    """The test split of the run's own task (cfg.data), under one of evaluate_items' prompt variants."""
     from rlsd_harness.data import build_data
 
-    variant = variant or cfg.eval.variants.get("embedded", "plain")
+    module = benchmark_module(name)
+    meta = module.METADATA
+    variant = variant or cfg.eval.variants.get(name, "plain")
     # The variant is applied to the whole test set before `limit`, so that "shuffled" pairs the same
     # items whatever the limit.
     items = _variant(build_data(cfg.data, cfg.seed).test_set(cfg.eval.n), variant)
@@ -170,11 +154,9 @@ def _embedded_suite(key: str, variant: str | None, cfg: Any, limit: int | None) 
     data = {k: v for k, v in _plain(cfg.data).items() if k != "test_size"}  # test_size acts like a limit
     identity = {"data": data, "variant": variant, "max_new_tokens": int(cfg.eval.max_new_tokens)}
     return Suite(
-        name="embedded", key=key, items=items, ids=[str(it.id) for it in items], identity=identity,
-        prompt=lambda it: Prompt(it.question, list(it.images)),
-        new_scorer=lambda: embedded.score,
-        metrics=lambda its, results: acc_entry(sum(bool(r["correct"]) for r in results), len(its)),
-        max_new_tokens=int(cfg.eval.max_new_tokens),
+        name=name, meta=meta, key=key, items=items, ids=[meta.row_id(it) for it in items], identity=identity,
+        prompt=lambda it: Prompt(it.question, list(it.images)), new_scorer=lambda: meta.new_scorer({}, None),
+        metrics=module.metrics, max_new_tokens=int(cfg.eval.max_new_tokens),
     )
 
 
@@ -190,8 +172,8 @@ def build_suite(spec: str, cfg: Any, limit: int | None = None, judge: Callable[[
     """The suite of one benchmark (`name` or `name:variant`) under config `cfg` (the composed train
     config), its first `limit` items."""
     name, variant, key = parse_benchmark(spec)
-    if name == "embedded":
-        suite = _embedded_suite(key, variant, cfg, limit)
+    if metadata(name).training_task:
+        suite = _training_task_suite(name, key, variant, cfg, limit)
     else:
         suite = _benchmark_suite(name, key, variant, cfg.eval, limit, judge)
     seen: set[str] = set()
@@ -291,9 +273,9 @@ def _judge_with(engine: HFRolloutEngine, max_new_tokens: int = 64) -> Callable[[
 
 
 def _seed_uid(suite: Suite, item_id: str) -> str:
-    # Embedded items keep evaluate_items' seeds (sampled runs draw what training-time evaluation draws),
-    # and every prompt variant of an item draws the same seeds (paired comparisons).
-    return item_id if suite.name == "embedded" else f"{suite.name}/{item_id}"
+    # The training task's items keep evaluate_items' seeds (sampled runs draw what training-time evaluation
+    # draws), and every prompt variant of an item draws the same seeds (paired comparisons).
+    return item_id if suite.meta.training_task else f"{suite.name}/{item_id}"
 
 
 def run_suite(suite: Suite, engine: HFRolloutEngine, decoding: Decoding, seed: int, out: Path, batch: int,
@@ -340,7 +322,7 @@ def run_suite(suite: Suite, engine: HFRolloutEngine, decoding: Decoding, seed: i
                 queue.append(i)
                 if len(queue) >= batch:
                     flush()
-            elif suite.stateful_scoring:
+            elif suite.meta.stateful_scoring:
                 # Score in dataset order so that a stateful scorer (MMMU's random fallback) draws exactly
                 # as in an uninterrupted run: pending items first, then replay this done item.
                 flush()
@@ -371,13 +353,12 @@ def summarise(suite: Suite, records: dict[str, list[dict]], decoding: Decoding) 
     per_item = [records[i] for i in suite.ids]
     results = [[recs[j] for recs in per_item] for j in range(k)]
     per_sample = [suite.metrics(suite.items, res) for res in results]
-    key = HEADLINE[suite.name]
+    key = suite.meta.headline
     values = [m.get(key) for m in per_sample]
     numbers = [v for v in values if v is not None]
     mean = sum(numbers) / len(numbers) if numbers else None
     std = (math.sqrt(sum((v - mean) ** 2 for v in numbers) / (len(numbers) - 1)) if len(numbers) > 1 else None)
-    if suite.name == "zerobench":
-        # ZeroBench's own aggregation takes the k samples of a question together (pass@k, k/k reliability).
+    if suite.meta.samples_together:
         merged = suite.metrics([it for it in suite.items for _ in range(k)], [r for recs in per_item for r in recs])
     else:
         merged = _mean(per_sample)
@@ -412,7 +393,7 @@ def write_table(out: Path):
         pct = lambda v: None if v is None else 100 * v  # noqa: E731
         k = m["samples"]
         also = ", ".join(f"{label.format(k=k)} {100 * m['metrics'][name]:.2f}"
-                         for name, label in SECONDARY.get(m["benchmark"], ()) if m["metrics"].get(name) is not None)
+                         for name, label in metadata(m["benchmark"]).secondary if m["metrics"].get(name) is not None)
         rows.append({"benchmark": key, "split": m.get("split", "test"), "variant": m["variant"],
                      "items": m["items"], "k": k, "metric": m["headline"], "mean@k": pct(m["mean@k"]),
                      "std@k": pct(m["std@k"]), "also": also, "extractor": m.get("extractor", "")})

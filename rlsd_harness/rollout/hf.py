@@ -148,7 +148,9 @@ class _SeededSampler:
 def vision_token_ids(config) -> list[int]:
     """Tokens a policy must never emit: they would be read back as image placeholders."""
     names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-    return [int(getattr(config, n)) for n in names if getattr(config, n, None) is not None]
+    ids = [int(getattr(config, n)) for n in names if getattr(config, n, None) is not None]
+    unused = getattr(config, "unused_token_ids_from", None)  # a head wider than the tokenizer (rlsd_harness.models)
+    return ids if unused is None else ids + list(range(int(unused), config.get_text_config().vocab_size))
 
 
 def response_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:

@@ -73,7 +73,7 @@ def run(cfg: DictConfig, log=None) -> Path:
 
     from rlsd_harness import dist
     from rlsd_harness.data import build_data
-    from rlsd_harness.models import load_model, load_processor
+    from rlsd_harness.models import load_model, load_processor, save_model
     from rlsd_harness.training import checkpoint
     from rlsd_harness.training.evals import RunEvaluator, read_metrics
     from rlsd_harness.training.metrics import open_sinks
@@ -163,8 +163,7 @@ def run(cfg: DictConfig, log=None) -> Path:
             sink.close()
     weights = checkpoint.full_state_dict(trainer.engine)  # every rank: a collective under ZeRO-3
     if rank == 0:
-        trainer.engine.module.save_pretrained(run_dir / "final", state_dict=weights)
-        processor.save_pretrained(run_dir / "final")
+        save_model(trainer.engine.module, processor, run_dir / "final", state_dict=weights)
         recipe = init_path / "recipe.json"
         if recipe.exists():
             (run_dir / "final" / "recipe.json").write_text(recipe.read_text())

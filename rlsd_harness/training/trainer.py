@@ -35,6 +35,14 @@ from rlsd_harness.training.teacher import (
     sibling_contexts,
     teacher_config,
 )
+from rlsd_harness.training.vocab import (
+    HeadConfig,
+    HeadOutput,
+    head_signals,
+    keep_large_frees_off_the_heap,
+    log_softmax_head,
+    swapped_forward,
+)
 from rlsd_harness.verifier import build_verifier
 
 
@@ -53,37 +61,37 @@ def distinct_prompts(prompt: PromptInputs) -> tuple[torch.Tensor, torch.Tensor] 
     return first, inverse
 
 
-def forward_logprobs(
+def response_hidden(
     model: torch.nn.Module,
     prompt: PromptInputs,
     vision: VisionInputs | None,
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
-    temperature: float,
     image_token_id: int,
     share_prompts: bool = False,
 ) -> torch.Tensor:
-    """Full-vocabulary log-probs (B, T, V) of each response position, at the sampling temperature.
-    Only the response positions reach the output head (`logits_to_keep`).
+    """Last hidden states (B, T, H) at the positions that predict each response token: the output head's input.
+    The model runs with its head swapped for the identity, so no (B, T, V) logits are made here.
 
     With `share_prompts`, rows with the same `prompt.key` run their prompt, images included, once: its KV cache
     is copied to each of its rows and the responses run on top of it, at the positions the full sequence gives
-    them (with gradient, the prompt's is the sum over its rows). The same log-probs and gradients up to float
-    order, for a fraction of the cost when G responses share a long prompt."""
+    them (with gradient, the prompt's is the sum over its rows). The same hidden states and gradients up to
+    float order, for a fraction of the cost when G responses share a long prompt."""
     ids = torch.cat([prompt.ids, response_ids], 1)
     attn = torch.cat([prompt.mask, response_mask.to(prompt.mask.dtype)], 1)
     mm_types = (ids == image_token_id).int()
     T = response_ids.shape[1]
     shared = distinct_prompts(prompt) if share_prompts else None
-    if shared is None:
-        inputs = dict(input_ids=ids, attention_mask=attn, mm_token_type_ids=mm_types, use_cache=False)
-        if vision is not None:
-            inputs.update(pixel_values=vision.pixel_values, image_grid_thw=vision.image_grid_thw)
-        logits = model(**inputs, logits_to_keep=T + 1).logits[:, :-1].float()
-    else:
+    head = getattr(model, "module", model).get_output_embeddings()
+    with swapped_forward(head, lambda x: x):
+        if shared is None:
+            inputs = dict(input_ids=ids, attention_mask=attn, mm_token_type_ids=mm_types, use_cache=False)
+            if vision is not None:
+                inputs.update(pixel_values=vision.pixel_values, image_grid_thw=vision.image_grid_thw)
+            return model(**inputs, logits_to_keep=T + 1).logits[:, :-1]
         first, inverse = shared
-        head = prompt.rows(first)
-        inputs = dict(input_ids=head.ids, attention_mask=head.mask, mm_token_type_ids=mm_types[first, : head.ids.shape[1]],
+        heads = prompt.rows(first)
+        inputs = dict(input_ids=heads.ids, attention_mask=heads.mask, mm_token_type_ids=mm_types[first, : heads.ids.shape[1]],
                       use_cache=True)
         if vision is not None:
             heads_vision = vision.select(first)
@@ -97,21 +105,53 @@ def forward_logprobs(
             base = getattr(model, "module", model).model
             positions = base.get_rope_index(ids, mm_types, image_grid_thw=vision.image_grid_thw, attention_mask=attn)[0][..., -T:]
         tail = model(input_ids=response_ids, attention_mask=attn, position_ids=positions, cache=cache, use_cache=True)
-        logits = torch.cat([out.logits[inverse], tail.logits[:, :-1]], 1).float()
+        return torch.cat([out.logits[inverse], tail.logits[:, :-1]], 1)
+
+
+def forward_head(
+    model: torch.nn.Module,
+    prompt: PromptInputs,
+    vision: VisionInputs | None,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float,
+    image_token_id: int,
+    share_prompts: bool = False,
+    head: HeadConfig | None = None,
+    **signals: Any,
+) -> HeadOutput:
+    """(B, T) log-prob of each response token and entropy at the sampling temperature, plus the optional
+    `signals` of `rlsd_harness.training.vocab.head_signals` (topk, gather_ids, full, vocab_loss with teacher), computed from
+    the hidden states chunk by chunk (`head`, default HeadConfig(): chunked, chunk size by device)."""
+    hidden = response_hidden(model, prompt, vision, response_ids, response_mask, image_token_id, share_prompts)
+    base = getattr(model, "module", model)
     # the rollout never samples vision placeholders; the trained distribution excludes them the same way
-    config = getattr(model, "module", model).config
-    logits = logits.index_fill(-1, torch.tensor(vision_token_ids(config), device=logits.device), float("-inf"))
-    return torch.log_softmax(logits / temperature, dim=-1)
+    return head_signals(base.get_output_embeddings(), hidden, response_ids, vision_token_ids(base.config), temperature,
+                        head or HeadConfig(), **signals)
+
+
+def forward_logprobs(
+    model: torch.nn.Module,
+    prompt: PromptInputs,
+    vision: VisionInputs | None,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float,
+    image_token_id: int,
+    share_prompts: bool = False,
+) -> torch.Tensor:
+    """Full-vocabulary log-probs (B, T, V) of each response position, at the sampling temperature, with
+    gradient: the whole-tensor path, for callers that need the distribution itself (tests, analysis). Training
+    and every forward-only pass use `forward_head`, which never holds (B, T, V)."""
+    hidden = response_hidden(model, prompt, vision, response_ids, response_mask, image_token_id, share_prompts)
+    base = getattr(model, "module", model)
+    banned = torch.tensor(vision_token_ids(base.config), device=hidden.device)
+    return log_softmax_head(base.get_output_embeddings()(hidden).float(), banned, temperature)
 
 
 def token_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """(B, T, V) log-probs -> (B, T) log-prob of each given token."""
     return logprobs.gather(-1, token_ids[..., None])[..., 0]
-
-
-def _entropy(logprobs: torch.Tensor) -> torch.Tensor:
-    p = logprobs.exp()
-    return -torch.where(p > 0, p * logprobs, torch.zeros_like(p)).sum(-1)  # banned tokens: 0 * -inf is 0 here
 
 
 class Trainer:
@@ -141,6 +181,9 @@ class Trainer:
         self.grad_accum = rows // (tcfg.mini_batches * tcfg.micro_batch_size)
         vocab = policy.get_output_embeddings().weight.shape[0]
         self.objective.check_vocab(vocab)
+        self.head = HeadConfig.from_setting(tcfg.get("logits_chunk"))
+        if self.device.type == "cpu" and self.head.mode == "chunked":
+            keep_large_frees_off_the_heap()  # else glibc keeps freed chunks resident (bench/memory.py)
 
         policy.to(self.device)
         self.shape = ModelShape.of(policy)
@@ -314,17 +357,23 @@ class Trainer:
         if self.cfg.train.get("token_budget"):
             mb = mb.trim()
         obj, led = self.objective, self.ledger
-        want_full = obj.teacher_signal in ("topk", "full")
+        role = "probe" if self.probe else "teacher"
+        signals: dict[str, Any] = {}
+        if obj.teacher_signal == "full":  # the loss reads the teacher's whole distribution: the teacher goes first
+            with led.phase(role):
+                self._teacher_signals(mb, None)
+            signals = dict(vocab_loss=obj.vocab_loss, teacher=mb.teacher_logprobs)
+        elif obj.teacher_signal == "topk":
+            signals = dict(topk=obj.topk)
         with led.phase("update"):
-            logprobs = forward_logprobs(
-                self.engine, mb.student, mb.vision, mb.response_ids, mb.response_mask,
-                self.sampling.temperature, self.image_token_id, share_prompts=self.share_in_update,
+            out = forward_head(
+                self.engine, mb.student, mb.vision, mb.response_ids, mb.response_mask, self.sampling.temperature,
+                self.image_token_id, share_prompts=self.share_in_update, head=self.head, **signals,
             )
-            logp = token_logprobs(logprobs, mb.response_ids)
-            policy = PolicyOutput(logp=logp, entropy=_entropy(logprobs.detach()), logprobs=logprobs if want_full else None)
-        if self.teacher_context:
-            with led.phase("probe" if self.probe else "teacher"):
-                self._teacher_signals(mb, policy)
+            policy = PolicyOutput(logp=out.logp, entropy=out.entropy, topk_logp=out.topk_logp, vocab_loss=out.vocab_loss)
+        if self.teacher_context and obj.teacher_signal != "full":
+            with led.phase(role):
+                self._teacher_signals(mb, out.topk_ids)
         with led.phase("update"):
             loss, m = obj.loss(mb, policy)
             # every rank stops together: a rank that went on into the backward would wait for the others forever
@@ -383,23 +432,29 @@ class Trainer:
         batch.teacher_mask = mask
 
     @torch.no_grad()
-    def _teacher_signals(self, mb: RolloutBatch, policy: PolicyOutput) -> None:
+    def _teacher_signals(self, mb: RolloutBatch, topk_ids: torch.Tensor | None) -> None:
+        """The teacher's signals on the micro-batch: sampled-token log-probs, and what the objective declared
+        besides (its log-probs on the student's top-k ids `topk_ids`, or its whole distribution)."""
         obj = self.objective
         model = self.teacher.module(self.engine.module)
         was_training = model.training
         model.eval()
         share = self.cfg.train.share_prompts
-        t_logprobs = forward_logprobs(
-            model, mb.teacher, mb.vision, mb.response_ids, mb.response_mask,
-            self.sampling.temperature, self.image_token_id, share_prompts=share,
-        )
-        model.train(was_training)
-        mb.teacher_logp = token_logprobs(t_logprobs, mb.response_ids)
+        signals: dict[str, Any] = {}
         if obj.teacher_signal == "full":
-            mb.teacher_logprobs = t_logprobs
+            # The one (B, T, V) tensor left: the loss reads the teacher's whole distribution at every position,
+            # and the teacher's head weight exists outside its own forward only when it is not partitioned.
+            signals["full"] = True
         elif obj.teacher_signal == "topk":
-            mb.topk_idx = policy.logprobs.detach().topk(obj.topk, dim=-1).indices
-            mb.teacher_topk_logp = t_logprobs.gather(-1, mb.topk_idx)
+            signals["gather_ids"] = topk_ids
+        out = forward_head(model, mb.teacher, mb.vision, mb.response_ids, mb.response_mask, self.sampling.temperature,
+                           self.image_token_id, share_prompts=share, head=self.head, **signals)
+        model.train(was_training)
+        mb.teacher_logp = out.logp
+        if obj.teacher_signal == "full":
+            mb.teacher_logprobs = out.logprobs
+        elif obj.teacher_signal == "topk":
+            mb.topk_idx, mb.teacher_topk_logp = topk_ids, out.gathered
         role = "probe" if self.probe else "teacher"
         tokens, flops = self._forward_cost(mb, mb.teacher, share)
         self.ledger.add(**{f"tokens/fwd_{role}": tokens, f"flops/{role}": flops})
@@ -413,9 +468,9 @@ class Trainer:
         for rows in self._micro_batches(batch, budget):
             mb = batch.select(rows)
             mb = mb.trim() if budget else mb
-            lp = forward_logprobs(model, mb.student, mb.vision, mb.response_ids, mb.response_mask,
-                                  self.sampling.temperature, self.image_token_id, share_prompts=share)
-            out[rows, : lp.shape[1]] = token_logprobs(lp, mb.response_ids)
+            lp = forward_head(model, mb.student, mb.vision, mb.response_ids, mb.response_mask,
+                              self.sampling.temperature, self.image_token_id, share_prompts=share, head=self.head).logp
+            out[rows, : lp.shape[1]] = lp
             tokens, flops = self._forward_cost(mb, mb.student, share)
             self.ledger.add(**{f"tokens/fwd_{role}": tokens, f"flops/{role}": flops})
         return out
