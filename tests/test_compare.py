@@ -37,7 +37,7 @@ def test_interrupted_matrix_resumes_without_redoing_finished_runs(tmp_path, tiny
     assert "simulated crash" in json.loads((runs / "rlsd-s0" / "failed.json").read_text())["error"]
     table = (tmp_path / "smoke" / "table.md").read_text()
     assert "rlsd-s0 failed" in table  # counted beside its method's row, not dropped
-    assert calls == ["grpo-s0", "grpo-s1", "rlsd-s0", "rlsd-s1"]
+    assert calls == ["grpo-s0", "rlsd-s0", "grpo-s1", "rlsd-s1"]  # seed-major: whole seeds first
 
     calls.clear()
     compare_main(args)

@@ -152,7 +152,8 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     target, previous = output_folder(name, out)
     runs_dir, tuning_dir = target / "runs", target / "tuning" / "runs"
     tuning_jobs = [(pt, s) for points in grid.values() for pt in points for s in exp.tuning.seeds]
-    jobs = [(m, s) for m in arms(exp) for s in exp.seeds]
+    # seed-major: an interrupted study holds whole seeds, which the paired comparisons need
+    jobs = [(m, s) for s in exp.seeds for m in arms(exp)]
     # every configuration is composed and checked against the schema before any compute is spent or anything
     # written (a dry run checks the batch geometry of the planned cluster and lists the paths still to set);
     # with tuning, the test runs are checked with a stand-in pick and composed again once the picks are known
