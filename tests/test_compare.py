@@ -23,12 +23,12 @@ def test_interrupted_matrix_resumes_without_redoing_finished_runs(tmp_path, tiny
     real_run = compare.run
     calls, crashed = [], []
 
-    def flaky(cfg, log=None):
+    def flaky(cfg, log=None, **kwargs):
         calls.append(cfg.run.name)
         if cfg.run.name == "rlsd-s0" and not crashed:
             crashed.append(True)
             raise RuntimeError("simulated crash")
-        return real_run(cfg, log)
+        return real_run(cfg, log, **kwargs)
 
     monkeypatch.setattr(compare, "run", flaky)
     compare_main(args)

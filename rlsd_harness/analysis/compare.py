@@ -1,9 +1,11 @@
 """`rlsd-compare experiment=embedded`: methods x seeds from one experiment file, each trained to the
 same compute budget from the same base policy, compared at matched budget points.
 
-Runs land in results/<experiment>/runs/<method>-s<seed>/. Finished runs are not rerun; an interrupted run
-resumes from its last checkpoint; a run that fails is recorded (failed.json) and shown as failed in the table.
-The report (tables, plots, README) is rebuilt from the run folders at the end, by `harness.report`.
+Runs land in results/<experiment>/runs/<method>-s<seed>/. Each run's state comes from its completion markers
+(training/run.py: run_state): a finished run is not rerun; a partial or failed one resumes from its newest good
+checkpoint; one with none starts over. A run that fails is recorded (failed.json) and shown as failed in the
+table, and the matrix goes on. The report (tables, plots, README) is rebuilt from the run folders at the end
+(analysis/report.py), every file written under a temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 import traceback
@@ -20,7 +23,9 @@ import torch
 from omegaconf import OmegaConf
 
 from rlsd_harness.config import REPO, arms, compose_config, load_experiment, run_overrides
-from rlsd_harness.training.run import run
+from rlsd_harness.training import checkpoint
+from rlsd_harness.training.durable import atomic_path, atomic_write_text, kill_point
+from rlsd_harness.training.run import run, run_state
 
 
 def dry_run(exp, name: str, runs_dir: Path, extra: list[str]) -> str:
@@ -65,32 +70,40 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     started = time.time()
     log = lambda msg: tqdm.write(msg, file=sys.stderr)  # noqa: E731
     bar = tqdm(jobs, desc=f"{name}: methods x seeds", unit="run", position=0, dynamic_ncols=True)
+    command = " ".join(["rlsd-compare", f"experiment={name}", f"out={out}", *map(shlex.quote, extra)])
     for method, seed in bar:
         run_dir = runs_dir / f"{method}-s{seed}"
         bar.set_postfix(run=run_dir.name)
-        if (run_dir / "final" / "config.json").exists():
+        state = run_state(run_dir)
+        if state == "finished":
             continue
-        state = ["run.resume=true"] if any((run_dir / "checkpoints").glob("step-*")) else ["run.overwrite=true"]
+        good = checkpoint.latest_good(run_dir, log) if state in ("partial", "failed") else None
+        if state in ("partial", "failed") and good is None:
+            log(f"{run_dir.name}: no good checkpoint to resume from; starting it over")
+        flags = ["run.resume=true"] if good is not None else ["run.overwrite=true"]
         (run_dir / "failed.json").unlink(missing_ok=True)
         try:
-            run(compose_config(run_overrides(exp, method, seed, runs_dir, extra) + state + ["train.progress=false"]), log)
+            run(compose_config(run_overrides(exp, method, seed, runs_dir, extra) + flags + ["train.progress=false"]),
+                log, resume_command=command)
         except Exception as e:  # a failed run is reported, not dropped, and the matrix goes on
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "failed.json").write_text(json.dumps({"error": f"{type(e).__name__}: {e}",
-                                                             "traceback": traceback.format_exc()}))
+            atomic_write_text(run_dir / "failed.json", json.dumps({"error": f"{type(e).__name__}: {e}",
+                                                                   "traceback": traceback.format_exc()}))
             log(f"{run_dir.name} failed: {e}")
+        kill_point("matrix")
     dist.shutdown()
     meta = {"experiment": name, "seconds": time.time() - started,
             "machine": f"{platform.platform()}, {os.cpu_count()} CPU cores, no GPU" if not torch.cuda.is_available()
             else f"{platform.platform()}, {torch.cuda.get_device_name()}",
             "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    rlsd_runs = sorted(p for p in runs_dir.glob("rlsd-s*") if (p / "final" / "config.json").exists())
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=1))
+    rlsd_runs = sorted(p for p in runs_dir.glob("rlsd-s*") if run_state(p) == "finished")
     if rlsd_runs and not (out / "credit_rlsd.png").exists():
         from rlsd_harness.analysis.credit import draw, token_weights
 
         picks = token_weights(rlsd_runs[0])
-        (out / "credit_rlsd.json").write_text(json.dumps(picks, indent=1))
-        draw(picks, out / "credit_rlsd.png")
+        atomic_write_text(out / "credit_rlsd.json", json.dumps(picks, indent=1))
+        with atomic_path(out / "credit_rlsd.png") as tmp:
+            draw(picks, tmp)
     write_report(out, exp, meta)
     return out

@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from rlsd_harness.config import BUDGET_KEYS
+from rlsd_harness.training.durable import atomic_path, atomic_write_text, kill_point
+from rlsd_harness.training.run import read_metrics, run_state
 
 CURVES = [
     ("reward", "training reward (mean over samples)"),
@@ -26,15 +28,17 @@ CURVES = [
 
 def load_runs(runs_dir: Path) -> tuple[pd.DataFrame, dict[str, str]]:
     frames, failed = [], {}
-    for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+    # hidden folders are not runs (an overwritten run kept aside until its replacement's first checkpoint)
+    for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         method, seed = run_dir.name.rsplit("-s", 1)
-        if (run_dir / "failed.json").exists():
+        state = run_state(run_dir)
+        if state == "failed":
             failed[run_dir.name] = json.loads((run_dir / "failed.json").read_text())["error"]
             continue
         if not (run_dir / "metrics.jsonl").exists():
             continue
-        df = pd.DataFrame([json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()])
-        df["method"], df["seed"], df["finished"] = method, int(seed), (run_dir / "final").exists()
+        df = pd.DataFrame(read_metrics(run_dir / "metrics.jsonl"))
+        df["method"], df["seed"], df["finished"] = method, int(seed), state == "finished"
         if "w_clip_low_frac" in df:
             df["w_clip_frac"] = df["w_clip_low_frac"] + df["w_clip_high_frac"]
         frames.append(df)
@@ -70,7 +74,7 @@ def write_report(out: Path, exp, meta: dict) -> None:
 
     df, failed = load_runs(out / "runs")
     if df.empty:
-        (out / "README.md").write_text("No finished runs yet.\n")
+        atomic_write_text(out / "README.md", "No finished runs yet.\n")
         return
     kind = exp.get("budget_kind", "flops")
     key = BUDGET_KEYS[kind]
@@ -100,13 +104,16 @@ def write_report(out: Path, exp, meta: dict) -> None:
         table.loc[method, "seeds"] = f"{table.loc[method, 'seeds'] if isinstance(table.loc[method, 'seeds'], str) else 0} (+{name} failed)"
     table = table.fillna("failed")
     table.index.name = "method"
-    (out / "table.md").write_text(
+    atomic_write_text(out / "table.md",
         f"Held-out pass@1 (%) on the embedded test split, greedy, at matched {kind} budgets; mean ± std over seeds; "
         f"best per column in bold.\n\n{table.to_markdown()}\n")
     numeric = per_seed.groupby("method")[cols].agg(["mean", "std"])
-    numeric.to_csv(out / "table.csv")
-    (out / "table.tex").write_text(table.to_latex(escape=True))
-    per_seed.to_csv(out / "per_seed.csv", index=False)
+    kill_point("report")
+    with atomic_path(out / "table.csv") as tmp:
+        numeric.to_csv(tmp)
+    atomic_write_text(out / "table.tex", table.to_latex(escape=True))
+    with atomic_path(out / "per_seed.csv") as tmp:
+        per_seed.to_csv(tmp, index=False)
 
     # accuracy against compute, one curve per method, band = ± std over seeds
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -126,7 +133,8 @@ def write_report(out: Path, exp, meta: dict) -> None:
     ax.set_title("Accuracy at matched compute")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_compute.png", dpi=120)
+    with atomic_path(out / "accuracy_vs_compute.png") as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
@@ -145,7 +153,8 @@ def write_report(out: Path, exp, meta: dict) -> None:
         if ax.lines:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "dynamics.png", dpi=110)
+    with atomic_path(out / "dynamics.png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
     wall = df.groupby(["method", "seed"])["cum/time/step"].max().sum() + df.get("eval/seconds", pd.Series(dtype=float)).sum()
@@ -164,7 +173,7 @@ def write_report(out: Path, exp, meta: dict) -> None:
                   "![credit](credit_rlsd.png)", ""]
     if failed:
         lines += ["## Failed runs", ""] + [f"- {k}: {v}" for k, v in failed.items()]
-    (out / "README.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "README.md", "\n".join(lines) + "\n")
 
 
 def failed_methods(failed: dict[str, str]) -> list[str]:
