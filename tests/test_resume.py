@@ -16,7 +16,8 @@ import yaml
 from rlsd_harness import dist
 from rlsd_harness.config import ConfigError, compose_config
 from rlsd_harness.training import checkpoint
-from rlsd_harness.training.run import run, run_state
+from rlsd_harness.training import run as run_module
+from rlsd_harness.training.run import run
 from rlsd_harness.training.trainer import Trainer
 from tests.resume_helpers import differences, metric_lines
 
@@ -63,7 +64,7 @@ def test_a_run_stopped_by_its_budget_trains_no_further_step_on_resume(tmp_path, 
     after = files_of(run_dir)
     for name in ("metrics.jsonl", "final/model.safetensors", "checkpoints/step-000002/model.safetensors"):
         assert after[Path(name)] == before[Path(name)], name
-    assert run_state(run_dir) == "finished"
+    assert run_module.run_state(run_dir) == "finished"
     assert json.loads((run_dir / "finished.json").read_text())["stopped_by"] == "train.budget"
 
 
@@ -154,19 +155,19 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(tmp_path
 
 def test_run_states_come_from_completion_markers(tmp_path):
     d = tmp_path / "r"
-    assert run_state(d) == "none"
+    assert run_module.run_state(d) == "none"
     (d / "checkpoints" / "step-000001.tmp").mkdir(parents=True)  # killed while writing its first checkpoint
     (d / "checkpoints" / "step-000001.tmp" / "model.safetensors").write_bytes(b"\0" * 8)
-    assert run_state(d) == "none"
+    assert run_module.run_state(d) == "none"
     (d / "checkpoints" / "step-000002").mkdir()  # renamed, but without a manifest
-    assert run_state(d) == "none"
+    assert run_module.run_state(d) == "none"
     (d / "checkpoints" / "step-000002" / "manifest.json").write_text(json.dumps({"files": {}}))
-    assert run_state(d) == "partial"
+    assert run_module.run_state(d) == "partial"
     (d / "final").mkdir()  # final/ alone is not a finished run
     (d / "final" / "config.json").write_text("{}")
-    assert run_state(d) == "partial"
+    assert run_module.run_state(d) == "partial"
     (d / "finished.json").write_text("{}")
-    assert run_state(d) == "finished"
+    assert run_module.run_state(d) == "finished"
 
 
 @pytest.fixture

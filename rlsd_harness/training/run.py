@@ -291,6 +291,13 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
     # checkpoint a resume starts from.
     run_dir, changes = check_run_dir(cfg)
     rank, world = dist.init_distributed()
+    # every generator a checkpoint restores starts from the seed: two runs of one config are the same run
+    import random
+
+    import numpy as np
+
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     processor = load_processor(init_path)
     trainer = Trainer(cfg, load_model(init_path), processor, data, log, model_path=str(init_path))
