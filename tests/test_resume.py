@@ -53,16 +53,17 @@ def files_of(run_dir):
     return {p.relative_to(run_dir): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
-def test_a_run_stopped_by_its_budget_trains_no_further_step_on_resume(tmp_path, tiny_dir):
-    budget = ["train.steps=6", "train.budget.kind=steps", "train.budget.value=2"]
+@pytest.mark.parametrize("kind, value, steps", [("steps", 2, 2), ("flops", 1, 1)])
+def test_a_run_stopped_by_its_budget_trains_no_further_step_on_resume(tmp_path, tiny_dir, kind, value, steps):
+    budget = ["train.steps=6", f"train.budget.kind={kind}", f"train.budget.value={value}"]
     run_dir = train(tmp_path, "b", *budget)
     before = files_of(run_dir)
-    assert [m["rollout_step"] for m in metric_lines(run_dir)] == [0, 1, 2]
+    assert [m["rollout_step"] for m in metric_lines(run_dir)] == list(range(steps + 1))
     for _ in range(2):
         train(tmp_path, "b", *budget, "run.resume=true")
-        assert [m["rollout_step"] for m in metric_lines(run_dir)] == [0, 1, 2]
+        assert [m["rollout_step"] for m in metric_lines(run_dir)] == list(range(steps + 1))
     after = files_of(run_dir)
-    for name in ("metrics.jsonl", "final/model.safetensors", "checkpoints/step-000002/model.safetensors"):
+    for name in ("metrics.jsonl", "final/model.safetensors", f"checkpoints/step-{steps:06d}/model.safetensors"):
         assert after[Path(name)] == before[Path(name)], name
     assert run_module.run_state(run_dir) == "finished"
     assert json.loads((run_dir / "finished.json").read_text())["stopped_by"] == "train.budget"

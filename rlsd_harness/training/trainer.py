@@ -17,6 +17,7 @@ from rlsd_harness import dist
 from rlsd_harness.algorithms import build_objective
 from rlsd_harness.algorithms.batch import PolicyOutput, PromptInputs, RolloutBatch, VisionInputs
 from rlsd_harness.algorithms.common import masked_mean
+from rlsd_harness.config import BUDGET_KEYS
 from rlsd_harness.rollout.hf import (
     HFRolloutEngine,
     SamplingParams,
@@ -230,6 +231,9 @@ class Trainer:
         """The run's totals under the names a step's metrics give them (what a budget reads), without a step:
         summed over ranks as `_close_step` sums them (a collective: every rank calls it)."""
         counts = {f"cum/{k}": v for k, v in self.ledger.total.items()}
+        for key in BUDGET_KEYS.values():  # before the first step nothing is spent
+            counts.setdefault(key, 0.0)
+        counts.pop("step", None)
         if self.world > 1:
             keys = sorted(k for k in counts if not k.startswith("cum/time"))
             counts.update(zip(keys, dist.all_reduce_sum([counts[k] for k in keys])))
