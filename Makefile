@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-gpu lint bench clean-venv
+.PHONY: demo test test-slow test-gpu lint bench clean-venv gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,3 +31,20 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.perf
+
+# The GPU check (bench/gpu_check.py). `make gpu-wheels` here, with PyPI reachable; then, on the GPU machine,
+# `make gpu-check` (or the same as one command: python3 bench/gpu_check.py --wheels .gpu-wheels), which needs
+# no registry. `make gpu-check DRY=1` runs every step's plumbing on CPU, CUDA parts skipped.
+GPU_WHEELS ?= .gpu-wheels
+GPU_PY ?= python3
+
+gpu-wheels: $(STAMP)
+	$(PY) bench/gpu_wheels.py --dest $(GPU_WHEELS)
+
+ifeq ($(DRY),1)
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py --dry --wheels $(GPU_WHEELS)
+else
+gpu-check:
+	$(GPU_PY) bench/gpu_check.py --wheels $(GPU_WHEELS)
+endif

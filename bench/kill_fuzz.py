@@ -118,7 +118,7 @@ def fuzz_objective(name: str, kills: int, out: Path, rng: random.Random) -> dict
     if name == "grpo":  # a FLOPs budget that ends the run inside its steps: what 5 steps of a probe spent
         rc, _ = launch("train", [*base, "run.name=probe", "train.steps=5", "train.budget.kind=null"], log=log)
         assert rc == 0, f"probe run failed, see {log}"
-        budget = metric_lines(out / name / "probe")[5]["cum/flops/total"]
+        budget = metric_lines(out / name / "probe")[5]["ledger/cum/flops/total"]
         base.append(f"train.budget.value={budget}")
     rc, typical = launch("train", [*base, "run.name=reference"], log=log)
     assert rc == 0, f"reference run failed, see {log}"

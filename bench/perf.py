@@ -102,11 +102,12 @@ class Ours:
         t0 = time.perf_counter()
         m = self.trainer.step()
         wall = time.perf_counter() - t0
-        rec = {k[len("step/time/"):]: v for k, v in m.items() if k.startswith("step/time/") and k != "step/time/step"}
+        rec = {k[len("ledger/step/time/"):]: v for k, v in m.items()
+               if k.startswith("ledger/step/time/") and k != "ledger/step/time/step"}
         rec["other"] = wall - sum(rec.values())  # metrics, batch assembly, advantage computation outside phases
         rec["step"] = wall
-        rec["tokens"] = m["step/tokens/generated"]
-        rec["mean_reward"] = m["reward"]
+        rec["tokens"] = m["ledger/step/tokens/generated"]
+        rec["mean_reward"] = m["rollout/reward"]
         self.steps.append(rec)
 
 
@@ -133,7 +134,9 @@ def _exact_reward(verifier):
     return exact_boxed
 
 
-def build_trl(cfg: Any, path: Path, data, total_steps: int, max_new: int, out_dir: Path, callbacks: list):
+def build_trl(cfg: Any, path: Path, data, total_steps: int, max_new: int, out_dir: Path, callbacks: list,
+              use_cpu: bool = True, bf16: bool = False):
+    """TRL's GRPOTrainer at our settings (on CUDA with `use_cpu=False`; `bf16`: HF Trainer's bf16 autocast)."""
     from trl import GRPOConfig, GRPOTrainer
 
     from rlsd_harness.models import load_model, load_processor
@@ -142,7 +145,7 @@ def build_trl(cfg: Any, path: Path, data, total_steps: int, max_new: int, out_di
     tcfg, optim, ro, algo = cfg.train, cfg.optim, cfg.rollout, cfg.algorithm
     params = dict(algo.get("params") or {})
     args = GRPOConfig(
-        output_dir=str(out_dir), use_vllm=False, use_cpu=True, bf16=False, fp16=False, seed=cfg.seed,
+        output_dir=str(out_dir), use_vllm=False, use_cpu=use_cpu, bf16=bf16, fp16=False, seed=cfg.seed,
         per_device_train_batch_size=tcfg.prompts_per_step * tcfg.group_size, num_generations=tcfg.group_size,
         gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,  # one optimizer step per batch
         max_completion_length=max_new, generation_kwargs={"min_new_tokens": max_new},

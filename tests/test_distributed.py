@@ -55,14 +55,14 @@ def test_two_ranks_follow_one_rank(tmp_path, tiny_dir, stage, algorithm, extra):
         assert (tmp_path / name / "checkpoints" / "step-000002" / "model.safetensors").exists()
         assert (tmp_path / name / "final" / "model.safetensors").exists()
     for a, b in zip(one, two):
-        assert a["reward"] == b["reward"]
-        assert a["cum/tokens/generated"] == b["cum/tokens/generated"]
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
-        assert a["teacher_kl"] == pytest.approx(b["teacher_kl"], rel=1e-4, abs=1e-6)
+        assert a["rollout/reward"] == b["rollout/reward"]
+        assert a["ledger/cum/tokens/generated"] == b["ledger/cum/tokens/generated"]
+        assert a["actor/loss"] == pytest.approx(b["actor/loss"], abs=1e-5)
+        assert a["teacher/kl"] == pytest.approx(b["teacher/kl"], rel=1e-4, abs=1e-6)
         assert a.get("eval/pass@1") == b.get("eval/pass@1")  # held-out evaluation, sharded over the ranks
     assert "eval/pass@1" in one[1] and "eval/pass@1" in one[3]
     updates = {"rlsd": 2, "sdpo": 4 * 2}[algorithm]  # RLSD syncs at step 2; SDPO's EMA after each optimizer step
-    assert one[-1]["teacher_updates"] == two[-1]["teacher_updates"] == updates
+    assert one[-1]["teacher/updates"] == two[-1]["teacher/updates"] == updates
     if "train.balance_ranks=false" not in extra:  # rows moved between ranks: token loads evened out
         assert all(b["rank_imbalance_after"] <= b["rank_imbalance_before"] for b in two)
         assert any(b["rank_imbalance_after"] < b["rank_imbalance_before"] for b in two)

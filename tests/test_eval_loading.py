@@ -141,6 +141,6 @@ def test_registry():
 
 
 def test_package_import_is_light():
-    code = "import sys, benchmarks; print(sorted(m for m in ('torch', 'datasets', 'sympy', 'pandas') if m in sys.modules))"
+    code = "import sys, rlsd_harness.benchmarks; print(sorted(m for m in ('torch', 'datasets', 'sympy', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -10,6 +10,7 @@ import torch
 from rlsd_harness.algorithms import build_objective, get_objective_class, objective_names
 from rlsd_harness.algorithms.batch import PolicyOutput
 from rlsd_harness.algorithms.common import LOSS_AGG_MODES, masked_mean
+from rlsd_harness.training.metrics import glossary_entry, namespaced
 from tests.objective_helpers import (
     fill_teacher_signals,
     make_batch,
@@ -158,6 +159,8 @@ def test_metric_names_are_plain_and_the_teacher_gap_is_teacher_kl(case):
     _, metrics, batch, policy = _metrics_on_one_micro_batch(name, params)
     assert all("/" not in key for key in metrics), sorted(metrics)
     assert "sampled_kl" not in metrics
+    undocumented = [k for k in namespaced(metrics) if glossary_entry(k) is None]
+    assert not undocumented, f"{name} logs metrics without a glossary entry (training/metrics.py): {undocumented}"
     if name in ("opsd", "sdpo", "opd", "grpo_opsd"):
         expected = masked_mean(policy.logp.detach() - batch.teacher_logp, batch.loss_mask)
         torch.testing.assert_close(metrics["teacher_kl"], expected)

@@ -74,7 +74,7 @@ def test_resume_is_bit_identical_teacher_update_count_included(tmp_path, straigh
     run_dir = train(tmp_path, "split", *TEACHERS[algorithm], "train.steps=2")
     train(tmp_path, "split", *TEACHERS[algorithm], "train.steps=3", "run.resume=true")
     # RLSD syncs and SDPO blends once per optimizer step: the count goes on from the checkpoint's
-    assert [m["teacher_updates"] for m in metric_lines(run_dir)[1:]] == [1.0, 2.0, 3.0]
+    assert [m["teacher/updates"] for m in metric_lines(run_dir)[1:]] == [1.0, 2.0, 3.0]
     assert differences(straight(algorithm), run_dir) == []
 
 

@@ -169,7 +169,7 @@ def test_zero3_rlsd_step_with_a_partitioned_teacher_runs_on_gpu(tmp_path, tiny_d
                            "algorithm.teacher.sync_every=1", "train.gradient_checkpointing=true")
     metrics = trainer.step()
     assert trainer.teacher.partitioned and next(trainer.engine.module.parameters()).device.type == "cuda"
-    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["teacher_updates"] == 1
+    assert torch.isfinite(torch.tensor(metrics["actor/loss"])) and metrics["teacher/updates"] == 1
     teacher = dict(iter_full_parameters(trainer.teacher.model, 3))
     policy = {n: t.clone() for n, t in iter_full_parameters(trainer.engine.module, 3)}
     assert all(torch.equal(teacher[n], policy[n]) for n in policy)
@@ -183,6 +183,6 @@ def test_vllm_rollouts_train_zero3_steps_and_stay_in_sync(tmp_path, tiny_dir):
 
     trainer = make_trainer(tmp_path, "rollout=vllm", "rollout.max_model_len=512", "rollout.gpu_memory_utilization=0.2",
                            "algorithm=rlsd", "deepspeed=zero3", "optim.lr=1e-4")
-    gaps = [trainer.step()["rollout_logp_gap"] for _ in range(3)]
+    gaps = [trainer.step()["actor/rollout_logp_gap"] for _ in range(3)]
     # vLLM generates in bf16, the trainer runs fp32: a small gap, which must not grow as weights are synced
     assert all(g < 0.05 for g in gaps), gaps

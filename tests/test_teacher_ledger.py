@@ -117,14 +117,14 @@ def test_ledger_counts_match_hand_counted_tokens(tmp_path, tiny_dir, share):
 
     student, student_flops = hand_count(mb.student.mask)
     teacher, teacher_flops = hand_count(mb.teacher.mask)
-    assert m["step/tokens/generated"] == generated
-    assert m["step/tokens/fwd_policy"] == m["step/tokens/bwd_policy"] == student
-    assert m["step/tokens/fwd_teacher"] == teacher
-    assert m["step/flops/teacher"] == pytest.approx(teacher_flops, rel=1e-12)
-    assert m["step/prompts"] == 4
-    assert m["step/flops/policy_fwd"] == pytest.approx(student_flops, rel=1e-12)
-    assert m["step/flops/policy_bwd"] == 2 * m["step/flops/policy_fwd"]
-    assert m["step/flops/total"] == sum(m[f"step/flops/{k}"] for k in ("rollout", "policy_fwd", "policy_bwd", "teacher"))
+    assert m["ledger/step/tokens/generated"] == generated
+    assert m["ledger/step/tokens/fwd_policy"] == m["ledger/step/tokens/bwd_policy"] == student
+    assert m["ledger/step/tokens/fwd_teacher"] == teacher
+    assert m["ledger/step/flops/teacher"] == pytest.approx(teacher_flops, rel=1e-12)
+    assert m["ledger/step/prompts"] == 4
+    assert m["ledger/step/flops/policy_fwd"] == pytest.approx(student_flops, rel=1e-12)
+    assert m["ledger/step/flops/policy_bwd"] == 2 * m["ledger/step/flops/policy_fwd"]
+    assert m["ledger/step/flops/total"] == sum(m[f"ledger/step/flops/{k}"] for k in ("rollout", "policy_fwd", "policy_bwd", "teacher"))
 
 
 def _gathered(module) -> dict[str, torch.Tensor]:
@@ -180,4 +180,4 @@ def test_bf16_policy_keeps_an_fp32_ema_teacher_under_zero3(tmp_path, tiny_dir):
     tau = trainer.teacher.cfg.ema_rate
     for n in before:  # the blend reads the bf16 student and accumulates in fp32
         assert torch.allclose(after[n], before[n] + tau * (policy[n].float() - before[n]), atol=1e-6), n
-    assert metrics["teacher_updates"] == 1 and torch.isfinite(torch.tensor(metrics["loss"]))
+    assert metrics["teacher/updates"] == 1 and torch.isfinite(torch.tensor(metrics["actor/loss"]))

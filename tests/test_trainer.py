@@ -30,7 +30,7 @@ def make_trainer(tmp_path, *extra):
 def test_every_objective_moves_every_parameter(tmp_path, tiny_dir, algorithm):
     trainer = make_trainer(tmp_path, f"algorithm={algorithm}", "algorithm.lr=null")
     before = {n: p.detach().clone() for n, p in trainer.engine.module.named_parameters()}
-    losses = [trainer.step()["loss"] for _ in range(2)]
+    losses = [trainer.step()["actor/loss"] for _ in range(2)]
     unchanged = [n for n, p in trainer.engine.module.named_parameters() if torch.equal(before[n], p.detach())]
     assert not unchanged, f"{algorithm}: parameters that did not move: {unchanged[:5]}"
     assert losses[0] != losses[1]
@@ -50,8 +50,8 @@ def _params_after_one_step(tmp_path, *extra):
 def test_micro_batch_split_changes_nothing(tmp_path, tiny_dir, algorithm):
     one, m1 = _params_after_one_step(tmp_path, f"algorithm={algorithm}", "train.micro_batch_size=16")
     many, m4 = _params_after_one_step(tmp_path, f"algorithm={algorithm}", "train.micro_batch_size=4")
-    assert m1["reward"] == m4["reward"]
-    assert abs(m1["loss"] - m4["loss"]) < 1e-5
+    assert m1["rollout/reward"] == m4["rollout/reward"]
+    assert abs(m1["actor/loss"] - m4["actor/loss"]) < 1e-5
     worst = max((one[n] - many[n]).abs().max().item() for n in one)
     assert worst < 1e-5
 
@@ -63,12 +63,12 @@ def test_shared_prompt_forwards_change_nothing(tmp_path, tiny_dir, algorithm):
              *(["algorithm.params.kl_coef=0.1"] if algorithm == "grpo" else [])]
     full, m_full = _params_after_one_step(tmp_path, *extra, "train.share_prompts=false")
     shared, m_shared = _params_after_one_step(tmp_path, *extra, "train.share_prompts=true")
-    for key in ("loss", "teacher_kl", "entropy"):
+    for key in ("actor/loss", "teacher/kl", "actor/entropy"):
         assert m_full[key] == pytest.approx(m_shared[key], abs=1e-6), key
     assert max((full[n] - shared[n]).abs().max().item() for n in full) < 1e-5
     # the ledger charges what ran: the shared prompts once
     role = "teacher" if algorithm == "rlsd" else "ref"
-    assert m_shared[f"step/tokens/fwd_{role}"] < m_full[f"step/tokens/fwd_{role}"]
+    assert m_shared[f"ledger/step/tokens/fwd_{role}"] < m_full[f"ledger/step/tokens/fwd_{role}"]
 
 
 def test_resume_repeats_the_uninterrupted_run(tmp_path, tiny_dir):
@@ -80,7 +80,7 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path, tiny_dir):
     straight, split = read("straight"), read("split")
     assert [m["rollout_step"] for m in split] == [0, 1, 2, 3, 4]
     for a, b in zip(straight[3:], split[3:]):
-        for key in ("reward", "loss", "entropy", "teacher_kl", "w_clip_high_frac", "cum/tokens/generated"):
+        for key in ("rollout/reward", "actor/loss", "actor/entropy", "teacher/kl", "actor/w_clip_high_frac", "ledger/cum/tokens/generated"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
 
 
@@ -138,16 +138,16 @@ def test_local_data_rows_are_validated(tmp_path):
 
     bad = tmp_path / "rows.jsonl"
     bad.write_text(json.dumps({"id": "q7", "problem": "What?", "answer": "3"}) + "\n")
-    with pytest.raises(ValueError, match="row q7 has no image"):
-        LocalData(str(bad))
+    with pytest.raises(ValueError, match="no image column"):
+        LocalData(str(bad), cache_dir=str(tmp_path / "cache"))
     bad.write_text(json.dumps({"id": "q8", "problem": "What?", "images": ["x.png"]}) + "\n")
-    with pytest.raises(ValueError, match="row q8 has no 'answer'"):
-        LocalData(str(bad))
+    with pytest.raises(ValueError, match="no column for answer"):
+        LocalData(str(bad), cache_dir=str(tmp_path / "cache"))
 
 
 def test_token_budget_micro_batches_change_nothing(tmp_path, tiny_dir):
     fixed, m1 = _params_after_one_step(tmp_path, "algorithm=rlsd", "train.micro_batch_size=16")
     packed, m2 = _params_after_one_step(tmp_path, "algorithm=rlsd", "train.token_budget=150",
                                         "train.gradient_checkpointing=true")
-    assert m1["reward"] == m2["reward"] and abs(m1["loss"] - m2["loss"]) < 1e-5
+    assert m1["rollout/reward"] == m2["rollout/reward"] and abs(m1["actor/loss"] - m2["actor/loss"]) < 1e-5
     assert max((fixed[n] - packed[n]).abs().max().item() for n in fixed) < 1e-5

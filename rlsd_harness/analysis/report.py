@@ -17,12 +17,12 @@ from rlsd_harness.training.durable import atomic_path, atomic_write_text, kill_p
 from rlsd_harness.training.run import read_metrics, run_state
 
 CURVES = [
-    ("reward", "training reward (mean over samples)"),
-    ("entropy", "policy entropy (nats / token)"),
-    ("teacher_kl", "teacher-student KL on sampled tokens"),
-    ("w_clip_frac", "RLSD w clipped (fraction of tokens)"),
-    ("leakage", "leakage rate (responses)"),
-    ("response_length", "response length (tokens)"),
+    ("rollout/reward", "training reward (mean over samples)"),
+    ("actor/entropy", "policy entropy (nats / token)"),
+    ("teacher/kl", "teacher-student KL on sampled tokens"),
+    ("actor/w_clip_frac", "RLSD w clipped (fraction of tokens)"),
+    ("rollout/leakage", "leakage rate (responses)"),
+    ("rollout/response_length", "response length (tokens)"),
 ]
 
 
@@ -39,8 +39,8 @@ def load_runs(runs_dir: Path) -> tuple[pd.DataFrame, dict[str, str]]:
             continue
         df = pd.DataFrame(read_metrics(run_dir / "metrics.jsonl"))
         df["method"], df["seed"], df["finished"] = method, int(seed), state == "finished"
-        if "w_clip_low_frac" in df:
-            df["w_clip_frac"] = df["w_clip_low_frac"] + df["w_clip_high_frac"]
+        if "actor/w_clip_low_frac" in df:
+            df["actor/w_clip_frac"] = df["actor/w_clip_low_frac"] + df["actor/w_clip_high_frac"]
         frames.append(df)
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), failed
 
@@ -157,7 +157,7 @@ def write_report(out: Path, exp, meta: dict) -> None:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
-    wall = df.groupby(["method", "seed"])["cum/time/step"].max().sum() + df.get("eval/seconds", pd.Series(dtype=float)).sum()
+    wall = df.groupby(["method", "seed"])["ledger/cum/time/step"].max().sum() + df.get("eval/seconds", pd.Series(dtype=float)).sum()
     lines = [
         f"# Comparison `{meta.get('experiment')}`", "",
         f"Arms {list(arms(exp))} x seeds {list(exp.seeds)}, all from the same warmed-up base policy; "

@@ -119,7 +119,8 @@ def expand_experiment(overrides: list[str]) -> list[str]:
 
 
 # The ledger's cumulative metric that each budget kind reads.
-BUDGET_KEYS = {"flops": "cum/flops/total", "tokens": "cum/tokens/generated", "steps": "step", "seconds": "cum/time/step"}
+BUDGET_KEYS = {"flops": "ledger/cum/flops/total", "tokens": "ledger/cum/tokens/generated", "steps": "step",
+               "seconds": "ledger/cum/time/step"}
 
 
 def budget_spent(budget: Any, metrics: dict[str, float]) -> bool:

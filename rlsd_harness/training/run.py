@@ -213,13 +213,6 @@ def _resume_metrics(metrics_file: Path, step: int, log) -> None:
     atomic_write_text(metrics_file, "".join(json.dumps(m) + "\n" for m in lines))
 
 
-def _append_metrics(metrics_file: Path, metrics: dict[str, Any]) -> None:
-    line = json.dumps(metrics) + "\n"
-    with metrics_file.open("a") as f:
-        kill_point("metrics", lambda: (f.write(line[: len(line) // 2]), f.flush()))
-        f.write(line)
-
-
 def _record_changes(run_dir: Path, cfg: DictConfig, changes: dict[str, tuple[Any, Any]], step: int) -> None:
     import yaml
 
@@ -280,6 +273,7 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
     from rlsd_harness.evaluation.heldout import evaluate_items
     from rlsd_harness.models import load_model, load_processor
     from rlsd_harness.training import checkpoint
+    from rlsd_harness.training.metrics import open_sinks
     from rlsd_harness.training.trainer import NonFiniteLoss, Trainer
     from rlsd_harness.training.warmup import policy_path
 
@@ -357,12 +351,17 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
     def finished(metrics: dict[str, Any]) -> bool:
         return trainer.rollout_step >= cfg.train.steps or budget_spent(cfg.train.budget, metrics)
 
+    sinks = []
     try:
+        if rank == 0:  # a tracker that cannot start is a failure before the first checkpoint: the old run comes back
+            sinks = open_sinks(run_dir, list(cfg.run.get("trackers") or []), OmegaConf.to_container(cfg, resolve=True))
         if trainer.rollout_step == 0:
             first = {"rollout_step": 0, "step": 0.0, **evaluate()}
-            first.update({f"cum/{k}": 0.0 for k in ("flops/total", "tokens/generated", "time/step")})
+            first.update({f"ledger/cum/{k}": 0.0 for k in ("flops/total", "tokens/generated", "time/step")})
             if rank == 0:
-                atomic_write_text(metrics_file, json.dumps(first) + "\n")
+                atomic_write_text(metrics_file, "")
+                for sink in sinks:
+                    sink.log(first, 0)
         # a resumed run that had already reached its length or budget trains no further step
         done = finished(trainer.cumulative())
         if done and ckpt is not None:
@@ -379,7 +378,8 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
                     if cfg.train.eval_every and (trainer.rollout_step % cfg.train.eval_every == 0 or done):
                         metrics.update(evaluate())
                     if rank == 0:
-                        _append_metrics(metrics_file, metrics)
+                        for sink in sinks:
+                            sink.log(metrics, trainer.rollout_step)
                     stopping = stop.signum is not None
                     if world > 1:  # every rank stops at the same step (the checkpoint is a collective)
                         stopping = bool(dist.all_reduce_max(int(stopping)))
@@ -393,7 +393,7 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
                         raise Interrupted(signum, folder, command)
                     bar.update(1)
                     if not done:
-                        bar.set_postfix(reward=f"{metrics['reward']:.2f}", loss=f"{metrics.get('loss', 0.0):.3f}",
+                        bar.set_postfix(reward=f"{metrics['rollout/reward']:.2f}", loss=f"{metrics.get('actor/loss', 0.0):.3f}",
                                         **({"acc": f"{metrics['eval/pass@1']:.2f}"} if "eval/pass@1" in metrics else {}))
             finally:
                 bar.close()
@@ -428,4 +428,7 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
             os.replace(aside, run_dir)
             log(f"the new run failed before its first checkpoint; the run it was to replace is back at {run_dir}")
         raise
+    finally:
+        for sink in sinks:
+            sink.close()
     return run_dir

@@ -27,6 +27,7 @@ from rlsd_harness.rollout.hf import (
 )
 from rlsd_harness.training.dynamics import leakage_flags
 from rlsd_harness.training.ledger import Ledger, ModelShape
+from rlsd_harness.training.metrics import namespaced
 from rlsd_harness.training.microbatch import balance_rows, pad_to_count, partition_by_tokens
 from rlsd_harness.training.teacher import (
     TeacherConfig,
@@ -231,13 +232,13 @@ class Trainer:
         """The run's totals under the names a step's metrics give them (what a budget reads), without a step:
         summed over ranks as `_close_step` sums them (a collective: every rank calls it)."""
         counts = {f"cum/{k}": v for k, v in self.ledger.total.items()}
-        for key in BUDGET_KEYS.values():  # before the first step nothing is spent
-            counts.setdefault(key, 0.0)
-        counts.pop("step", None)
         if self.world > 1:
             keys = sorted(k for k in counts if not k.startswith("cum/time"))
             counts.update(zip(keys, dist.all_reduce_sum([counts[k] for k in keys])))
-        return {"step": float(self.step_count), **counts}
+        out = namespaced({"step": float(self.step_count), **counts})
+        for key in BUDGET_KEYS.values():  # before the first step nothing is spent
+            out.setdefault(key, 0.0)
+        return out
 
     # ------------------------------------------------------------------ one RL step
     def step(self) -> dict[str, float]:
@@ -509,4 +510,4 @@ class Trainer:
         for k, v in metrics.items():
             if not math.isfinite(v):
                 raise NonFiniteLoss(f"non-finite {k} ({v}) at step {self.step_count}")
-        return {"step": float(self.step_count), **metrics, **counts}
+        return namespaced({"step": float(self.step_count), **metrics, **counts})
