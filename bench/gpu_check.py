@@ -380,7 +380,7 @@ def w_train(stage: int, result: Path, dry: bool, work: Path) -> None:
         dirs = {k: run(cfgs[(obj, k)], log=lambda m: None) for k in ("straight", "split", "resume")}
         read = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
         straight, split = read(dirs["straight"]), read(dirs["resume"])
-        losses = [m["loss"] for m in straight[1:] + split[1:] if "loss" in m]
+        losses = [m["actor/loss"] for m in straight[1:] + split[1:] if "actor/loss" in m]
         finite = bool(losses) and all(math.isfinite(x) for x in losses)
         keys = [k for k in straight[-1] if isinstance(straight[-1][k], float) and "time" not in k and "seconds" not in k
                 and k in split[-1]]
@@ -535,11 +535,12 @@ def _bench_ours(method: str, cfg: Any, model_dir: Path, result: Path, settings: 
         m = trainer.step()
         torch.cuda.synchronize()
         wall = time.perf_counter() - t0
-        phases = {key[len("step/time/"):]: v for key, v in m.items() if key.startswith("step/time/") and key != "step/time/step"}
+        phases = {key[len("ledger/step/time/"):]: v for key, v in m.items()
+                  if key.startswith("ledger/step/time/") and key != "ledger/step/time/step"}
         rec = {"response_tokens": tokens, "wall_s": wall, "phases_s": phases,
-               "generated_tokens": m["step/tokens/generated"], "loss": m.get("loss"),
-               "rollout_tokens_per_s": m["step/tokens/generated"] / phases["rollout"] if phases.get("rollout") else None,
-               "step_tokens_per_s": m["step/tokens/generated"] / wall,
+               "generated_tokens": m["ledger/step/tokens/generated"], "loss": m.get("actor/loss"),
+               "rollout_tokens_per_s": m["ledger/step/tokens/generated"] / phases["rollout"] if phases.get("rollout") else None,
+               "step_tokens_per_s": m["ledger/step/tokens/generated"] / wall,
                "resident_gib": _gib(resident), "peak_allocated_gib": _gib(torch.cuda.max_memory_allocated()),
                "peak_reserved_gib": _gib(torch.cuda.max_memory_reserved())}
         steps.append(rec)

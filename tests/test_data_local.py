@@ -347,4 +347,4 @@ def test_a_run_trains_on_local_rows(tmp_path, tiny_dir):
     run_dir = run(cfg, log=lambda m: None)
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in lines if m["rollout_step"] > 0]  # the step-0 line is the untrained policy's record
-    assert [m["rollout_step"] for m in steps] == [1, 2] and all(0 <= m["reward"] <= 1 for m in steps)
+    assert [m["rollout_step"] for m in steps] == [1, 2] and all(0 <= m["rollout/reward"] <= 1 for m in steps)

@@ -13,6 +13,7 @@ from rlsd_harness.rollout.hf import (
     filter_logits,
     sample_seed,
     user_messages,
+    vision_token_ids,
 )
 from rlsd_harness.training.trainer import forward_logprobs
 from rlsd_harness.verifier import ExactVerifier, MathVerifier, last_boxed
@@ -107,6 +108,75 @@ def test_shared_prompt_forward_matches_the_full_forward(cache_dir, arch, images)
         (lp.gather(-1, args[2][..., None])[..., 0] * weights).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert (grads[0] - grads[1]).abs().max() < 1e-5 * grads[0].abs().max()
+
+
+def _boost_logits(model, bias: dict[int, float]):
+    """A hook adding `bias` to the output logits of some tokens (the prompt's embeddings stay as they are), so
+    that a random-init model samples them often; returns the hook's handle."""
+    add = torch.zeros(model.get_output_embeddings().weight.shape[0])
+    for token, b in bias.items():
+        add[token] = b
+    return model.get_output_embeddings().register_forward_hook(lambda m, a, out: out + add)
+
+
+@pytest.mark.parametrize("images", [True, False])
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_shared_decode_samples_what_generate_samples(cache_dir, arch, images):
+    """The rollout's prompt-once decode loop against per-row HF `generate` with the same seeded sampler: the same
+    token ids and sampling log-probs, with images and text-only, uneven left padding, end-of-turn at different
+    steps, `min_new_tokens`, top-k / top-p, and chunks of prompts (max_batch) of different widths."""
+    path = build_tiny(arch, "tiny", seed=0)
+    model, proc = load_model(path).eval(), load_processor(path)
+    eos = proc.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    banned = vision_token_ids(model.config)
+    # end-of-turn at ~10% a step; a vision token would be sampled at almost every step if it were not banned
+    _boost_logits(model, {eos: 4.0, **dict.fromkeys(banned, 12.0)})
+    items = [SimpleNamespace(id=it.id, question=it.question + " Check twice." * k, images=it.images if images else [])
+             for k, it in enumerate(embedded.generate("train", 3, seed=1))]
+    n = 3
+    seeds = [sample_seed(0, 1, it.id, j) for it in items for j in range(n)]
+    cases = [dict(max_new_tokens=12), dict(max_new_tokens=12, min_new_tokens=5, temperature=1.5, top_k=50, top_p=0.9)]
+    for kw in cases:
+        params = SamplingParams(n=n, **kw)
+        for max_batch in (256, 4):  # 4: one prompt per chunk here, and generate's chunks split a group
+            ref = HFRolloutEngine(model, proc, max_batch=max_batch, decode="generate").generate(items, params, seeds)
+            new = HFRolloutEngine(model, proc, max_batch=max_batch).generate(items, params, seeds)
+            assert torch.equal(new.response_ids, ref.response_ids), (kw, max_batch)
+            assert torch.equal(new.response_mask, ref.response_mask)
+            assert (new.logp - ref.logp).abs().max() < 1e-5
+            assert new.texts == ref.texts
+            assert torch.equal(new.prompt.ids, ref.prompt.ids) and torch.equal(new.prompt.mask, ref.prompt.mask)
+            if images:
+                assert torch.equal(new.vision.pixel_values, ref.vision.pixel_values)
+        lengths = new.response_mask.sum(-1)
+        assert lengths.unique().numel() > 1 and lengths.min() >= kw.get("min_new_tokens", 1)  # EOS at several steps
+        assert not torch.isin(new.response_ids, torch.tensor(banned)).any()
+    assert new.prompt.mask.sum(-1).unique().numel() > 1
+
+
+def test_shared_decode_runs_each_prompt_and_image_once(tiny):
+    model, proc = tiny
+    items = embedded.generate("train", 3, seed=0)
+    seen = []
+    hooks = [model.model.visual.register_forward_pre_hook(lambda m, a: seen.append(("image", a[0].shape[0]))),
+             model.model.language_model.register_forward_pre_hook(
+                 lambda m, a, kw: seen.append(("text", (kw.get("inputs_embeds") if kw.get("input_ids") is None
+                                                        else kw["input_ids"]).shape[:2])), with_kwargs=True)]
+    try:
+        HFRolloutEngine(model, proc).generate(items, SamplingParams(n=4, max_new_tokens=5, min_new_tokens=5),
+                                              [sample_seed(0, 1, it.id, j) for it in items for j in range(4)])
+    finally:
+        for h in hooks:
+            h.remove()
+    prompt, vision = encode_prompts(proc, [user_messages(i.question, 1) for i in items], [i.images for i in items])
+    assert seen[0] == ("image", vision.pixel_values.shape[0])  # the three prompts' patches, once each
+    assert seen[1] == ("text", (3, prompt.ids.shape[1]))  # prefill: one row per prompt
+    assert seen[2:] == [("text", (12, 1))] * 4  # then the 12 samples, one token per step
+
+
+def test_unknown_decode_mode_is_refused(tiny):
+    with pytest.raises(ValueError, match="'beam'.*shared, generate"):
+        HFRolloutEngine(*tiny, decode="beam")
 
 
 def test_filter_logits_top_k_and_top_p():

@@ -26,11 +26,29 @@ def make_trainer(tmp_path, *extra):
                    model_path=str(path))
 
 
+def _train_recording_gradients(trainer, steps: int) -> tuple[dict[str, float], list[float]]:
+    """Run `steps` steps; returns each parameter's summed |gradient| over them, and the losses."""
+    grad_mass = {n: 0.0 for n, _ in trainer.engine.module.named_parameters()}
+    handles = []
+    for name, p in trainer.engine.module.named_parameters():
+        def record(param, name=name):
+            grad_mass[name] += float(param.grad.abs().sum())
+        handles.append(p.register_post_accumulate_grad_hook(record))
+    losses = [trainer.step()["actor/loss"] for _ in range(steps)]
+    for h in handles:
+        h.remove()
+    return grad_mass, losses
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_every_objective_moves_every_parameter(tmp_path, tiny_dir, algorithm):
-    trainer = make_trainer(tmp_path, f"algorithm={algorithm}", "algorithm.lr=null")
+    # Weight decay off: it would move every parameter whatever the gradient. Every parameter must get a non-zero
+    # gradient from the objective and move because of it.
+    trainer = make_trainer(tmp_path, f"algorithm={algorithm}", "algorithm.lr=null", "optim.weight_decay=0")
     before = {n: p.detach().clone() for n, p in trainer.engine.module.named_parameters()}
-    losses = [trainer.step()["actor/loss"] for _ in range(2)]
+    grad_mass, losses = _train_recording_gradients(trainer, 2)
+    no_grad = [n for n, g in grad_mass.items() if not g > 0]
+    assert not no_grad, f"{algorithm}: parameters with zero gradient: {no_grad[:5]} ({len(no_grad)} in all)"
     unchanged = [n for n, p in trainer.engine.module.named_parameters() if torch.equal(before[n], p.detach())]
     assert not unchanged, f"{algorithm}: parameters that did not move: {unchanged[:5]}"
     assert losses[0] != losses[1]
