@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-gpu lint bench clean-venv gpu-wheels gpu-check
+.PHONY: demo test test-slow test-gpu lint bench config-docs clean-venv gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,9 @@ test-slow: $(STAMP)
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu
+
+config-docs: $(STAMP)
+	$(PY) -m rlsd_harness.training.preflight > docs/config.md
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from rlsd_harness.benchmarks import embedded
+from rlsd_harness.config import ConfigError
 from rlsd_harness.rollout.hf import stable_seed
 
 
@@ -46,11 +47,18 @@ class EmbeddedData:
     def prompts(self, step: int, n: int) -> list:
         return embedded.generate("train", n, seed=stable_seed("train", self.seed, step), level=self.level)
 
+    def heldout_set(self, split: str, n: int | None = None) -> list:
+        """The first `n` items of a held-out split: "validation" (to choose hyperparameters) or "test" (to
+        report); a smaller n gives a prefix of a larger one."""
+        if split not in ("validation", "test"):
+            raise ValueError(f"embedded: unknown held-out split {split!r}; valid: validation, test")
+        return embedded.generate(split, n or self.test_size, seed=self.test_seed, level=self.level)
+
     def test_set(self, n: int | None = None) -> list:
-        return embedded.generate("test", n or self.test_size, seed=self.test_seed, level=self.level)
+        return self.heldout_set("test", n)
 
 
-class DataError(ValueError):
+class DataError(ConfigError):
     """A problem with the user's data: names the config key, the file, and the row and field when there is one."""
 
 

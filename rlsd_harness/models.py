@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from rlsd_harness.config import ConfigError
+
 SPECIAL_TOKENS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -206,13 +208,89 @@ def load_processor(path: str | Path):
     return AutoProcessor.from_pretrained(path)
 
 
+class WeightsError(ConfigError):
+    """A model folder whose weights do not load completely, or hold NaN or infinite values."""
+
+
+def _loading_problems(path: Path, info: dict) -> str | None:
+    """What transformers' loading_info says went wrong, or None: missing keys are randomly initialised, which
+    it only warns about."""
+    parts = []
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = sorted(map(str, info.get(kind) or ()))
+        if keys:
+            parts.append(f"{len(keys)} {kind.replace('_', ' ')} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+    parts += [str(m) for m in info.get("error_msgs") or ()][:2]
+    return f"the weights do not match the model: {'; '.join(parts)}" if parts else None
+
+
+def _weight_files(path: Path) -> list[Path]:
+    return sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+
+
+def check_weights(path: str | Path, key: str = "model.path") -> None:
+    """Refuse a model folder whose weights would not load completely (no weight file, missing, unexpected or
+    mis-shaped tensors, as transformers' loading_info reports them) or hold a NaN or infinite value. The
+    key check builds the model on the meta device (no memory); the value check streams one tensor at a time.
+    Raises FileNotFoundError for a folder without config.json, WeightsError otherwise."""
+    from transformers import AutoModelForImageTextToText
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{key}={path} is not a model folder (no config.json); nothing is downloaded")
+    files = _weight_files(path)
+    if not files:
+        raise WeightsError(f"{key}={path} has no weights (no *.safetensors or pytorch_model*.bin file)")
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # its own report of the same keys, and a bar, would precede ours
+    hf_logging.disable_progress_bar()
+    try:
+        _, info = AutoModelForImageTextToText.from_pretrained(path, device_map="meta", output_loading_info=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:  # a corrupt header, an unknown model type
+        raise WeightsError(f"{key}={path} does not load: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    problem = _loading_problems(path, info)
+    if problem:
+        raise WeightsError(f"{key}={path}: {problem}")
+    bad = []
+    for f in files:
+        for name, tensor in _iter_tensors(f):
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad.append(name)
+    if bad:
+        raise WeightsError(f"{key}={path}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                           f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+
+
+def _iter_tensors(file: Path):
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+    else:
+        yield from torch.load(file, map_location="cpu", weights_only=True).items()
+
+
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32, **kwargs: Any):
+    """A model folder's model; refuses weights that do not match it (transformers would randomly initialise
+    the missing ones with only a warning)."""
     from transformers import AutoModelForImageTextToText
 
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"no model at {path} (expected a config.json there)")
-    return AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **kwargs)
+    model, info = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, output_loading_info=True, **kwargs)
+    problem = _loading_problems(path, info)
+    if problem:
+        raise WeightsError(f"{path}: {problem}")
+    return model
 
 
 def resolve_model(cfg: Any) -> Path:

@@ -22,7 +22,7 @@ def _run(tmp_path: Path, name: str, ranks: int, stage: int, algorithm: str, extr
     # two-rank gradient sum on near-zero gradients into visible parameter differences within three steps.
     args = small_overrides(tmp_path, f"run.name={name}", f"deepspeed=zero{stage}", "train.steps=4", f"algorithm={algorithm}",
                            "train.micro_batch_size=8", "train.save_every=2", "optim.lr=1e-4",
-                           "train.eval_every=2", "eval.n=8",
+                           "train.eval_every=2", "eval.n=8", "eval.budget_n=8",
                            *(["algorithm.teacher.sync_every=2"] if algorithm == "rlsd" else []), *extra)
     args.append("--stop-early")  # responses end at different steps on different ranks
     if ranks == 1:
@@ -59,10 +59,17 @@ def test_two_ranks_follow_one_rank(tmp_path, tiny_dir, stage, algorithm, extra):
         assert a["ledger/cum/tokens/generated"] == b["ledger/cum/tokens/generated"]
         assert a["actor/loss"] == pytest.approx(b["actor/loss"], abs=1e-5)
         assert a["teacher/kl"] == pytest.approx(b["teacher/kl"], rel=1e-4, abs=1e-6)
-        assert a.get("eval/pass@1") == b.get("eval/pass@1")  # held-out evaluation, sharded over the ranks
-    assert "eval/pass@1" in one[1] and "eval/pass@1" in one[3]
+        for key in ("eval/validation/mean@k", "eval/validation/pass@1", "eval/test/mean@k", "eval/test/pass@1"):
+            assert a.get(key) == b.get(key)  # held-out evaluation, sharded over the ranks
+    assert "eval/validation/mean@k" in one[1] and "eval/validation/mean@k" in one[3]
+    assert one[1]["eval/test/budget_point"] == 0.5 and one[3]["eval/test/budget_point"] == 1.0
+    for name in ("one", "two"):  # the per-item records, gathered from the ranks in item order
+        records = [json.loads(x) for x in (tmp_path / name / "evals" / "test-step000004.jsonl").read_text().splitlines()]
+        assert len(records) == 8 and all(len(r["correct"]) == 4 for r in records)
+    assert (tmp_path / "one" / "evals" / "test-step000004.jsonl").read_text() == \
+        (tmp_path / "two" / "evals" / "test-step000004.jsonl").read_text()
     updates = {"rlsd": 2, "sdpo": 4 * 2}[algorithm]  # RLSD syncs at step 2; SDPO's EMA after each optimizer step
     assert one[-1]["teacher/updates"] == two[-1]["teacher/updates"] == updates
     if "train.balance_ranks=false" not in extra:  # rows moved between ranks: token loads evened out
-        assert all(b["rank_imbalance_after"] <= b["rank_imbalance_before"] for b in two)
-        assert any(b["rank_imbalance_after"] < b["rank_imbalance_before"] for b in two)
+        assert all(b["actor/rank_imbalance_after"] <= b["actor/rank_imbalance_before"] for b in two)
+        assert any(b["actor/rank_imbalance_after"] < b["actor/rank_imbalance_before"] for b in two)

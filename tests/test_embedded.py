@@ -55,8 +55,8 @@ def test_answer_needs_the_image():
 
 
 def test_bad_split_and_level_name_the_valid_ones():
-    with pytest.raises(ValueError, match="valid: train, test"):
-        embedded.generate("validation", 1, 0)
+    with pytest.raises(ValueError, match="valid: train, validation, test"):
+        embedded.generate("dev", 1, 0)
     with pytest.raises(ValueError, match="valid: 1, 2, 3"):
         embedded.generate("train", 1, 0, level=7)
 

@@ -33,7 +33,7 @@ def sources(tmp_path_factory) -> dict[str, Path]:
 
 def config(sources: dict[str, Path], *extra: str):
     return compose_config([*(f"eval.sources.{n}={p}" for n, p in sources.items()), "eval.benchmark_max_new_tokens=4",
-                           "eval.max_new_tokens=4", "eval.progress=false", "eval.batch=4", *extra])
+                           "eval.max_new_tokens=4", "eval.progress=false", "eval.batch=4", "eval.decoding=greedy", *extra])
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from rlsd_harness.config import compose_config
 from rlsd_harness.training.metrics import glossary_entry, glossary_markdown, namespaced, open_sinks
 
 TINY = ["model.warmup=null", "data.verifier=parity", "rollout.max_new_tokens=8", "train.prompts_per_step=2",
-        "train.group_size=4", "train.micro_batch_size=8", "eval.n=8", "train.steps=2", "train.eval_every=1",
+        "train.group_size=4", "train.micro_batch_size=8", "eval.n=8", "eval.budget_n=8", "train.steps=2", "train.eval_every=1",
         "train.save_every=0", "train.progress=false"]
 
 
@@ -35,10 +35,10 @@ def test_a_run_logs_to_tensorboard_beside_metrics_jsonl(tmp_path, algorithm, tin
 
 def test_names_land_in_one_namespace_each():
     flat = {"reward": 1.0, "loss": 2.0, "pg_clipfrac": 0.1, "teacher_kl": 0.3, "teacher_updates": 1.0,
-            "cum/flops/total": 5.0, "step/time/rollout": 0.2, "step": 3.0, "eval/pass@1": 0.5}
+            "cum/flops/total": 5.0, "step/time/rollout": 0.2, "step": 3.0, "eval/test/pass@1": 0.5}
     assert namespaced(flat) == {"rollout/reward": 1.0, "actor/loss": 2.0, "actor/pg_clipfrac": 0.1, "teacher/kl": 0.3,
                                 "teacher/updates": 1.0, "ledger/cum/flops/total": 5.0,
-                                "ledger/step/time/rollout": 0.2, "step": 3.0, "eval/pass@1": 0.5}
+                                "ledger/step/time/rollout": 0.2, "step": 3.0, "eval/test/pass@1": 0.5}
     assert glossary_entry("actor/not_a_metric") is None and glossary_entry("ledger/cum/flops/total")
 
 

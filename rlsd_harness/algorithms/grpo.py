@@ -49,6 +49,8 @@ def equal_reward_groups(groups: torch.Tensor) -> torch.Tensor:
 
 @register_objective("grpo")
 class GRPO(Objective):
+    min_group_size = 2  # a group of one has advantage 0: nothing to learn
+
     @dataclasses.dataclass
     class Config:
         norm_adv_by_std: bool = True

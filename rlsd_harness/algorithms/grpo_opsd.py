@@ -26,6 +26,7 @@ from rlsd_harness.algorithms.registry import Objective, make_config, register_ob
 @register_objective("grpo_opsd")
 class GRPOPlusOPSD(Objective):
     teacher_context = "reference"
+    min_group_size = 2  # the GRPO part's group-relative advantage
 
     @dataclasses.dataclass
     class Config:

@@ -30,6 +30,9 @@ class Objective:
     teacher_context: str | None = None  # "reference" (RLSD, OPSD) or "sibling" (SDPO)
     topk: int = 0  # size of the student's top-k support when teacher_signal == "topk"
     needs_ref: bool = False  # a frozen reference model's log-probs (KL penalty)
+    # The smallest train.group_size the objective can learn from: 2 for one that compares a response with the
+    # others of its group (a group-relative advantage, a sibling demonstration); the config schema reads it.
+    min_group_size: int = 1
 
     @dataclasses.dataclass
     class Config:

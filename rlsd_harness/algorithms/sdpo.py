@@ -61,6 +61,7 @@ def topk_tail_distillation_loss(
 @register_objective("sdpo")
 class SDPO(Objective):
     teacher_context = "sibling"
+    min_group_size = 2  # the teacher reads a successful sibling of the same group
 
     @dataclasses.dataclass
     class Config:

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from rlsd_harness.config import REPO, arms, compose_config, load_experiment, run_overrides
 from rlsd_harness.training import checkpoint
 from rlsd_harness.training.durable import atomic_path, atomic_write_text, kill_point
+from rlsd_harness.training.preflight import check_config
 from rlsd_harness.training.run import run, run_state
 
 
@@ -62,8 +63,10 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     out = Path(out) if out else REPO / "results" / name
     runs_dir = out / "runs"
     jobs = [(m, s) for m in arms(exp) for s in exp.seeds]
-    for m, s in jobs:  # validate every configuration before spending any compute
-        compose_config(run_overrides(exp, m, s, runs_dir, extra))
+    for m, s in jobs:  # validate every configuration before spending any compute or writing anything
+        # a dry run checks the batch geometry of the planned cluster and lists the paths still to set
+        check_config(compose_config(run_overrides(exp, m, s, runs_dir, extra)), allow_missing=dry,
+                     world=int(exp.get("world_size", 1)) if dry else None)
     if dry:
         return dry_run(exp, name, runs_dir, extra)
     out.mkdir(parents=True, exist_ok=True)

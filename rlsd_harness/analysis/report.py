@@ -16,6 +16,8 @@ from rlsd_harness.config import BUDGET_KEYS
 from rlsd_harness.training.durable import atomic_path, atomic_write_text, kill_point
 from rlsd_harness.training.run import read_metrics, run_state
 
+ACCURACY = "eval/test/pass@1"  # greedy pass@1 on the test split (training/evals.py), evaluated at budget points
+
 CURVES = [
     ("rollout/reward", "training reward (mean over samples)"),
     ("actor/entropy", "policy entropy (nats / token)"),
@@ -46,7 +48,7 @@ def load_runs(runs_dir: Path) -> tuple[pd.DataFrame, dict[str, str]]:
 
 
 def matched_table(df: pd.DataFrame, budget_key: str, fractions: list[float]) -> tuple[pd.DataFrame, list[float]]:
-    evals = df.dropna(subset=["eval/pass@1"])
+    evals = df.dropna(subset=[ACCURACY])
     finals = evals[evals["finished"]].groupby(["method", "seed"])[budget_key].max()
     top = float(finals.min())
     points = [f * top for f in fractions]
@@ -55,7 +57,7 @@ def matched_table(df: pd.DataFrame, budget_key: str, fractions: list[float]) -> 
         row = {"method": method, "seed": seed}
         for b in points:
             spent = run[run[budget_key] <= b + 1e-9]
-            row[b] = 100 * spent["eval/pass@1"].iloc[-1] if len(spent) else float("nan")
+            row[b] = 100 * spent[ACCURACY].iloc[-1] if len(spent) else float("nan")
         rows.append(row)
     per_seed = pd.DataFrame(rows)
     return per_seed, points
@@ -79,7 +81,7 @@ def write_report(out: Path, exp, meta: dict) -> None:
     kind = exp.get("budget_kind", "flops")
     key = BUDGET_KEYS[kind]
     per_seed, points = matched_table(df, key, list(exp.get("budget_points", [0.25, 0.5, 0.75, 1.0])))
-    base = df[df["rollout_step"] == 0].dropna(subset=["eval/pass@1"])["eval/pass@1"] * 100
+    base = df[df["rollout_step"] == 0].dropna(subset=[ACCURACY])[ACCURACY] * 100
     cols = [_fmt_budget(kind, b) for b in points]
     per_seed = per_seed.rename(columns=dict(zip(points, cols)))
     mean = per_seed.groupby("method")[cols].mean()
@@ -121,8 +123,8 @@ def write_report(out: Path, exp, meta: dict) -> None:
     colour = {m: f"C{i}" for i, m in enumerate(order)}  # one colour per method in every figure
     for m in order:
         acc = []
-        for _, run in df[(df["method"] == m)].dropna(subset=["eval/pass@1"]).groupby("seed"):
-            acc.append([100 * run[run[key] <= b + 1e-9]["eval/pass@1"].iloc[-1] for b in grid])
+        for _, run in df[(df["method"] == m)].dropna(subset=[ACCURACY]).groupby("seed"):
+            acc.append([100 * run[run[key] <= b + 1e-9][ACCURACY].iloc[-1] for b in grid])
         a = pd.DataFrame(acc)
         x = [g / (1e12 if kind == "flops" else 1) for g in grid]
         ax.plot(x, a.mean(), label=m, color=colour[m])

@@ -11,8 +11,16 @@ from typing import Any
 
 from rlsd_harness.config import CONFIG_DIR, ConfigError, group_choices
 
-# What a user can get wrong; anything else is a bug and keeps its traceback.
+# What a user can get wrong; anything else is a bug and keeps its traceback. (Errors about data files and
+# model weights are ConfigErrors; `user_errors` adds the data layer's own class if it has one of another base.)
 USER_ERRORS = (ConfigError, FileExistsError, FileNotFoundError)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from rlsd_harness import data
+
+    extra = getattr(data, "DataError", None)
+    return USER_ERRORS + ((extra,) if isinstance(extra, type) and not issubclass(extra, USER_ERRORS) else ())
 
 
 def help_text(prog: str, summary: str, own: dict[str, str], takes_overrides: bool = True) -> str:
@@ -65,8 +73,8 @@ def run_main(body: Callable[[], Any]) -> Any:
     """Run a command's body: user errors become one line on stderr and exit status 2."""
     try:
         return body()
-    except USER_ERRORS as e:
-        if os.environ.get("HARNESS_DEBUG") == "1":
+    except Exception as e:
+        if not isinstance(e, user_errors()) or os.environ.get("HARNESS_DEBUG") == "1":
             raise
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

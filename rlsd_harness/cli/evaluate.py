@@ -54,10 +54,12 @@ def default_out(checkpoint: Path, decoding: str) -> Path:
 def main(argv: list[str] | None = None) -> None:
     from rlsd_harness.config import compose_config
     from rlsd_harness.evaluation.runner import markdown, resolve_checkpoint, run_benchmarks
+    from rlsd_harness.training.preflight import check_evaluation
 
     def body() -> None:
         args, overrides = parse_args(argv)
         cfg = compose_config(overrides)
+        check_evaluation(cfg)
         checkpoint = Path(args["checkpoint"])
         out = Path(args["out"]) if args["out"] else default_out(resolve_checkpoint(checkpoint), cfg.eval.decoding)
         try:

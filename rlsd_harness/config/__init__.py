@@ -9,6 +9,8 @@ folder, `train.yaml` is the root.
 from __future__ import annotations
 
 import itertools
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +36,97 @@ def group_choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
+COMMAND_LINE = "the command line"
+
+
+class Overrides(list):
+    """Hydra overrides that remember where each came from ("the command line", "experiment smoke"), so that an
+    error about a value can say who set it. Concatenation keeps the origins; a plain list is the command line."""
+
+    def __init__(self, items: Any = (), origins: list[str] | None = None, origin: str = COMMAND_LINE) -> None:
+        super().__init__(items)
+        self.origins = list(origins) if origins is not None else [origin] * len(self)
+
+    def __add__(self, other: Any) -> Overrides:
+        return Overrides([*self, *other], [*self.origins, *origins_of(other)])
+
+    def __radd__(self, other: Any) -> Overrides:
+        return Overrides([*other, *self], [*origins_of(other), *self.origins])
+
+
+def origins_of(overrides: Any) -> list[str]:
+    return list(getattr(overrides, "origins", None) or [COMMAND_LINE] * len(overrides))
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def default_choices(config_name: str = "train") -> dict[str, str]:
+    """The group choices of the root config's defaults list, e.g. {"algorithm": "grpo", ...}."""
+    root = OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml")
+    out = {}
+    for entry in root.get("defaults", []):
+        if isinstance(entry, DictConfig):
+            out.update({str(k): str(v) for k, v in entry.items()})
+    return out
+
+
+@dataclass
+class Provenance:
+    """Where each value of a composed config came from: the overrides in order, with their origins, and the
+    yaml file each config group was read from."""
+
+    overrides: list[str]
+    origins: list[str]
+    choices: dict[str, str] = field(default_factory=dict)
+
+    def override_for(self, key: str) -> tuple[str, str] | None:
+        """(override, origin) of the last override that set `key` or a mapping above it."""
+        for o, origin in zip(reversed(self.overrides), reversed(self.origins)):
+            if "=" not in o:
+                continue
+            k = override_key(o)
+            if k in self.choices and "." not in k:  # a group choice selects a file; the file sets the keys
+                continue
+            if key == k or key.startswith(k + "."):
+                return o, origin
+        return None
+
+    def source(self, key: str) -> str:
+        hit = self.override_for(key)
+        if hit is not None:
+            o, origin = hit
+            return f"set on {origin}" if origin == COMMAND_LINE else f"set by {origin} ({o})"
+        group = key.split(".", 1)[0]
+        package = CONFIG_DIR.parent.name
+        if group in self.choices and (CONFIG_DIR / group / f"{self.choices[group]}.yaml").exists():
+            return f"set in {package}/{CONFIG_DIR.name}/{group}/{self.choices[group]}.yaml"
+        return f"set in {package}/{CONFIG_DIR.name}/train.yaml"
+
+    def added(self, key: str) -> bool:
+        """Whether `key` was added by a `+key=value` override (hydra refuses other unknown keys itself)."""
+        hit = self.override_for(key)
+        return hit is not None and hit[0].startswith("+")
+
+
+# id(cfg) -> provenance of a config composed here, dropped when the config is garbage-collected.
+_PROVENANCE: dict[int, Provenance] = {}
+
+
+def provenance(cfg: Any) -> Provenance | None:
+    return _PROVENANCE.get(id(cfg))
+
+
+def source_of(cfg: Any, key: str) -> str:
+    """"set on the command line", "set by experiment smoke (train.steps=3)", "set in .../algorithm/rlsd.yaml"."""
+    prov = provenance(cfg)
+    return prov.source(key) if prov is not None else "in the given config"
+
+
 def compose_config(overrides: list[str], config_name: str = "train") -> DictConfig:
-    """Hydra composition with errors that name the bad value and the valid ones."""
+    """Hydra composition with errors that name the bad value and the valid ones. The result remembers where
+    each value came from (`source_of`), for the schema's errors."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
@@ -62,6 +153,13 @@ def compose_config(overrides: list[str], config_name: str = "train") -> DictConf
                 raise ConfigError(f"unknown config key {key!r}; valid keys under {parent or 'the top level'}: "
                                   f"{', '.join(sorted(node.keys()))}") from e
         raise ConfigError(f"{msg} {cause or ''}") from e
+    choices = default_choices(config_name)
+    for o in overrides:
+        key = override_key(o)
+        if "=" in o and "." not in key and (CONFIG_DIR / key).is_dir():
+            choices[key] = o.split("=", 1)[1]
+    _PROVENANCE[id(cfg)] = Provenance(list(overrides), origins_of(overrides), choices)
+    weakref.finalize(cfg, _PROVENANCE.pop, id(cfg), None)
     return cfg
 
 
@@ -73,7 +171,12 @@ def load_experiment(name: str) -> DictConfig:
     for key in ("methods", "seeds", "overrides"):
         if key not in exp:
             raise ConfigError(f"experiment {name}: missing key {key!r}")
+    _EXPERIMENT_NAMES[id(exp)] = name
+    weakref.finalize(exp, _EXPERIMENT_NAMES.pop, id(exp), None)
     return exp
+
+
+_EXPERIMENT_NAMES: dict[int, str] = {}  # id(experiment config) -> its name, for the origin of its overrides
 
 
 def arms(exp: DictConfig) -> dict[str, tuple[str, list[str]]]:
@@ -96,8 +199,10 @@ def arms(exp: DictConfig) -> dict[str, tuple[str, list[str]]]:
 def run_overrides(exp: DictConfig, arm: str, seed: int, runs_dir: Path, extra: list[str]) -> list[str]:
     """The overrides of one run of a comparison: the experiment's, then the arm's, then the command line's."""
     algorithm, arm_overrides = arms(exp)[arm]
-    return [f"algorithm={algorithm}", f"seed={seed}", f"run.dir={runs_dir}", f"run.name={arm}-s{seed}",
-            *exp.overrides, *arm_overrides, *extra]
+    label = f"experiment {_EXPERIMENT_NAMES.get(id(exp), 'of the comparison')}"
+    own = [f"algorithm={algorithm}", f"seed={seed}", f"run.dir={runs_dir}", f"run.name={arm}-s{seed}",
+           *exp.overrides, *arm_overrides]
+    return Overrides(own, origin=label) + Overrides(extra)
 
 
 def expand_experiment(overrides: list[str]) -> list[str]:
@@ -115,7 +220,8 @@ def expand_experiment(overrides: list[str]) -> list[str]:
                           f"{', '.join(exp.methods)}>")
     if algorithm not in exp.methods:
         raise ConfigError(f"experiment={names[-1]} has no method {algorithm!r}; valid: {', '.join(exp.methods)}")
-    return [*exp.overrides, *(exp.get("method_overrides") or {}).get(algorithm, []), *rest]
+    own = [*exp.overrides, *(exp.get("method_overrides") or {}).get(algorithm, [])]
+    return Overrides(own, origin=f"experiment {names[-1]}") + Overrides(rest, origins_of(rest))
 
 
 # The ledger's cumulative metric that each budget kind reads.

@@ -1,26 +1,242 @@
-"""Held-out accuracy of a policy on embedded-task items: what a training run measures every
-`train.eval_every` steps, and the `embedded` suite of the benchmark runner. Prompt variants probe the policy:
-`hint` shows the teacher's privileged context, `blank` a white image, `shuffled` another item's picture."""
+"""Held-out accuracy of a policy: what a training run measures on a held-out split (or a benchmark) during
+training, and the `embedded` suite of the benchmark runner.
+
+An evaluation draws k responses per item with the configured decoding and, optionally, one greedy response,
+scores each with a scorer (the run's verifier, or a benchmark's own `score`), and keeps one record per item:
+
+    {"id": str, "correct": [0/1 per sample, k entries], "greedy": 0/1 or null}
+
+from which `summarise` gives mean@k (the mean over items of the fraction of correct samples; the papers'
+avg@k), greedy pass@1 and, for k > 1, the unbiased pass@k estimator of Chen et al. 2021.
+
+Decodings (`eval.decoding`): `greedy` (one response, k must be 1), `paper` (the RLSD paper's validation
+decoding: temperature 0.7, top-p 0.8, top-k 20; 4 samples unless eval.k says otherwise) and `sample` (the
+temperature / top_p / top_k of `eval.sampling`). Response j of item `id` is drawn with seed
+sample_seed(seed, -1, id, j), the same at every step and in every run, so two runs or two steps are compared
+on the same random numbers.
+
+Prompt variants (`evaluate_items`, the runner's `embedded:<variant>`) probe the policy: `hint` shows the
+teacher's privileged context, `blank` a white image, `shuffled` another item's picture.
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
 from rlsd_harness.benchmarks import embedded
+from rlsd_harness.config import ConfigError
 from rlsd_harness.data import Example
 from rlsd_harness.prompts import REFERENCE_TEMPLATE
 from rlsd_harness.rollout.hf import HFRolloutEngine, SamplingParams, sample_seed
 
 VARIANTS = ("plain", "hint", "blank", "shuffled")
+SPLITS = ("validation", "test")  # validation chooses hyperparameters, test reports
+PAPER_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20}
+# The named decodings with their default sample counts (the benchmark runner reads this too).
 DECODING = {
     "greedy": dict(greedy=True, samples=1),
-    # The RLSD paper's validation decoding: temperature 0.7, top-p 0.8, top-k 20, mean over 4 samples.
-    "paper": dict(greedy=False, samples=4, temperature=0.7, top_p=0.8, top_k=20),
+    "paper": dict(greedy=False, samples=4, **PAPER_SAMPLING),
 }
+DECODINGS = (*DECODING, "sample")
+DEFAULT_K = {"greedy": 1, "paper": 4, "sample": 4}  # eval.k: null
+
+Scorer = Callable[[str, Any], Any]  # (response, item) -> truthy when correct, or a dict with "correct"
+Record = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- estimators
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k = 1 - C(n-c, k) / C(n, k) from n samples of which c are correct (Chen et al. 2021,
+    "Evaluating Large Language Models Trained on Code"), as 1 - prod_{j=n-c+1}^{n} (1 - k/j), which never
+    forms the large binomials."""
+    if not (n >= 1 and 0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"pass_at_k needs n >= 1, 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / j for j in range(n - c + 1, n + 1))
+
+
+def summarise(records: Sequence[Record]) -> dict[str, float]:
+    """mean@k, greedy pass@1 (when every record has a greedy verdict), unbiased pass@k (k > 1), n and k."""
+    if not records:
+        raise ValueError("no evaluation records to summarise (the held-out set is empty)")
+    k = len(records[0]["correct"])
+    if any(len(r["correct"]) != k for r in records):
+        raise ValueError(f"records disagree on the number of samples (first has {k})")
+    out: dict[str, float] = {"mean@k": sum(sum(r["correct"]) / k for r in records) / len(records)}
+    if all(r["greedy"] is not None for r in records):
+        out["pass@1"] = sum(r["greedy"] for r in records) / len(records)
+    if k > 1:
+        out[f"pass@{k}"] = sum(pass_at_k(k, sum(r["correct"]), k) for r in records) / len(records)
+    out["n"], out["k"] = len(records), k
+    return out
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How an evaluation samples: k responses per item with `sampling`, plus a greedy one when `greedy`."""
+
+    name: str
+    k: int
+    sampling: dict  # SamplingParams fields besides n and max_new_tokens
+    greedy: bool  # also record greedy pass@1 (free when the decoding itself is greedy)
+
+    @property
+    def is_greedy(self) -> bool:
+        return bool(self.sampling.get("greedy"))
+
+    def identity(self) -> dict:
+        """What results depend on: for a named decoding at its default k, its DECODING entry."""
+        if self.name in DECODING and self.k == DEFAULT_K[self.name]:
+            return dict(DECODING[self.name])
+        return {"greedy": self.is_greedy, "samples": self.k, **{k: v for k, v in self.sampling.items() if k != "greedy"}}
+
+    def params(self, max_new_tokens: int) -> SamplingParams:
+        return SamplingParams(n=self.k, max_new_tokens=max_new_tokens, **self.sampling)
+
+
+def decoding_from_config(ecfg: Any) -> Decoding:
+    """The `eval` config's decoding: eval.decoding, eval.k (null: the decoding's default), eval.greedy and,
+    for decoding=sample, eval.sampling.{temperature,top_p,top_k}."""
+    name = ecfg.get("decoding", "greedy")
+    if name not in DECODINGS:
+        raise ConfigError(f"unknown eval.decoding {name!r}; valid: {', '.join(DECODINGS)}")
+    k = ecfg.get("k")
+    k = DEFAULT_K[name] if k is None else k
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ConfigError(f"eval.k must be a positive integer (or null for the decoding's default); got {k!r}")
+    if name == "greedy":
+        if k != 1:
+            raise ConfigError(f"eval.k={k} with eval.decoding=greedy: greedy responses are all the same; "
+                              "use eval.k=1, or eval.decoding=paper|sample to draw k samples")
+        sampling: dict = {"greedy": True}
+    elif name == "paper":
+        sampling = dict(PAPER_SAMPLING)
+    else:
+        s = ecfg.get("sampling") or {}
+        sampling = {"temperature": float(s.get("temperature", 1.0)), "top_p": float(s.get("top_p", 1.0)),
+                    "top_k": int(s.get("top_k", 0))}
+        if sampling["temperature"] <= 0:
+            raise ConfigError(f"eval.sampling.temperature must be > 0 (use eval.decoding=greedy for greedy); "
+                              f"got {sampling['temperature']}")
+        if not 0 < sampling["top_p"] <= 1:
+            raise ConfigError(f"eval.sampling.top_p must be in (0, 1]; got {sampling['top_p']}")
+        if sampling["top_k"] < 0:
+            raise ConfigError(f"eval.sampling.top_k must be >= 0 (0 = off); got {sampling['top_k']}")
+    return Decoding(name, k, sampling, bool(ecfg.get("greedy", False)) or name == "greedy")
+
+
+# ----------------------------------------------------------------------------- items and scorers
+
+
+def heldout_items(data: Any, split: str, n: int | None, key: str = "eval.split") -> list:
+    """`n` items of a held-out split of the training data; `key` names the config key the split came from."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown {key} {split!r}; valid: {', '.join(SPLITS)} (or null for none)")
+    if hasattr(data, "heldout_set"):
+        return data.heldout_set(split, n)
+    if split == "test":
+        return data.test_set(n)
+    raise ConfigError(f"{key}={split}: {type(data).__name__} has no {split} split; valid here: test "
+                      f"({key}=test), or null with train.eval_benchmarks=[...] for benchmarks only")
+
+
+def verifier_scorer(verifier: Callable[[str, Any], Any]) -> Callable[[], Scorer]:
+    """Score with a run's verifier: a response is correct when it earns the full reward (1.0)."""
+    return lambda: (lambda response, item: verifier(response, item.answer).reward >= 1.0)
+
+
+def _correct(result: Any) -> int:
+    return int(bool(result["correct"] if isinstance(result, dict) else result))
+
+
+@torch.no_grad()
+def sample_records(engine: Any, items: Sequence, ids: Sequence[str], decoding: Decoding, max_new_tokens: int,
+                   new_scorer: Callable[[], Scorer], prompt: Callable[[Any], Any] | None = None, seed: int = 0,
+                   batch: int = 64, seed_uid: Callable[[str], str] | None = None) -> list[Record]:
+    """One record per item (in item order): k sampled verdicts and, when asked, a greedy one.
+
+    `engine` is a rollout engine (`generate(prompts, params, seeds)` with `.texts`); `prompt(item)` gives what
+    it reads (objects with .question and .images; default the item itself); `new_scorer()` makes one scorer
+    per sample index (a stateful scorer, like MMMU's random fallback, then draws per sample)."""
+    prompt = prompt or (lambda it: it)
+    seed_uid = seed_uid or str
+    k = decoding.k
+    scorers = [new_scorer() for _ in range(k)]
+    greedy_scorer = new_scorer() if decoding.greedy and not decoding.is_greedy else None
+    sampled = decoding.params(max_new_tokens)
+    greedy = SamplingParams(n=1, max_new_tokens=max_new_tokens, greedy=True)
+    records: list[Record] = []
+    for start in range(0, len(items), batch):
+        chunk, chunk_ids = items[start : start + batch], [str(i) for i in ids[start : start + batch]]
+        shown = [prompt(it) for it in chunk]
+        seeds = [sample_seed(seed, -1, seed_uid(i), j) for i in chunk_ids for j in range(k)]
+        texts = engine.generate(shown, sampled, seeds).texts
+        greedy_texts = engine.generate(shown, greedy, [0] * len(shown)).texts if greedy_scorer else None
+        for n, (item, iid) in enumerate(zip(chunk, chunk_ids)):
+            correct = [_correct(scorers[j](texts[n * k + j], item)) for j in range(k)]
+            if greedy_scorer is not None:
+                g: int | None = _correct(greedy_scorer(greedy_texts[n], item))
+            else:
+                g = correct[0] if decoding.is_greedy else None
+            records.append({"id": iid, "correct": correct, "greedy": g})
+    return records
+
+
+@torch.no_grad()
+def evaluate_model(model, processor, items: Sequence, ids: Sequence[str], decoding: Decoding, max_new_tokens: int,
+                   new_scorer: Callable[[], Scorer], prompt: Callable[[Any], Any] | None = None, seed: int = 0,
+                   batch: int = 64, synced: bool = False,
+                   seed_uid: Callable[[str], str] | None = None) -> list[Record]:
+    """`sample_records` with the project's rollout engine on `model`, in eval mode (restored afterwards)."""
+    engine = HFRolloutEngine(model, processor, max_batch=batch * decoding.k, synced=synced)
+    was_training = model.training
+    model.eval()
+    try:
+        return sample_records(engine, items, ids, decoding, max_new_tokens, new_scorer, prompt, seed, batch, seed_uid)
+    finally:
+        model.train(was_training)
+
+
+def metric_entries(name: str, summary: dict[str, float], file: str | None = None,
+                   budget_point: float | None = None) -> dict[str, Any]:
+    """The metrics.jsonl keys of one evaluation: eval/<name>/{mean@k, pass@1, pass@<k>, n, k, file,
+    budget_point}."""
+    out: dict[str, Any] = {f"eval/{name}/{key}": value for key, value in summary.items()}
+    if file is not None:
+        out[f"eval/{name}/file"] = file
+    if budget_point is not None:
+        out[f"eval/{name}/budget_point"] = budget_point
+    return out
+
+
+def write_records(path: Path, records: Sequence[Record]) -> None:
+    """One JSON line per item; written whole, so a reader never sees half an evaluation."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps({"id": r["id"], "correct": r["correct"], "greedy": r["greedy"]}) + "\n"
+                           for r in records))
+    tmp.replace(path)
+
+
+def read_records(path: Path) -> list[Record]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------- prompt variants (per response)
 
 
 def _variant(items: list, variant: str) -> list:
@@ -42,7 +258,10 @@ def _with_images(item, images: list):
 
 @torch.no_grad()
 def evaluate_items(model, processor, items: list, variant: str = "plain", decoding: str = "greedy",
-                   max_new_tokens: int = 40, seed: int = 0, batch: int = 128, synced: bool = False) -> dict[str, Any]:
+                   max_new_tokens: int = 40, seed: int = 0, batch: int = 128, synced: bool = False,
+                   verifier: Callable[[str, Any], Any] | None = None) -> dict[str, Any]:
+    """Accuracy over every response of a named decoding, one record per response (with its text). Scored with
+    `verifier` when given (the reward must be 1.0), else with the embedded task's integer match."""
     if decoding not in DECODING:
         raise ValueError(f"unknown decoding {decoding!r}; valid: {', '.join(DECODING)}")
     d = dict(DECODING[decoding])
@@ -59,7 +278,12 @@ def evaluate_items(model, processor, items: list, variant: str = "plain", decodi
         ro = engine.generate(chunk, params, seeds)
         for i, text in enumerate(ro.texts):
             item = chunk[i // samples]
-            records.append({"id": item.id, "variant": variant, "response": text, **embedded.score(text, item)})
+            if verifier is None:
+                result = embedded.score(text, item)
+            else:
+                verdict = verifier(text, item.answer)
+                result = {"parsed": verdict.parsed, "correct": verdict.reward >= 1.0}
+            records.append({"id": item.id, "variant": variant, "response": text, **result})
     model.train(was_training)
     acc = sum(r["correct"] for r in records) / max(len(records), 1)
     return {"accuracy": acc, "n": len(items), "samples": samples, "records": records}

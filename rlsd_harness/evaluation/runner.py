@@ -1,7 +1,7 @@
 """The benchmark runner for saved checkpoints (the library side of `rlsd-evaluate`):
 
     rlsd-evaluate checkpoint=<folder> benchmarks=[mmmu,mathvista,mathvision,zerobench,wemath,embedded]
-        eval.sources.mmmu=/data/mmmu ... [eval.decoding=greedy|paper] [limit=N] [out=<folder>] [overwrite=true]
+        eval.sources.mmmu=/data/mmmu ... [eval.decoding=greedy|paper|sample] [eval.k=N] [limit=N] [out=<folder>] [overwrite=true]
 
 generates with the project's rollout engine (each benchmark's prompt text in one user turn of our chat
 template, its images first), scores with each benchmark module's `score`, and writes into `out`:
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from rlsd_harness.benchmarks import EVAL_BENCHMARK_NAMES, embedded
-from rlsd_harness.evaluation.heldout import DECODING, _variant
+from rlsd_harness.evaluation.heldout import Decoding, _variant, decoding_from_config
 from rlsd_harness.rollout.hf import HFRolloutEngine, SamplingParams, sample_seed
 
 # ----------------------------------------------------------------------------- the benchmark runner
@@ -296,14 +296,13 @@ def _seed_uid(suite: Suite, item_id: str) -> str:
     return item_id if suite.name == "embedded" else f"{suite.name}/{item_id}"
 
 
-def run_suite(suite: Suite, engine: HFRolloutEngine, decoding: str, seed: int, out: Path, batch: int,
+def run_suite(suite: Suite, engine: HFRolloutEngine, decoding: Decoding, seed: int, out: Path, batch: int,
               progress: bool = True) -> dict[str, list[dict]]:
     """Generate and score every item of `suite` not yet in `out/<name>.jsonl`; returns all its records."""
     from tqdm.auto import tqdm
 
-    d = dict(DECODING[decoding])
-    k = d.pop("samples")
-    params = SamplingParams(n=k, max_new_tokens=suite.max_new_tokens, **d)
+    k = decoding.k
+    params = decoding.params(suite.max_new_tokens)
     path = out / f"{suite.key}.jsonl"
     done = read_records(path)
     for item_id, recs in done.items():
@@ -366,9 +365,9 @@ def _mean(values: list) -> Any:
     return values
 
 
-def summarise(suite: Suite, records: dict[str, list[dict]], decoding: str) -> dict:
+def summarise(suite: Suite, records: dict[str, list[dict]], decoding: Decoding) -> dict:
     """The metrics json of one benchmark: the module's metrics averaged over samples, and mean@k."""
-    k = DECODING[decoding]["samples"]
+    k = decoding.k
     per_item = [records[i] for i in suite.ids]
     results = [[recs[j] for recs in per_item] for j in range(k)]
     per_sample = [suite.metrics(suite.items, res) for res in results]
@@ -382,7 +381,7 @@ def summarise(suite: Suite, records: dict[str, list[dict]], decoding: str) -> di
         merged = suite.metrics([it for it in suite.items for _ in range(k)], [r for recs in per_item for r in recs])
     else:
         merged = _mean(per_sample)
-    summary = {"benchmark": suite.name, "key": suite.key, **suite.identity, "decoding": decoding, "samples": k,
+    summary = {"benchmark": suite.name, "key": suite.key, **suite.identity, "decoding": decoding.name, "samples": k,
                "items": len(suite.items), "headline": key, f"mean@{k}": mean, "mean@k": mean, "std@k": std,
                "per_sample_headline": values, "metrics": merged}
     if k > 1:
@@ -436,30 +435,30 @@ def run_benchmarks(checkpoint: str | Path, names: list[str], cfg: Any, out: str 
                    overwrite: bool = False, model=None, processor=None, log: Callable[[str], None] | None = None):
     """Evaluate `checkpoint` on `names` under config `cfg` into `out`; returns the table (a DataFrame).
     `model`/`processor` may be passed in already loaded (they must be the checkpoint's)."""
-    from rlsd_harness.models import load_model, load_processor
+    from rlsd_harness.models import check_weights, load_model, load_processor
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     for spec in names:
         parse_benchmark(spec)  # an unknown name fails first, listing the valid ones
     if not names:
         raise ValueError(f"no benchmarks given; valid: {', '.join(BENCHMARKS)}")
-    decoding = cfg.eval.decoding
-    if decoding not in DECODING:
-        raise ValueError(f"unknown decoding {decoding!r}; valid: {', '.join(DECODING)}")
+    decoding = decoding_from_config(cfg.eval)
     if cfg.eval.mathvista_judge not in (None, "self"):
         raise ValueError(f"unknown eval.mathvista_judge {cfg.eval.mathvista_judge!r}; valid: null, self")
     model_dir = resolve_checkpoint(checkpoint)
+    if model is None:  # weights that would load incompletely (random init) or hold NaN are refused first
+        check_weights(model_dir, "checkpoint")
     out = Path(out)
     # Data first: a bad source or variant fails before the model is loaded and before out is touched.
     judge_slot: list[Callable[[str], str]] = []
     judge = (lambda text: judge_slot[0](text)) if cfg.eval.mathvista_judge == "self" else None
     suites = {s.key: s for s in (build_suite(spec, cfg, limit, judge) for spec in dict.fromkeys(names))}
     common = {"checkpoint": str(model_dir.resolve()), "weights": _weights_fingerprint(model_dir),
-              "decoding": decoding, "sampling": _plain(DECODING[decoding]), "seed": int(cfg.seed)}
+              "decoding": decoding.name, "sampling": _plain(decoding.identity()), "seed": int(cfg.seed)}
     prepare_out(out, common, {n: s.identity for n, s in suites.items()}, overwrite)
     if model is None:
         model, processor = load_model(model_dir).eval(), load_processor(model_dir)
-    engine = HFRolloutEngine(model, processor, max_batch=int(cfg.eval.batch) * DECODING[decoding]["samples"])
+    engine = HFRolloutEngine(model, processor, max_batch=int(cfg.eval.batch) * decoding.k)
     judge_slot.append(_judge_with(engine))
     was_training = model.training
     model.eval()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -58,8 +59,17 @@ GLOSSARY: dict[str, str] = {
     "actor/opsd_loss": "GRPO+OPSD: the OPSD part of the loss",
     "teacher/kl": "log p_student - log p_teacher on the sampled tokens, averaged over tokens with a teacher",
     "teacher/updates": "teacher weight updates so far (sync or EMA)",
-    "eval/seconds": "wall seconds of the step's held-out evaluation",
-    "eval/pass@1": "held-out accuracy (greedy unless eval.decoding samples)",
+    "eval/seconds": "wall seconds of all the step's held-out evaluations",
+}
+# Held-out evaluation (training/evals.py): eval/<name>/<measure>, <name> the split (validation, test) or a
+# benchmark key of train.eval_benchmarks.
+EVAL_GLOSSARY = {
+    "mean@k": "accuracy over k sampled responses per item: the mean over items of the fraction correct",
+    "pass@1": "greedy pass@1: one greedy response per item (eval.greedy, or eval.decoding=greedy)",
+    "pass@<k>": "unbiased pass@k (Chen et al. 2021) from the k samples, when k > 1",
+    "n": "items evaluated", "k": "samples per item",
+    "file": "the per-item records, relative to the run folder: evals/<name>-step<rollout_step>.jsonl",
+    "budget_point": "the budget fraction of a budget-point evaluation (absent for routine ones)",
 }
 LEDGER_GLOSSARY = {
     "flops/total": "analytic FLOPs of every role (2N per forward token, 4N per backward token, plus attention)",
@@ -86,8 +96,11 @@ def glossary_entry(key: str) -> str | None:
                 return f"wall seconds of phase {rest[5:]} {word}"
             if rest in LEDGER_GLOSSARY:
                 return f"{LEDGER_GLOSSARY[rest]}, {word}"
-    if key.startswith("eval/"):  # eval/<split>/<measure> and eval/<benchmark>/...: the evaluation documents them
-        return "held-out evaluation (see docs/metrics.md, Evaluation)"
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] == "eval" and parts[1]:
+        measure = "pass@<k>" if re.fullmatch(r"pass@([2-9]|\d\d+)", parts[2]) else parts[2]
+        if measure in EVAL_GLOSSARY:
+            return f"{EVAL_GLOSSARY[measure]} ({parts[1]})"
     return None
 
 
@@ -233,6 +246,7 @@ def glossary_markdown() -> str:
     lines += [f"| `ledger/cum/{k}`, `ledger/step/{k}` | {v} (since the start / in this step) |"
               for k, v in LEDGER_GLOSSARY.items()]
     lines += [f"| `ledger/cum/time/{p}`, `ledger/step/time/{p}` | wall seconds of phase {p} |" for p in PHASES]
+    lines += [f"| `eval/<name>/{m}` | {v} |" for m, v in EVAL_GLOSSARY.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -2,7 +2,8 @@
 
 results/runs/<name>/ holds config.yaml (the resolved config in use), manifest.json (versions, commit, seeds,
 device), metrics.jsonl (one line per step: objective metrics, rollout statistics, held-out accuracy when
-evaluated, the compute ledger), checkpoints/step-N/ (each verified by its own manifest), final/ (a Hugging Face
+evaluated, the compute ledger), evals/ (per-item records of every held-out evaluation, training/evals.py),
+checkpoints/step-N/ (each verified by its own manifest), final/ (a Hugging Face
 folder of the last policy) and, once final/ is complete, finished.json; a run that stopped on an error has
 failed.json. `run_state` reads a run's state from those markers alone.
 
@@ -270,16 +271,21 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
 
     from rlsd_harness import dist
     from rlsd_harness.data import build_data
-    from rlsd_harness.evaluation.heldout import evaluate_items
     from rlsd_harness.models import load_model, load_processor
     from rlsd_harness.training import checkpoint
+    from rlsd_harness.training.evals import RunEvaluator
     from rlsd_harness.training.metrics import open_sinks
+    from rlsd_harness.training.preflight import check_run
     from rlsd_harness.training.trainer import NonFiniteLoss, Trainer
     from rlsd_harness.training.warmup import policy_path
+    from rlsd_harness.verifier import build_verifier
 
+    check_run(cfg)  # config, model folder and data, before anything is written
     log = log or (lambda msg: print(msg, file=sys.stderr))
     init_path = policy_path(cfg.model, cfg.data, log)  # a bad model or data path fails before the run folder exists
     data = build_data(cfg.data, cfg.seed)
+    # Held-out evaluation with the run's verifier (training/evals.py); a bad eval key fails here too.
+    evaluator = RunEvaluator(cfg, data, build_verifier(cfg.data.verifier))
     # Everything that can refuse this config runs before anything is written or moved: the run folder's checks
     # (an existing run, a resume's changed keys), the trainer (batch geometry, the objective's needs), the
     # checkpoint a resume starts from.
@@ -292,6 +298,7 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
+    evaluator.place(run_dir, rank, world)
     torch.manual_seed(cfg.seed)
     processor = load_processor(init_path)
     trainer = Trainer(cfg, load_model(init_path), processor, data, log, model_path=str(init_path))
@@ -327,19 +334,13 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
             log(f"deleted the overwritten run (kept aside at {aside} until this run's first checkpoint)")
             aside = None
 
-    # Held-out evaluation is sharded over the ranks (under ZeRO-3 each forward needs all of them); a test set
-    # that does not split evenly loses its last few items, so that every rank runs the same generate calls.
-    test_items = data.test_set(cfg.eval.n) if cfg.train.eval_every else []
-    test_items = test_items[: len(test_items) - len(test_items) % world][rank::world]
+    if cfg.run.resume and rank == 0:  # only rank 0 decides budget points (RunEvaluator.step_targets)
+        evaluator.resume(read_metrics(metrics_file))
 
-    def evaluate() -> dict[str, float]:
-        if not cfg.train.eval_every:
-            return {}
-        t0 = time.perf_counter()
-        r = evaluate_items(trainer.engine.module, processor, test_items, "plain", cfg.eval.decoding,
-                           cfg.eval.max_new_tokens, synced=trainer.synced_generation)
-        correct, total = dist.all_reduce_sum([sum(x["correct"] for x in r["records"]), len(r["records"])])
-        return {"eval/pass@1": correct / max(total, 1), "eval/seconds": time.perf_counter() - t0}
+    def evaluate(metrics: dict[str, float] | None = None, last: bool = False) -> dict[str, float]:
+        step = trainer.rollout_step
+        targets = evaluator.targets(0) if metrics is None else evaluator.step_targets(step, metrics, last)
+        return evaluator.run(trainer.engine.module, processor, targets, step, synced=trainer.synced_generation)
 
     def save() -> Path:
         folder = checkpoint.save(run_dir / "checkpoints" / f"step-{trainer.rollout_step:06d}", trainer, rank,
@@ -375,8 +376,7 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
                     metrics = trainer.step()
                     metrics["rollout_step"] = trainer.rollout_step
                     done = finished(metrics)
-                    if cfg.train.eval_every and (trainer.rollout_step % cfg.train.eval_every == 0 or done):
-                        metrics.update(evaluate())
+                    metrics.update(evaluate(metrics, done))
                     if rank == 0:
                         for sink in sinks:
                             sink.log(metrics, trainer.rollout_step)
@@ -393,8 +393,9 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
                         raise Interrupted(signum, folder, command)
                     bar.update(1)
                     if not done:
+                        shown = f"eval/{evaluator.split}/mean@k"
                         bar.set_postfix(reward=f"{metrics['rollout/reward']:.2f}", loss=f"{metrics.get('actor/loss', 0.0):.3f}",
-                                        **({"acc": f"{metrics['eval/pass@1']:.2f}"} if "eval/pass@1" in metrics else {}))
+                                        **({"acc": f"{metrics[shown]:.2f}"} if shown in metrics else {}))
             finally:
                 bar.close()
         weights = checkpoint.full_state_dict(trainer.engine)  # every rank: a collective under ZeRO-3

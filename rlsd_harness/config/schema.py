@@ -1,0 +1,598 @@
+"""The schema of the composed training config: every key's type, its range or choices, and what it means.
+
+`validate(cfg)` walks the composed config before a run touches the disk and raises one `ConfigError` listing
+every problem, one line each: the key, the bad value, where it came from (the command line, an experiment,
+a yaml file) and the valid values. The keys of the root config and its groups are declared in `KEYS`; the
+objective's parameters (`algorithm.params`) are typed and checked by the objective's own `Config`
+dataclass, the teacher's (`algorithm.teacher`) by the `TeacherConfig` dataclass that the caller passes in,
+so a range lives in one place. Choices that belong to a higher layer (model architectures, verifiers,
+decodings) are passed in by the caller too (`rlsd_harness.training.preflight` wires them), since this layer
+imports nothing above it. docs/config.md is generated from the same declarations (`reference_markdown`).
+
+Why an explicit walk rather than hydra structured configs: an OmegaConf type error is a multi-line block
+that names neither the valid range nor who set the value, and structured configs check types only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rlsd_harness.algorithms import build_objective, get_objective_class, objective_names
+from rlsd_harness.benchmarks import EVAL_BENCHMARK_NAMES
+from rlsd_harness.benchmarks.embedded import LEVELS
+from rlsd_harness.config import BUDGET_KEYS, ConfigError, provenance, source_of
+
+TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+              "floats": "a list of numbers", "strs": "a list", "mapping": "a mapping"}
+
+# A choice list supplied by the caller: a sequence, or a function of the config (model.size depends on arch).
+Registry = Sequence[Any] | Callable[[Any], Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key. Bounds: `ge`/`gt` below, `le`/`lt` above; `choices` a tuple, or the name of a
+    registry given to `validate`; `null`: may be null; `open`: a mapping whose contents are not checked."""
+
+    path: str
+    type: str
+    doc: str = ""
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple | str | None = None
+    null: bool = False
+    length: int | None = None
+    open: bool = False
+    placeholder: str = "<value>"
+
+    def choice_list(self, cfg: Any, registries: Mapping[str, Registry]) -> list | None:
+        if self.choices is None:
+            return None
+        if isinstance(self.choices, tuple):
+            return list(self.choices)
+        reg = registries.get(self.choices)
+        if reg is None:
+            return None
+        choices = reg(cfg) if callable(reg) else reg
+        return None if choices is None else list(choices)
+
+    def valid(self, cfg: Any = None, registries: Mapping[str, Registry] | None = None) -> str:
+        """The valid values in words: "an integer >= 1", "one of flops, tokens (or null)"."""
+        choices = self.choice_list(cfg, registries or {})
+        if choices is not None and self.type == "strs":
+            text = f"a list of any of {', '.join(_show(c) for c in choices)}"
+        elif choices is not None:
+            text = ", ".join(_show(c) for c in choices) or "none"
+        elif self.choices is not None:
+            text = f"a {self.choices}"
+        else:
+            bounds = [f"{op} {_show(v)}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                      if v is not None]
+            text = TYPE_WORDS[self.type]
+            if self.type == "floats":
+                text = f"a list of {self.length} numbers" if self.length else text
+                text += ", each" if bounds else ""
+            text += (" " + " and ".join(bounds)) if bounds else ""
+        return text + (" (or null)" if self.null else "")
+
+    def problem(self, value: Any, cfg: Any = None, registries: Mapping[str, Registry] | None = None) -> str | None:
+        """Why `value` is not valid here, or None."""
+        if value is None:
+            return None if self.null else "must not be null"
+        choices = self.choice_list(cfg, registries or {})
+        if self.type == "strs":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                return "not a list of names"
+            bad = [v for v in value if choices is not None and v not in choices]
+            return f"{_show(bad[0])} is not one of the choices" if bad else None
+        if choices is not None:
+            # by type as well as value: true == 1 in Python, and 1.0 is not the integer choice 1
+            return None if any(type(value) is type(c) and value == c for c in choices) else "not one of the choices"
+        if self.type == "floats":
+            if not isinstance(value, list) or not all(_is_number(v) for v in value):
+                return f"not {TYPE_WORDS['floats']}"
+            if self.length is not None and len(value) != self.length:
+                return f"has {len(value)} entries, not {self.length}"
+            return next((p for p in (self._range(v) for v in value) if p), None)
+        if not _has_type(value, self.type):
+            return f"not {TYPE_WORDS[self.type]}"
+        return self._range(value) if self.type in ("int", "float") else None
+
+    def _range(self, v: float) -> str | None:
+        if isinstance(v, float) and not math.isfinite(v):
+            return "not a finite number"
+        ok = ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+              and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+        return None if ok else "out of range"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _has_type(v: Any, kind: str) -> bool:
+    if kind == "int":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if kind == "float":
+        return _is_number(v)
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind == "str":
+        return isinstance(v, str)
+    if kind == "mapping":
+        return isinstance(v, Mapping)
+    raise AssertionError(kind)
+
+
+def _show(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, str):
+        return repr(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_show(x) for x in v) + "]"
+    return str(v)
+
+
+def _bench_keys(section: str, kind: str, doc: str, names: Sequence[str] = EVAL_BENCHMARK_NAMES, **kw: Any) -> list[Key]:
+    return [Key(f"eval.{section}.{n}", kind, doc, **kw) for n in names]
+
+
+# Every key of train.yaml and of the group files. A key in a yaml file but not here is accepted at run time
+# (tests/test_bad_input.py fails until it is declared); a `+key=value` that is not here is refused.
+KEYS: list[Key] = [
+    Key("seed", "int", "seed of the prompt stream, sampling and initialisation", ge=0),
+    Key("run.name", "str", "run folder name under run.dir (default <algorithm>-s<seed>); no path separators", null=True),
+    Key("run.dir", "str", "folder holding the run folders (relative: to the source checkout)"),
+    Key("run.overwrite", "bool", "replace an existing run folder of the same name"),
+    Key("run.resume", "bool", "continue the run in run.dir/run.name from its latest good checkpoint"),
+    Key("run.resume_changed", "bool", "resume even when keys outside training/run.py's RESUMABLE_KEYS changed"),
+    Key("run.trackers", "strs", "experiment trackers besides metrics.jsonl", choices="tracker"),
+    Key("train.steps", "int", "rollout batches to train", ge=1),
+    Key("train.prompts_per_step", "int", "prompts per rollout batch (all ranks together)", ge=1),
+    Key("train.group_size", "int", "responses per prompt; >= 2 for objectives that compare a group's responses", ge=1),
+    Key("train.micro_batch_size", "int", "rows per micro-batch per rank", ge=1),
+    Key("train.token_budget", "int", "pack update micro-batches to at most this many padded tokens", ge=1, null=True),
+    Key("train.forward_token_budget", "int", "the same for forward-only passes", ge=1, null=True),
+    Key("train.gradient_checkpointing", "bool", "recompute activations in the backward pass"),
+    Key("train.share_prompts", "bool", "forward-only passes run a prompt shared by G rows once"),
+    Key("train.balance_ranks", "bool", "move rows between ranks to even out their tokens"),
+    Key("train.mini_batches", "int", "optimizer steps per rollout batch; must divide the rows per rank", ge=1),
+    Key("train.ppo_epochs", "int", "passes over each rollout batch", ge=1),
+    Key("train.save_every", "int", "checkpoint every N steps and at the end (0 = never)", ge=0),
+    Key("train.eval_every", "int", "held-out evaluation every N steps and at the end (0 = never)", ge=0),
+    Key("train.progress", "bool", "show a progress bar"),
+    Key("train.budget.kind", "str", "stop once this much is spent (null: train.steps decides)",
+        choices=tuple(BUDGET_KEYS), null=True),
+    Key("train.budget.value", "float", "the budget in the kind's unit (FLOPs, tokens, steps, seconds)", gt=0, null=True),
+    Key("optim.lr", "float", "AdamW learning rate (algorithm.lr overrides it when set)", gt=0),
+    Key("optim.betas", "floats", "AdamW betas", ge=0, lt=1, length=2),
+    Key("optim.eps", "float", "AdamW epsilon", gt=0),
+    Key("optim.weight_decay", "float", "AdamW weight decay", ge=0),
+    Key("optim.grad_clip", "float", "gradient-norm clip (0 = off)", ge=0),
+    Key("optim.warmup_steps", "int", "linear learning-rate warm-up, in optimizer steps (0 = none)", ge=0),
+    Key("train.eval_benchmarks", "strs", "benchmarks also evaluated during training, each with its own scorer",
+        choices=EVAL_BENCHMARK_NAMES),
+    Key("eval.split", "str", "split of the routine evaluations (validation chooses hyperparameters, test reports)",
+        choices=("validation", "test"), null=True),
+    Key("eval.n", "int", "held-out items for training-time evaluation (at least one per rank)", ge=1),
+    Key("eval.decoding", "str", "greedy; paper (T 0.7, top-p 0.8, top-k 20); or sample (eval.sampling)", choices="decoding"),
+    Key("eval.k", "int", "samples per item for mean@k (null: 1 for greedy, 4 otherwise)", ge=1, null=True),
+    Key("eval.greedy", "bool", "also one greedy response per item (greedy pass@1)"),
+    Key("eval.sampling.temperature", "float", "eval.decoding=sample: temperature", gt=0),
+    Key("eval.sampling.top_p", "float", "eval.decoding=sample: nucleus mass", gt=0, le=1),
+    Key("eval.sampling.top_k", "int", "eval.decoding=sample: top-k (0 = off)", ge=0),
+    Key("eval.budget_points", "floats", "large evaluations at these fractions of the budget (and at steps 0 and last)",
+        gt=0, le=1),
+    Key("eval.budget_n", "int", "items of the budget-point evaluations", ge=1),
+    Key("eval.budget_split", "str", "split of the budget-point evaluations", choices=("validation", "test")),
+    Key("eval.max_new_tokens", "int", "generation budget of training-time evaluation", ge=1),
+    Key("eval.benchmark_max_new_tokens", "int", "generation budget of the benchmark runner", ge=1),
+    Key("eval.batch", "int", "prompts per generate call of the benchmark runner", ge=1),
+    Key("eval.progress", "bool", "show the benchmark runner's progress"),
+    *_bench_keys("sources", "str", "local folder or hub id of the benchmark's data", null=True, placeholder="<folder>"),
+    *_bench_keys("splits", "str", "the benchmark's split"),
+    *_bench_keys("revisions", "str", "hub revision (local folders record their own)", null=True),
+    *_bench_keys("variants", "str", "prompt variant", names=(*EVAL_BENCHMARK_NAMES, "embedded")),
+    *_bench_keys("score_options", "mapping", "keyword arguments of the module's score()", open=True),
+    *_bench_keys("metric_options", "mapping", "keyword arguments of the module's metrics()", open=True),
+    Key("eval.mathvista_judge", "str", "null: rule-based answer extraction; self: the evaluated model extracts",
+        choices=("self",), null=True),
+    Key("dynamics.teacher_probe", "bool", "objectives without a teacher: a frozen teacher measures the KL (off budget)"),
+    Key("algorithm.name", "str", "the objective", choices="algorithm"),
+    Key("algorithm.params", "mapping", "the objective's parameters (its Config dataclass; see below)", open=True),
+    Key("algorithm.teacher", "mapping", "the teacher (TeacherConfig; see below)", open=True),
+    Key("algorithm.lr", "float", "this objective's learning rate (null: optim.lr)", gt=0, null=True),
+    Key("model.arch", "str", "model architecture", choices="model arch"),
+    Key("model.size", "str", "a project-built size (null: load model.path)", choices="model size", null=True),
+    Key("model.seed", "int", "initialisation seed of a project-built model", ge=0),
+    Key("model.vocab_size", "int", "tokenizer size of a project-built model", ge=1, null=True),
+    Key("model.path", "str", "a local Hugging Face model folder instead of a built model", null=True,
+        placeholder="<folder>"),
+    Key("model.warmup", "mapping", "supervised warm-up of a project-built model (null: none)", null=True),
+    Key("model.warmup.steps", "int", "warm-up steps", ge=1),
+    Key("model.warmup.batch_size", "int", "warm-up batch size", ge=1),
+    Key("model.warmup.lr", "float", "warm-up learning rate", gt=0),
+    Key("model.warmup.hint_share", "float", "share of privileged-prompt examples in the warm-up mix", ge=0, le=1),
+    Key("data.name", "str", "embedded (generated) or local (files)", choices=("embedded", "local")),
+    Key("data.level", "int", "embedded task difficulty", choices=LEVELS),
+    Key("data.test_size", "int", "embedded held-out set size", ge=1),
+    Key("data.verifier", "str", "reward verifier", choices="verifier"),
+    Key("data.path", "str", "training rows: a .jsonl/.json/.parquet/.arrow file, a folder of them, a save_to_disk "
+        "folder, or a hub id in the local cache", placeholder="<file>"),
+    Key("data.test_path", "str", "held-out rows, the same kinds; needed when train.eval_every > 0", null=True,
+        placeholder="<file>"),
+    Key("data.split", "str", "split of a folder or hub id (data.path)"),
+    Key("data.test_split", "str", "the same for data.test_path"),
+    Key("data.config", "str", "a hub dataset's config (its subfolder)", null=True),
+    Key("data.revision", "str", "a hub dataset's cached revision", null=True),
+    Key("data.cache_dir", "str", "where `datasets` keeps converted json/parquet", null=True),
+    Key("data.image_root", "str", "where relative image paths start (default: the data file's folder)", null=True),
+    Key("data.schema", "str", "which columns hold each field", choices="data schema"),
+    Key("data.fields", "mapping", "per-field column overrides (id, question, images, answer, solution, options)",
+        open=True),
+    Key("data.require_image", "bool", "refuse rows without an image"),
+    Key("rollout.engine", "str", "rollout engine", choices=("hf", "vllm")),
+    Key("rollout.temperature", "float", "sampling temperature", gt=0),
+    Key("rollout.top_p", "float", "nucleus sampling mass", gt=0, le=1),
+    Key("rollout.top_k", "int", "top-k sampling (0 = off)", ge=0),
+    Key("rollout.max_new_tokens", "int", "response length limit", ge=1),
+    Key("rollout.gpu_memory_utilization", "float", "vLLM: share of GPU memory", gt=0, le=1),
+    Key("rollout.max_model_len", "int", "vLLM: prompt + response length limit", ge=1),
+    Key("rollout.sleep_level", "int", "vLLM: sleep level between rollouts", choices=(1, 2)),
+    Key("deepspeed.zero_stage", "int", "ZeRO stage", choices=(0, 1, 2, 3)),
+    Key("deepspeed.bf16", "bool", "train in bf16"),
+    Key("deepspeed.offload_optimizer", "bool", "optimizer state on the CPU"),
+    Key("deepspeed.param_persistence_threshold", "int", "ZeRO-3: parameters this small stay gathered (null: 1e5)",
+        ge=0, null=True),
+]
+BY_PATH = {k.path: k for k in KEYS}
+
+
+class _Errors:
+    """Collects one line per problem, each naming the key, its value and its source."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg, self.lines = cfg, []
+
+    def value(self, key: str, value: Any, problem: str, valid: str | None = None) -> None:
+        line = f"{key}={_show(value)} ({source_of(self.cfg, key)}): {problem}"
+        self.lines.append(line + (f"; valid: {valid}" if valid else ""))
+
+    def text(self, line: str) -> None:
+        self.lines.append(line)
+
+    def raise_if_any(self) -> None:
+        if len(self.lines) == 1:
+            raise ConfigError(self.lines[0])
+        if self.lines:
+            raise ConfigError(f"{len(self.lines)} config errors:\n  " + "\n  ".join(self.lines))
+
+
+def _at(cfg: Any, key: str) -> str:
+    """`key=value (source)` for a cross-key message."""
+    return f"{key}={_show(OmegaConf.select(cfg, key))} ({source_of(cfg, key)})"
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(key, value) of every key below `node`, not descending into open mappings or checked sections."""
+    out = []
+    for k in node:
+        key = f"{prefix}{k}"
+        if OmegaConf.is_missing(node, k):
+            out.append((key, "???"))
+            continue
+        v = node[k]
+        rule = BY_PATH.get(key)
+        out.append((key, v))
+        if isinstance(v, DictConfig) and not (rule is not None and rule.open):
+            out.extend(_leaves(v, key + "."))
+    return out
+
+
+def _plain(v: Any) -> Any:
+    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+
+
+def check_keys(cfg: Any, errors: _Errors, registries: Mapping[str, Registry], only: Sequence[str] | None,
+               allow_missing: bool = False) -> None:
+    prov = provenance(cfg)
+    for key, raw in _leaves(cfg):
+        if only is not None and key.split(".", 1)[0] not in only:
+            continue
+        rule = BY_PATH.get(key)
+        if rule is None:
+            if prov is not None and prov.added(key):
+                parent = key.rsplit(".", 1)[0] if "." in key else ""
+                siblings = sorted(k.path.rsplit(".", 1)[-1] for k in KEYS if k.path.rsplit(".", 1)[0] == parent
+                                  and "." in k.path) if parent else sorted({k.path.split(".")[0] for k in KEYS})
+                errors.text(f"unknown config key {key!r} ({source_of(cfg, key)}); valid keys under "
+                            f"{parent or 'the top level'}: {', '.join(siblings)}")
+            continue
+        if isinstance(raw, str) and raw == "???":
+            if allow_missing:
+                continue
+            errors.text(f"{key} has no value ({source_of(cfg, key)} leaves it ???): set {key}={rule.placeholder}")
+            continue
+        value = _plain(raw)
+        problem = rule.problem(value, cfg, registries)
+        if problem is not None:
+            errors.value(key, value, problem, rule.valid(cfg, registries))
+
+
+# ----------------------------------------------------------------------------- dataclass sections
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """Field name -> annotation, or the nested dataclass a field holds once built (GRPO+OPSD's parts)."""
+    hints = typing.get_type_hints(cls)
+    try:
+        default = cls()
+    except Exception:  # a dataclass without defaults for every field: annotations only
+        default = None
+    out = {}
+    for f in dataclasses.fields(cls):
+        held = getattr(default, f.name, None)
+        out[f.name] = type(held) if dataclasses.is_dataclass(held) else hints.get(f.name, Any)
+    return out
+
+
+_KINDS = {bool: "bool", int: "int", float: "float", str: "str"}
+
+
+def _unwrap(ann: Any) -> tuple[Any, bool]:
+    """(the annotation without `| None`, whether null is allowed)."""
+    args = typing.get_args(ann)
+    if args and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return (inner[0] if len(inner) == 1 else Any), True
+    return ann, False
+
+
+def _ann_words(ann: Any) -> str:
+    base, null = _unwrap(ann)
+    kind = _KINDS.get(base)
+    return (TYPE_WORDS[kind] if kind else "any value") + (" (or null)" if null else "")
+
+
+def _annotation_ok(value: Any, ann: Any) -> bool:
+    """Whether `value` fits a simple annotation (bool, int, float, str, X | None; anything else is not checked)."""
+    base, null = _unwrap(ann)
+    if value is None:
+        return null or _KINDS.get(base) is None
+    kind = _KINDS.get(base)
+    return kind is None or _has_type(value, kind)
+
+
+def check_dataclass(cfg: Any, errors: _Errors, section: str, cls: type, raw: Mapping[str, Any]) -> bool:
+    """Unknown keys and field types of one mapping against a config dataclass (recursing into nested ones).
+    True when the mapping is fit to be built."""
+    types = _field_types(cls)
+    ok = True
+    for name, value in raw.items():
+        key = f"{section}.{name}"
+        if name not in types:
+            errors.text(f"unknown key {key!r} ({source_of(cfg, key)}); valid keys under {section}: "
+                        f"{', '.join(types)}")
+            ok = False
+            continue
+        ann = types[name]
+        if dataclasses.is_dataclass(ann):
+            if value is not None and not isinstance(value, Mapping):
+                errors.value(key, value, "not a mapping", f"a mapping of {', '.join(_field_types(ann))}")
+                ok = False
+            elif value is not None:
+                ok &= check_dataclass(cfg, errors, key, ann, value)
+            continue
+        if not _annotation_ok(value, ann):
+            words = _ann_words(ann)
+            errors.value(key, value, "must not be null" if value is None else f"not {words.removesuffix(' (or null)')}",
+                         words)
+            ok = False
+    return ok
+
+
+def _flat(prefix: str, m: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in m.items():
+        out[f"{prefix}.{k}"] = v
+        if isinstance(v, Mapping):
+            out.update(_flat(f"{prefix}.{k}", v))
+    return out
+
+
+def build_section(cfg: Any, errors: _Errors, section: str, raw: Mapping[str, Any], build: Callable[[], Any]) -> Any:
+    """Build a section's dataclass; its own range checks become lines naming the key (the longest field name
+    the dataclass's message mentions), the value and its source."""
+    try:
+        return build()
+    except (ValueError, TypeError, KeyError) as e:
+        message = str(e.args[0]) if e.args else str(e)
+        flat = _flat(section, raw)
+        named = [k for k in flat if k.rsplit(".", 1)[-1] in message and not isinstance(flat[k], Mapping)]
+        if named:
+            key = max(named, key=lambda k: len(k.rsplit(".", 1)[-1]))
+            errors.value(key, flat[key], message)
+        else:
+            errors.text(f"{section} ({source_of(cfg, section)}): {message}")
+        return None
+
+
+# ----------------------------------------------------------------------------- cross-key checks
+
+
+def world_size() -> int:
+    """Ranks of this launch: WORLD_SIZE as a launcher sets it, else one process."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def check_geometry(cfg: Any, errors: _Errors, world: int, min_group: int | None, algorithm: str) -> None:
+    t = cfg.train
+    counts = ("prompts_per_step", "group_size", "micro_batch_size", "mini_batches")
+    if not all(_has_type(t.get(k), "int") and t.get(k) >= 1 for k in counts):
+        return  # already reported key by key
+    if min_group is not None and t.group_size < min_group:
+        errors.text(f"{_at(cfg, 'train.group_size')}: algorithm {algorithm} compares each response with the "
+                    f"others of its group; valid: an integer >= {min_group}")
+    if t.prompts_per_step % world:
+        errors.text(f"{_at(cfg, 'train.prompts_per_step')} does not split over the {world} ranks; valid: a multiple "
+                    f"of {world}")
+        return
+    rows = t.prompts_per_step // world * t.group_size
+    where = (f"{rows} rows per rank (train.prompts_per_step={t.prompts_per_step} / {world} rank"
+             f"{'s' if world > 1 else ''} x train.group_size={t.group_size})")
+    budget = t.get("token_budget")
+    if budget:
+        if rows % t.mini_batches:
+            errors.text(f"{_at(cfg, 'train.mini_batches')} does not divide the {where}; valid: a divisor of {rows}")
+    elif rows % (t.mini_batches * t.micro_batch_size):
+        divisors = [d for d in range(1, rows + 1) if rows % (d * t.mini_batches) == 0]
+        errors.text(f"the {where} do not split into {_at(cfg, 'train.mini_batches')} x micro-batches of "
+                    f"{_at(cfg, 'train.micro_batch_size')}; valid train.micro_batch_size with these: "
+                    f"{', '.join(map(str, divisors)) or 'none (change train.mini_batches)'}")
+
+
+def check_cross(cfg: Any, errors: _Errors, world: int) -> None:
+    t = cfg.train
+    budget = t.get("budget") or {}
+    kind, value = budget.get("kind"), budget.get("value")
+    if kind is not None and value is None:
+        errors.text(f"{_at(cfg, 'train.budget.kind')} needs train.budget.value (a positive amount in its unit)")
+    if kind is None and value is not None:
+        errors.text(f"{_at(cfg, 'train.budget.value')} has no train.budget.kind, so it would be ignored; valid "
+                    f"kinds: {', '.join(BUDGET_KEYS)}")
+    evaluating = _has_type(t.get("eval_every"), "int") and t.eval_every > 0
+    n = cfg.eval.get("n")
+    if evaluating and _has_type(n, "int") and 1 <= n < world:
+        errors.text(f"{_at(cfg, 'eval.n')}: held-out evaluation is sharded over the {world} ranks; valid: an "
+                    f"integer >= {world} (or train.eval_every=0)")
+    data = cfg.get("data") or {}
+    if evaluating and data.get("name") == "local" and not OmegaConf.is_missing(data, "test_path") \
+            and data.get("test_path") is None:
+        errors.text(f"{_at(cfg, 'data.test_path')}, but {_at(cfg, 'train.eval_every')} evaluates on the held-out "
+                    f"rows: set data.test_path=<file> or train.eval_every=0")
+    name = (cfg.get("run") or {}).get("name")
+    if isinstance(name, str) and ("/" in name or os.sep in name or name in ("", ".", "..")):
+        errors.value("run.name", name, "not a folder name", "a name without path separators")
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def validate(cfg: Any, registries: Mapping[str, Registry] | None = None,
+             sections: Mapping[str, tuple[type, Callable[[Mapping[str, Any]], Any]]] | None = None,
+             world: int | None = None, only: Sequence[str] | None = None, allow_missing: bool = False) -> None:
+    """Check `cfg` against the schema; raise one ConfigError naming every problem. `registries` supply the
+    choice lists of higher layers ("model arch", "model size", "verifier", "decoding"); `sections` map a key
+    to (dataclass, builder) for mappings typed by a dataclass (algorithm.teacher); `only` restricts the check
+    to some top-level sections (the benchmark runner reads seed and eval only); `allow_missing` lets a
+    mandatory value (`???`) stay unset (a dry run lists them); `world` defaults to this launch's ranks."""
+    registries = _with_own(registries)
+    sections = dict(sections or {})
+    world = world_size() if world is None else world
+    errors = _Errors(cfg)
+    check_keys(cfg, errors, registries, only, allow_missing)
+    if only is not None:
+        errors.raise_if_any()
+        return
+    objective = None
+    algo = cfg.get("algorithm") or {}
+    name = algo.get("name")
+    if name in objective_names():
+        cls = get_objective_class(name)
+        params = _plain(algo.get("params")) or {}
+        if check_dataclass(cfg, errors, "algorithm.params", cls.Config, params):
+            objective = build_section(cfg, errors, "algorithm.params", params, lambda: build_objective(name, params))
+    for key, (cls, build) in sections.items():
+        raw = _plain(OmegaConf.select(cfg, key))
+        if raw is None:
+            continue
+        if check_dataclass(cfg, errors, key, cls, raw):
+            built = build_section(cfg, errors, key, raw, lambda build=build, raw=raw: build(raw))
+            if key == "algorithm.teacher" and built is not None and objective is not None \
+                    and objective.teacher_signal != "none" and built.weights == "none":
+                sources = [w for w in registries.get("teacher weights", ()) if w != "none"]
+                errors.text(f"{_at(cfg, 'algorithm.teacher.weights')}: algorithm {name} needs a teacher signal "
+                            f"({objective.teacher_signal}); valid: {', '.join(sources)}")
+    if "algorithm.teacher" in sections and algo.get("teacher") is None and objective is not None \
+            and objective.teacher_signal != "none":
+        errors.text(f"algorithm {name} needs a teacher signal ({objective.teacher_signal}) but algorithm.teacher "
+                    f"is not set ({source_of(cfg, 'algorithm')})")
+    check_geometry(cfg, errors, world, objective.min_group_size if objective is not None else None, str(name))
+    check_cross(cfg, errors, world)
+    errors.raise_if_any()
+
+
+def _with_own(registries: Mapping[str, Registry] | None) -> dict[str, Registry]:
+    """The caller's registries plus those of this layer (the objectives)."""
+    return {"algorithm": objective_names(), **(registries or {})}
+
+
+def reference_markdown(registries: Mapping[str, Registry], sections: Mapping[str, tuple[type, Any]], base: Any) -> str:
+    """docs/config.md: every key with its type, valid values, default (in `base`, the default composed config)
+    and meaning."""
+    registries = _with_own(registries)
+    lines = ["# Configuration keys", "",
+             "Generated from `rlsd_harness/config/schema.py` (`make config-docs` rewrites it; a test checks it is",
+             "current). Every command line takes these as `key=value` overrides (hydra syntax) after the group",
+             "choices (`algorithm=rlsd model=tiny data=local ...`); a value is checked against this table before",
+             "anything is written, and an error names the key, the value, who set it and the valid values.",
+             "Defaults are those of `train.yaml` with its default groups; a group file (`algorithm/rlsd.yaml`,",
+             "`rollout/vllm.yaml` ...) sets its own.", ""]
+    current = None
+    for k in KEYS:
+        top = k.path.split(".", 1)[0]
+        if top != current:
+            current = top
+            lines += ["", f"## {top}", "", "| key | valid | default | meaning |", "|---|---|---|---|"]
+        default = OmegaConf.select(base, k.path, default="(group file)")
+        shown = _show(_plain(default)) if default != "(group file)" else "(set by the group file)"
+        if k.open and isinstance(_plain(default), dict):
+            shown = "{}" if not _plain(default) else "(see below)"
+        lines.append(f"| `{k.path}` | {k.valid(base, registries)} | {shown.replace('|', '/')} | {k.doc} |")
+    lines += ["", "Also checked together: `train.group_size` against the objective's `min_group_size` (2 for",
+              "grpo, rlsd, grpo_opsd and sdpo); the rows per rank (`prompts_per_step / ranks x group_size`) must",
+              "split into `mini_batches` x `micro_batch_size` (into `mini_batches` alone with a token budget);",
+              "`train.budget.kind` and `train.budget.value` come together; `eval.n` >= ranks and, for",
+              "`data=local`, `data.test_path` when `train.eval_every > 0`.", ""]
+    lines += ["## algorithm.params", "",
+              "Typed by each objective's `Config` dataclass (`rlsd_harness/algorithms/<name>.py`), whose",
+              "`__post_init__` holds the ranges; an unknown key is refused with the valid ones. The algorithm's",
+              "yaml file (`rlsd_harness/config/algorithm/<name>.yaml`) sets the values a run starts from.", ""]
+    for name in objective_names():
+        cls = get_objective_class(name)
+        groups = f"; needs train.group_size >= {cls.min_group_size}" if cls.min_group_size > 1 else ""
+        lines += [f"### {name}", "", f"`{cls.__module__}.{cls.__qualname__}.Config`{groups}.", "",
+                  "| key | type | dataclass default |", "|---|---|---|"]
+        lines += _dataclass_rows("algorithm.params", cls.Config)
+        lines.append("")
+    for key, (cls, _) in sections.items():
+        lines += [f"## {key}", "", f"Typed and checked by `{cls.__module__}.{cls.__qualname__}`.", "",
+                  "| key | type | dataclass default |", "|---|---|---|", *_dataclass_rows(key, cls), ""]
+    return "\n".join(lines).replace("\n\n\n", "\n\n").strip() + "\n"
+
+
+def _dataclass_rows(prefix: str, cls: type) -> list[str]:
+    rows = []
+    default = cls()
+    for name, ann in _field_types(cls).items():
+        if dataclasses.is_dataclass(ann):
+            rows += _dataclass_rows(f"{prefix}.{name}", ann)
+            continue
+        rows.append(f"| `{prefix}.{name}` | {_ann_words(ann)} | {_show(getattr(default, name))} |")
+    return rows
