@@ -24,12 +24,12 @@ def test_interrupted_matrix_resumes_without_redoing_finished_runs(tmp_path, tiny
     real_run = compare.run
     calls, crashed = [], []
 
-    def flaky(cfg, log=None):
+    def flaky(cfg, log=None, **kwargs):
         calls.append(cfg.run.name)
         if cfg.run.name == "rlsd-s0" and not crashed:
             crashed.append(True)
             raise RuntimeError("simulated crash")
-        return real_run(cfg, log)
+        return real_run(cfg, log, **kwargs)
 
     monkeypatch.setattr(compare, "run", flaky)
     compare_main(args)
@@ -75,3 +75,41 @@ def test_unknown_experiment_lists_the_valid_ones(capsys):
         compare_main(["experiment=nope"])
     assert exit_.value.code == 2
     assert re.search("unknown experiment 'nope'; valid: .*embedded", capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_matrix_recovers_from_kills_at_its_dangerous_moments(tmp_path, tiny_dir, no_shutdown, monkeypatch):
+    """Run folders as kills leave them: one killed while writing its first checkpoint (a .tmp folder), one
+    killed inside final/ (its config.json without the weights). A rerun of the matrix finishes both."""
+    import shutil
+
+    from rlsd_harness.config import load_experiment
+
+    exp = load_experiment("smoke")
+    exp.seeds = [0]
+    monkeypatch.setattr(compare, "load_experiment", lambda name: exp)
+    args = ["experiment=smoke", f"out={tmp_path / 'smoke'}", "model.warmup=null", "data.verifier=parity",
+            "rollout.max_new_tokens=8", "train.prompts_per_step=2", "train.group_size=4", "train.micro_batch_size=8",
+            "eval.n=8", "train.steps=2", "train.save_every=1"]
+    compare_main(args)
+    runs = tmp_path / "smoke" / "runs"
+    grpo, rlsd = runs / "grpo-s0", runs / "rlsd-s0"
+    weights = (rlsd / "final" / "model.safetensors").read_bytes()
+    # grpo-s0: killed in its first checkpoint's write
+    for p in [grpo / "final", grpo / "checkpoints", grpo / "finished.json"]:
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    (grpo / "metrics.jsonl").write_text((grpo / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    (grpo / "checkpoints" / "step-000001.tmp").mkdir(parents=True)
+    (grpo / "checkpoints" / "step-000001.tmp" / "model.safetensors").write_bytes(b"\0" * 64)
+    # rlsd-s0: killed after final/config.json, before the weights
+    (rlsd / "finished.json").unlink(missing_ok=True)
+    (rlsd / "final" / "model.safetensors").unlink()
+    (tmp_path / "smoke" / "credit_rlsd.png").unlink()
+    (tmp_path / "smoke" / "table.csv").write_text("")  # and a table cut short
+    compare_main(args)
+    table = (tmp_path / "smoke" / "table.md").read_text()
+    assert "failed" not in table and "rlsd" in table and "grpo" in table
+    assert (rlsd / "final" / "model.safetensors").read_bytes() == weights  # nothing more trained, the same weights
+    assert [json.loads(x)["rollout_step"] for x in (grpo / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert (tmp_path / "smoke" / "table.csv").stat().st_size > 0
+    assert (tmp_path / "smoke" / "credit_rlsd.png").exists()

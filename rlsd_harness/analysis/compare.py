@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -44,8 +45,10 @@ from rlsd_harness.config import (
     tuning_grid,
     tuning_run_overrides,
 )
+from rlsd_harness.training import checkpoint
+from rlsd_harness.training.durable import atomic_write_text, kill_point
 from rlsd_harness.training.preflight import check_config
-from rlsd_harness.training.run import run
+from rlsd_harness.training.run import run, run_state
 
 
 def dry_run(exp, name: str, runs_dir: Path, extra: list[str]) -> str:
@@ -114,24 +117,29 @@ def output_folder(name: str, out: str | Path | None) -> tuple[Path, Path | None]
     return default, None
 
 
-def _train(run_dir: Path, cfg: DictConfig, log: Callable[[str], None]) -> None:
-    """One run of the matrix from its composed config: skipped when finished, resumed from its last
-    checkpoint, recorded when it fails."""
-    if (run_dir / "final" / "config.json").exists():
+def _train(run_dir: Path, cfg: DictConfig, log: Callable[[str], None], command: str) -> None:
+    """One run of the matrix from its composed config. Its state comes from its completion markers
+    (training/run.py: run_state): a finished run is skipped; a partial or failed one resumes from its newest
+    good checkpoint, or starts over when it has none; a failure is recorded and the matrix goes on."""
+    state = run_state(run_dir)
+    if state == "finished":
         return
+    good = checkpoint.latest_good(run_dir, log) if state in ("partial", "failed") else None
+    if state in ("partial", "failed") and good is None:
+        log(f"{run_dir.name}: no good checkpoint to resume from; starting it over")
     cfg = cfg.copy()
-    resume = any((run_dir / "checkpoints").glob("step-*"))
-    OmegaConf.update(cfg, "run.resume", resume)
-    OmegaConf.update(cfg, "run.overwrite", not resume)
+    OmegaConf.update(cfg, "run.resume", good is not None)
+    OmegaConf.update(cfg, "run.overwrite", good is None)
     OmegaConf.update(cfg, "train.progress", False)
     (run_dir / "failed.json").unlink(missing_ok=True)
     try:
-        run(cfg, log)
+        run(cfg, log, resume_command=command)
     except Exception as e:  # a failed run is reported, not dropped, and the matrix goes on
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "failed.json").write_text(json.dumps({"error": f"{type(e).__name__}: {e}",
-                                                         "traceback": traceback.format_exc()}))
+        atomic_write_text(run_dir / "failed.json", json.dumps({"error": f"{type(e).__name__}: {e}",
+                                                               "traceback": traceback.format_exc()}))
         log(f"{run_dir.name} failed: {e}")
+    kill_point("matrix")
 
 
 def compare(name: str = "embedded", out: str | Path | None = None, overrides: list[str] | None = None,
@@ -174,11 +182,12 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     if previous is not None:
         log(f"{previous} holds a finished study; this run writes {target} and compares itself with it")
     started = time.time()
+    command = " ".join(["rlsd-compare", f"experiment={name}", f"out={target}", *map(shlex.quote, extra)])
     bar = tqdm(total=len(tuning_jobs) + len(jobs), desc=f"{name}: {'tuning + ' if grid else ''}methods x seeds",
                unit="run", position=0, dynamic_ncols=True)
     for (pt, seed), cfg in zip(tuning_jobs, tuning_cfgs):
         bar.set_postfix(run=f"tuning/{pt.label}-s{seed}")
-        _train(tuning_dir / f"{pt.label}-s{seed}", cfg, log)
+        _train(tuning_dir / f"{pt.label}-s{seed}", cfg, log, command)
         bar.update(1)
     picks: dict[str, dict] = {}
     if grid:
@@ -199,7 +208,7 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
         if grid:
             picked = picks[arms(exp)[method][0]]["overrides"]
             cfg = checked(run_overrides(exp, method, seed, runs_dir, extra, picked))
-        _train(runs_dir / f"{method}-s{seed}", cfg, log)
+        _train(runs_dir / f"{method}-s{seed}", cfg, log, command)
         bar.update(1)
     bar.close()
     dist.shutdown()

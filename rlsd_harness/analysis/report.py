@@ -144,7 +144,9 @@ def run_status(runs_dir: Path) -> pd.DataFrame:
     """One row per run folder under `runs_dir`: run, method (the arm label), seed, status (finished | failed
     | unfinished) and error (the failure, for failed runs)."""
     rows = []
-    for run_dir in sorted(p for p in Path(runs_dir).iterdir() if p.is_dir()) if Path(runs_dir).is_dir() else []:
+    # hidden folders are not runs (an overwritten run kept aside until its replacement's first checkpoint)
+    for run_dir in sorted(p for p in Path(runs_dir).iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if Path(runs_dir).is_dir() else []:
         parsed = parse_run_name(run_dir.name)
         if parsed is None:
             continue

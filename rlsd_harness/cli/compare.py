@@ -14,11 +14,15 @@ OWN = {"experiment": "an experiment of config/experiment/ (default embedded)",
 
 def main(argv: list[str] | None = None) -> None:
     from rlsd_harness.analysis.compare import compare
+    from rlsd_harness.training.run import Interrupted
 
     def body() -> None:
         own, overrides = split_args(argv, "rlsd-compare", __doc__, OWN)
-        result = compare(own.get("experiment", "embedded"), own.get("out"), overrides,
-                         dry=flag(own.get("dry_run"), "dry_run"))
+        try:
+            result = compare(own.get("experiment", "embedded"), own.get("out"), overrides,
+                             dry=flag(own.get("dry_run"), "dry_run"))
+        except Interrupted as e:  # the run's checkpoint and the command that continues were printed
+            raise SystemExit(e.exit_code) from None
         print(result if isinstance(result, str) else f"results in {result}")
 
     run_main(body)

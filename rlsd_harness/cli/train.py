@@ -10,12 +10,14 @@ from rlsd_harness.cli import run_main, split_args
 def main(argv: list[str] | None = None) -> None:
     from rlsd_harness import dist
     from rlsd_harness.config import compose_config, expand_experiment
-    from rlsd_harness.training.run import run
+    from rlsd_harness.training.run import Interrupted, default_resume_command, run
 
     def body() -> None:
         _, overrides = split_args(argv, "rlsd-train", __doc__, {})
         try:
-            run(compose_config(expand_experiment(overrides)))
+            run(compose_config(expand_experiment(overrides)), resume_command=default_resume_command(argv))
+        except Interrupted as e:  # the checkpoint and the command that resumes were printed
+            raise SystemExit(e.exit_code) from None
         finally:
             dist.shutdown()
 

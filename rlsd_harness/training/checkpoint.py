@@ -4,14 +4,18 @@ A checkpoint folder `step-000010/` holds the policy weights, each rank's optimiz
 optimizer's, over whatever parameters DeepSpeed gave it: the model's under ZeRO-0, flat fp32 partitions under
 ZeRO-1/2), the teacher's and reference's weights when they exist, RNG states, the step counters, the data
 position and the ledger totals. It is written to a temporary folder and renamed, so a crash mid-write
-leaves the previous checkpoint as the latest one.
+leaves the previous checkpoint as the latest one; its last file, manifest.json, lists every other file with
+its size and SHA-256, and a checkpoint is used only when all of them match (`verify`), so a damaged newest
+checkpoint (a disk error, a copy cut short) is skipped for the previous good one (`latest_good`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlsd_harness.dist import iter_full_parameters
+from rlsd_harness.training.durable import kill_point
+
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(FileNotFoundError):
+    """No usable checkpoint: the message names the folder and what is wrong with it."""
 
 
 def _optimizer_slots(engine) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
@@ -90,6 +101,7 @@ def save(folder: Path, trainer, rank: int, state: dict) -> Path:
     copies = {role: _copy_weights(holder) for role, holder in (("teacher", trainer.teacher), ("ref", trainer.ref))}
     if rank == 0:
         save_file(full, tmp / "model.safetensors")
+        kill_point("checkpoint")
         for role, weights in copies.items():
             if weights is not None:
                 save_file(weights, tmp / f"{role}.safetensors")
@@ -102,6 +114,7 @@ def save(folder: Path, trainer, rank: int, state: dict) -> Path:
     save_file(rng_tensors, tmp / f"rng-rank{rank}.safetensors")
     sched = engine.lr_scheduler
     meta = {
+        "ledger": trainer.ledger.state_dict(),  # each rank's own counts (the metrics sum them over ranks)
         "optimizer": opt_meta,
         "rng": rng_meta,
         "scheduler": {"last_epoch": sched.last_epoch, "_step_count": sched._step_count, "base_lrs": sched.base_lrs,
@@ -111,6 +124,8 @@ def save(folder: Path, trainer, rank: int, state: dict) -> Path:
     _barrier()
     if rank == 0:
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        (tmp / MANIFEST).write_text(json.dumps({"files": {n: _describe(tmp / n) for n in files}}, indent=1))
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)
@@ -118,10 +133,58 @@ def save(folder: Path, trainer, rank: int, state: dict) -> Path:
     return folder
 
 
+def _describe(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def verify(folder: Path) -> str | None:
+    """None when `folder` is a complete checkpoint whose files all match its manifest, else what is wrong."""
+    folder = Path(folder)
+    try:
+        listed = json.loads((folder / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST} (its write was cut short)"
+    except (ValueError, KeyError, TypeError) as e:
+        return f"unreadable {MANIFEST} ({e})"
+    for name, want in listed.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != want["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {want['bytes']}"
+        if _describe(path)["sha256"] != want["sha256"]:
+            return f"{name} does not match its SHA-256 in the manifest"
+    if "state.json" not in listed:
+        return "the manifest lists no state.json"
+    return None
+
+
+def latest_good(run_dir: Path, log: Callable[[str], None] | None = None) -> Path | None:
+    """The newest checkpoint that passes `verify`; each damaged newer one is named in a warning (to `log`),
+    together with the one used instead."""
+    damaged = []
+    for folder in reversed(_step_folders(run_dir)):
+        problem = verify(folder)
+        if problem is None:
+            for bad, why in damaged:
+                if log is not None:
+                    log(f"warning: checkpoint {bad} is damaged ({why}); using the previous good one, {folder}")
+            return folder
+        damaged.append((folder, problem))
+    if damaged and log is not None:
+        log("warning: no good checkpoint in " + "; ".join(f"{f} ({why})" for f, why in damaged))
+    return None
+
+
 def load(folder: Path, trainer, rank: int) -> dict:
     folder = Path(folder)
-    if not (folder / "state.json").exists():
-        raise FileNotFoundError(f"no complete checkpoint at {folder}")
+    problem = verify(folder)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {folder} is damaged: {problem}")
     engine = trainer.engine
     load_parameters(engine.module, load_file(folder / "model.safetensors"), engine.zero_optimization_stage() == 3)
     for role, holder in (("teacher", trainer.teacher), ("ref", trainer.ref)):
@@ -141,7 +204,10 @@ def load(folder: Path, trainer, rank: int) -> dict:
     for k, v in meta["scheduler"].items():
         setattr(engine.lr_scheduler, k, v)
     _set_rng_state(load_file(folder / f"rng-rank{rank}.safetensors"), meta["rng"])
-    return json.loads((folder / "state.json").read_text())
+    state = json.loads((folder / "state.json").read_text())
+    if "ledger" in meta and "ledger" in state:
+        state["ledger"] = meta["ledger"]
+    return state
 
 
 def _fp32_partitions(engine) -> list[torch.Tensor] | None:
@@ -187,8 +253,14 @@ def load_parameters(module: torch.nn.Module, state: dict[str, torch.Tensor], par
         module.load_state_dict(state, strict=False)  # tied aliases (saved once) are not in `state`
 
 
+def _step_folders(run_dir: Path) -> list[Path]:
+    return sorted(p for p in (Path(run_dir) / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
 def latest(run_dir: Path) -> Path | None:
-    steps = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
+    """The newest checkpoint folder that was completely written (its manifest is there); `latest_good`
+    also checks every file against it."""
+    steps = [p for p in _step_folders(run_dir) if (p / MANIFEST).exists()]
     return steps[-1] if steps else None
 
 

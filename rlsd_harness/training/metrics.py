@@ -19,6 +19,8 @@ import re
 from pathlib import Path
 from typing import Any, Protocol
 
+from rlsd_harness.training.durable import kill_point
+
 ROLLOUT = ("reward", "reward_std_in_group", "mixed_groups", "response_length", "truncated", "leakage")
 TEACHER = {"teacher_kl": "kl", "teacher_updates": "updates"}
 INDEX = ("step", "rollout_step")
@@ -131,8 +133,10 @@ class JsonlSink:
         self.path = path
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        line = json.dumps(metrics) + "\n"
         with self.path.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
+            kill_point("metrics", lambda: (f.write(line[: len(line) // 2]), f.flush()))
+            f.write(line)
 
     def close(self) -> None:
         pass

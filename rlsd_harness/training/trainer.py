@@ -17,6 +17,7 @@ from rlsd_harness import dist
 from rlsd_harness.algorithms import build_objective
 from rlsd_harness.algorithms.batch import PolicyOutput, PromptInputs, RolloutBatch, VisionInputs
 from rlsd_harness.algorithms.common import masked_mean
+from rlsd_harness.config import BUDGET_KEYS
 from rlsd_harness.rollout.hf import (
     HFRolloutEngine,
     SamplingParams,
@@ -241,6 +242,46 @@ class Trainer:
         self.ledger = Ledger()
         self.step_count = 0  # optimizer steps done
         self.rollout_step = 0  # rollout batches done
+
+    # ------------------------------------------------------------------ resumable state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides tensors and RNG that a later step, metric or stopping decision reads: the step
+        counters, the ledger's totals (budgets), the teacher's update count, the data position, DeepSpeed's
+        step counters. (Weights, optimizer, scheduler and RNG are the checkpoint's tensors.)"""
+        return {
+            "step_count": self.step_count, "rollout_step": self.rollout_step,
+            "ledger": self.ledger.state_dict(),
+            "teacher_updates": self.teacher.updates if self.teacher is not None else 0,
+            # prompts are a pure function of (seed, step): the next step's batch is all the position there is
+            "data": {"next_step": self.rollout_step + 1, "rows": len(getattr(self.data, "rows", ()))},
+            "engine": {k: int(getattr(self.engine, k, 0)) for k in ("global_steps", "global_samples", "micro_steps")},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        rows = len(getattr(self.data, "rows", ()))
+        saved_rows = state.get("data", {}).get("rows", rows)
+        if saved_rows != rows:
+            raise ValueError(f"the checkpoint was trained on {saved_rows} data rows, data.path has {rows} now: "
+                             f"the prompt order of the resumed steps would differ")
+        self.step_count, self.rollout_step = int(state["step_count"]), int(state["rollout_step"])
+        self.ledger.load_state_dict(state["ledger"])
+        if self.teacher is not None:
+            self.teacher.updates = int(state.get("teacher_updates", 0))
+        for k, v in state.get("engine", {}).items():
+            if hasattr(self.engine, k):
+                setattr(self.engine, k, v)
+
+    def cumulative(self) -> dict[str, float]:
+        """The run's totals under the names a step's metrics give them (what a budget reads), without a step:
+        summed over ranks as `_close_step` sums them (a collective: every rank calls it)."""
+        counts = {f"cum/{k}": v for k, v in self.ledger.total.items()}
+        if self.world > 1:
+            keys = sorted(k for k in counts if not k.startswith("cum/time"))
+            counts.update(zip(keys, dist.all_reduce_sum([counts[k] for k in keys])))
+        out = namespaced({"step": float(self.step_count), **counts})
+        for key in BUDGET_KEYS.values():  # before the first step nothing is spent
+            out.setdefault(key, 0.0)
+        return out
 
     # ------------------------------------------------------------------ one RL step
     def step(self) -> dict[str, float]:
