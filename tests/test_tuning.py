@@ -149,6 +149,18 @@ def test_a_rerun_writes_a_fresh_folder_and_leaves_the_finished_one_untouched(off
         compare.compare(exp_file, out=first)
 
 
+def test_tuning_runs_that_would_evaluate_nothing_are_refused_before_any_compute(offline, tmp_path):
+    fake, _ = offline
+    silent = tmp_path / "silent.yaml"
+    silent.write_text(EXPERIMENT.replace("overrides: [train.budget.value=2e11]",
+                                         "overrides: [train.budget.value=2e11, train.eval_every=0]"))
+    with pytest.raises(ConfigError, match="tuning runs would write no validation records"):
+        compare.compare(str(silent))
+    assert fake.configs == [] and not (tmp_path / "results" / "silent").exists()
+    dry = compare.compare("reference", dry=True)  # the committed reference study's tuning runs do evaluate
+    assert "tuning first: 5 methods x 2 grid points x 2 seeds" in dry
+
+
 def test_every_method_gets_the_same_grid_size_and_picks_never_read_the_test_split(tmp_path):
     bad = tmp_path / "uneven.yaml"
     bad.write_text(EXPERIMENT.replace("grpo: {lr: [1e-5, 5e-5, 1e-4, 2e-4]}", "grpo: {lr: [1e-5, 5e-5]}"))
