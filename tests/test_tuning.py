@@ -61,7 +61,7 @@ class FakeRun:
     def __init__(self):
         self.configs = []
 
-    def __call__(self, cfg, log=None):
+    def __call__(self, cfg, log=None, **_):
         self.configs.append(cfg)
         method, lr = cfg.algorithm.name, float(cfg.algorithm.lr or cfg.optim.lr)
         knob = {"opsd": "pointwise_clip", "rlsd": "eps_w"}.get(method)
