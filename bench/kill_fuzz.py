@@ -3,7 +3,8 @@ the kill-and-resume fuzzer.
 
 For each objective (GRPO with a FLOPs budget, RLSD with a teacher synced every 2 steps, SDPO with its EMA
 teacher) it trains one uninterrupted reference run, then `kills` runs of the same config that are SIGKILLed:
-half at a random moment of the process's life, half at a dangerous one, named by HARNESS_KILL_AT
+half at a random moment of the process's life (a delay past the run's end kills nothing; the table counts
+only real kills), half at each dangerous one in turn, named by HARNESS_KILL_AT
 (rlsd_harness/training/durable.py: inside a checkpoint's write, inside final/, inside a metrics line, between
 final/ and the completion marker). Each killed run is then continued the way a user would (run.resume=true
 while it has a checkpoint, run.overwrite=true while it has none; a third of those continuations are killed
@@ -129,7 +130,7 @@ def fuzz_objective(name: str, kills: int, out: Path, rng: random.Random) -> dict
     for i in range(kills):
         run_args = [*base, f"run.name=k{i:03d}"]
         if i % 2 == 0:
-            point = rng.choice(RUN_POINTS)
+            point = RUN_POINTS[(i // 2) % len(RUN_POINTS)]  # each named point in turn
             n = {"checkpoint": rng.randint(1, saves), "metrics": rng.randint(1, steps)}.get(point, 1)
             how = f"{point}:{n}"
             rc, _ = launch("train", run_args, kill_at=how, log=log)

@@ -45,6 +45,9 @@ def differences(a: Path, b: Path, checkpoints: bool = True) -> list[str]:
         bad = sorted(k for k in keys if la.get(k) != lb.get(k))
         if bad:
             out.append(f"metrics step {la.get('rollout_step')}: {bad[:6]}")
+    ea, eb = ({q.name: q.read_text() for q in sorted((r / "evals").glob("*.jsonl"))} for r in (a, b))
+    if ea != eb:  # the per-item records of every held-out evaluation
+        out.append(f"evals/: {sorted(k for k in ea.keys() | eb.keys() if ea.get(k) != eb.get(k))[:4]}")
     for name in ("model.safetensors",):
         fa, fb = a / "final" / name, b / "final" / name
         if fa.exists() != fb.exists():

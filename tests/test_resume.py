@@ -110,8 +110,8 @@ def test_resume_with_a_changed_config_is_refused_naming_each_key(tmp_path, tiny_
     run_dir = train(tmp_path, "c", "train.steps=1")
     before = files_of(run_dir)
     with pytest.raises(ConfigError) as e:
-        train(tmp_path, "c", "train.steps=1", "run.resume=true", "seed=1", "train.group_size=2", "algorithm=rlsd")
-    for key in ("seed: 0 -> 1", "train.group_size: 4 -> 2", "algorithm.name: 'grpo' -> 'rlsd'", "run.resume_changed=true"):
+        train(tmp_path, "c", "train.steps=1", "run.resume=true", "seed=1", "train.group_size=8", "algorithm=rlsd")
+    for key in ("seed: 0 -> 1", "train.group_size: 4 -> 8", "algorithm.name: 'grpo' -> 'rlsd'", "run.resume_changed=true"):
         assert key in str(e.value)
     assert files_of(run_dir) == before  # nothing written
 
