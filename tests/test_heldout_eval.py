@@ -339,3 +339,34 @@ def test_runner_reads_eval_k_and_the_sample_decoding(tiny, tiny_dir, tmp_path):
     # a named decoding at its default k keeps the identity earlier runner folders recorded
     paper = heldout.decoding_from_config(OmegaConf.create({"decoding": "paper", "k": None}))
     assert paper.identity() == heldout.DECODING["paper"]
+
+
+def test_cached_base_evaluation_is_the_computed_one_and_is_keyed_by_the_weights(tiny, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    model, processor = tiny
+    cfg = _cfg("eval.cache_base=true", "eval.decoding=paper", "eval.k=2")
+    calls = []
+    real = heldout.evaluate_model
+    monkeypatch.setattr(heldout, "evaluate_model", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+
+    def evaluate(folder: str, step: int = 0) -> list[dict]:
+        ev = RunEvaluator(cfg, EmbeddedData(level=1), ExactVerifier())
+        ev.place(tmp_path / folder, 0, 1)
+        ev.run(model, processor, [Target("test", 6, 0.0)], rollout_step=step)
+        return heldout.read_records(tmp_path / folder / "evals" / f"test-step{step:06d}.jsonl")
+
+    first = evaluate("a")
+    assert len(calls) == 1 and len(list((tmp_path / "cache" / "evals").glob("*.jsonl"))) == 1
+    assert evaluate("b") == first and len(calls) == 1  # read from the cache, identical records
+    evaluate("c", step=3)  # only the base (step 0) is cached
+    assert len(calls) == 2
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        with torch.no_grad():
+            next(model.parameters()).add_(1e-3)
+        evaluate("d")  # other weights: evaluated, not read
+        assert len(calls) == 3 and len(list((tmp_path / "cache" / "evals").glob("*.jsonl"))) == 2
+    finally:
+        model.load_state_dict(state)

@@ -200,6 +200,7 @@ KEYS: list[Key] = [
         gt=0, le=1),
     Key("eval.budget_n", "int", "items of the budget-point evaluations", ge=1),
     Key("eval.budget_split", "str", "split of the budget-point evaluations", choices=("validation", "test")),
+    Key("eval.cache_base", "bool", "single-process runs reuse a cached step-0 evaluation of the same weights, items and decoding"),
     Key("eval.max_new_tokens", "int", "generation budget of training-time evaluation", ge=1),
     Key("eval.benchmark_max_new_tokens", "int", "generation budget of the benchmark runner", ge=1),
     Key("eval.batch", "int", "prompts per generate call of the benchmark runner", ge=1),

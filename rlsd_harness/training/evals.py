@@ -21,6 +21,12 @@ to that step's metrics line, <name> being the split or the benchmark key; eval/s
 evaluations of the step. A routine and a budget-point evaluation of the same split at one step are one
 evaluation of the larger size (a smaller set is a prefix of a larger one).
 
+With `eval.cache_base: true` a single-process run reads its step-0 evaluations of the held-out splits
+from the cache (HARNESS_CACHE/evals/) when an earlier run evaluated the same weights on the same items with
+the same decoding: every run of a study starts from one base, and its step-0 evaluation is deterministic
+(the samples are seeded by item, not by run). The key hashes the parameters' bytes, the item ids, the
+decoding, the token limit and the data config (which fixes the verifier).
+
 Items are sharded over the ranks (under ZeRO-3 each forward needs all of them); a set that does not split
 evenly loses its last few items, so that every rank runs the same generate calls. Scoring happens on each
 rank's shard: a stateful scorer (MMMU's random fallback for unparseable answers) draws per shard.
@@ -28,6 +34,7 @@ rank's shard: a stateful scorer (MMMU's random fallback for unparseable answers)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -35,9 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rlsd_harness import dist
 from rlsd_harness.config import BUDGET_KEYS, ConfigError
 from rlsd_harness.evaluation import heldout
+from rlsd_harness.models import cache_root
 
 DATA_BATCH = 128  # held-out prompts per generate call (the embedded task's prompts and answers are short)
 
@@ -108,6 +118,7 @@ class RunEvaluator:
         self.split, self.budget_split = ecfg.get("split"), ecfg.get("budget_split", "test")
         self.benchmarks = [str(b) for b in (cfg.train.get("eval_benchmarks") or [])]
         self.done: set[float] = set()
+        self.cache_base = bool(ecfg.get("cache_base", False))
         self.sources: dict[str, _Source] = {}
         if not self.enabled:
             return
@@ -209,19 +220,37 @@ class RunEvaluator:
             keep = t.n - t.n % self.world
             if keep == 0:
                 raise ConfigError(f"{t.name}: {t.n} held-out items cannot be shared by {self.world} ranks")
-            shard = slice(self.rank, keep, self.world)
-            mine = heldout.evaluate_model(
-                model, processor, source.items[shard], source.ids[shard], self.decoding, source.max_new_tokens,
-                source.new_scorer, source.prompt, batch=source.batch, synced=synced, seed_uid=source.seed_uid)
-            gathered = dist.all_gather_object(mine)
-            # rank r holds items r, r + world, ...: interleave back into item order
-            records = [gathered[i % self.world][i // self.world] for i in range(keep)]
+            cached = None
+            if self.cache_base and rollout_step == 0 and self.world == 1 and t.name in heldout.SPLITS:
+                cached = self._cache_file(model, source, keep)
+            if cached is not None and cached.exists():
+                records = heldout.read_records(cached)
+            else:
+                shard = slice(self.rank, keep, self.world)
+                mine = heldout.evaluate_model(
+                    model, processor, source.items[shard], source.ids[shard], self.decoding, source.max_new_tokens,
+                    source.new_scorer, source.prompt, batch=source.batch, synced=synced, seed_uid=source.seed_uid)
+                gathered = dist.all_gather_object(mine)
+                # rank r holds items r, r + world, ...: interleave back into item order
+                records = [gathered[i % self.world][i // self.world] for i in range(keep)]
+                if cached is not None:
+                    heldout.write_records(cached, records)
             rel = f"evals/{t.name}-step{rollout_step:06d}.jsonl"
             if self.rank == 0:
                 heldout.write_records(self.run_dir / rel, records)
             out.update(heldout.metric_entries(t.name, heldout.summarise(records), rel, t.budget_point))
         out["eval/seconds"] = time.perf_counter() - t0
         return out
+
+    def _cache_file(self, model: Any, source: _Source, n: int) -> Path:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(json.dumps({"ids": source.ids[:n], "decoding": repr(self.decoding),
+                                  "max_new_tokens": source.max_new_tokens,
+                                  "data": repr(self.cfg.data), "model": repr(self.cfg.model)}, sort_keys=True).encode())
+        return cache_root() / "evals" / f"{digest.hexdigest()[:20]}.jsonl"
 
 
 def read_metrics(path: Path) -> list[dict]:
