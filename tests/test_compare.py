@@ -113,3 +113,36 @@ def test_matrix_recovers_from_kills_at_its_dangerous_moments(tmp_path, tiny_dir,
     assert [json.loads(x)["rollout_step"] for x in (grpo / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
     assert (tmp_path / "smoke" / "table.csv").stat().st_size > 0
     assert (tmp_path / "smoke" / "credit_rlsd.png").exists()
+
+
+def test_parallel_workers_train_the_same_runs_as_one_process_at_the_same_thread_count(tmp_path, tiny_dir,
+                                                                                        no_shutdown):
+    import torch
+
+    if (os_cores := __import__("os").cpu_count() or 1) < 2:
+        pytest.skip("needs 2 cores for 2 workers")
+    args = ["experiment=smoke", "model.warmup=null", "rollout.max_new_tokens=8", "train.prompts_per_step=2",
+            "train.group_size=4", "train.micro_batch_size=8", "eval.n=8", "eval.budget_n=8", "train.steps=2",
+            "train.save_every=0"]
+    compare_main([f"out={tmp_path / 'parallel'}", "workers=2", *args])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, os_cores // 2))  # what each of the two workers ran with
+    try:
+        compare_main([f"out={tmp_path / 'serial'}", *args])
+    finally:
+        torch.set_num_threads(threads)
+    meta = json.loads((tmp_path / "parallel" / "meta.json").read_text())
+    assert meta["workers"] == 2 and meta["threads_per_run"] == max(1, os_cores // 2)
+    for run in ("grpo-s0", "rlsd-s0", "grpo-s1", "rlsd-s1"):
+        lines = [(tmp_path / mode / "runs" / run / "metrics.jsonl").read_text().splitlines() for mode in
+                 ("parallel", "serial")]
+        drop = re.compile(r'"[^"]*(time|seconds)[^"]*": [-0-9.e]+,? ?')
+        assert [drop.sub("", x) for x in lines[0]] == [drop.sub("", x) for x in lines[1]], run
+        assert (tmp_path / "parallel" / "runs" / run / "final").is_dir()
+
+
+def test_workers_out_of_range_is_refused_before_anything_is_written(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        compare_main(["experiment=smoke", f"out={tmp_path / 'x'}", "workers=0"])
+    assert e.value.code == 2 and "workers must be an integer from 1" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

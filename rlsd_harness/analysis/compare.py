@@ -11,6 +11,12 @@ Runs land in <out>/runs/<method>-s<seed>/. Finished runs are not rerun; an inter
 last checkpoint; a run that fails is recorded (failed.json) and counted as failed in the tables. The report
 (tables, plots, README) is rebuilt from the run folders at the end (analysis/report.py).
 
+With `workers` > 1 the runs of each phase (tuning, then the test matrix) train `workers` at a time, each
+in its own process with torch limited to cores // workers threads: the tiny model's matmuls do not use two
+cores well, so on a 2-core machine two one-thread runs finish about 1.4x sooner than one two-thread run
+after the other. A run's numbers depend on its thread count (the order of float reductions), which
+meta.json records; a rerun that should match bit for bit uses the same `workers`.
+
 Results are never overwritten: when the default folder results/<experiment>/ holds a finished study
 (meta.json with `finished`, and no failed run or a meta.json committed to git), a rerun writes a fresh
 results/<experiment>-rerun-<timestamp>/ and compares itself with the finished one (compare_with.md); an
@@ -20,14 +26,17 @@ explicit out= naming a finished study is refused.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import torch
@@ -142,17 +151,71 @@ def _train(run_dir: Path, cfg: DictConfig, log: Callable[[str], None], command: 
     kill_point("matrix")
 
 
+_DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _train_in_worker(run_dir: str, cfg_yaml: str, command: str, threads: int) -> None:
+    """One matrix run in a fresh process (`workers` > 1): its own one-rank process group on its own port."""
+    for key in _DIST_ENV:
+        os.environ.pop(key, None)
+    torch.set_num_threads(threads)
+    _train(Path(run_dir), OmegaConf.create(cfg_yaml), lambda msg: print(msg, file=sys.stderr, flush=True), command)
+    from rlsd_harness import dist
+
+    dist.shutdown()
+
+
+def _train_all(jobs: Sequence[tuple[str, Path, DictConfig]], workers: int, log: Callable[[str], None],
+               command: str, bar) -> None:
+    """Train (label, run folder, config) jobs in order, `workers` at a time. A signal to this process is
+    passed on to the runs in flight, which checkpoint and stop as a single run does."""
+    if workers == 1:
+        for label, run_dir, cfg in jobs:
+            bar.set_postfix(run=label)
+            _train(run_dir, cfg, log, command)
+            bar.update(1)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def forward(signum, frame):  # noqa: ARG001
+        for process in list(getattr(pool, "_processes", {}).values()):
+            if process.is_alive():
+                os.kill(process.pid, signum)
+
+    for sig in previous:
+        signal.signal(sig, forward)
+    try:
+        pending = {pool.submit(_train_in_worker, str(run_dir), OmegaConf.to_yaml(cfg), command, threads): label
+                   for label, run_dir, cfg in jobs}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                label = pending.pop(future)
+                if future.exception() is not None:  # _train records a run's failure itself; this is the worker's
+                    log(f"{label}: worker failed: {future.exception()}")
+                bar.set_postfix(finished=label)
+                bar.update(1)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def compare(name: str = "embedded", out: str | Path | None = None, overrides: list[str] | None = None,
-            dry: bool = False) -> Path | str:
+            dry: bool = False, workers: int = 1) -> Path | str:
     """Run (or continue) experiment `name` into `out` (default results/<name>, or a fresh rerun folder when
     that holds a finished study) and write its report; returns the folder. With `dry`, only validates every
-    run's configuration and returns the plan as text."""
+    run's configuration and returns the plan as text. `workers`: runs trained at once (module docstring)."""
     from tqdm.auto import tqdm
 
     from rlsd_harness import dist
     from rlsd_harness.analysis.report import write_comparison, write_json, write_report, write_tuning
 
     extra = list(overrides or [])
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= (os.cpu_count() or 1):
+        raise ConfigError(f"workers must be an integer from 1 to this machine's {os.cpu_count()} cores; got {workers!r}")
     exp = load_experiment(name)
     path = experiment_path(name)  # an experiment file outside config/experiment/ is recorded for rlsd-report
     source, name = (None if path.parent == CONFIG_DIR / "experiment" else str(path.resolve())), path.stem
@@ -188,13 +251,12 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     if previous is not None:
         log(f"{previous} holds a finished study; this run writes {target} and compares itself with it")
     started = time.time()
-    command = " ".join(["rlsd-compare", f"experiment={name}", f"out={target}", *map(shlex.quote, extra)])
+    command = " ".join(["rlsd-compare", f"experiment={name}", f"out={target}",
+                        *([f"workers={workers}"] if workers > 1 else []), *map(shlex.quote, extra)])
     bar = tqdm(total=len(tuning_jobs) + len(jobs), desc=f"{name}: {'tuning + ' if grid else ''}methods x seeds",
                unit="run", position=0, dynamic_ncols=True)
-    for (pt, seed), cfg in zip(tuning_jobs, tuning_cfgs):
-        bar.set_postfix(run=f"tuning/{pt.label}-s{seed}")
-        _train(tuning_dir / f"{pt.label}-s{seed}", cfg, log, command)
-        bar.update(1)
+    _train_all([(f"tuning/{pt.label}-s{seed}", tuning_dir / f"{pt.label}-s{seed}", cfg)
+                for (pt, seed), cfg in zip(tuning_jobs, tuning_cfgs)], workers, log, command, bar)
     picks: dict[str, dict] = {}
     if grid:
         old_picks = json.loads((target / "picks.json").read_text())["picks"] if (target / "picks.json").exists() else None
@@ -209,18 +271,18 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
                               f"at the old picks; give a fresh out= folder")
         for m, p in picks.items():
             log(f"tuning pick for {m}: {' '.join(p['overrides'])} (validation mean@k {p['validation_mean']:.3f})")
-    for (method, seed), cfg in zip(jobs, test_cfgs):
-        bar.set_postfix(run=f"{method}-s{seed}")
-        if grid:
-            picked = picks[arms(exp)[method][0]]["overrides"]
-            cfg = checked(run_overrides(exp, method, seed, runs_dir, extra, picked))
-        _train(runs_dir / f"{method}-s{seed}", cfg, log, command)
-        bar.update(1)
+    if grid:
+        test_cfgs = [checked(run_overrides(exp, m, s, runs_dir, extra, picks[arms(exp)[m][0]]["overrides"]))
+                     for m, s in jobs]
+    _train_all([(f"{m}-s{s}", runs_dir / f"{m}-s{s}", cfg) for (m, s), cfg in zip(jobs, test_cfgs)],
+               workers, log, command, bar)
     bar.close()
     dist.shutdown()
     meta = {"experiment": name, "experiment_file": source, "seconds": time.time() - started,
             "machine": f"{platform.platform()}, {os.cpu_count()} CPU cores, no GPU" if not torch.cuda.is_available()
             else f"{platform.platform()}, {torch.cuda.get_device_name()}",
+            "workers": workers, "threads_per_run": max(1, (os.cpu_count() or 1) // workers) if workers > 1
+            else torch.get_num_threads(),
             "tuning": bool(grid), "rerun_of": str(previous) if previous else None,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     write_json(meta, target / "meta.json")
@@ -230,7 +292,8 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
 
         picks_w = token_weights(rlsd_runs[0])
         write_json(picks_w, target / "credit_rlsd.json")
-        draw(picks_w, target / "credit_rlsd.png")
+        if picks_w:  # none when no response of the probe batch was rewarded
+            draw(picks_w, target / "credit_rlsd.png")
     if previous is not None:
         write_comparison(target, previous, exp)
     write_report(target, exp, meta)

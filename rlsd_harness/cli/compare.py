@@ -9,7 +9,17 @@ from rlsd_harness.cli import flag, run_main, split_args
 
 OWN = {"experiment": "an experiment of config/experiment/ (default embedded)",
        "out": "output folder (default results/<experiment>)",
-       "dry_run": "true: validate and print the plan, train nothing"}
+       "dry_run": "true: validate and print the plan, train nothing",
+       "workers": "runs trained at once, each in its own process (default 1; 2 on a 2-core machine is ~1.4x faster)"}
+
+
+def _workers(value: str) -> int:
+    from rlsd_harness.config import ConfigError
+
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"workers must be an integer (runs trained at once); got {value!r}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         own, overrides = split_args(argv, "rlsd-compare", __doc__, OWN)
         try:
             result = compare(own.get("experiment", "embedded"), own.get("out"), overrides,
-                             dry=flag(own.get("dry_run"), "dry_run"))
+                             dry=flag(own.get("dry_run"), "dry_run"), workers=_workers(own.get("workers", "1")))
         except Interrupted as e:  # the run's checkpoint and the command that continues were printed
             raise SystemExit(e.exit_code) from None
         print(result if isinstance(result, str) else f"results in {result}")
