@@ -426,3 +426,15 @@ def test_nan_check_reads_every_tensor(tmp_path):
 
     save_file({"a": torch.ones(2), "b": torch.tensor([1.0, float("inf")])}, tmp_path / "w.safetensors")
     assert [n for n, t in _iter_tensors(tmp_path / "w.safetensors") if not torch.isfinite(t).all()] == ["b"]
+
+
+def test_every_documented_decoding_passes_the_schema():
+    from rlsd_harness.config import compose_config
+    from rlsd_harness.training.preflight import check_config
+
+    from rlsd_harness.evaluation.heldout import DECODINGS
+
+    assert "sample" in DECODINGS
+    for name in DECODINGS:
+        extra = ["eval.k=1"] if name == "greedy" else []
+        check_config(compose_config([f"eval.decoding={name}", *extra]))

@@ -21,6 +21,6 @@ def test_every_reference_run_composes_and_grpo_spends_the_budget_before_the_step
     for arm in arms(exp):
         cfg = compose_config(run_overrides(exp, arm, 0, tmp_path, []))
         assert cfg.train.budget.kind == "flops"
-        assert cfg.eval.decoding == "paper"
+        assert cfg.eval.decoding == "sample" and cfg.eval.sampling.temperature == cfg.rollout.temperature
         if arm == "grpo":
             assert cfg.train.steps * GRPO_FLOPS_PER_STEP > float(cfg.train.budget.value)

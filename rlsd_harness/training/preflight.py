@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from rlsd_harness.config import ConfigError, schema
 from rlsd_harness.data import SCHEMAS
-from rlsd_harness.evaluation.heldout import DECODING
+from rlsd_harness.evaluation.heldout import DECODINGS
 from rlsd_harness.models import ARCHS, check_weights
 from rlsd_harness.training.metrics import TRACKERS
 from rlsd_harness.training.teacher import WEIGHT_SOURCES, TeacherConfig, teacher_config
@@ -32,7 +32,7 @@ def registries() -> dict[str, Any]:
         # the sizes of the configured architecture; none to check against when the architecture is wrong
         "model size": lambda cfg: list(ARCHS[arch]) if (arch := OmegaConf.select(cfg, "model.arch")) in ARCHS else None,
         "verifier": list(VERIFIERS),
-        "decoding": list(DECODING),
+        "decoding": list(DECODINGS),
         "teacher weights": list(WEIGHT_SOURCES),
         "data schema": list(SCHEMAS),
         "tracker": list(TRACKERS),
