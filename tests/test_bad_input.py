@@ -430,9 +430,8 @@ def test_nan_check_reads_every_tensor(tmp_path):
 
 def test_every_documented_decoding_passes_the_schema():
     from rlsd_harness.config import compose_config
-    from rlsd_harness.training.preflight import check_config
-
     from rlsd_harness.evaluation.heldout import DECODINGS
+    from rlsd_harness.training.preflight import check_config
 
     assert "sample" in DECODINGS
     for name in DECODINGS:
