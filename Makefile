@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -c "import importlib.util as u, sys; bad = [m for m in ('torchvision', 'vllm') if u.find_spec(m)]; sys.exit(f'{bad} installed on the CPU stack' if bad else 0)"
 	touch $(STAMP)
 
+# two runs at a time where there are two cores (rlsd-compare workers=N)
+WORKERS ?= $(shell [ "$$(nproc)" -ge 2 ] && echo 2 || echo 1)
+
 demo: $(STAMP)
-	$(VENV)/bin/rlsd-compare experiment=embedded
+	$(VENV)/bin/rlsd-compare experiment=embedded workers=$(WORKERS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
