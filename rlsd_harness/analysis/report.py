@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rlsd_harness.analysis import stats
+from rlsd_harness.analysis import claims, stats
 from rlsd_harness.config import (
     BUDGET_KEYS,
     PICK_RULE,
@@ -669,6 +669,14 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
     write_csv(per_seed, out / "per_seed.csv")
     write_text(out / "per_seed.md", per_seed_markdown(per_seed))
     df = load_runs(out / "runs")
+    quantities = claims.run_quantities(df, study.records if study.mode == "items" else None)
+    claims_md = ""
+    if not quantities.empty:
+        learning, claim_table = claims.learning_rows(quantities, order), claims.claim_rows(quantities, cfg["baseline"])
+        write_csv(quantities, out / "per_run_dynamics.csv")
+        write_csv(pd.concat([learning.assign(table="learning"), claim_table.assign(table="claims")]), out / "claims.csv")
+        claims_md = claims.markdown(learning, claim_table)
+        write_text(out / "claims.md", claims_md)
     if plots:
         plot_accuracy(study, order, cfg["kind"], out / "accuracy_vs_compute.png", summaries)
         plot_dynamics(df, order, out / "dynamics.png")
@@ -696,6 +704,9 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
     if (out / "tuning.md").exists():
         lines += ["## Tuning", "", (out / "tuning.md").read_text(), ""]
     lines += ["## Tables", "", (out / "table.md").read_text(), ""]
+    if claims_md:
+        lines += ["## Learning signal and the paper's claims", "", claims.__doc__.split("\n\n")[1].strip(), "",
+                  claims_md, ""]
     unresolved = _cannot_resolve(sections, cfg["delta"])
     if unresolved:
         lines += ["## What this study cannot resolve", "",
@@ -716,7 +727,8 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
         lines += [f"- {r.run}: unfinished" for r in unfinished.itertuples()]
         lines.append("")
     lines += ["Files: table.md / table.csv (every table; the csv in fractions, as analysis/stats.py returns them), "
-              "per_seed.md / per_seed.csv, accuracy_vs_compute.png, dynamics.png"
+              "per_seed.md / per_seed.csv, claims.md / claims.csv / per_run_dynamics.csv, accuracy_vs_compute.png, "
+              "dynamics.png"
               + (", tuning.md / tuning.csv / picks.json" if (out / "tuning.md").exists() else "") + "."]
     write_text(out / "README.md", "\n".join(lines) + "\n")
     return sections

@@ -1,0 +1,182 @@
+"""The learning signal and the RLSD paper's dynamics claims, measured on a comparison's runs with intervals.
+
+Every quantity is one number per run (per seed); a method's value is the mean over its seeds with a 95 %
+Student-t interval (scipy.stats.t), and a difference between two methods is paired by seed (the same seed
+gives the same base policy, prompt stream and test items) with a paired t-test (scipy.stats.ttest_rel).
+
+- Learning signal (the laptop task's criterion: GRPO gains at least 15 points in both):
+  training reward = mean `rollout/reward` of the last `window` steps minus that of the first `window`;
+  test mean@k = the run's test score at the last budget point minus its base (step-0) score, over the same
+  items.
+- The paper's claims (arXiv 2604.03128), each given a verdict by a stated rule:
+  1. RLSD >= GRPO at matched compute: the paired difference RLSD - GRPO of test mean@k at the last budget
+     point (held: its interval lies above 0; did not hold: below 0).
+  2. OPSD peaks early and then falls while its leakage rises: OPSD's test score at the last budget point
+     minus at the first (a fall is negative), and its leakage (`rollout/leakage`) change, last window minus
+     first (held: the first interval below 0 and the second above 0).
+  3. GRPO's entropy falls faster than RLSD's: the change of `actor/entropy` (last window minus first) over
+     the same compute, paired difference GRPO - RLSD (held: its interval below 0, GRPO's falls more).
+  4. RLSD's w-clip fraction is a few percent: the mean over steps of `actor/w_clip_frac` (tokens whose
+     evidence weight hit 1 - eps_w or 1 + eps_w; held: its interval inside [1 %, 10 %]).
+
+A verdict is `held` or `did not hold` only when the interval excludes the alternative; otherwise
+`cannot tell`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+CONFIDENCE = 0.95
+FEW_PERCENT = (0.01, 0.10)  # "a few percent": the w-clip fraction's interval inside [1 %, 10 %]
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float, int]:
+    """Mean, 95 % t-interval (low, high) and n of `values` (NaNs dropped; no interval below 2 values)."""
+    x = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    if len(x) < 2:
+        return (float(x.mean()) if len(x) else float("nan")), float("nan"), float("nan"), len(x)
+    if np.all(x == x[0]):
+        return float(x[0]), float(x[0]), float(x[0]), len(x)
+    low, high = sps.t.interval(confidence, len(x) - 1, loc=x.mean(), scale=sps.sem(x))
+    return float(x.mean()), float(low), float(high), len(x)
+
+
+def paired_difference(a: pd.Series, b: pd.Series) -> dict[str, float]:
+    """a - b over the seeds both have: mean, t-interval, paired t-test p-value, n."""
+    both = pd.concat([a.rename("a"), b.rename("b")], axis=1).dropna()
+    mean, low, high, n = t_interval(both["a"] - both["b"])
+    p = float(sps.ttest_rel(both["a"], both["b"]).pvalue) if n >= 2 and (both["a"] - both["b"]).std() > 0 else float("nan")
+    return {"mean": mean, "ci_low": low, "ci_high": high, "p": p, "n": n}
+
+
+def run_quantities(df: pd.DataFrame, records: pd.DataFrame, window: int = 10) -> pd.DataFrame:
+    """One row per finished run (method, seed): the per-run quantities the claims read.
+
+    `df` is report.load_runs (every metrics line); `records` is the study's per-item test records
+    (method, seed, budget, item, score)."""
+    rows = []
+    finished = df[df["status"] == "finished"] if "status" in df else df
+    for (method, seed), run in finished.groupby(["method", "seed"]):
+        steps = run[run.get("rollout/reward").notna()] if "rollout/reward" in run else run.iloc[0:0]
+        steps = steps.sort_values("step")
+        row = {"method": method, "seed": int(seed), "steps": len(steps)}
+
+        def change(key: str, steps=steps) -> float:
+            if key not in steps or steps[key].notna().sum() < 2 * window:
+                return float("nan")
+            x = steps[key].dropna()
+            return float(x.iloc[-window:].mean() - x.iloc[:window].mean())
+
+        row["reward_first"] = float(steps["rollout/reward"].iloc[:window].mean()) if len(steps) else float("nan")
+        row["reward_gain"] = change("rollout/reward")
+        row["entropy_change"] = change("actor/entropy")
+        row["leakage_change"] = change("rollout/leakage")
+        row["w_clip_frac"] = float(steps["actor/w_clip_frac"].mean()) if "actor/w_clip_frac" in steps else float("nan")
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if out.empty or records is None or records.empty:
+        return out
+    per_budget = records.groupby(["method", "seed", "budget"])["score"].mean().unstack("budget")
+    points = sorted(b for b in per_budget.columns if b > 0)
+    if points and 0.0 in per_budget.columns:
+        gain = (per_budget[points[-1]] - per_budget[0.0]).rename("test_gain")
+        out = out.merge(gain.reset_index(), on=["method", "seed"], how="left")
+    if points:
+        out = out.merge(per_budget[points[-1]].rename("test_last").reset_index(), on=["method", "seed"], how="left")
+        first = per_budget[points[0]].rename("test_first").reset_index()
+        out = out.merge(first, on=["method", "seed"], how="left")
+    return out
+
+
+def _series(q: pd.DataFrame, method: str, col: str) -> pd.Series:
+    sub = q[q["method"] == method]
+    return sub.set_index("seed")[col] if col in sub else pd.Series(dtype=float)
+
+
+def learning_rows(q: pd.DataFrame, methods: Sequence[str], criterion_points: float = 15.0) -> pd.DataFrame:
+    """Each method's training-reward and test mean@k gains over the base, in points, with intervals."""
+    rows = []
+    for m in methods:
+        for col, what in (("reward_gain", "sampled training reward, last minus first steps"),
+                          ("test_gain", "test mean@k, last budget point minus base")):
+            if col not in q:
+                continue
+            mean, low, high, n = t_interval(_series(q, m, col))
+            rows.append({"method": m, "measure": what, "gain": 100 * mean, "ci_low": 100 * low, "ci_high": 100 * high,
+                         "seeds": n, f"mean >= {criterion_points:g}": bool(100 * mean >= criterion_points)})
+    return pd.DataFrame(rows)
+
+
+def _verdict(low: float, high: float, held_if_low_above: float | None = None,
+             held_if_high_below: float | None = None) -> str:
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "cannot tell"
+    if held_if_low_above is not None:
+        return "held" if low > held_if_low_above else ("did not hold" if high < held_if_low_above else "cannot tell")
+    return "held" if high < held_if_high_below else ("did not hold" if low > held_if_high_below else "cannot tell")
+
+
+def claim_rows(q: pd.DataFrame, grpo: str = "grpo", rlsd: str = "rlsd", opsd: str = "opsd") -> pd.DataFrame:
+    """The four claims with their numbers and verdicts (rules in the module docstring and each row's `rule`)."""
+    rows = []
+    if "test_last" in q:
+        d = paired_difference(_series(q, rlsd, "test_last"), _series(q, grpo, "test_last"))
+        rows.append({"claim": f"{rlsd} >= {grpo} at matched compute", "quantity":
+                     f"test mean@k at the last budget point, {rlsd} - {grpo} (points)", **_points(d),
+                     "rule": "held if the interval lies above 0; did not hold if below 0",
+                     "verdict": _verdict(d["ci_low"], d["ci_high"], held_if_low_above=0.0)})
+    if {"test_last", "test_first"} <= set(q):
+        sub = q[q["method"] == opsd]
+        m, low, high, n = t_interval(sub["test_last"] - sub["test_first"])
+        lk = t_interval(sub["leakage_change"]) if "leakage_change" in sub else (float("nan"),) * 3 + (0,)
+        fell = _verdict(low, high, held_if_high_below=0.0)
+        rose = _verdict(lk[1], lk[2], held_if_low_above=0.0)
+        verdict = "held" if fell == rose == "held" else ("did not hold" if "did not hold" in (fell, rose) else "cannot tell")
+        rows.append({"claim": f"{opsd} peaks early, then falls while its leakage rises", "quantity":
+                     f"{opsd} test mean@k, last minus first budget point (points); leakage change "
+                     f"{100 * lk[0]:+.2f} [{100 * lk[1]:+.2f}, {100 * lk[2]:+.2f}] points",
+                     "mean": 100 * m, "ci_low": 100 * low, "ci_high": 100 * high, "p": float("nan"), "n": n,
+                     "rule": "held if the score change's interval lies below 0 and the leakage change's above 0",
+                     "verdict": verdict})
+    if "entropy_change" in q:
+        d = paired_difference(_series(q, grpo, "entropy_change"), _series(q, rlsd, "entropy_change"))
+        rows.append({"claim": f"{grpo}'s entropy falls faster than {rlsd}'s", "quantity":
+                     f"entropy change over the budget, {grpo} - {rlsd} (nats/token, x100)", **_points(d),
+                     "rule": "held if the interval lies below 0; did not hold if above 0",
+                     "verdict": _verdict(d["ci_low"], d["ci_high"], held_if_high_below=0.0)})
+    if "w_clip_frac" in q:
+        m, low, high, n = t_interval(_series(q, rlsd, "w_clip_frac"))
+        inside = np.isfinite(low) and FEW_PERCENT[0] <= low and high <= FEW_PERCENT[1]
+        outside = np.isfinite(low) and (high < FEW_PERCENT[0] or low > FEW_PERCENT[1])
+        rows.append({"claim": f"{rlsd}'s w-clip fraction is a few percent", "quantity":
+                     f"{rlsd} mean w-clip fraction over steps (percent of tokens)", "mean": 100 * m,
+                     "ci_low": 100 * low, "ci_high": 100 * high, "p": float("nan"), "n": n,
+                     "rule": f"held if the interval lies inside [{100 * FEW_PERCENT[0]:g}, {100 * FEW_PERCENT[1]:g}] %; "
+                             "did not hold if it lies outside",
+                     "verdict": "held" if inside else ("did not hold" if outside else "cannot tell")})
+    return pd.DataFrame(rows)
+
+
+def _points(d: dict[str, float]) -> dict[str, float]:
+    return {"mean": 100 * d["mean"], "ci_low": 100 * d["ci_low"], "ci_high": 100 * d["ci_high"], "p": d["p"], "n": d["n"]}
+
+
+def markdown(learning: pd.DataFrame, claims: pd.DataFrame, criterion_points: float = 15.0) -> str:
+    """Both tables as markdown."""
+    lines = ["### Learning signal (gain over the base policy, points; mean over seeds, 95 % t-interval)", "",
+             f"| method | measure | gain | 95 % CI | seeds | mean >= {criterion_points:g} |", "|---|---|---|---|---|---|"]
+    for r in learning.itertuples(index=False):
+        lines.append(f"| {r.method} | {r.measure} | {r.gain:+.1f} | [{r.ci_low:+.1f}, {r.ci_high:+.1f}] | {r.seeds} | "
+                     f"{'yes' if r[-1] else 'no'} |")
+    lines += ["", "### The paper's claims", "", "| claim | quantity | mean | 95 % CI | paired p | seeds | rule | verdict |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in claims.itertuples(index=False):
+        p = "-" if not np.isfinite(r.p) else f"{r.p:.3g}"
+        lines.append(f"| {r.claim} | {r.quantity} | {r.mean:+.2f} | [{r.ci_low:+.2f}, {r.ci_high:+.2f}] | {p} | {r.n} | "
+                     f"{r.rule} | **{r.verdict}** |")
+    return "\n".join(lines) + "\n"
