@@ -102,9 +102,12 @@ def response_hidden(
         cache.reorder_cache(inverse)
         if vision is None:  # text only: a full forward numbers positions over the padded width
             positions = torch.arange(ids.shape[1] - T, ids.shape[1], device=ids.device).expand(len(ids), -1)
-        else:  # multimodal RoPE positions of the full sequences, as a full forward computes them
-            base = getattr(model, "module", model).model
-            positions = base.get_rope_index(ids, mm_types, image_grid_thw=vision.image_grid_thw, attention_mask=attn)[0][..., -T:]
+        else:  # multimodal RoPE positions of the full sequences, as a full forward computes them: text after
+            # the prompt continues from the prompt's largest position, which the prompt forward left in
+            # rope_deltas (largest position + 1 - valid prompt tokens, per distinct prompt)
+            deltas = getattr(model, "module", model).model.rope_deltas[inverse]
+            start = prompt.mask.sum(1, keepdim=True).to(deltas.dtype) + deltas
+            positions = (start + torch.arange(T, device=ids.device)).unsqueeze(0).expand(3, -1, -1)
         tail = model(input_ids=response_ids, attention_mask=attn, position_ids=positions, cache=cache, use_cache=True)
         return torch.cat([out.logits[inverse], tail.logits[:, :-1]], 1)
 
