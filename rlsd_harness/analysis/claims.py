@@ -90,6 +90,8 @@ def run_quantities(df: pd.DataFrame, records: pd.DataFrame, window: int = 10) ->
         out = out.merge(per_budget[points[-1]].rename("test_last").reset_index(), on=["method", "seed"], how="left")
         first = per_budget[points[0]].rename("test_first").reset_index()
         out = out.merge(first, on=["method", "seed"], how="left")
+    if 0.0 in per_budget.columns:
+        out = out.merge(per_budget[0.0].rename("test_base").reset_index(), on=["method", "seed"], how="left")
     return out
 
 
@@ -137,8 +139,10 @@ def claim_rows(q: pd.DataFrame, grpo: str = "grpo", rlsd: str = "rlsd", opsd: st
         fell = _verdict(low, high, held_if_high_below=0.0)
         rose = _verdict(lk[1], lk[2], held_if_low_above=0.0)
         verdict = "held" if fell == rose == "held" else ("did not hold" if "did not hold" in (fell, rose) else "cannot tell")
+        early = t_interval(sub["test_first"] - sub["test_base"]) if "test_base" in sub else (float("nan"),) * 3 + (0,)
         rows.append({"claim": f"{opsd} peaks early, then falls while its leakage rises", "quantity":
-                     f"{opsd} test mean@k, last minus first budget point (points); leakage change "
+                     f"{opsd} test mean@k, last minus first budget point (points); first budget point minus base "
+                     f"{100 * early[0]:+.1f} [{100 * early[1]:+.1f}, {100 * early[2]:+.1f}]; leakage change "
                      f"{100 * lk[0]:+.2f} [{100 * lk[1]:+.2f}, {100 * lk[2]:+.2f}] points",
                      "mean": 100 * m, "ci_low": 100 * low, "ci_high": 100 * high, "p": float("nan"), "n": n,
                      "rule": "held if the score change's interval lies below 0 and the leakage change's above 0",
