@@ -166,6 +166,28 @@ def claim_rows(q: pd.DataFrame, grpo: str = "grpo", rlsd: str = "rlsd", opsd: st
     return pd.DataFrame(rows)
 
 
+def with_table_comparison(claims_table: pd.DataFrame, table: pd.DataFrame, grpo: str = "grpo",
+                          rlsd: str = "rlsd") -> pd.DataFrame:
+    """Claim 1 with the comparison table's own numbers at the last budget point (its interval over seeds and
+    items, its Holm-corrected paired p), so that the report states one interval for one difference."""
+    first = f"{rlsd} >= {grpo} at matched compute"
+    budgets = table[table["table"].astype(str).str.startswith("budget=")] if "table" in table else table.iloc[0:0]
+    row = budgets[(budgets["method"] == rlsd) & (budgets["baseline"] == grpo)] if len(budgets) else budgets
+    if claims_table.empty or first not in set(claims_table["claim"]) or row.empty:
+        return claims_table
+    last = row.loc[row["table"].map(lambda t: float(str(t).split("=")[1])).idxmax()]
+    out = claims_table.copy()
+    i = out.index[out["claim"] == first][0]
+    out.loc[i, ["mean", "ci_low", "ci_high", "p", "n"]] = [100 * last["diff"], 100 * last["diff_low"],
+                                                          100 * last["diff_high"], last["p_holm"], last["cmp_n_runs"]]
+    out.loc[i, "quantity"] = (f"test mean@k at the last budget point, {rlsd} - {grpo} (points; the table's interval "
+                              f"over seeds and items, Holm-corrected paired p)")
+    out.loc[i, "rule"] = "the table's rule: held if significant (Holm) and above 0; did not hold if significant and below 0"
+    significant = bool(last["significant"]) if pd.notna(last["significant"]) else False
+    out.loc[i, "verdict"] = ("held" if last["diff"] > 0 else "did not hold") if significant else "cannot tell"
+    return out
+
+
 def _points(d: dict[str, float]) -> dict[str, float]:
     return {"mean": 100 * d["mean"], "ci_low": 100 * d["ci_low"], "ci_high": 100 * d["ci_high"], "p": d["p"], "n": d["n"]}
 

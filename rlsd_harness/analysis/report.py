@@ -673,6 +673,7 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
     claims_md = ""
     if not quantities.empty:
         learning, claim_table = claims.learning_rows(quantities, order), claims.claim_rows(quantities, cfg["baseline"])
+        claim_table = claims.with_table_comparison(claim_table, sections_frame(sections), cfg["baseline"])
         write_csv(quantities, out / "per_run_dynamics.csv")
         write_csv(pd.concat([learning.assign(table="learning"), claim_table.assign(table="claims")]), out / "claims.csv")
         claims_md = claims.markdown(learning, claim_table)
