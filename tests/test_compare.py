@@ -116,8 +116,12 @@ def test_matrix_recovers_from_kills_at_its_dangerous_moments(tmp_path, tiny_dir,
 
 
 def test_parallel_workers_train_the_same_runs_as_one_process_at_the_same_thread_count(tmp_path, tiny_dir,
-                                                                                        no_shutdown):
+                                                                                        no_shutdown, monkeypatch):
     import torch
+
+    # an empty cache, as on a fresh machine: the base is built once, before the workers start (two workers
+    # building it together raced on the cache entry's rename)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "fresh-cache"))
 
     if (os_cores := __import__("os").cpu_count() or 1) < 2:
         pytest.skip("needs 2 cores for 2 workers")

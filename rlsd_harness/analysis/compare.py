@@ -176,6 +176,13 @@ def _train_all(jobs: Sequence[tuple[str, Path, DictConfig]], workers: int, log: 
             bar.update(1)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
+    # the base policies are built and warmed up here, once: workers starting together would each build the
+    # same cache entry and race on its final rename
+    from rlsd_harness.training.warmup import policy_path
+
+    for key in dict.fromkeys(OmegaConf.to_yaml(OmegaConf.create({"m": cfg.model, "d": cfg.data})) for _, _, cfg in jobs):
+        spec = OmegaConf.create(key)
+        policy_path(spec.m, spec.d, log)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
