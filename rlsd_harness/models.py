@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -205,12 +206,29 @@ def build_tiny(arch: str = "qwen2_5_vl", size: str = "tiny", seed: int = 0, voca
     processor = build_processor(arch, tokenizer, image_size=embedded.IMAGE_SIZE if arch == "qwen2_5_vl" else 64)
     with quiet_transformers():
         model = AutoModelForImageTextToText.from_config(build_config(arch, size, tokenizer, head_vocab))
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = cache_tmp(out)
     save_model(model, processor, tmp)
     (tmp / "recipe.json").write_text(json.dumps(recipe))
-    tmp.rename(out)
+    publish_cache_entry(tmp, out)
     (out / "done").touch()
     return out
+
+
+def cache_tmp(out: Path) -> Path:
+    """This process's scratch folder for building cache entry `out`: two processes building the same entry
+    (parallel study workers, two commands at once) never write into one folder."""
+    return out.with_name(f"{out.name}.{os.getpid()}.tmp")
+
+
+def publish_cache_entry(tmp: Path, out: Path) -> None:
+    """Move a finished build into place in one rename. When another process published the same entry first
+    (same recipe, same content), keep theirs and drop this build."""
+    try:
+        tmp.rename(out)
+    except OSError:
+        if not out.is_dir():
+            raise
+        shutil.rmtree(tmp)
 
 
 @contextlib.contextmanager

@@ -82,7 +82,7 @@ def test_opposite_effects_do_not_hold_and_noise_cannot_tell():
 def test_the_rlsd_claim_reads_the_comparison_tables_last_budget_point_and_its_significance():
     df, records = _runs(4, np.random.default_rng(3), rlsd_edge=0.05, opsd_fall=0.0, leak_rise=0.0,
                         grpo_entropy_drop=0.02, w_clip=0.03)
-    rows = claims.claim_rows(claims.run_quantities(df, records))
+    q = claims.run_quantities(df, records)
     table = pd.DataFrame([
         {"table": "budget=0.5", "method": "rlsd", "baseline": "grpo", "diff": 0.09, "diff_low": 0.01,
          "diff_high": 0.2, "p_holm": 0.01, "cmp_n_runs": 4, "significant": True},
@@ -90,10 +90,10 @@ def test_the_rlsd_claim_reads_the_comparison_tables_last_budget_point_and_its_si
          "diff_high": -0.02, "p_holm": 0.2, "cmp_n_runs": 4, "significant": False},
         {"table": "auc", "method": "rlsd", "baseline": "grpo", "diff": 0.5, "diff_low": 0.4, "diff_high": 0.6,
          "p_holm": 0.001, "cmp_n_runs": 4, "significant": True}])
-    row = claims.with_table_comparison(rows, table).set_index("claim").loc["rlsd >= grpo at matched compute"]
+    row = claims.claim_rows(q, table=table).set_index("claim").loc["rlsd >= grpo at matched compute"]
     assert (row["mean"], row["ci_low"], row["ci_high"], row["p"]) == (pytest.approx(-4), pytest.approx(-6),
                                                                       pytest.approx(-2), 0.2)
     assert row["verdict"] == "cannot tell"  # not significant after correction, whatever the interval says
     table.loc[1, "significant"] = True
-    row = claims.with_table_comparison(rows, table).set_index("claim").loc["rlsd >= grpo at matched compute"]
+    row = claims.claim_rows(q, table=table).set_index("claim").loc["rlsd >= grpo at matched compute"]
     assert row["verdict"] == "did not hold"

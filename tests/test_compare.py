@@ -1,6 +1,7 @@
 """The comparison matrix: failed runs are reported, a rerun redoes only unfinished work, the report is written."""
 
 import json
+import os
 import re
 
 import pandas as pd
@@ -123,20 +124,21 @@ def test_parallel_workers_train_the_same_runs_as_one_process_at_the_same_thread_
     # building it together raced on the cache entry's rename)
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "fresh-cache"))
 
-    if (os_cores := __import__("os").cpu_count() or 1) < 2:
+    cores = os.cpu_count() or 1
+    if cores < 2:
         pytest.skip("needs 2 cores for 2 workers")
     args = ["experiment=smoke", "model.warmup=null", "rollout.max_new_tokens=8", "train.prompts_per_step=2",
             "train.group_size=4", "train.micro_batch_size=8", "eval.n=8", "eval.budget_n=8", "train.steps=2",
             "train.save_every=0"]
     compare_main([f"out={tmp_path / 'parallel'}", "workers=2", *args])
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, os_cores // 2))  # what each of the two workers ran with
+    torch.set_num_threads(max(1, cores // 2))  # what each of the two workers ran with
     try:
         compare_main([f"out={tmp_path / 'serial'}", *args])
     finally:
         torch.set_num_threads(threads)
     meta = json.loads((tmp_path / "parallel" / "meta.json").read_text())
-    assert meta["workers"] == 2 and meta["threads_per_run"] == max(1, os_cores // 2)
+    assert meta["workers"] == 2 and meta["threads_per_run"] == max(1, cores // 2)
     for run in ("grpo-s0", "rlsd-s0", "grpo-s1", "rlsd-s1"):
         lines = [(tmp_path / mode / "runs" / run / "metrics.jsonl").read_text().splitlines() for mode in
                  ("parallel", "serial")]

@@ -1,3 +1,4 @@
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -196,3 +197,19 @@ def test_verifiers_are_strict_about_the_box():
     assert math("no box, answer 42", "42").reward == 0.0
     assert math("\\boxed{", "42").reward == 0.0
     assert last_boxed("a \\boxed{\\frac{1}{2}} b \\boxed{x^{2}}") == "x^{2}"
+
+
+def test_a_cache_entry_published_by_another_process_first_is_kept(tmp_path):
+    from rlsd_harness.models import cache_tmp, publish_cache_entry
+
+    out = tmp_path / "models" / "abc"
+    theirs, mine = out.with_name("abc.1.tmp"), cache_tmp(out)
+    assert mine != out.with_name("abc.tmp") and str(os.getpid()) in mine.name  # one scratch folder per process
+    for folder, text in ((theirs, "theirs"), (mine, "mine")):
+        folder.mkdir(parents=True)
+        (folder / "recipe.json").write_text(text)
+    publish_cache_entry(theirs, out)
+    publish_cache_entry(mine, out)  # same entry, published second: theirs stays, this build is dropped
+    assert (out / "recipe.json").read_text() == "theirs" and not mine.exists()
+    with pytest.raises(OSError):  # a failed rename with nothing in place is not swallowed
+        publish_cache_entry(tmp_path / "missing.tmp", tmp_path / "models" / "other")

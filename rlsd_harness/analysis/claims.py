@@ -123,14 +123,40 @@ def _verdict(low: float, high: float, held_if_low_above: float | None = None,
     return "held" if high < held_if_high_below else ("did not hold" if low > held_if_high_below else "cannot tell")
 
 
-def claim_rows(q: pd.DataFrame, grpo: str = "grpo", rlsd: str = "rlsd", opsd: str = "opsd") -> pd.DataFrame:
-    """The four claims with their numbers and verdicts (rules in the module docstring and each row's `rule`)."""
+def _table_comparison(table: pd.DataFrame | None, method: str, baseline: str) -> pd.Series | None:
+    """The comparison table's row of `method` against `baseline` at its last budget point (None if absent)."""
+    if table is None or "table" not in table:
+        return None
+    rows = table[table["table"].astype(str).str.startswith("budget=") & (table["method"] == method)
+                 & (table["baseline"] == baseline)]
+    if rows.empty:
+        return None
+    return rows.loc[rows["table"].map(lambda t: float(str(t).split("=")[1])).idxmax()]
+
+
+def claim_rows(q: pd.DataFrame, grpo: str = "grpo", rlsd: str = "rlsd", opsd: str = "opsd",
+               table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The four claims with their numbers and verdicts (rules in the module docstring and each row's `rule`).
+
+    With `table` (the report's comparison table, report.sections_frame) claim 1 states that table's own
+    numbers at the last budget point (its interval over seeds and items, its Holm-corrected paired p and
+    significance), so that the report gives one interval for one difference; without it, a paired t-test."""
     rows = []
-    if "test_last" in q:
+    first = f"{rlsd} >= {grpo} at matched compute"
+    compared = _table_comparison(table, rlsd, grpo)
+    if compared is not None:
+        significant = bool(compared["significant"]) if pd.notna(compared["significant"]) else False
+        rows.append({"claim": first, "quantity": f"test mean@k at the last budget point, {rlsd} - {grpo} (points; "
+                     "the table's interval over seeds and items, Holm-corrected paired p)",
+                     "mean": 100 * compared["diff"], "ci_low": 100 * compared["diff_low"],
+                     "ci_high": 100 * compared["diff_high"], "p": compared["p_holm"], "n": compared["cmp_n_runs"],
+                     "rule": "the table's rule: held if significant (Holm) and above 0; did not hold if significant "
+                             "and below 0",
+                     "verdict": ("held" if compared["diff"] > 0 else "did not hold") if significant else "cannot tell"})
+    elif "test_last" in q:
         d = paired_difference(_series(q, rlsd, "test_last"), _series(q, grpo, "test_last"))
-        rows.append({"claim": f"{rlsd} >= {grpo} at matched compute", "quantity":
-                     f"test mean@k at the last budget point, {rlsd} - {grpo} (points)", **_points(d),
-                     "rule": "held if the interval lies above 0; did not hold if below 0",
+        rows.append({"claim": first, "quantity": f"test mean@k at the last budget point, {rlsd} - {grpo} (points)",
+                     **_points(d), "rule": "held if the interval lies above 0; did not hold if below 0",
                      "verdict": _verdict(d["ci_low"], d["ci_high"], held_if_low_above=0.0)})
     if {"test_last", "test_first"} <= set(q):
         sub = q[q["method"] == opsd]
@@ -164,28 +190,6 @@ def claim_rows(q: pd.DataFrame, grpo: str = "grpo", rlsd: str = "rlsd", opsd: st
                              "did not hold if it lies outside",
                      "verdict": "held" if inside else ("did not hold" if outside else "cannot tell")})
     return pd.DataFrame(rows)
-
-
-def with_table_comparison(claims_table: pd.DataFrame, table: pd.DataFrame, grpo: str = "grpo",
-                          rlsd: str = "rlsd") -> pd.DataFrame:
-    """Claim 1 with the comparison table's own numbers at the last budget point (its interval over seeds and
-    items, its Holm-corrected paired p), so that the report states one interval for one difference."""
-    first = f"{rlsd} >= {grpo} at matched compute"
-    budgets = table[table["table"].astype(str).str.startswith("budget=")] if "table" in table else table.iloc[0:0]
-    row = budgets[(budgets["method"] == rlsd) & (budgets["baseline"] == grpo)] if len(budgets) else budgets
-    if claims_table.empty or first not in set(claims_table["claim"]) or row.empty:
-        return claims_table
-    last = row.loc[row["table"].map(lambda t: float(str(t).split("=")[1])).idxmax()]
-    out = claims_table.copy()
-    i = out.index[out["claim"] == first][0]
-    out.loc[i, ["mean", "ci_low", "ci_high", "p", "n"]] = [100 * last["diff"], 100 * last["diff_low"],
-                                                          100 * last["diff_high"], last["p_holm"], last["cmp_n_runs"]]
-    out.loc[i, "quantity"] = (f"test mean@k at the last budget point, {rlsd} - {grpo} (points; the table's interval "
-                              f"over seeds and items, Holm-corrected paired p)")
-    out.loc[i, "rule"] = "the table's rule: held if significant (Holm) and above 0; did not hold if significant and below 0"
-    significant = bool(last["significant"]) if pd.notna(last["significant"]) else False
-    out.loc[i, "verdict"] = ("held" if last["diff"] > 0 else "did not hold") if significant else "cannot tell"
-    return out
 
 
 def _points(d: dict[str, float]) -> dict[str, float]:

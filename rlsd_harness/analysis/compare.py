@@ -165,6 +165,12 @@ def _train_in_worker(run_dir: str, cfg_yaml: str, command: str, threads: int) ->
     dist.shutdown()
 
 
+def _threads_per_run(workers: int) -> int:
+    """torch threads of each run: the machine's cores shared by the parallel runs (all of torch's own choice
+    when runs go one at a time)."""
+    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else torch.get_num_threads()
+
+
 def _train_all(jobs: Sequence[tuple[str, Path, DictConfig]], workers: int, log: Callable[[str], None],
                command: str, bar) -> None:
     """Train (label, run folder, config) jobs in order, `workers` at a time. A signal to this process is
@@ -175,14 +181,13 @@ def _train_all(jobs: Sequence[tuple[str, Path, DictConfig]], workers: int, log: 
             _train(run_dir, cfg, log, command)
             bar.update(1)
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    # the base policies are built and warmed up here, once: workers starting together would each build the
-    # same cache entry and race on its final rename
+    threads = _threads_per_run(workers)
+    # each distinct base policy is built and warmed up here, once, rather than by every worker that starts
+    # before it is cached
     from rlsd_harness.training.warmup import policy_path
 
-    for key in dict.fromkeys(OmegaConf.to_yaml(OmegaConf.create({"m": cfg.model, "d": cfg.data})) for _, _, cfg in jobs):
-        spec = OmegaConf.create(key)
-        policy_path(spec.m, spec.d, log)
+    for cfg in {(repr(c.model), repr(c.data)): c for _, _, c in jobs}.values():
+        policy_path(cfg.model, cfg.data, log)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
@@ -288,8 +293,7 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     meta = {"experiment": name, "experiment_file": source, "seconds": time.time() - started,
             "machine": f"{platform.platform()}, {os.cpu_count()} CPU cores, no GPU" if not torch.cuda.is_available()
             else f"{platform.platform()}, {torch.cuda.get_device_name()}",
-            "workers": workers, "threads_per_run": max(1, (os.cpu_count() or 1) // workers) if workers > 1
-            else torch.get_num_threads(),
+            "workers": workers, "threads_per_run": _threads_per_run(workers),
             "tuning": bool(grid), "rerun_of": str(previous) if previous else None,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     write_json(meta, target / "meta.json")

@@ -672,8 +672,8 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
     quantities = claims.run_quantities(df, study.records if study.mode == "items" else None)
     claims_md = ""
     if not quantities.empty:
-        learning, claim_table = claims.learning_rows(quantities, order), claims.claim_rows(quantities, cfg["baseline"])
-        claim_table = claims.with_table_comparison(claim_table, sections_frame(sections), cfg["baseline"])
+        learning = claims.learning_rows(quantities, order)
+        claim_table = claims.claim_rows(quantities, cfg["baseline"], table=sections_frame(sections))
         write_csv(quantities, out / "per_run_dynamics.csv")
         write_csv(pd.concat([learning.assign(table="learning"), claim_table.assign(table="claims")]), out / "claims.csv")
         claims_md = claims.markdown(learning, claim_table)

@@ -17,7 +17,15 @@ from typing import Any
 
 import torch
 
-from rlsd_harness.models import _recipe_dir, build_tiny, load_model, load_processor, save_model
+from rlsd_harness.models import (
+    _recipe_dir,
+    build_tiny,
+    cache_tmp,
+    load_model,
+    load_processor,
+    publish_cache_entry,
+    save_model,
+)
 from rlsd_harness.prompts import REFERENCE_TEMPLATE, SIBLING_TEMPLATE, SOLUTION_TEMPLATE
 from rlsd_harness.rollout.hf import encode_prompts, stable_seed, user_messages
 
@@ -77,14 +85,14 @@ def run_warmup(model_dir: Path, steps: int, batch_size: int, lr: float, hint_sha
         if step % 50 == 0:
             log(f"warm-up step {step}/{steps} loss {loss_v:.3f} ({time.perf_counter() - t0:.0f} s)")
     seconds = time.perf_counter() - t0
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = cache_tmp(out)
     save_model(model, processor, tmp)
     for name in ("recipe.json",):
         (tmp / name).write_text((model_dir / name).read_text())
     report = {"steps": steps, "batch_size": batch_size, "lr": lr, "hint_share": hint_share, "level": level,
               "final_loss": loss_v, "train_seconds": seconds, "threads": torch.get_num_threads()}
     (tmp / "warmup.json").write_text(json.dumps(report, indent=1))
-    tmp.rename(out)
+    publish_cache_entry(tmp, out)
     return report
 
 
