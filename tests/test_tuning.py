@@ -125,6 +125,43 @@ def test_picks_follow_the_rule_and_the_test_runs_get_them(offline, tmp_path):
     assert "## Tuning" in readme and "**picked**" in readme
 
 
+def test_tuning_from_reuses_an_earlier_studys_picks_and_runs_no_tuning(offline, tmp_path):
+    fake, exp_file = offline
+    first = compare.compare(exp_file)
+    fake.configs.clear()
+    # the same tuning section, a larger test budget: only the test runs train, at the earlier picks
+    bigger = tmp_path / "tuned_bigger.yaml"
+    bigger.write_text(EXPERIMENT.replace("  - train.budget.value=1e12", "  - train.budget.value=2e12"))
+    out = compare.compare(str(bigger), tuning_from=first)
+    assert all("/tuning/" not in str(c.run.dir) for c in fake.configs) and len(fake.configs) == 3 * 2
+    picked = {m: p["values"]["algorithm.lr"] for m, p in json.loads((first / "picks.json").read_text())["picks"].items()}
+    assert {c.algorithm.name: float(c.algorithm.lr) for c in fake.configs} == picked
+    assert {c.train.budget.value for c in fake.configs} == {2e12}
+    for f in compare.TUNING_FILES:
+        assert (out / f).read_bytes() == (first / f).read_bytes()
+    assert json.loads((out / "meta.json").read_text())["tuning_from"] == str(first)
+    assert f"taken from the tuned study in `{first}`" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("change, message", [
+    ("    grpo: {lr: [1e-5, 5e-5, 1e-4, 2e-4]}", "is not this experiment's"),
+    ("  seeds: [100, 101]", "runs each"),
+    ("  overrides: [train.budget.value=2e11]", "it was tuned with"),
+])
+def test_tuning_from_refuses_a_study_tuned_differently_before_writing(offline, tmp_path, change, message):
+    fake, exp_file = offline
+    first = compare.compare(exp_file)
+    fake.configs.clear()
+    other = {"    grpo: {lr: [1e-5, 5e-5, 1e-4, 2e-4]}": "    grpo: {lr: [1e-5, 5e-5, 1e-4, 3e-4]}",
+             "  seeds: [100, 101]": "  seeds: [100, 101, 102]",
+             "  overrides: [train.budget.value=2e11]": "  overrides: [train.budget.value=3e11]"}[change]
+    changed = tmp_path / "tuned_other.yaml"
+    changed.write_text(EXPERIMENT.replace(change, other))
+    with pytest.raises(ConfigError, match=message):
+        compare.compare(str(changed), tuning_from=first)
+    assert not fake.configs and not (tmp_path / "results" / "tuned_other").exists()
+
+
 def test_a_rerun_writes_a_fresh_folder_and_leaves_the_finished_one_untouched(offline, tmp_path):
     fake, _ = offline
     exp_file = tmp_path / "tuned.yaml"  # the rerun machinery does not depend on tuning: a smaller matrix

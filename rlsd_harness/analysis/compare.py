@@ -5,7 +5,10 @@ With a `tuning:` section the tuning arms run first: every method's grid (the sam
 each) at the tuning seeds and the short tuning budget, evaluated on the validation split, into
 <out>/tuning/runs/<label>-s<seed>/; the picks (config.PICK_RULE) go to tuning.csv, tuning.md and
 picks.json, and the reported runs then train at the picked values and are evaluated on the test split.
-The validation split never enters the tables and the test split never enters a pick.
+The validation split never enters the tables and the test split never enters a pick. `tuning_from` takes
+the picks of an earlier study of the same base and tuning section instead (a test budget changed, the
+tuning did not): its tuning.csv must list the same grid points at the same number of tuning seeds, and
+its tuning.md the same tuning overrides; the three files are copied and meta.json names the source.
 
 Runs land in <out>/runs/<method>-s<seed>/. Finished runs are not rerun; an interrupted run resumes from its
 last checkpoint; a run that fails is recorded (failed.json) and counted as failed in the tables. The report
@@ -215,11 +218,43 @@ def _train_all(jobs: Sequence[tuple[str, Path, DictConfig]], workers: int, log: 
             signal.signal(sig, handler)
 
 
+TUNING_FILES = ("tuning.csv", "tuning.md", "picks.json")
+
+
+def earlier_picks(source: Path, exp, grid: dict) -> dict[str, dict]:
+    """The picks of the study in `source` when it was tuned on the same grid, seeds and tuning overrides as
+    `exp` (module docstring); a ConfigError naming what differs otherwise."""
+    import pandas as pd
+
+    missing = [f for f in TUNING_FILES if not (Path(source) / f).exists()]
+    if missing:
+        raise ConfigError(f"tuning_from={source}: no {', '.join(missing)} there (a tuned study writes {', '.join(TUNING_FILES)})")
+    table = pd.read_csv(Path(source) / "tuning.csv")
+    want = sorted(pt.label for points in grid.values() for pt in points)
+    if sorted(table["label"]) != want:
+        raise ConfigError(f"tuning_from={source}: its grid {sorted(table['label'])} is not this experiment's {want}")
+    seeds = len(exp.tuning.seeds)
+    if (table["n_runs"] != seeds).any():
+        raise ConfigError(f"tuning_from={source}: its grid points have {sorted(set(table['n_runs']))} runs each; this "
+                          f"experiment tunes at {seeds} seeds {list(exp.tuning.seeds)}")
+    header = (Path(source) / "tuning.md").read_text().split("\n", 1)[0]
+    tuned = f"seeds {list(exp.tuning.seeds)}, overrides `{' '.join(exp.tuning.get('overrides') or [])}`"
+    if tuned not in header:
+        raise ConfigError(f"tuning_from={source}: it was tuned with {header!r}; this experiment tunes with {tuned}")
+    picks = json.loads((Path(source) / "picks.json").read_text())["picks"]
+    picked = {r.method: r.label for r in table.itertuples() if r.picked}
+    if {m: p["label"] for m, p in picks.items()} != picked or sorted(picked) != sorted(grid):
+        raise ConfigError(f"tuning_from={source}: picks.json {sorted(p['label'] for p in picks.values())} does not match "
+                          f"the picked rows of its tuning.csv {sorted(picked.values())}")
+    return picks
+
+
 def compare(name: str = "embedded", out: str | Path | None = None, overrides: list[str] | None = None,
-            dry: bool = False, workers: int = 1) -> Path | str:
+            dry: bool = False, workers: int = 1, tuning_from: str | Path | None = None) -> Path | str:
     """Run (or continue) experiment `name` into `out` (default results/<name>, or a fresh rerun folder when
     that holds a finished study) and write its report; returns the folder. With `dry`, only validates every
-    run's configuration and returns the plan as text. `workers`: runs trained at once (module docstring)."""
+    run's configuration and returns the plan as text. `workers`: runs trained at once; `tuning_from`: a
+    tuned study whose picks replace the tuning phase (module docstring)."""
     from tqdm.auto import tqdm
 
     from rlsd_harness import dist
@@ -232,9 +267,12 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     path = experiment_path(name)  # an experiment file outside config/experiment/ is recorded for rlsd-report
     source, name = (None if path.parent == CONFIG_DIR / "experiment" else str(path.resolve())), path.stem
     grid = tuning_grid(exp, name)
+    if tuning_from is not None and not grid:
+        raise ConfigError(f"tuning_from={tuning_from}: experiment {name} has no tuning section to take picks for")
+    reused = earlier_picks(Path(tuning_from), exp, grid) if tuning_from is not None else None
     target, previous = output_folder(name, out)
     runs_dir, tuning_dir = target / "runs", target / "tuning" / "runs"
-    tuning_jobs = [(pt, s) for points in grid.values() for pt in points for s in exp.tuning.seeds]
+    tuning_jobs = [] if reused else [(pt, s) for points in grid.values() for pt in points for s in exp.tuning.seeds]
     # seed-major: an interrupted study holds whole seeds, which the paired comparisons need
     jobs = [(m, s) for s in exp.seeds for m in arms(exp)]
     # every configuration is composed and checked against the schema before any compute is spent or anything
@@ -264,7 +302,8 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
         log(f"{previous} holds a finished study; this run writes {target} and compares itself with it")
     started = time.time()
     command = " ".join(["rlsd-compare", f"experiment={name}", f"out={target}",
-                        *([f"workers={workers}"] if workers > 1 else []), *map(shlex.quote, extra)])
+                        *([f"workers={workers}"] if workers > 1 else []),
+                        *([f"tuning_from={tuning_from}"] if reused else []), *map(shlex.quote, extra)])
     bar = tqdm(total=len(tuning_jobs) + len(jobs), desc=f"{name}: {'tuning + ' if grid else ''}methods x seeds",
                unit="run", position=0, dynamic_ncols=True)
     _train_all([(f"tuning/{pt.label}-s{seed}", tuning_dir / f"{pt.label}-s{seed}", cfg)
@@ -272,10 +311,15 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     picks: dict[str, dict] = {}
     if grid:
         old_picks = json.loads((target / "picks.json").read_text())["picks"] if (target / "picks.json").exists() else None
-        try:
-            picks = write_tuning(target, exp, grid)
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
+        if reused:
+            for f in TUNING_FILES:
+                atomic_write_text(target / f, (Path(tuning_from) / f).read_text())
+            picks = reused
+        else:
+            try:
+                picks = write_tuning(target, exp, grid)
+            except ValueError as e:
+                raise ConfigError(str(e)) from e
         changed = old_picks is not None and {m: p["overrides"] for m, p in old_picks.items()} != {
             m: p["overrides"] for m, p in picks.items()}
         if changed and runs_dir.is_dir() and any(runs_dir.iterdir()):
@@ -294,7 +338,8 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
             "machine": f"{platform.platform()}, {os.cpu_count()} CPU cores, no GPU" if not torch.cuda.is_available()
             else f"{platform.platform()}, {torch.cuda.get_device_name()}",
             "workers": workers, "threads_per_run": _threads_per_run(workers),
-            "tuning": bool(grid), "rerun_of": str(previous) if previous else None,
+            "tuning": bool(grid), "tuning_from": str(tuning_from) if reused else None,
+            "rerun_of": str(previous) if previous else None,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     write_json(meta, target / "meta.json")
     rlsd_runs = sorted(p for p in runs_dir.glob("rlsd-s*") if (p / "final" / "config.json").exists())

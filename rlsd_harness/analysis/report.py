@@ -703,7 +703,10 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
                   f"Hyperparameters were never chosen on this split.", ""]
     lines += [f"> {n}" for n in study.notes] + ([""] if study.notes else [])
     if (out / "tuning.md").exists():
-        lines += ["## Tuning", "", (out / "tuning.md").read_text(), ""]
+        source = meta.get("tuning_from")
+        lines += ["## Tuning", "", *([f"The picks were taken from the tuned study in `{source}` (same base, grid, seeds "
+                                      f"and tuning overrides; its tuning runs are not repeated here).", ""] if source else []),
+                  (out / "tuning.md").read_text(), ""]
     lines += ["## Tables", "", (out / "table.md").read_text(), ""]
     if claims_md:
         lines += ["## Learning signal and the paper's claims", "", claims.__doc__.split("\n\n")[1].strip(), "",

@@ -10,7 +10,8 @@ from rlsd_harness.cli import flag, run_main, split_args
 OWN = {"experiment": "an experiment of config/experiment/ (default embedded)",
        "out": "output folder (default results/<experiment>)",
        "dry_run": "true: validate and print the plan, train nothing",
-       "workers": "runs trained at once, each in its own process (default 1; 2 on a 2-core machine is ~1.4x faster)"}
+       "workers": "runs trained at once, each in its own process (default 1; 2 on a 2-core machine is ~1.4x faster)",
+       "tuning_from": "a tuned study (folder with picks.json) of the same base and tuning section: its picks, no tuning runs"}
 
 
 def _workers(value: str) -> int:
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
         own, overrides = split_args(argv, "rlsd-compare", __doc__, OWN)
         try:
             result = compare(own.get("experiment", "embedded"), own.get("out"), overrides,
-                             dry=flag(own.get("dry_run"), "dry_run"), workers=_workers(own.get("workers", "1")))
+                             dry=flag(own.get("dry_run"), "dry_run"), workers=_workers(own.get("workers", "1")),
+                             tuning_from=own.get("tuning_from"))
         except Interrupted as e:  # the run's checkpoint and the command that continues were printed
             raise SystemExit(e.exit_code) from None
         print(result if isinstance(result, str) else f"results in {result}")
