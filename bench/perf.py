@@ -113,6 +113,7 @@ class Ours:
         rec["other"] = wall - sum(rec.values())  # metrics, batch assembly, advantage computation outside phases
         rec["step"] = wall
         rec["tokens"] = m["ledger/step/tokens/generated"]
+        rec["flops"] = m["ledger/step/flops/total"]  # analytic, the ledger's: what the budget charges
         rec["mean_reward"] = m["rollout/reward"]
         self.steps.append(rec)
 
@@ -237,6 +238,7 @@ def summarise(steps: list[dict[str, float]], warmup: int) -> dict[str, Any]:
            "step": _median([s["step"] for s in kept]),
            "step_all": [round(s["step"], 4) for s in kept],
            "tokens_per_step": _median([s["tokens"] for s in kept]),
+           **({"flops_per_step": _median([s["flops"] for s in kept])} if all("flops" in s for s in kept) else {}),
            "measured_steps": len(kept)}
     roll = [s["tokens"] / s["rollout"] for s in kept if s.get("rollout")]
     out["rollout_tokens_per_s"] = _median(roll)
@@ -371,6 +373,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         paired = [r["step"] / g["step"] for g, r in zip(grpo.steps[args.warmup:], rlsd.steps[args.warmup:])]
         ratios["RLSD / GRPO (ours, step)"] = cols["ours RLSD"]["step"] / cols["ours GRPO"]["step"]
         ratios["RLSD / GRPO (ours, median of paired)"] = _median(paired)
+        # the floor a faster kernel cannot cross: the teacher's forward is real work the budget charges
+        ratios["RLSD / GRPO (ledger FLOPs)"] = cols["ours RLSD"]["flops_per_step"] / cols["ours GRPO"]["flops_per_step"]
 
     settings = {
         "model": str(path), "arch": str(cfg_grpo.model.arch), "prompts": P, "samples": G,
