@@ -117,6 +117,24 @@ def test_lambda_follows_the_batch_step():
         assert metrics["lambda"].item() == pytest.approx(lam)
 
 
+def test_at_lambda_zero_the_teacher_is_not_needed_and_the_advantage_is_the_formulas():
+    obj = build_objective("rlsd", {})  # λ 0.5 decaying to 0 at step 50
+    assert [obj.uses_teacher(s) for s in (1, 49, 50, 51, 500)] == [True, True, False, False, False]
+    assert not build_objective("rlsd", {"lam": 0.0, "lam_decay_steps": 0}).uses_teacher(1)
+    assert build_objective("rlsd", {"lam": 0.5, "lam_decay_steps": 0}).uses_teacher(10_000)
+    batch = make_batch(num_groups=1, group_size=2, response_len=3, lengths=torch.tensor([3, 2]))
+    batch.advantages, batch.step = ADV.clone(), 50
+    policy = PolicyOutput(logp=STUDENT, entropy=torch.zeros(2, 3))
+    lean, metrics = obj.token_advantages(batch, policy)  # no teacher_logp on the batch
+    assert torch.equal(lean, ADV[:, None] * MASK) and set(metrics) == {"lambda"}
+    batch.teacher_logp = TEACHER
+    with_teacher, _ = obj.token_advantages(batch, policy)
+    assert torch.equal(lean, with_teacher)
+    batch.teacher_logp, batch.step = None, 49  # λ > 0: the teacher is required
+    with pytest.raises(ValueError, match="lacks \\['teacher_logp'\\]"):
+        obj.token_advantages(batch, policy)
+
+
 def _loss_and_grad(name, params, seed, old_logp_noise):
     batch = make_batch(num_groups=2, group_size=4, response_len=6, vocab_size=9, seed=seed)
     logits = random_logits(batch, 9, seed=seed + 100)

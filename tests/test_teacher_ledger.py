@@ -181,3 +181,24 @@ def test_bf16_policy_keeps_an_fp32_ema_teacher_under_zero3(tmp_path, tiny_dir):
     for n in before:  # the blend reads the bf16 student and accumulates in fp32
         assert torch.allclose(after[n], before[n] + tau * (policy[n].float() - before[n]), atol=1e-6), n
     assert metrics["teacher/updates"] == 1 and torch.isfinite(torch.tensor(metrics["actor/loss"]))
+
+
+def test_rlsd_runs_and_charges_no_teacher_once_lambda_is_zero_and_trains_the_same(tmp_path, tiny_dir, monkeypatch):
+    # λ 0.5 -> 0 over 2 steps: λ(1) = 0.25, λ(2) = λ(3) = 0, where Â = A exactly and the teacher is not read
+    args = ("algorithm=rlsd", "algorithm.params.lam_decay_steps=2", "algorithm.teacher.weights=frozen")
+    lean = make_trainer(tmp_path / "lean", *args)
+    steps = [lean.step() for _ in range(3)]
+    charged = [m.get("ledger/step/flops/teacher", 0.0) for m in steps]
+    assert charged[0] > 0 and charged[1:] == [0.0, 0.0]
+    assert steps[0]["ledger/step/tokens/fwd_teacher"] > 0 and "ledger/step/tokens/fwd_teacher" not in steps[2]
+    assert "actor/w_clip_low_frac" in steps[0] and "actor/w_clip_low_frac" not in steps[2]
+    assert [m["actor/lambda"] for m in steps] == [0.25, 0.0, 0.0]
+    # the same three steps with the teacher forced on at every step: the same parameters, bit for bit
+    from rlsd_harness.algorithms.rlsd import RLSD
+
+    monkeypatch.setattr(RLSD, "uses_teacher", lambda self, step: True)
+    full = make_trainer(tmp_path / "full", *args)
+    forced = [full.step() for _ in range(3)]
+    assert all(m["ledger/step/flops/teacher"] > 0 for m in forced)
+    for (name, p), (_, q) in zip(lean.engine.module.named_parameters(), full.engine.module.named_parameters()):
+        assert torch.equal(p, q), name

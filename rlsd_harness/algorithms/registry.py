@@ -50,6 +50,11 @@ class Objective:
         if self.teacher_signal == "topk" and not 0 < self.topk <= vocab_size:
             raise ValueError(f"{self.name}: top-k {self.topk} must be in [1, vocabulary size {vocab_size}]")
 
+    def uses_teacher(self, step: int) -> bool:
+        """Whether the loss of optimizer step `step` (from 1) reads the teacher's signal. Where it does not, the
+        backbone runs no teacher forward and the budget is charged none."""
+        return self.teacher_signal != "none"
+
     def vocab_loss(self, student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:
         """Per-position loss over the whole vocabulary, (…, V) log-probs in, (…) out, for teacher_signal "full":
         the backbone evaluates it a chunk of positions at a time and hands the result over as

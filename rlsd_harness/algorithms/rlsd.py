@@ -5,7 +5,9 @@ by how much a privileged teacher (the same model shown the reference answer) agr
     w_t = exp(sign(A)·Δ_t)                                    direction-aware evidence weight (Eq. 14)
     Â_t = A·((1 − λ) + λ·clip(w_t, 1 − ε_w, 1 + ε_w))         clipped credit, warm-start mix (Eq. 15)
 
-Â_t then replaces A in GRPO's clipped surrogate; there is no distillation loss (paper §4.2). The released
+Â_t then replaces A in GRPO's clipped surrogate; there is no distillation loss (paper §4.2). Once λ has
+decayed to 0, Â_t = A exactly: the teacher is not consulted (no forward, no compute charged), and the
+w / Δ metrics are not reported for those steps. The released
 code (github.com/iie-ycx/RLSD, verl/workers/actor/dp_opsd_actor.py, `_build_stgca_advantages`) clamps w_t
 symmetrically and feeds Â_t to the standard clipped surrogate, as here.
 """
@@ -99,14 +101,20 @@ class RLSD(GRPO):
         cfg = self.cfg
         return lambda_schedule(step, cfg.lam, cfg.lam_warmup_steps, cfg.lam_decay_steps)
 
+    def uses_teacher(self, step: int) -> bool:
+        return self.current_lambda(step) > 0.0
+
     def token_advantages(self, mb: RolloutBatch, policy: PolicyOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        self.require(mb, "advantages", "teacher_logp")
+        self.require(mb, "advantages")
         cfg = self.cfg
         mask = mb.loss_mask.to(policy.logp.dtype)
         adv = _broadcast_advantages(mb.advantages, mask).to(policy.logp.dtype)
+        lam = self.current_lambda(mb.step)
+        if lam == 0.0 and mb.teacher_logp is None:  # the formula's value at λ = 0, bit for bit (A·1.0 = A)
+            return (adv * mask).detach(), {"lambda": torch.tensor(0.0, device=mask.device)}
+        self.require(mb, "teacher_logp")
         # The student side of Δ is the current policy, detached; with one update per rollout batch it is π_old.
         student_logp = policy.logp.detach()
-        lam = self.current_lambda(mb.step)
         adv_hat = token_advantages(adv, student_logp, mb.teacher_logp, mask, cfg.eps_w, lam)
         if cfg.negative_only:
             adv_hat = torch.where(adv > 0, adv * mask, adv_hat)

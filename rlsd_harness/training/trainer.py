@@ -309,7 +309,8 @@ class Trainer:
             rollout_logp=ro.logp, student=student, vision=ro.vision, step=self.step_count + 1,
             extras={"texts": ro.texts, "parsed": [v.parsed for v in verdicts]},
         )
-        if self.teacher_context:
+        updates = range(self.step_count + 1, self.step_count + 1 + tcfg.ppo_epochs * tcfg.mini_batches)
+        if self.teacher_context and any(self._teacher_at(k) for k in updates):
             with led.phase("probe" if self.probe else "teacher"):
                 self._attach_teacher_prompts(batch, prompts)
         metrics = obj.prepare(batch)
@@ -403,7 +404,8 @@ class Trainer:
         obj, led = self.objective, self.ledger
         role = "probe" if self.probe else "teacher"
         signals: dict[str, Any] = {}
-        if obj.teacher_signal == "full":  # the loss reads the teacher's whole distribution: the teacher goes first
+        teacher = self.teacher_context is not None and self._teacher_at(mb.step)
+        if obj.teacher_signal == "full" and teacher:  # the loss reads the teacher's whole distribution: it goes first
             with led.phase(role):
                 self._teacher_signals(mb, None)
             signals = dict(vocab_loss=obj.vocab_loss, teacher=mb.teacher_logprobs)
@@ -415,7 +417,7 @@ class Trainer:
                 self.image_token_id, share_prompts=self.share_in_update, head=self.head, **signals,
             )
             policy = PolicyOutput(logp=out.logp, entropy=out.entropy, topk_logp=out.topk_logp, vocab_loss=out.vocab_loss)
-        if self.teacher_context and obj.teacher_signal != "full":
+        if teacher and obj.teacher_signal != "full":
             with led.phase(role):
                 self._teacher_signals(mb, out.topk_ids)
         with led.phase("update"):
@@ -448,6 +450,10 @@ class Trainer:
             sums[k] = (total + float(v) * weights[k], weight + weights[k])
 
     # ------------------------------------------------------------------ teacher
+    def _teacher_at(self, step: int) -> bool:
+        """Whether optimizer step `step` runs the teacher: GRPO's probe always, an objective when its loss reads it."""
+        return self.probe or self.objective.uses_teacher(step)
+
     def _attach_teacher_prompts(self, batch: RolloutBatch, prompts: list) -> None:
         G = batch.group_size
         if self.teacher_context == "reference":
