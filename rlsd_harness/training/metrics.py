@@ -49,7 +49,7 @@ GLOSSARY: dict[str, str] = {
     "actor/kl_ref": "k3 KL to the reference policy",
     "actor/zero_std_groups": "fraction of groups whose rewards are all equal (zero advantage)",
     "actor/lambda": "RLSD's mixing weight of the evidence term at this step",
-    "actor/delta_mean": "RLSD: mean teacher-minus-student log-prob on the sampled tokens",
+    "actor/delta_mean": "RLSD: mean teacher-minus-student log-prob on the sampled tokens (this and the three below: only at steps with λ > 0, where the teacher is run)",
     "actor/delta_std": "RLSD: standard deviation of that gap",
     "actor/w_clip_low_frac": "RLSD: fraction of tokens whose evidence weight hit 1 - eps_w",
     "actor/w_clip_high_frac": "RLSD: fraction of tokens whose evidence weight hit 1 + eps_w",
