@@ -56,6 +56,16 @@ def init_distributed() -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
+def cpu_identity() -> str:
+    """The CPU model and the vector ISA torch dispatches its kernels for (e.g. "AMD EPYC, AVX512"): on CPU a
+    run's floats, and so a chaotic warm-up's outcome, depend on it, beside the thread count."""
+    model = ""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    return f"{model or 'unknown CPU'}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))

@@ -214,3 +214,13 @@ def test_a_signal_finishes_the_step_saves_and_prints_the_resume_command(tmp_path
     monkeypatch.setattr(Trainer, "step", original)
     main(command[-len(args) - 1:])
     assert differences(straight("grpo"), tmp_path / "sig", checkpoints=False) == []
+
+
+def test_the_manifest_names_the_cpu_and_the_isa_the_kernels_run_on(tmp_path):
+    # the same config and seed give different floats on CPUs whose kernels differ (AVX2 vs AVX-512), so a
+    # run records which one it ran on
+    import torch
+
+    cfg = compose_config([*TINY, f"run.dir={tmp_path}"])
+    m = run_module.manifest(cfg, "cpu")
+    assert m["cpu"].endswith(", " + torch.backends.cpu.get_cpu_capability()) and m["threads"] == torch.get_num_threads()

@@ -61,6 +61,8 @@ class Interrupted(BaseException):
 def manifest(cfg: DictConfig, device: str) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
+    from rlsd_harness import dist
+
     def v(pkg: str) -> str | None:
         try:
             return version(pkg)
@@ -80,7 +82,7 @@ def manifest(cfg: DictConfig, device: str) -> dict[str, Any]:
         "git_commit": commit, "git_dirty": dirty,
         "seed": cfg.seed,
         "device": device, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-        "platform": platform.platform(), "python": platform.python_version(),
+        "platform": platform.platform(), "cpu": dist.cpu_identity(), "python": platform.python_version(),
         "packages": {p: v(p) for p in ("torch", "transformers", "deepspeed", "tokenizers", "math-verify", "vllm", "hydra-core")},
     }
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from rlsd_harness.dist import cpu_identity
 from rlsd_harness.models import (
     _recipe_dir,
     build_tiny,
@@ -90,7 +91,8 @@ def run_warmup(model_dir: Path, steps: int, batch_size: int, lr: float, hint_sha
     for name in ("recipe.json",):
         (tmp / name).write_text((model_dir / name).read_text())
     report = {"steps": steps, "batch_size": batch_size, "lr": lr, "hint_share": hint_share, "level": level,
-              "final_loss": loss_v, "train_seconds": seconds, "threads": torch.get_num_threads()}
+              "final_loss": loss_v, "train_seconds": seconds, "threads": torch.get_num_threads(),
+              "cpu": cpu_identity()}
     (tmp / "warmup.json").write_text(json.dumps(report, indent=1))
     publish_cache_entry(tmp, out)
     return report
