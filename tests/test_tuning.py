@@ -139,8 +139,23 @@ def test_tuning_from_reuses_an_earlier_studys_picks_and_runs_no_tuning(offline, 
     assert {c.train.budget.value for c in fake.configs} == {2e12}
     for f in compare.TUNING_FILES:
         assert (out / f).read_bytes() == (first / f).read_bytes()
-    assert json.loads((out / "meta.json").read_text())["tuning_from"] == str(first)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["tuning_from"] == str(first) and meta["base"] == json.loads((first / "picks.json").read_text())["base"]
+    assert len(meta["base"]) == 1 and len(meta["base"][0]) == 64
     assert f"taken from the tuned study in `{first}`" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("recorded", [None, ["0" * 64]])
+def test_tuning_from_refuses_picks_made_on_another_base_policy(offline, tmp_path, recorded):
+    # the same config warms up to another base on a CPU whose kernels differ: its picks are not this base's
+    fake, exp_file = offline
+    first = compare.compare(exp_file)
+    fake.configs.clear()
+    picks = json.loads((first / "picks.json").read_text())
+    (first / "picks.json").write_text(json.dumps({**picks, "base": recorded}))
+    with pytest.raises(ConfigError, match="it was tuned from base policy"):
+        compare.compare(exp_file, out=tmp_path / "again", tuning_from=first)
+    assert not fake.configs and not (tmp_path / "again").exists()
 
 
 @pytest.mark.parametrize("change, message", [

@@ -8,7 +8,9 @@ picks.json, and the reported runs then train at the picked values and are evalua
 The validation split never enters the tables and the test split never enters a pick. `tuning_from` takes
 the picks of an earlier study of the same base and tuning section instead (a test budget changed, the
 tuning did not): its tuning.csv must list the same grid points at the same number of tuning seeds, and
-its tuning.md the same tuning overrides; the three files are copied and meta.json names the source.
+its tuning.md the same tuning overrides, and its picks.json the same base policy (the sha256 of its weights:
+the same config warms up to a different base on a CPU with other kernels); the three files are copied and
+meta.json names the source.
 
 Runs land in <out>/runs/<method>-s<seed>/. Finished runs are not rerun; an interrupted run resumes from its
 last checkpoint; a run that fails is recorded (failed.json) and counted as failed in the tables. The report
@@ -185,12 +187,6 @@ def _train_all(jobs: Sequence[tuple[str, Path, DictConfig]], workers: int, log: 
             bar.update(1)
         return
     threads = _threads_per_run(workers)
-    # each distinct base policy is built and warmed up here, once, rather than by every worker that starts
-    # before it is cached
-    from rlsd_harness.training.warmup import policy_path
-
-    for cfg in {(repr(c.model), repr(c.data)): c for _, _, c in jobs}.values():
-        policy_path(cfg.model, cfg.data, log)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
@@ -221,9 +217,21 @@ def _train_all(jobs: Sequence[tuple[str, Path, DictConfig]], workers: int, log: 
 TUNING_FILES = ("tuning.csv", "tuning.md", "picks.json")
 
 
-def earlier_picks(source: Path, exp, grid: dict) -> dict[str, dict]:
-    """The picks of the study in `source` when it was tuned on the same grid, seeds and tuning overrides as
-    `exp` (module docstring); a ConfigError naming what differs otherwise."""
+def base_digests(cfgs: Sequence[DictConfig], log: Callable[[str], None]) -> list[str]:
+    """sha256 of the weights of each distinct base policy the runs start from. Built and warmed up here if
+    needed, once, before any worker starts (workers that started together would each build it)."""
+    import hashlib
+
+    from rlsd_harness.training.warmup import policy_path
+
+    folders = {policy_path(c.model, c.data, log) for c in {(repr(c.model), repr(c.data)): c for c in cfgs}.values()}
+    return sorted(hashlib.sha256(b"".join(p.read_bytes() for p in sorted(f.glob("*.safetensors")))).hexdigest()
+                  for f in folders)
+
+
+def earlier_picks(source: Path, exp, grid: dict, base: list[str]) -> dict[str, dict]:
+    """The picks of the study in `source` when it was tuned on the same grid, seeds, tuning overrides and base
+    policy (`base`: base_digests) as `exp` (module docstring); a ConfigError naming what differs otherwise."""
     import pandas as pd
 
     missing = [f for f in TUNING_FILES if not (Path(source) / f).exists()]
@@ -241,7 +249,11 @@ def earlier_picks(source: Path, exp, grid: dict) -> dict[str, dict]:
     tuned = f"seeds {list(exp.tuning.seeds)}, overrides `{' '.join(exp.tuning.get('overrides') or [])}`"
     if tuned not in header:
         raise ConfigError(f"tuning_from={source}: it was tuned with {header!r}; this experiment tunes with {tuned}")
-    picks = json.loads((Path(source) / "picks.json").read_text())["picks"]
+    recorded = json.loads((Path(source) / "picks.json").read_text())
+    if recorded.get("base") != base:
+        raise ConfigError(f"tuning_from={source}: it was tuned from base policy {recorded.get('base') or '(not recorded)'}"
+                          f", these runs start from {base} (sha256 of the weights); tune on this base instead")
+    picks = recorded["picks"]
     picked = {r.method: r.label for r in table.itertuples() if r.picked}
     if {m: p["label"] for m, p in picks.items()} != picked or sorted(picked) != sorted(grid):
         raise ConfigError(f"tuning_from={source}: picks.json {sorted(p['label'] for p in picks.values())} does not match "
@@ -269,10 +281,9 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     grid = tuning_grid(exp, name)
     if tuning_from is not None and not grid:
         raise ConfigError(f"tuning_from={tuning_from}: experiment {name} has no tuning section to take picks for")
-    reused = earlier_picks(Path(tuning_from), exp, grid) if tuning_from is not None else None
     target, previous = output_folder(name, out)
     runs_dir, tuning_dir = target / "runs", target / "tuning" / "runs"
-    tuning_jobs = [] if reused else [(pt, s) for points in grid.values() for pt in points for s in exp.tuning.seeds]
+    tuning_jobs = [(pt, s) for points in grid.values() for pt in points for s in exp.tuning.seeds]
     # seed-major: an interrupted study holds whole seeds, which the paired comparisons need
     jobs = [(m, s) for s in exp.seeds for m in arms(exp)]
     # every configuration is composed and checked against the schema before any compute is spent or anything
@@ -296,8 +307,10 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
                  for m, s in jobs]
     if dry:
         return dry_run(exp, name, runs_dir, extra)
-    target.mkdir(parents=True, exist_ok=True)
     log = lambda msg: tqdm.write(msg, file=sys.stderr)  # noqa: E731
+    base = base_digests(test_cfgs, log)
+    reused = earlier_picks(Path(tuning_from), exp, grid, base) if tuning_from is not None else None
+    target.mkdir(parents=True, exist_ok=True)
     if previous is not None:
         log(f"{previous} holds a finished study; this run writes {target} and compares itself with it")
     started = time.time()
@@ -306,8 +319,11 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
                         *([f"tuning_from={tuning_from}"] if reused else []), *map(shlex.quote, extra)])
     bar = tqdm(total=len(tuning_jobs) + len(jobs), desc=f"{name}: {'tuning + ' if grid else ''}methods x seeds",
                unit="run", position=0, dynamic_ncols=True)
-    _train_all([(f"tuning/{pt.label}-s{seed}", tuning_dir / f"{pt.label}-s{seed}", cfg)
-                for (pt, seed), cfg in zip(tuning_jobs, tuning_cfgs)], workers, log, command, bar)
+    if reused:
+        bar.total = len(jobs)
+    else:
+        _train_all([(f"tuning/{pt.label}-s{seed}", tuning_dir / f"{pt.label}-s{seed}", cfg)
+                    for (pt, seed), cfg in zip(tuning_jobs, tuning_cfgs)], workers, log, command, bar)
     picks: dict[str, dict] = {}
     if grid:
         old_picks = json.loads((target / "picks.json").read_text())["picks"] if (target / "picks.json").exists() else None
@@ -317,7 +333,7 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
             picks = reused
         else:
             try:
-                picks = write_tuning(target, exp, grid)
+                picks = write_tuning(target, exp, grid, base=base)
             except ValueError as e:
                 raise ConfigError(str(e)) from e
         changed = old_picks is not None and {m: p["overrides"] for m, p in old_picks.items()} != {
@@ -338,7 +354,7 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
             "machine": f"{platform.platform()}, {os.cpu_count()} CPU cores, no GPU" if not torch.cuda.is_available()
             else f"{platform.platform()}, {torch.cuda.get_device_name()}",
             "workers": workers, "threads_per_run": _threads_per_run(workers),
-            "tuning": bool(grid), "tuning_from": str(tuning_from) if reused else None,
+            "base": base, "tuning": bool(grid), "tuning_from": str(tuning_from) if reused else None,
             "rerun_of": str(previous) if previous else None,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     write_json(meta, target / "meta.json")

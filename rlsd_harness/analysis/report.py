@@ -782,7 +782,7 @@ def tuning_results(runs_dir: Path, grid: dict[str, list[TuningPoint]], fractions
 
 
 def write_tuning(out: Path, exp: Any, grid: dict[str, list[TuningPoint]],
-                 n_resamples: int = stats.N_RESAMPLES) -> dict[str, dict]:
+                 n_resamples: int = stats.N_RESAMPLES, base: list[str] | None = None) -> dict[str, dict]:
     """Pick every method's values from out/tuning/runs and write tuning.csv, tuning.md and picks.json into
     `out`; returns the picks ({method: {label, values, overrides, validation_mean, n_runs}})."""
     fractions = budget_points_of(exp)
@@ -799,7 +799,7 @@ def write_tuning(out: Path, exp: Any, grid: dict[str, list[TuningPoint]],
         lines.append(f"| {r.method} | {r.lr:g} | {knob} | {r.n_runs} | {_pts(r.mean)} | "
                      f"[{_pts(r.ci_low)}, {_pts(r.ci_high)}] | {'**picked**' if r.picked else ''} | {r.not_counted} |")
     write_text(Path(out) / "tuning.md", "\n".join(lines) + "\n")
-    write_json({"rule": PICK_RULE, "split": "validation", "budget_point": max(fractions), "picks": picks},
+    write_json({"rule": PICK_RULE, "split": "validation", "budget_point": max(fractions), "base": base, "picks": picks},
                Path(out) / "picks.json")
     return picks
 
