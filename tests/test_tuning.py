@@ -142,7 +142,7 @@ def test_tuning_from_reuses_an_earlier_studys_picks_and_runs_no_tuning(offline, 
     meta = json.loads((out / "meta.json").read_text())
     assert meta["tuning_from"] == str(first) and meta["base"] == json.loads((first / "picks.json").read_text())["base"]
     assert len(meta["base"]) == 1 and len(meta["base"][0]) == 64
-    assert f"taken from the tuned study in `{first}`" in (out / "README.md").read_text()
+    assert f"taken from the tuned study in `{first}` (same base, grid" in (out / "README.md").read_text()
 
 
 @pytest.mark.parametrize("recorded", [None, ["0" * 64]])

@@ -317,11 +317,10 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     command = " ".join(["rlsd-compare", f"experiment={name}", f"out={target}",
                         *([f"workers={workers}"] if workers > 1 else []),
                         *([f"tuning_from={tuning_from}"] if reused else []), *map(shlex.quote, extra)])
-    bar = tqdm(total=len(tuning_jobs) + len(jobs), desc=f"{name}: {'tuning + ' if grid else ''}methods x seeds",
-               unit="run", position=0, dynamic_ncols=True)
-    if reused:
-        bar.total = len(jobs)
-    else:
+    tuning = grid and not reused
+    bar = tqdm(total=(len(tuning_jobs) if tuning else 0) + len(jobs),
+               desc=f"{name}: {'tuning + ' if tuning else ''}methods x seeds", unit="run", position=0, dynamic_ncols=True)
+    if tuning:
         _train_all([(f"tuning/{pt.label}-s{seed}", tuning_dir / f"{pt.label}-s{seed}", cfg)
                     for (pt, seed), cfg in zip(tuning_jobs, tuning_cfgs)], workers, log, command, bar)
     picks: dict[str, dict] = {}

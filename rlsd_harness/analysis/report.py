@@ -703,8 +703,9 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
                   f"Hyperparameters were never chosen on this split.", ""]
     lines += [f"> {n}" for n in study.notes] + ([""] if study.notes else [])
     if (out / "tuning.md").exists():
-        source = meta.get("tuning_from")
-        lines += ["## Tuning", "", *([f"The picks were taken from the tuned study in `{source}` (same base, grid, seeds "
+        source, same = meta.get("tuning_from"), ("same base, grid" if meta.get("base") else
+                                                 "no base policy recorded, so possibly another base; same grid")
+        lines += ["## Tuning", "", *([f"The picks were taken from the tuned study in `{source}` ({same}, seeds "
                                       f"and tuning overrides; its tuning runs are not repeated here).", ""] if source else []),
                   (out / "tuning.md").read_text(), ""]
     lines += ["## Tables", "", (out / "table.md").read_text(), ""]
