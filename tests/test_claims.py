@@ -62,6 +62,9 @@ def test_planted_effects_are_found_with_the_right_verdicts():
     assert verdicts["rlsd's w-clip fraction is a few percent"] == "held"
     md = claims.markdown(claims.learning_rows(q, ["grpo"]), claims.claim_rows(q))
     assert "**held**" in md and "95 % CI" in md
+    rows = claims.claim_rows(q).astype({"n": float})  # the report's claim rows hold NaN counts: a float column
+    md = claims.markdown(claims.learning_rows(q, ["grpo"]), rows)
+    assert "| 8 |" in md and "| 8.0 |" not in md, "seed counts print as integers"
 
 
 def test_opposite_effects_do_not_hold_and_noise_cannot_tell():

@@ -123,6 +123,10 @@ def test_picks_follow_the_rule_and_the_test_runs_get_them(offline, tmp_path):
     assert np.allclose(table[table["table"] == "budget=1"]["mean"], 0.6)
     readme = (out / "README.md").read_text()
     assert "## Tuning" in readme and "**picked**" in readme
+    # grpo's pick is inside its grid of four; every value of a two-point axis is at an edge
+    edge = (out / "tuning.md").read_text().split("At the edge of the grid", 1)[1]
+    assert edge.endswith(": opsd: lr=1e-05 is the smallest tried, pointwise_clip=0.1 is the largest tried; "
+                         "rlsd: lr=5e-05 is the largest tried, eps_w=0.1 is the smallest tried.\n"), edge
 
 
 def test_tuning_from_reuses_an_earlier_studys_picks_and_runs_no_tuning(offline, tmp_path):

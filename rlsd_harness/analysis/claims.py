@@ -207,6 +207,7 @@ def markdown(learning: pd.DataFrame, claims: pd.DataFrame, criterion_points: flo
               "|---|---|---|---|---|---|---|---|"]
     for r in claims.itertuples(index=False):
         p = "-" if not np.isfinite(r.p) else f"{r.p:.3g}"
-        lines.append(f"| {r.claim} | {r.quantity} | {r.mean:+.2f} | [{r.ci_low:+.2f}, {r.ci_high:+.2f}] | {p} | {r.n} | "
+        n = "-" if not np.isfinite(r.n) else f"{r.n:.0f}"  # a column holding NaN is float
+        lines.append(f"| {r.claim} | {r.quantity} | {r.mean:+.2f} | [{r.ci_low:+.2f}, {r.ci_high:+.2f}] | {p} | {n} | "
                      f"{r.rule} | **{r.verdict}** |")
     return "\n".join(lines) + "\n"

@@ -782,6 +782,18 @@ def tuning_results(runs_dir: Path, grid: dict[str, list[TuningPoint]], fractions
     return pd.DataFrame(rows), picks
 
 
+def grid_edges(grid: dict[str, list[TuningPoint]], picks: dict[str, dict]) -> dict[str, list[str]]:
+    """Per method, each picked value that is the smallest or largest its grid tried (of two or more)."""
+    edges: dict[str, list[str]] = {}
+    for method, pick in picks.items():
+        for key, value in pick["values"].items():
+            tried = sorted({float(pt.values[key]) for pt in grid[method] if key in pt.values})
+            if len(tried) > 1 and float(value) in (tried[0], tried[-1]):
+                side = "smallest" if float(value) == tried[0] else "largest"
+                edges.setdefault(method, []).append(f"{key.rsplit('.', 1)[-1]}={value:g} is the {side} tried")
+    return edges
+
+
 def write_tuning(out: Path, exp: Any, grid: dict[str, list[TuningPoint]],
                  n_resamples: int = stats.N_RESAMPLES, base: list[str] | None = None) -> dict[str, dict]:
     """Pick every method's values from out/tuning/runs and write tuning.csv, tuning.md and picks.json into
@@ -799,6 +811,10 @@ def write_tuning(out: Path, exp: Any, grid: dict[str, list[TuningPoint]],
         knob = f"{r.knob.rsplit('.', 1)[-1]}={r.value:g}" if isinstance(r.knob, str) else ""  # None -> nan in pandas
         lines.append(f"| {r.method} | {r.lr:g} | {knob} | {r.n_runs} | {_pts(r.mean)} | "
                      f"[{_pts(r.ci_low)}, {_pts(r.ci_high)}] | {'**picked**' if r.picked else ''} | {r.not_counted} |")
+    edges = grid_edges(grid, picks)
+    if edges:
+        lines += ["", "At the edge of the grid (a better value may lie beyond it; widen the grid that way): "
+                  + "; ".join(f"{m}: {', '.join(e)}" for m, e in edges.items()) + "."]
     write_text(Path(out) / "tuning.md", "\n".join(lines) + "\n")
     write_json({"rule": PICK_RULE, "split": "validation", "budget_point": max(fractions), "base": base, "picks": picks},
                Path(out) / "picks.json")
