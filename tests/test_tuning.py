@@ -129,6 +129,27 @@ def test_picks_follow_the_rule_and_the_test_runs_get_them(offline, tmp_path):
                          "rlsd: lr=5e-05 is the largest tried, eps_w=0.1 is the smallest tried.\n"), edge
 
 
+def test_the_report_rebuilds_the_tuning_files_and_refuses_picks_that_would_change(offline, tmp_path, capsys):
+    from rlsd_harness.cli.report import main as report_main
+
+    _, exp_file = offline
+    out = compare.compare(exp_file)
+    written = {f: (out / f).read_bytes() for f in compare.TUNING_FILES}
+    for f in compare.TUNING_FILES[:2]:
+        (out / f).unlink()
+    report_main([f"folder={out}"])
+    assert {f: (out / f).read_bytes() for f in compare.TUNING_FILES} == written
+    # picks.json records another pick than its tuning runs make: the test runs were trained at the recorded one
+    picks = json.loads((out / "picks.json").read_text())
+    picks["picks"]["grpo"]["overrides"] = ["algorithm.lr=0.0001"]
+    (out / "picks.json").write_text(json.dumps(picks))
+    before = {p: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(SystemExit):
+        report_main([f"folder={out}"])
+    assert "picks.json records" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 def test_tuning_from_reuses_an_earlier_studys_picks_and_runs_no_tuning(offline, tmp_path):
     fake, exp_file = offline
     first = compare.compare(exp_file)

@@ -1,5 +1,7 @@
 """`rlsd-report folder=results/embedded`: rebuild a comparison's tables, plots and README from its run folders
-(nothing is trained). `compare_with=<an earlier folder of the same experiment>` also writes compare_with.md /
+(nothing is trained), and its tuning.md / tuning.csv / picks.json from tuning/runs/ where the folder holds its
+own tuning runs (a committed study does not: its tuning runs are not kept); picks that would change are refused,
+since the test runs were trained at the recorded ones. `compare_with=<an earlier folder of the same experiment>` also writes compare_with.md /
 .csv: per method and budget point both studies' means, the difference and how many same-seed runs have
 identical per-item records."""
 
@@ -23,8 +25,8 @@ def _comparison_folder(value: str, key: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from rlsd_harness.analysis.report import write_comparison, write_report
-    from rlsd_harness.config import load_experiment
+    from rlsd_harness.analysis.report import tuning_results, write_comparison, write_report, write_tuning
+    from rlsd_harness.config import budget_points_of, load_experiment, tuning_grid
 
     def body() -> None:
         own, _ = split_args(argv, "rlsd-report", __doc__, OWN, takes_overrides=False)
@@ -35,6 +37,17 @@ def main(argv: list[str] | None = None) -> None:
         meta = json.loads(meta_file.read_text()) if meta_file.exists() else {"experiment": folder.name}
         own_file = meta.get("experiment_file")  # an experiment given as a yaml path outside config/experiment/
         exp = load_experiment(own_file if own_file and Path(own_file).is_file() else meta["experiment"])
+        grid = tuning_grid(exp, meta["experiment"])
+        tuned_here = grid and (folder / "tuning" / "runs").is_dir() and (folder / "picks.json").exists()
+        if tuned_here:
+            recorded = json.loads((folder / "picks.json").read_text())
+            _, picks = tuning_results(folder / "tuning" / "runs", grid, budget_points_of(exp),
+                                      str(exp.get("budget_kind", "flops")))
+            was = {m: p["overrides"] for m, p in recorded["picks"].items()}
+            now = {m: p["overrides"] for m, p in picks.items()}
+            if was != now:
+                raise ConfigError(f"folder={folder}: its tuning runs now pick {now}, picks.json records {was} and the "
+                                  f"test runs were trained at those; nothing rewritten")
         if "compare_with" in own:
             old = _comparison_folder(own["compare_with"], "compare_with")
             old_meta = json.loads((old / "meta.json").read_text()) if (old / "meta.json").exists() else {}
@@ -42,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
                 raise ConfigError(f"compare_with={old} is experiment {old_meta['experiment']!r}, folder={folder} is "
                                   f"{meta['experiment']!r}; compare two runs of one experiment")
             write_comparison(folder, old, exp)
+        if tuned_here:
+            write_tuning(folder, exp, grid, base=recorded.get("base"))
         write_report(folder, exp, meta)
         print(f"report in {folder}")
 
