@@ -150,6 +150,22 @@ def test_the_report_rebuilds_the_tuning_files_and_refuses_picks_that_would_chang
     assert {p: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
 
 
+def test_picks_that_change_under_trained_test_runs_are_refused_every_time(offline, tmp_path):
+    fake, exp_file = offline
+    out = compare.compare(exp_file, out=tmp_path / "study")
+    (out / "meta.json").unlink()  # an unfinished study: the next invocation continues it
+    picks = json.loads((out / "picks.json").read_text())
+    picks["picks"]["grpo"]["overrides"] = ["algorithm.lr=0.0001"]  # the test runs were trained at this pick
+    (out / "picks.json").write_text(json.dumps(picks))
+    before = {f: (out / f).read_bytes() for f in compare.TUNING_FILES}
+    for _ in range(2):  # the refusal must not record the new picks, or the second invocation would go on
+        fake.configs.clear()
+        with pytest.raises(ConfigError, match="the tuning picks changed"):
+            compare.compare(exp_file, out=out)
+        assert {f: (out / f).read_bytes() for f in compare.TUNING_FILES} == before
+        assert all("/tuning/" in str(c.run.dir) for c in fake.configs) and not (out / "meta.json").exists()
+
+
 def test_tuning_from_reuses_an_earlier_studys_picks_and_runs_no_tuning(offline, tmp_path):
     fake, exp_file = offline
     first = compare.compare(exp_file)

@@ -270,7 +270,14 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     from tqdm.auto import tqdm
 
     from rlsd_harness import dist
-    from rlsd_harness.analysis.report import write_comparison, write_json, write_report, write_tuning
+    from rlsd_harness.analysis.report import (
+        changed_picks,
+        study_picks,
+        write_comparison,
+        write_json,
+        write_report,
+        write_tuning,
+    )
 
     extra = list(overrides or [])
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= (os.cpu_count() or 1):
@@ -325,21 +332,23 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
                     for (pt, seed), cfg in zip(tuning_jobs, tuning_cfgs)], workers, log, command, bar)
     picks: dict[str, dict] = {}
     if grid:
-        old_picks = json.loads((target / "picks.json").read_text())["picks"] if (target / "picks.json").exists() else None
         if reused:
-            for f in TUNING_FILES:
-                atomic_write_text(target / f, (Path(tuning_from) / f).read_text())
             picks = reused
         else:
             try:
-                picks = write_tuning(target, exp, grid, base=base)
+                table, picks = study_picks(target, exp, grid)
             except ValueError as e:
                 raise ConfigError(str(e)) from e
-        changed = old_picks is not None and {m: p["overrides"] for m, p in old_picks.items()} != {
-            m: p["overrides"] for m, p in picks.items()}
+        # checked before anything is written, so that a second invocation refuses as the first did
+        changed = changed_picks(target, picks)
         if changed and runs_dir.is_dir() and any(runs_dir.iterdir()):
-            raise ConfigError(f"the tuning picks changed ({old_picks} -> {picks}) but {runs_dir} holds runs trained "
-                              f"at the old picks; give a fresh out= folder")
+            raise ConfigError(f"the tuning picks changed ({changed}) but {runs_dir} holds runs trained at the old "
+                              f"picks; give a fresh out= folder")
+        if reused:
+            for f in TUNING_FILES:
+                atomic_write_text(target / f, (Path(tuning_from) / f).read_text())
+        else:
+            write_tuning(target, exp, grid, table, picks, base=base)
         for m, p in picks.items():
             log(f"tuning pick for {m}: {' '.join(p['overrides'])} (validation mean@k {p['validation_mean']:.3f})")
     if grid:

@@ -794,13 +794,27 @@ def grid_edges(grid: dict[str, list[TuningPoint]], picks: dict[str, dict]) -> di
     return edges
 
 
-def write_tuning(out: Path, exp: Any, grid: dict[str, list[TuningPoint]],
-                 n_resamples: int = stats.N_RESAMPLES, base: list[str] | None = None) -> dict[str, dict]:
-    """Pick every method's values from out/tuning/runs and write tuning.csv, tuning.md and picks.json into
-    `out`; returns the picks ({method: {label, values, overrides, validation_mean, n_runs}})."""
+def study_picks(out: Path, exp: Any, grid: dict[str, list[TuningPoint]],
+                n_resamples: int = stats.N_RESAMPLES) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """tuning_results over a study folder's own tuning runs (out/tuning/runs) at its experiment's budget points."""
+    return tuning_results(Path(out) / "tuning" / "runs", grid, budget_points_of(exp),
+                          str(exp.get("budget_kind", "flops")), n_resamples)
+
+
+def changed_picks(out: Path, picks: dict[str, dict]) -> str | None:
+    """'old -> new' overrides when out/picks.json records other picks than `picks`, None otherwise (or none recorded)."""
+    if not (Path(out) / "picks.json").exists():
+        return None
+    was = {m: p["overrides"] for m, p in json.loads((Path(out) / "picks.json").read_text())["picks"].items()}
+    now = {m: p["overrides"] for m, p in picks.items()}
+    return None if was == now else f"{was} -> {now}"
+
+
+def write_tuning(out: Path, exp: Any, grid: dict[str, list[TuningPoint]], table: pd.DataFrame,
+                 picks: dict[str, dict], base: list[str] | None = None) -> None:
+    """Write tuning_results' table and picks ({method: {label, values, overrides, validation_mean, n_runs}}) into
+    `out` as tuning.csv, tuning.md and picks.json."""
     fractions = budget_points_of(exp)
-    table, picks = tuning_results(Path(out) / "tuning" / "runs", grid, fractions, str(exp.get("budget_kind", "flops")),
-                                  n_resamples)
     write_csv(table, Path(out) / "tuning.csv")
     t = exp.tuning
     lines = [f"Tuning: every method gets a grid of {len(next(iter(grid.values())))} points, seeds "
@@ -818,7 +832,6 @@ def write_tuning(out: Path, exp: Any, grid: dict[str, list[TuningPoint]],
     write_text(Path(out) / "tuning.md", "\n".join(lines) + "\n")
     write_json({"rule": PICK_RULE, "split": "validation", "budget_point": max(fractions), "base": base, "picks": picks},
                Path(out) / "picks.json")
-    return picks
 
 
 # ---------------------------------------------------------------- two runs of one study

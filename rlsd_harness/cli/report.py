@@ -25,8 +25,14 @@ def _comparison_folder(value: str, key: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from rlsd_harness.analysis.report import tuning_results, write_comparison, write_report, write_tuning
-    from rlsd_harness.config import budget_points_of, load_experiment, tuning_grid
+    from rlsd_harness.analysis.report import (
+        changed_picks,
+        study_picks,
+        write_comparison,
+        write_report,
+        write_tuning,
+    )
+    from rlsd_harness.config import load_experiment, tuning_grid
 
     def body() -> None:
         own, _ = split_args(argv, "rlsd-report", __doc__, OWN, takes_overrides=False)
@@ -40,14 +46,11 @@ def main(argv: list[str] | None = None) -> None:
         grid = tuning_grid(exp, meta["experiment"])
         tuned_here = grid and (folder / "tuning" / "runs").is_dir() and (folder / "picks.json").exists()
         if tuned_here:
-            recorded = json.loads((folder / "picks.json").read_text())
-            _, picks = tuning_results(folder / "tuning" / "runs", grid, budget_points_of(exp),
-                                      str(exp.get("budget_kind", "flops")))
-            was = {m: p["overrides"] for m, p in recorded["picks"].items()}
-            now = {m: p["overrides"] for m, p in picks.items()}
-            if was != now:
-                raise ConfigError(f"folder={folder}: its tuning runs now pick {now}, picks.json records {was} and the "
-                                  f"test runs were trained at those; nothing rewritten")
+            table, picks = study_picks(folder, exp, grid)
+            changed = changed_picks(folder, picks)
+            if changed:
+                raise ConfigError(f"folder={folder}: its tuning runs pick other values than picks.json records "
+                                  f"({changed}), and the test runs were trained at the recorded ones; nothing rewritten")
         if "compare_with" in own:
             old = _comparison_folder(own["compare_with"], "compare_with")
             old_meta = json.loads((old / "meta.json").read_text()) if (old / "meta.json").exists() else {}
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
                                   f"{meta['experiment']!r}; compare two runs of one experiment")
             write_comparison(folder, old, exp)
         if tuned_here:
-            write_tuning(folder, exp, grid, base=recorded.get("base"))
+            write_tuning(folder, exp, grid, table, picks, base=json.loads((folder / "picks.json").read_text()).get("base"))
         write_report(folder, exp, meta)
         print(f"report in {folder}")
 
