@@ -106,14 +106,25 @@ def parse_run_name(name: str) -> tuple[str, int] | None:
     return (arm, int(seed)) if sep and arm and seed.isdigit() else None
 
 
-def _metrics_lines(run_dir: Path) -> list[dict]:
+def record_text(path: Path) -> str | None:
+    """A run's jsonl file, else its gzip-compressed copy `<path>.gz` (how a packed study stores it:
+    analysis/pack.py), else None."""
+    import gzip
+
+    if path.exists():
+        return path.read_text()
+    packed = path.with_name(path.name + ".gz")
+    return gzip.decompress(packed.read_bytes()).decode() if packed.exists() else None
+
+
+def metrics_lines(run_dir: Path) -> list[dict]:
     from rlsd_harness.training.metrics import namespaced
 
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
+    text = record_text(run_dir / "metrics.jsonl")
+    if text is None:
         return []
     lines = []
-    for raw in path.read_text().splitlines():
+    for raw in text.splitlines():
         if raw.strip():
             try:
                 lines.append(namespaced(json.loads(raw)))  # older runs wrote flat names; the mapping is idempotent
@@ -157,7 +168,7 @@ def run_status(runs_dir: Path) -> pd.DataFrame:
                 error = json.loads((run_dir / "failed.json").read_text()).get("error")
             except json.JSONDecodeError:
                 error = "failed.json unreadable"
-        elif _finished(run_dir, _metrics_lines(run_dir)):
+        elif _finished(run_dir, metrics_lines(run_dir)):
             status = "finished"
         rows.append({"run": run_dir.name, "method": parsed[0], "seed": parsed[1], "status": status, "error": error})
     return pd.DataFrame(rows, columns=["run", "method", "seed", "status", "error"])
@@ -175,7 +186,7 @@ def load_runs(runs_dir: Path) -> pd.DataFrame:
     status = run_status(runs_dir)
     frames = []
     for row in status.itertuples(index=False):
-        lines = _metrics_lines(Path(runs_dir) / row.run) or [{}]
+        lines = metrics_lines(Path(runs_dir) / row.run) or [{}]
         df = pd.DataFrame(lines)
         for col in ("run", "method", "seed", "status", "error"):
             df[col] = getattr(row, col)
@@ -197,7 +208,7 @@ def run_records(run_dir: Path, split: str, points: Sequence[float], budget_key: 
     budget) are not table points and are skipped."""
     found: dict[float, tuple[dict, Path]] = {}
     any_record = False
-    for line in _metrics_lines(run_dir):
+    for line in metrics_lines(run_dir):
         bp, rel = line.get(f"eval/{split}/budget_point"), line.get(f"eval/{split}/file")
         if bp is None or rel is None or (isinstance(bp, float) and math.isnan(bp)):
             continue
@@ -209,10 +220,11 @@ def run_records(run_dir: Path, split: str, points: Sequence[float], budget_key: 
         return None
     rows = []
     for budget, (line, path) in sorted(found.items()):
-        if not path.exists():
+        text = record_text(path)
+        if text is None:
             raise FileNotFoundError(f"{run_dir.name}: metrics.jsonl names the records {path} of budget point "
                                     f"{budget:g}, but the file is missing")
-        for raw in path.read_text().splitlines():
+        for raw in text.splitlines():
             if not raw.strip():
                 continue
             item = json.loads(raw)
@@ -244,7 +256,7 @@ def _aggregate_records(runs_dir: Path, status: pd.DataFrame, fractions: list[flo
     being fractions of the smallest final budget any finished run reached (no interpolation)."""
     runs = {}
     for row in status[status["status"] == "finished"].itertuples(index=False):
-        lines = _metrics_lines(Path(runs_dir) / row.run)
+        lines = metrics_lines(Path(runs_dir) / row.run)
         key = next((k for k in (f"eval/{split}/mean@k", LEGACY_ACCURACY) if any(k in ln for ln in lines)), None)
         if key is None:
             continue

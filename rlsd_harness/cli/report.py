@@ -3,7 +3,9 @@
 own tuning runs (a committed study does not: its tuning runs are not kept); picks that would change are refused,
 since the test runs were trained at the recorded ones. `compare_with=<an earlier folder of the same experiment>` also writes compare_with.md /
 .csv: per method and budget point both studies' means, the difference and how many same-seed runs have
-identical per-item records."""
+identical per-item records. `pack=<a new folder>` then writes a committable copy of the study there
+(analysis/pack.py: no weights or checkpoints, the jsonl records gzip-compressed, checked to rebuild the same
+tables)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from rlsd_harness.cli import run_main, split_args
 from rlsd_harness.config import ConfigError
 
 OWN = {"folder": "a comparison's output folder (required)",
-       "compare_with": "an earlier output folder of the same experiment to compare with (optional)"}
+       "compare_with": "an earlier output folder of the same experiment to compare with (optional)",
+       "pack": "a new folder for a committable copy of the study: no weights, jsonl gzip-compressed (optional)"}
 
 
 def _comparison_folder(value: str, key: str) -> Path:
@@ -62,6 +65,11 @@ def main(argv: list[str] | None = None) -> None:
             write_tuning(folder, exp, grid, table, picks, base=json.loads((folder / "picks.json").read_text()).get("base"))
         write_report(folder, exp, meta)
         print(f"report in {folder}")
+        if "pack" in own:
+            from rlsd_harness.analysis.pack import pack_study
+
+            files, before, after = pack_study(folder, Path(own["pack"]), exp, meta)
+            print(f"packed {files} files into {own['pack']}: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB")
 
     run_main(body)
 
