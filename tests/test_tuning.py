@@ -73,6 +73,7 @@ class FakeRun:
         else:
             evals = {p: {"test": correct_at(0.6, cfg.seed), "validation": correct_at(0.99, cfg.seed)} for p in points}
         write_run(Path(cfg.run.dir) / cfg.run.name, evals, budget=float(cfg.train.budget.value))
+        (Path(cfg.run.dir) / cfg.run.name / "finished.json").write_text("{}")
         return Path(cfg.run.dir) / cfg.run.name
 
 
@@ -164,6 +165,31 @@ def test_picks_that_change_under_trained_test_runs_are_refused_every_time(offlin
             compare.compare(exp_file, out=out)
         assert {f: (out / f).read_bytes() for f in compare.TUNING_FILES} == before
         assert all("/tuning/" in str(c.run.dir) for c in fake.configs) and not (out / "meta.json").exists()
+
+
+def test_a_study_continues_over_packed_runs_but_never_from_another_base(offline, tmp_path):
+    from rlsd_harness.analysis.pack import pack_study
+
+    fake, exp_file = offline
+    out = compare.compare(exp_file, out=tmp_path / "study")
+    exp = load_experiment(exp_file)
+    packed = tmp_path / "packed"  # what a fresh clone holds of a committed study: no weights, no tuning runs
+    pack_study(out, packed, exp, json.loads((out / "meta.json").read_text()))
+    (packed / "meta.json").unlink()
+    for run in ("grpo-s1", "rlsd-s1"):  # two runs still to train
+        for f in (packed / "runs" / run).iterdir():
+            f.unlink() if f.is_file() else None
+    fake.configs.clear()
+    compare.compare(exp_file, out=packed, tuning_from=out)
+    assert sorted(c.run.name for c in fake.configs) == ["grpo-s1", "rlsd-s1"]
+    (packed / "meta.json").unlink()
+    picks = json.loads((packed / "picks.json").read_text())
+    picks["base"] = ["0" * 64]  # the packed runs came from another base policy
+    (packed / "picks.json").write_text(json.dumps(picks))
+    fake.configs.clear()
+    with pytest.raises(ConfigError, match="trained from base policy"):
+        compare.compare(exp_file, out=packed)
+    assert not fake.configs
 
 
 def test_tuning_from_reuses_an_earlier_studys_picks_and_runs_no_tuning(offline, tmp_path):

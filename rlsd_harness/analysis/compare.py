@@ -136,8 +136,8 @@ def _train(run_dir: Path, cfg: DictConfig, log: Callable[[str], None], command: 
     (training/run.py: run_state): a finished run is skipped; a partial or failed one resumes from its newest
     good checkpoint, or starts over when it has none; a failure is recorded and the matrix goes on."""
     state = run_state(run_dir)
-    if state == "finished":
-        return
+    if state == "finished" or ((run_dir / "finished.json").is_file() and (run_dir / "metrics.jsonl.gz").is_file()):
+        return  # the second: a packed copy of a finished run (analysis/pack.py), its records kept, its weights not
     good = checkpoint.latest_good(run_dir, log) if state in ("partial", "failed") else None
     if state in ("partial", "failed") and good is None:
         log(f"{run_dir.name}: no good checkpoint to resume from; starting it over")
@@ -316,6 +316,12 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
         return dry_run(exp, name, runs_dir, extra)
     log = lambda msg: tqdm.write(msg, file=sys.stderr)  # noqa: E731
     base = base_digests(test_cfgs, log)
+    recorded = json.loads((target / "picks.json").read_text()).get("base") if (target / "picks.json").exists() else None
+    trained = [d for d in (runs_dir, tuning_dir) if d.is_dir() and any(d.iterdir())]
+    if recorded and recorded != base and trained:
+        raise ConfigError(f"out={target}: its runs were trained from base policy {recorded}, these would start from "
+                          f"{base} (sha256 of the weights: the warm-up gives another base on another kind of CPU); "
+                          f"give a fresh out= folder")
     reused = earlier_picks(Path(tuning_from), exp, grid, base) if tuning_from is not None else None
     target.mkdir(parents=True, exist_ok=True)
     if previous is not None:
