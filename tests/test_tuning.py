@@ -277,7 +277,7 @@ def test_tuning_runs_that_would_evaluate_nothing_are_refused_before_any_compute(
         compare.compare(str(silent))
     assert fake.configs == [] and not (tmp_path / "results" / "silent").exists()
     dry = compare.compare("reference", dry=True)  # the committed reference study's tuning runs do evaluate
-    assert "tuning first: 5 methods x 3 grid points x 2 seeds" in dry
+    assert "tuning first: 5 methods x 4 grid points x 2 seeds" in dry
 
 
 def test_every_method_gets_the_same_grid_size_and_picks_never_read_the_test_split(tmp_path):
