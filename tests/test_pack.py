@@ -62,10 +62,18 @@ def test_a_packed_study_keeps_no_weights_and_rebuilds_the_same_tables(study, tmp
         pack_study(src, again, exp, meta)
 
 
-def test_a_study_whose_tables_the_packed_records_do_not_rebuild_is_not_packed(study, tmp_path):
+def report_main_without_rebuild(src, dest, meta):
+    """pack_study through the command line's error handling, without rebuilding the stale report first."""
+    from rlsd_harness.cli import run_main
+
+    run_main(lambda: pack_study(src, dest, OmegaConf.create(EXPERIMENT), meta))
+
+
+def test_a_study_whose_tables_the_packed_records_do_not_rebuild_is_not_packed(study, tmp_path, capsys):
     src, meta = study
     table = (src / "table.csv").read_text()
     (src / "table.csv").write_text(table.replace("grpo", "grpo ", 1))  # a stale report
-    with pytest.raises(ValueError, match="rebuilds other table.csv"):
-        pack_study(src, tmp_path / "packed", OmegaConf.create(EXPERIMENT), meta)
+    with pytest.raises(SystemExit):  # a user error: one line, no traceback
+        report_main_without_rebuild(src, tmp_path / "packed", meta)
+    assert "rebuilds other table.csv" in capsys.readouterr().err
     assert not (tmp_path / "packed").exists() and not list(tmp_path.glob(".packed*"))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rlsd_harness.analysis.report import metrics_lines, write_report
+from rlsd_harness.config import ConfigError
 
 RUN_FILES = ("config.yaml", "manifest.json", "finished.json", "failed.json")
 CHECKED_TABLES = ("table.csv", "per_seed.csv", "claims.csv", "per_run_dynamics.csv")
@@ -63,7 +64,7 @@ def pack_study(src: Path, dest: Path, exp: Any, meta: dict) -> tuple[int, int, i
         write_report(tmp, exp, meta, plots=False)
         differ = [t for t in CHECKED_TABLES if (src / t).exists() and (src / t).read_bytes() != (tmp / t).read_bytes()]
         if differ:
-            raise ValueError(f"the packed copy of {src} rebuilds other {', '.join(differ)} than the study's own "
+            raise ConfigError(f"the packed copy of {src} rebuilds other {', '.join(differ)} than the study's own "
                              f"(is its report current? rlsd-report folder={src}); nothing packed")
         for source, rel in plan:  # the study's own README and tables, not the check's rebuild
             if "/" not in rel:
