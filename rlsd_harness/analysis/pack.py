@@ -65,7 +65,7 @@ def pack_study(src: Path, dest: Path, exp: Any, meta: dict) -> tuple[int, int, i
         differ = [t for t in CHECKED_TABLES if (src / t).exists() and (src / t).read_bytes() != (tmp / t).read_bytes()]
         if differ:
             raise ConfigError(f"the packed copy of {src} rebuilds other {', '.join(differ)} than the study's own "
-                             f"(is its report current? rlsd-report folder={src}); nothing packed")
+                              f"(is its report current? rlsd-report folder={src}); nothing packed")
         for source, rel in plan:  # the study's own README and tables, not the check's rebuild
             if "/" not in rel:
                 shutil.copyfile(source, tmp / rel)

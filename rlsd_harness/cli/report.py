@@ -1,11 +1,11 @@
 """`rlsd-report folder=results/embedded`: rebuild a comparison's tables, plots and README from its run folders
 (nothing is trained), and its tuning.md / tuning.csv / picks.json from tuning/runs/ where the folder holds its
-own tuning runs (a committed study does not: its tuning runs are not kept); picks that would change are refused,
-since the test runs were trained at the recorded ones. `compare_with=<an earlier folder of the same experiment>` also writes compare_with.md /
-.csv: per method and budget point both studies' means, the difference and how many same-seed runs have
-identical per-item records. `pack=<a new folder>` then writes a committable copy of the study there
-(analysis/pack.py: no weights or checkpoints, the jsonl records gzip-compressed, checked to rebuild the same
-tables)."""
+own tuning runs (a committed study does not: its tuning runs are not kept); picks that would change are
+refused, since the test runs were trained at the recorded ones. `compare_with=<an earlier folder of the same
+experiment>` also writes compare_with.md / .csv: per method and budget point both studies' means, the
+difference and how many same-seed runs have identical per-item records. `pack=<a new folder>` then writes a
+committable copy of the study there (analysis/pack.py: no weights or checkpoints, the jsonl records
+gzip-compressed, checked to rebuild the same tables)."""
 
 from __future__ import annotations
 
