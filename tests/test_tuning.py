@@ -212,6 +212,32 @@ def test_tuning_from_reuses_an_earlier_studys_picks_and_runs_no_tuning(offline, 
     assert f"taken from the tuned study in `{first}` (same base, grid" in (out / "README.md").read_text()
 
 
+def test_tuning_only_stops_after_the_picks_and_trains_no_test_run(offline, tmp_path):
+    fake, exp_file = offline
+    out = compare.compare(exp_file, tuning_only=True)
+    assert out == tmp_path / "results" / "tuned" / "tuning.md"
+    assert fake.configs and all("/tuning/" in str(c.run.dir) for c in fake.configs)
+    folder = out.parent
+    assert all((folder / f).exists() for f in compare.TUNING_FILES)
+    assert not (folder / "runs").exists() and not (folder / "table.csv").exists()
+    # the same folder then continues into the test runs at those picks, without tuning again
+    fake.configs.clear()
+    compare.compare(exp_file)
+    assert len(fake.configs) == 3 * 2 and all("/tuning/" not in str(c.run.dir) for c in fake.configs)
+
+
+def test_tuning_only_is_refused_where_there_is_no_tuning_phase(offline, tmp_path):
+    _, exp_file = offline
+    untuned = tmp_path / "untuned.yaml"
+    untuned.write_text(EXPERIMENT.split("tuning:", 1)[0])
+    with pytest.raises(ConfigError, match="does not have"):
+        compare.compare(str(untuned), tuning_only=True)
+    first = compare.compare(exp_file)
+    with pytest.raises(ConfigError, match="skips with tuning_from"):
+        compare.compare(exp_file, out=tmp_path / "again", tuning_from=first, tuning_only=True)
+    assert not (tmp_path / "again").exists()
+
+
 @pytest.mark.parametrize("recorded", [None, ["0" * 64]])
 def test_tuning_from_refuses_picks_made_on_another_base_policy(offline, tmp_path, recorded):
     # the same config warms up to another base on a CPU whose kernels differ: its picks are not this base's
@@ -311,3 +337,8 @@ def test_committed_experiments_load_and_the_paper_table_keeps_its_own_settings()
     assert list(reference.seeds) == list(range(8)) and reference.budget_kind == "flops"
     sizes = {m: len(p) for m, p in tuning_grid(reference).items()}
     assert set(sizes) == set(reference.methods) and len(set(sizes.values())) == 1
+    # the tuning-horizon study tunes the reference's test runs at their own budget
+    horizon = load_experiment("reference_horizon")
+    assert list(horizon.overrides) == list(reference.overrides)
+    assert list(horizon.tuning.seeds) == list(reference.tuning.seeds) and horizon.tuning.split == "validation"
+    assert not any(o.startswith("train.budget") for o in horizon.tuning.overrides)

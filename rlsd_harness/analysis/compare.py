@@ -262,11 +262,13 @@ def earlier_picks(source: Path, exp, grid: dict, base: list[str]) -> dict[str, d
 
 
 def compare(name: str = "embedded", out: str | Path | None = None, overrides: list[str] | None = None,
-            dry: bool = False, workers: int = 1, tuning_from: str | Path | None = None) -> Path | str:
+            dry: bool = False, workers: int = 1, tuning_from: str | Path | None = None,
+            tuning_only: bool = False) -> Path | str:
     """Run (or continue) experiment `name` into `out` (default results/<name>, or a fresh rerun folder when
     that holds a finished study) and write its report; returns the folder. With `dry`, only validates every
     run's configuration and returns the plan as text. `workers`: runs trained at once; `tuning_from`: a
-    tuned study whose picks replace the tuning phase (module docstring)."""
+    tuned study whose picks replace the tuning phase; `tuning_only`: stop after the tuning phase (its runs,
+    tuning.csv, tuning.md, picks.json), e.g. to study how the picks depend on the tuning budget."""
     from tqdm.auto import tqdm
 
     from rlsd_harness import dist
@@ -288,6 +290,9 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     grid = tuning_grid(exp, name)
     if tuning_from is not None and not grid:
         raise ConfigError(f"tuning_from={tuning_from}: experiment {name} has no tuning section to take picks for")
+    if tuning_only and (not grid or tuning_from is not None):
+        raise ConfigError(f"tuning_only=true runs the tuning phase, which experiment {name} "
+                          + ("does not have (no tuning section)" if not grid else f"skips with tuning_from={tuning_from}"))
     target, previous = output_folder(name, out)
     runs_dir, tuning_dir = target / "runs", target / "tuning" / "runs"
     tuning_jobs = [(pt, s) for points in grid.values() for pt in points for s in exp.tuning.seeds]
@@ -331,7 +336,7 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
                         *([f"workers={workers}"] if workers > 1 else []),
                         *([f"tuning_from={tuning_from}"] if reused else []), *map(shlex.quote, extra)])
     tuning = grid and not reused
-    bar = tqdm(total=(len(tuning_jobs) if tuning else 0) + len(jobs),
+    bar = tqdm(total=(len(tuning_jobs) if tuning else 0) + (0 if tuning_only else len(jobs)),
                desc=f"{name}: {'tuning + ' if tuning else ''}methods x seeds", unit="run", position=0, dynamic_ncols=True)
     if tuning:
         _train_all([(f"tuning/{pt.label}-s{seed}", tuning_dir / f"{pt.label}-s{seed}", cfg)
@@ -357,6 +362,10 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
             write_tuning(target, exp, grid, table, picks, base=base)
         for m, p in picks.items():
             log(f"tuning pick for {m}: {' '.join(p['overrides'])} (validation mean@k {p['validation_mean']:.3f})")
+    if tuning_only:
+        bar.close()
+        dist.shutdown()
+        return target / "tuning.md"
     if grid:
         test_cfgs = [checked(run_overrides(exp, m, s, runs_dir, extra, picks[arms(exp)[m][0]]["overrides"]))
                      for m, s in jobs]

@@ -11,7 +11,8 @@ OWN = {"experiment": "an experiment of config/experiment/ (default embedded)",
        "out": "output folder (default results/<experiment>)",
        "dry_run": "true: validate and print the plan, train nothing",
        "workers": "runs trained at once, each in its own process (default 1; 2 on a 2-core machine is ~1.4x faster)",
-       "tuning_from": "a tuned study (folder with picks.json) of the same base and tuning section: its picks, no tuning runs"}
+       "tuning_from": "a tuned study (folder with picks.json) of the same base and tuning section: its picks, no tuning runs",
+       "tuning_only": "true: run the tuning phase only (its runs, tuning.csv, tuning.md, picks.json), no test runs"}
 
 
 def _workers(value: str) -> int:
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             result = compare(own.get("experiment", "embedded"), own.get("out"), overrides,
                              dry=flag(own.get("dry_run"), "dry_run"), workers=_workers(own.get("workers", "1")),
-                             tuning_from=own.get("tuning_from"))
+                             tuning_from=own.get("tuning_from"),
+                             tuning_only=flag(own.get("tuning_only"), "tuning_only"))
         except Interrupted as e:  # the run's checkpoint and the command that continues were printed
             raise SystemExit(e.exit_code) from None
         print(result if isinstance(result, str) else f"results in {result}")
