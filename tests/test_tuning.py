@@ -69,7 +69,9 @@ class FakeRun:
         split = cfg.eval.get("budget_split", "test")
         points = [0.0, *[float(p) for p in cfg.eval.budget_points]]
         if split == "validation":
-            evals = {p: {"validation": correct_at(VALIDATION[(method, lr, value)], cfg.seed)} for p in points}
+            # at 0.5 the ranking is reversed: the picks must read the last budget point only
+            evals = {p: {"validation": correct_at(VALIDATION[(method, lr, value)] if p != 0.5 else
+                                                  0.5 - VALIDATION[(method, lr, value)], cfg.seed)} for p in points}
         else:
             evals = {p: {"test": correct_at(0.6, cfg.seed), "validation": correct_at(0.99, cfg.seed)} for p in points}
         write_run(Path(cfg.run.dir) / cfg.run.name, evals, budget=float(cfg.train.budget.value))
@@ -119,6 +121,11 @@ def test_picks_follow_the_rule_and_the_test_runs_get_them(offline, tmp_path):
     assert len(grid) == 12 and grid["picked"].sum() == 3 and (grid["n_runs"] == 2).all()
     best = grid[grid["picked"]].set_index("method")["mean"]
     assert best.to_dict() == pytest.approx({"grpo": 0.45, "opsd": 0.35, "rlsd": 0.50})
+    # the earlier budget point is shown beside the last, with its interval
+    assert np.allclose(grid["mean_at_0.5"], 0.5 - grid["mean"])
+    assert (grid["ci_low_at_0.5"] <= grid["mean_at_0.5"]).all() and (grid["mean_at_0.5"] <= grid["ci_high_at_0.5"]).all()
+    md = (out / "tuning.md").read_text()
+    assert "| picked | not counted | at 0.5 (95 % CI) |" in md and "| **picked** |  | 5.0 [" in md
     # the tables read the test split (0.6), never the validation records the test runs also wrote (0.99)
     table = pd.read_csv(out / "table.csv")
     assert np.allclose(table[table["table"] == "budget=1"]["mean"], 0.6)

@@ -756,13 +756,17 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
 
 def tuning_results(runs_dir: Path, grid: dict[str, list[TuningPoint]], fractions: list[float], budget_kind: str,
                    n_resamples: int = stats.N_RESAMPLES) -> tuple[pd.DataFrame, dict[str, dict]]:
-    """The tuning grid's validation results at the last budget point and the pick per method (PICK_RULE).
+    """The tuning grid's validation results at the last budget point and the pick per method (PICK_RULE),
+    with each earlier budget point's mean beside them (whether the ranking holds along the tuning budget).
 
-    Rows: method, label, lr, knob, value, n_runs, mean, ci_low, ci_high, reliable, not_counted, picked.
+    Rows: method, label, lr, knob, value, n_runs, mean, ci_low, ci_high, reliable, not_counted, picked, and
+    mean_at_<f>, ci_low_at_<f>, ci_high_at_<f> per earlier budget point f > 0.
     Raises ValueError when a method has no grid point with a finished run that has validation records."""
     study = load_study(runs_dir, fractions, budget_kind, split="validation")
     last = max(fractions)
-    at = study.records[np.isclose(study.records["budget"], last)] if study.mode == "items" else study.records.iloc[0:0]
+    records = study.records if study.mode == "items" else study.records.iloc[0:0]
+    at = records[np.isclose(records["budget"], last)]
+    earlier = [f for f in sorted(fractions) if 0 < f < last]
     rows, picks = [], {}
     for method, points in grid.items():
         candidates = []
@@ -779,6 +783,11 @@ def tuning_results(runs_dir: Path, grid: dict[str, list[TuningPoint]], fractions
                 row.update(n_runs=int(s["n_runs"]), mean=float(s["mean"]), ci_low=float(s["ci_low"]),
                            ci_high=float(s["ci_high"]), reliable=bool(s["reliable"]))
                 candidates.append((-round(row["mean"], 12), pt.lr, i, pt))
+            for f in earlier:
+                sub_f = records[(records["method"] == pt.label) & np.isclose(records["budget"], f)]
+                s_f = (stats.summary_table(sub_f, budget=f, methods=[pt.label], n_resamples=n_resamples).iloc[0]
+                       if len(sub_f) else {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")})
+                row.update({f"{k}_at_{f:g}": float(s_f[k]) for k in ("mean", "ci_low", "ci_high")})
             rows.append(row)
         if not candidates:
             raise ValueError(f"tuning: no grid point of {method} has a finished run with validation records at budget "
@@ -827,16 +836,20 @@ def write_tuning(out: Path, exp: Any, grid: dict[str, list[TuningPoint]], table:
     """Write tuning_results' table and picks ({method: {label, values, overrides, validation_mean, n_runs}}) into
     `out` as tuning.csv, tuning.md and picks.json."""
     fractions = budget_points_of(exp)
+    earlier = [f for f in sorted(fractions) if 0 < f < max(fractions) and f"mean_at_{f:g}" in table]
     write_csv(table, Path(out) / "tuning.csv")
     t = exp.tuning
     lines = [f"Tuning: every method gets a grid of {len(next(iter(grid.values())))} points, seeds "
              f"{list(t.seeds)}, overrides `{' '.join(t.get('overrides') or [])}`; validation mean@k (points) at the "
              f"last budget point ({max(fractions):g}), 95 % intervals. Rule: {PICK_RULE}.", "",
-             "| method | lr | knob | runs | mean | 95 % CI | picked | not counted |", "|---|---|---|---|---|---|---|---|"]
-    for r in table.itertuples(index=False):
-        knob = f"{r.knob.rsplit('.', 1)[-1]}={r.value:g}" if isinstance(r.knob, str) else ""  # None -> nan in pandas
-        lines.append(f"| {r.method} | {r.lr:g} | {knob} | {r.n_runs} | {_pts(r.mean)} | "
-                     f"[{_pts(r.ci_low)}, {_pts(r.ci_high)}] | {'**picked**' if r.picked else ''} | {r.not_counted} |")
+             "| method | lr | knob | runs | mean | 95 % CI | picked | not counted |"
+             + "".join(f" at {f:g} (95 % CI) |" for f in earlier), "|---|---|---|---|---|---|---|---|" + "---|" * len(earlier)]
+    for r in table.to_dict("records"):
+        knob = f"{r['knob'].rsplit('.', 1)[-1]}={r['value']:g}" if isinstance(r["knob"], str) else ""  # None -> nan
+        lines.append(f"| {r['method']} | {r['lr']:g} | {knob} | {r['n_runs']} | {_pts(r['mean'])} | "
+                     f"[{_pts(r['ci_low'])}, {_pts(r['ci_high'])}] | {'**picked**' if r['picked'] else ''} | "
+                     f"{r['not_counted']} |" + "".join(f" {_pts(r[f'mean_at_{f:g}'])} [{_pts(r[f'ci_low_at_{f:g}'])}, "
+                                                       f"{_pts(r[f'ci_high_at_{f:g}'])}] |" for f in earlier))
     edges = grid_edges(grid, picks)
     if edges:
         lines += ["", "At the edge of the grid (a better value may lie beyond it; widen the grid that way): "
