@@ -765,29 +765,32 @@ def tuning_results(runs_dir: Path, grid: dict[str, list[TuningPoint]], fractions
     study = load_study(runs_dir, fractions, budget_kind, split="validation")
     last = max(fractions)
     records = study.records if study.mode == "items" else study.records.iloc[0:0]
-    at = records[np.isclose(records["budget"], last)]
     earlier = [f for f in sorted(fractions) if 0 < f < last]
+
+    def at_budget(label: str, f: float) -> tuple[pd.DataFrame, pd.Series | None]:
+        sub = records[(records["method"] == label) & np.isclose(records["budget"], f)]
+        return sub, (stats.summary_table(sub, budget=f, methods=[label], n_resamples=n_resamples).iloc[0]
+                     if len(sub) else None)
+
     rows, picks = [], {}
     for method, points in grid.items():
         candidates = []
         for i, pt in enumerate(points):
             knob = next((k for k in pt.values if k != "algorithm.lr"), None)
-            sub = at[at["method"] == pt.label]
+            sub, s = at_budget(pt.label, last)
             row = {"method": method, "label": pt.label, "lr": pt.lr, "knob": knob,
                    "value": pt.values.get(knob) if knob else None,
                    "not_counted": _left_out(study, pt.label, set(sub["seed"]), f"lacks budget point {last:g}"),
                    "n_runs": 0, "mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
                    "reliable": False, "picked": False}
-            if len(sub):
-                s = stats.summary_table(sub, budget=last, methods=[pt.label], n_resamples=n_resamples).iloc[0]
+            if s is not None:
                 row.update(n_runs=int(s["n_runs"]), mean=float(s["mean"]), ci_low=float(s["ci_low"]),
                            ci_high=float(s["ci_high"]), reliable=bool(s["reliable"]))
                 candidates.append((-round(row["mean"], 12), pt.lr, i, pt))
             for f in earlier:
-                sub_f = records[(records["method"] == pt.label) & np.isclose(records["budget"], f)]
-                s_f = (stats.summary_table(sub_f, budget=f, methods=[pt.label], n_resamples=n_resamples).iloc[0]
-                       if len(sub_f) else {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")})
-                row.update({f"{k}_at_{f:g}": float(s_f[k]) for k in ("mean", "ci_low", "ci_high")})
+                s_f = at_budget(pt.label, f)[1]
+                row.update({f"{k}_at_{f:g}": float("nan") if s_f is None else float(s_f[k])
+                            for k in ("mean", "ci_low", "ci_high")})
             rows.append(row)
         if not candidates:
             raise ValueError(f"tuning: no grid point of {method} has a finished run with validation records at budget "
@@ -844,12 +847,14 @@ def write_tuning(out: Path, exp: Any, grid: dict[str, list[TuningPoint]], table:
              f"last budget point ({max(fractions):g}), 95 % intervals. Rule: {PICK_RULE}.", "",
              "| method | lr | knob | runs | mean | 95 % CI | picked | not counted |"
              + "".join(f" at {f:g} (95 % CI) |" for f in earlier), "|---|---|---|---|---|---|---|---|" + "---|" * len(earlier)]
+    def interval(r: dict, suffix: str) -> str:
+        return f"{_pts(r['mean' + suffix])} [{_pts(r['ci_low' + suffix])}, {_pts(r['ci_high' + suffix])}]"
+
     for r in table.to_dict("records"):
         knob = f"{r['knob'].rsplit('.', 1)[-1]}={r['value']:g}" if isinstance(r["knob"], str) else ""  # None -> nan
         lines.append(f"| {r['method']} | {r['lr']:g} | {knob} | {r['n_runs']} | {_pts(r['mean'])} | "
                      f"[{_pts(r['ci_low'])}, {_pts(r['ci_high'])}] | {'**picked**' if r['picked'] else ''} | "
-                     f"{r['not_counted']} |" + "".join(f" {_pts(r[f'mean_at_{f:g}'])} [{_pts(r[f'ci_low_at_{f:g}'])}, "
-                                                       f"{_pts(r[f'ci_high_at_{f:g}'])}] |" for f in earlier))
+                     f"{r['not_counted']} |" + "".join(f" {interval(r, f'_at_{f:g}')} |" for f in earlier))
     edges = grid_edges(grid, picks)
     if edges:
         lines += ["", "At the edge of the grid (a better value may lie beyond it; widen the grid that way): "
