@@ -20,6 +20,12 @@ Scorer = Callable[[str, Any], dict]  # (response, row) -> the score record: "par
 Judge = Callable[[str], str]  # an extraction prompt -> the judge model's reply
 
 
+def item_scores(ids: list[str], flags: list[list[bool]]) -> dict[str, float]:
+    """Each item's fraction of its k samples scored correct. For a headline that is a mean over items of a
+    per-sample 0/1 verdict (accuracy, pass@1), the mean of these over the items is the headline's mean@k."""
+    return {i: sum(map(bool, f)) / len(f) for i, f in zip(ids, flags)}
+
+
 @dataclass(frozen=True)
 class Metadata:
     """What the benchmark runner needs to know about one benchmark besides load/prompt/score/metrics."""
@@ -41,6 +47,15 @@ class Metadata:
     # The training task's held-out split: items come from the run's data config (not eval.sources), and
     # samples draw the seeds that training-time evaluation draws for the same item.
     training_task: bool = False
+    # (item ids, each item's k correct flags) -> {unit: score in [0, 1]} whose unweighted mean over the units is
+    # the headline's mean@k; the unit is what the paper table's item term resamples (We-Math: a composite
+    # problem, since its score is defined per problem).
+    unit_scores: Callable[[list[str], list[list[bool]]], dict[str, float]] = item_scores
+    # The unit the metrics are computed over when it spans several rows (We-Math's composite problem: the rows
+    # sharing an `ID`), as a row -> unit key function; None: every row is its own unit. The runner's `limit=N`
+    # keeps the first N units whole (every row of each, wherever it sits in the file), so that a limited run
+    # is scored over complete problems only and never counts a problem whose pieces were not evaluated.
+    unit: Callable[[Any], str] | None = None
 
 
 def options_scorer(score: Callable[..., dict]) -> Callable[[Mapping[str, Any], Judge | None], Scorer]:

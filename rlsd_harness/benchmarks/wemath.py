@@ -196,10 +196,36 @@ def metrics(
     return out
 
 
+def problem_scores(ids: list[str], flags: list[list[bool]]) -> dict[str, float]:
+    """Each complete composite problem's share of Score (Strict), averaged over the k samples: per sample,
+    1 for CM, 0.5 for IG (all steps right, composite wrong), 0 for IK and RM; so that
+    Score (Strict) = (N - 0.5 IG - RM - IK) / N is their mean over the N problems. Item ids are
+    `ID/key` (`METADATA.row_id`); a problem missing any of its pieces is left out."""
+    parts: dict[tuple[int, str], dict[str, list[bool]]] = {}
+    for item_id, f in zip(ids, flags):
+        pid, _, key = str(item_id).rpartition("/")
+        kind = _steps(key)
+        if kind is not None:
+            parts.setdefault((kind[0], pid), {})[kind[1]] = [bool(x) for x in f]
+    out = {}
+    for (steps, pid), got in sorted(parts.items()):
+        needed = [str(i) for i in range(1, steps + 1)] + ["multi"]
+        if any(n not in got for n in needed):
+            continue
+        per_sample = []
+        for j in range(min(len(got[n]) for n in needed)):
+            subs, m = [got[str(i)][j] for i in range(1, steps + 1)], got["multi"][j]
+            per_sample.append((1.0 if all(subs) else 0.0) if m else (0.5 if all(subs) else 0.0))
+        out[f"{steps}steps/{pid}"] = sum(per_sample) / len(per_sample)
+    return out
+
+
 # "ID" names a composite problem; its one-step and multi-step sub-problems share it and differ by "key".
 METADATA = Metadata(
     row_id=lambda row: f"{row['ID']}/{row['key']}",
+    unit_scores=problem_scores,
     headline="Score (Strict)",
     secondary=(("Score (Loose)", "Score (Loose)"),),
     new_scorer=options_scorer(score),
+    unit=lambda row: str(row["ID"]),  # a limited run keeps whole composite problems (their rows are spread out)
 )

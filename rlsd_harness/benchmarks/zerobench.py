@@ -164,4 +164,7 @@ METADATA = Metadata(
     secondary=(("pass@k", "pass@{k}"), ("k/k", "{k}/{k}")),
     new_scorer=options_scorer(score),
     samples_together=True,  # pass@k and k/k reliability count the k samples of a question together
+    # `group_subquestions` scores a main question by all its subquestions ("<main>_<n>"): a limited run keeps
+    # them together. On the main split every id is its own unit.
+    unit=lambda row: str(row["question_id"]).split("_")[0],
 )

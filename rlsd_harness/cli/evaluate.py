@@ -14,7 +14,9 @@ OWN = {
     "checkpoint": "model folder, run folder (its final/) or a Hugging Face model folder (required)",
     "benchmarks": "list, e.g. [mmmu,mathvista,mathvision,zerobench,wemath,embedded] or name:variant "
                   "(default: embedded, embedded:hint, embedded:blank)",
-    "limit": "evaluate the first N items of each benchmark",
+    "limit": "evaluate the first N items of each benchmark; where the metrics span several rows, N whole units "
+             "(We-Math: N composite problems with all their rows; ZeroBench-Sub: the subquestions of N main "
+             "questions), so a limited run is scored over complete problems only",
     "out": "output folder",
     "overwrite": "true: discard results of a different config in out",
 }

@@ -16,8 +16,12 @@ template, its images first), scores with each benchmark module's `score`, and wr
 
 A benchmark is named alone (its prompt variant from eval.variants) or as `name:variant` (key
 `name-variant`), e.g. `mathvista:vlmevalkit` or `embedded:hint`. Items already in a jsonl are skipped on a
-rerun, so an interrupted run continues where it stopped and a larger `limit=` extends a quick look. A
-rerun whose config differs from the folder's config.json is an error unless overwrite=true (which
+rerun, so an interrupted run continues where it stopped and a larger `limit=` extends a quick look.
+`limit=N` takes the first N units of each benchmark in dataset order: a unit is one item or, where a
+benchmark's metrics span several rows (`Metadata.unit`), all of them: We-Math's composite problem (every
+row sharing its `ID`: its steps and its multi-step question, wherever they sit in the file) and
+ZeroBench-Sub's main question (its subquestions). Metrics are then computed over complete problems only.
+A rerun whose config differs from the folder's config.json is an error unless overwrite=true (which
 discards the affected results). With no `benchmarks=`, the embedded benchmark runs with the plain
 prompt, the privileged hint and a blank image (the probes that show whether the policy reads the picture
 and the teacher's context).
@@ -107,6 +111,26 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def limit_items(items: list, meta: Metadata, limit: int | None) -> list:
+    """The items a run with `limit=N` evaluates: the first N units in dataset order, each whole. A unit is one
+    item, or, where the benchmark declares one (`Metadata.unit`: We-Math's composite problem), every item of
+    it wherever it sits in the file; the items keep their dataset order."""
+    if limit is None:
+        return list(items)
+    if meta.unit is None:
+        return list(items[:limit])
+    kept: set[str] = set()
+    out = []
+    for item in items:
+        unit = meta.unit(item)
+        if unit not in kept:
+            if len(kept) == limit:
+                continue
+            kept.add(unit)
+        out.append(item)
+    return out
+
+
 def _benchmark_suite(name: str, key: str, variant: str | None, ecfg: Any, limit: int | None,
                      judge: Callable[[str], str] | None) -> Suite:
     module = get_benchmark(name)
@@ -118,7 +142,7 @@ def _benchmark_suite(name: str, key: str, variant: str | None, ecfg: Any, limit:
     if not rows:
         raise ValueError(f"{name}: split {split!r} of {source} has no rows")
     module.prompt(rows[0], variant)  # an unknown variant fails here, before any generation
-    rows = rows[:limit] if limit is not None else rows
+    rows = limit_items(rows, module.METADATA, limit)
     score_options = dict(_plain(ecfg.score_options.get(name)) or {})
     metric_options = dict(_plain(ecfg.metric_options.get(name)) or {})
     identity = {"source": str(source), "split": split, "revision": rows[0]["_meta"]["revision"],
@@ -150,7 +174,7 @@ def _training_task_suite(name: str, key: str, variant: str | None, cfg: Any, lim
     # The variant is applied to the whole test set before `limit`, so that "shuffled" pairs the same
     # items whatever the limit.
     items = _variant(build_data(cfg.data, cfg.seed).test_set(cfg.eval.n), variant)
-    items = items[:limit] if limit is not None else items
+    items = limit_items(items, meta, limit)
     data = {k: v for k, v in _plain(cfg.data).items() if k != "test_size"}  # test_size acts like a limit
     identity = {"data": data, "variant": variant, "max_new_tokens": int(cfg.eval.max_new_tokens)}
     return Suite(
