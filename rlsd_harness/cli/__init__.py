@@ -9,7 +9,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from rlsd_harness.config import CONFIG_DIR, ConfigError, group_choices
+from omegaconf import OmegaConf
+
+from rlsd_harness.config import CONFIG_DIR, ConfigError, group_choices, unknown_message
 
 # What a user can get wrong; anything else is a bug and keeps its traceback. (Errors about data files and
 # model weights are ConfigErrors; `user_errors` adds the data layer's own class if it has one of another base.)
@@ -38,14 +40,36 @@ def help_text(prog: str, summary: str, own: dict[str, str], takes_overrides: boo
     return "\n".join(lines)
 
 
+def _joined(args: list[str]) -> list[str]:
+    """Arguments with a list the shell split at its spaces (`seeds=[0, 1]` -> `seeds=[0,` `1]`) joined again."""
+    out: list[str] = []
+    for a in args:
+        if out and out[-1].count("[") > out[-1].count("]"):
+            out[-1] += a
+        else:
+            out.append(a)
+    return out
+
+
+def top_level_keys() -> list[str]:
+    """The keys a training-config override may start with: the root config's own and its groups."""
+    root = OmegaConf.load(CONFIG_DIR / "train.yaml")
+    groups = [p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("_")]
+    return sorted({*(str(k) for k in root.keys() if k != "defaults"), *groups} - {"experiment"})
+
+
 def split_args(argv: list[str] | None, prog: str, summary: str, own: dict[str, str],
-               takes_overrides: bool = True) -> tuple[dict[str, str], list[str]]:
-    """Own `key=value` arguments and the remaining overrides; `-h`/`--help` prints the help and exits."""
-    args = list(sys.argv[1:] if argv is None else argv)
+               takes_overrides: bool = True, passes: tuple[str, ...] = ()) -> tuple[dict[str, str], list[str]]:
+    """Own `key=value` arguments and the remaining overrides; `-h`/`--help` prints the help and exits. An
+    argument that is neither an own key nor the start of a config key (`seeds=...` on a command without a
+    `seeds` argument, `experimnt=...`) is refused naming the nearest valid one. `passes`: extra top-level keys
+    that go to the overrides (rlsd-train's experiment=)."""
+    args = _joined(list(sys.argv[1:] if argv is None else argv))
     if any(a in ("-h", "--help", "help") for a in args):
         print(help_text(prog, summary, own, takes_overrides))
         raise SystemExit(0)
     mine, overrides = {}, []
+    config_keys = top_level_keys() if takes_overrides else []
     for a in args:
         key, eq, value = a.partition("=")
         if a.startswith("-"):
@@ -54,10 +78,13 @@ def split_args(argv: list[str] | None, prog: str, summary: str, own: dict[str, s
             raise ConfigError(f"argument {a!r} is not key=value; see {prog} --help")
         if key in own:
             mine[key] = value
-        elif takes_overrides:
+        elif takes_overrides and (key.lstrip("+~").split(".", 1)[0] in config_keys or key in passes
+                                  or key.startswith("+")):
             overrides.append(a)
         else:
-            raise ConfigError(f"unknown argument {key!r}; valid: {', '.join(own)}")
+            valid = [*own, *config_keys, *passes]
+            raise ConfigError(unknown_message(f"argument of {prog}", key, valid)
+                              + (" (config keys take their sections' keys, e.g. train.steps=50)" if config_keys else ""))
     return mine, overrides
 
 

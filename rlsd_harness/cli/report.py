@@ -5,7 +5,10 @@ refused, since the test runs were trained at the recorded ones. `compare_with=<a
 experiment>` also writes compare_with.md / .csv: per method and budget point both studies' means, the
 difference and how many same-seed runs have identical per-item records. `pack=<a new folder>` then writes a
 committable copy of the study there (analysis/pack.py: no weights or checkpoints, the jsonl records
-gzip-compressed, checked to rebuild the same tables)."""
+gzip-compressed, checked to rebuild the same tables). `table=paper` writes instead the paper's main table,
+paper_table.md / .csv: methods x {MMMU, MathVista, MathVision, ZeroBench, WeMath, average} at each budget
+point, from the benchmark evaluations that `rlsd-evaluate study=<folder>` left in the run folders (a folder of
+runs launched by hand, without meta.json, is read as well)."""
 
 from __future__ import annotations
 
@@ -17,7 +20,11 @@ from rlsd_harness.config import ConfigError
 
 OWN = {"folder": "a comparison's output folder (required)",
        "compare_with": "an earlier output folder of the same experiment to compare with (optional)",
-       "pack": "a new folder for a committable copy of the study: no weights, jsonl gzip-compressed (optional)"}
+       "pack": "a new folder for a committable copy of the study: no weights, jsonl gzip-compressed (optional)",
+       "table": "study (default: the comparison's tables, plots and README) | paper (the methods x five "
+                "benchmarks table from the runs' benchmark evaluations)",
+       "baseline": "with table=paper: the method the others are compared with (default grpo)"}
+TABLES = ("study", "paper")
 
 
 def _comparison_folder(value: str, key: str) -> Path:
@@ -41,7 +48,17 @@ def main(argv: list[str] | None = None) -> None:
         own, _ = split_args(argv, "rlsd-report", __doc__, OWN, takes_overrides=False)
         if "folder" not in own:
             raise ConfigError("folder=<a comparison's output folder> is required; see rlsd-report --help")
+        table = own.get("table", "study")
+        if table not in TABLES:
+            raise ConfigError(f"table={table!r} is not a table rlsd-report writes; valid: {', '.join(TABLES)}")
         folder = _comparison_folder(own["folder"], "folder")
+        if table == "paper":
+            from rlsd_harness.analysis.paper_table import markdown, write
+
+            written = write(folder, baseline=own.get("baseline", "grpo"))
+            print(markdown(written), end="")
+            print(f"paper table in {folder / 'paper_table.md'}")
+            return
         meta_file = folder / "meta.json"
         meta = json.loads(meta_file.read_text()) if meta_file.exists() else {"experiment": folder.name}
         own_file = meta.get("experiment_file")  # an experiment given as a yaml path outside config/experiment/
