@@ -65,6 +65,10 @@ def split_args(argv: list[str] | None, prog: str, summary: str, own: dict[str, s
     `seeds` argument, `experimnt=...`) is refused naming the nearest valid one. `passes`: extra top-level keys
     that go to the overrides (rlsd-train's experiment=)."""
     args = _joined(list(sys.argv[1:] if argv is None else argv))
+    # DeepSpeed's launcher appends `--local_rank=N` to every rank's arguments (unless --no_local_rank); the same
+    # number is in the LOCAL_RANK variable it sets, which is what rlsd_harness.dist reads.
+    args = [a for i, a in enumerate(args) if not a.startswith("--local_rank")
+            and not (i and args[i - 1] == "--local_rank")]
     if any(a in ("-h", "--help", "help") for a in args):
         print(help_text(prog, summary, own, takes_overrides))
         raise SystemExit(0)
