@@ -305,6 +305,17 @@ def check_weights(path: str | Path, key: str = "model.path") -> None:
     files = _weight_files(path)
     if not files:
         raise WeightsError(f"{key}={path} has no weights (no *.safetensors or pytorch_model*.bin file)")
+    from safetensors import SafetensorError, safe_open
+
+    for f in files:  # the header alone: an empty, cut-off or overwritten file fails here, naming itself
+        if f.suffix == ".safetensors":
+            try:
+                with safe_open(str(f), framework="pt"):
+                    pass
+            except (SafetensorError, OSError) as e:
+                raise WeightsError(f"{key}={path}: {f} is not a readable safetensors file (empty, truncated or "
+                                   f"corrupt: {str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                                   "copy or save it again") from None
     from transformers.utils import logging as hf_logging
 
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()

@@ -159,8 +159,10 @@ def test_bad_benchmark_name_lists_the_valid_ones(tiny_dir, capsys):
     with pytest.raises(SystemExit) as exit_:
         evaluate.main([f"checkpoint={tiny_dir}", "benchmarks=[mmmu,mmlu]"])
     assert exit_.value.code == 2
-    assert ("error: unknown benchmark 'mmlu'; valid: mmmu, mathvista, mathvision, zerobench, wemath, embedded"
-            in capsys.readouterr().err)
+    err = capsys.readouterr().err
+    # reported beside mmmu's missing source, each on its own line
+    assert "\n  unknown benchmark 'mmlu'; valid: mmmu, mathvista, mathvision, zerobench, wemath, embedded (" in err
+    assert "\n  mmmu: no data source; pass eval.sources.mmmu=" in err
 
 
 def test_missing_source_and_bad_variant_fail_before_generation(tiny, tiny_dir, sources, tmp_path, count_prompts):
@@ -215,7 +217,11 @@ def test_checkpoint_folders_resolve(tiny_dir, tmp_path):
 def test_runner_args_are_split_from_config_overrides():
     args, overrides = evaluate.parse_args(["checkpoint=/m", "benchmarks=[mmmu, wemath]", "limit=3", "overwrite=true",
                                            "eval.decoding=paper", "eval.sources.mmmu=/data/mmmu"])
-    assert args == {"checkpoint": "/m", "benchmarks": ["mmmu", "wemath"], "limit": 3, "out": None, "overwrite": True}
+    assert args == {"checkpoint": "/m", "benchmarks": ["mmmu", "wemath"], "limit": 3, "out": None, "overwrite": True,
+                    "allow_missing_images": False}
+    assert evaluate.parse_args(["checkpoint=/m", "allow_missing_images=[mathvista, wemath]"])[0][
+        "allow_missing_images"] == ["mathvista", "wemath"]
+    assert evaluate.parse_args(["checkpoint=/m", "allow_missing_images=true"])[0]["allow_missing_images"] is True
     assert overrides == ["eval.decoding=paper", "eval.sources.mmmu=/data/mmmu"]
     assert evaluate.parse_args(["checkpoint=/m"])[0]["benchmarks"] == ["embedded", "embedded:hint", "embedded:blank"]
     with pytest.raises(ConfigError, match="limit must be a positive integer"):

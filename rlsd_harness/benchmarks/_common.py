@@ -38,6 +38,25 @@ class BenchmarkError(ValueError):
         super().__init__(f"{benchmark}: split {split!r}, row {row_id!r}: {problem}")
 
 
+class SplitNotFoundError(BenchmarkError):
+    """A local source without a data file for the asked split; `present` lists the valid splits it does have."""
+
+    def __init__(self, benchmark: str, split: str, source: str, present: list[str]):
+        self.source, self.present = source, present
+        has = f" (it has {', '.join(map(repr, present))})" if present else ""
+        super().__init__(benchmark, split, None, f"no parquet/arrow/jsonl file for this split under {source}{has}")
+
+
+class MissingImagesError(BenchmarkError):
+    """Rows whose image file is missing; `detail` says which (first row and count) without the way out, so
+    that a caller can name its own spelling of `allow_missing_images`."""
+
+    def __init__(self, benchmark: str, split: str, row_id: Any, detail: str, count: int):
+        self.detail, self.count = detail, count
+        super().__init__(benchmark, split, row_id, f"{detail}; put the image files where the data file says, or "
+                         "pass allow_missing_images=True to evaluate those rows without their image")
+
+
 def row_split(row: dict) -> str | None:
     meta = row.get("_meta") if isinstance(row, dict) else None
     return meta.get("split") if isinstance(meta, dict) else None
@@ -289,7 +308,8 @@ def load_rows(
     if path.exists():
         files = [path] if path.is_file() else _split_files(path, split)
         if not files:
-            raise BenchmarkError(benchmark, split, None, f"no parquet/arrow/jsonl file for this split under {src}")
+            present = [s for s in valid_splits if path.is_dir() and _split_files(path, s)]
+            raise SplitNotFoundError(benchmark, split, src, present)
         root = path if path.is_dir() else path.parent
         rev = revision or _local_revision(root, files)
         raw, base_dirs = [], []
@@ -345,11 +365,7 @@ def load_rows(
         rid, name, what = missing[0]
         more = f" ({len(missing) - 1} more row(s) too)" if len(missing) > 1 else ""
         if not allow_missing_images:
-            raise BenchmarkError(
-                benchmark, split, rid,
-                f"image {name!r} missing: {what}{more}; put the image files where the data file says, "
-                "or pass allow_missing_images=True to evaluate those rows without their image",
-            )
+            raise MissingImagesError(benchmark, split, rid, f"image {name!r} missing: {what}{more}", len(missing))
         warnings.warn(
             f"{benchmark}: split {split!r}: {len(missing)} of {len(out)} rows have no image and are prompted "
             f"text-only (allow_missing_images=True); first: row {rid!r}, {name!r}: {what}",

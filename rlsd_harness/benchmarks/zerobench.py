@@ -40,10 +40,14 @@ _VLMEVALKIT_INSTRUCTION = (
 )
 
 
-def load(source: str, split: str = "zerobench", revision: str | None = None) -> list[dict]:
+def load(
+    source: str, split: str = "zerobench", revision: str | None = None, *, allow_missing_images: bool = False
+) -> list[dict]:
+    """Rows of one split; an image cell that names a file which does not exist is an error unless
+    `allow_missing_images` (then a warning, and those rows are prompted without it)."""
     rows = load_rows(
         NAME, source, split, revision, valid_splits=SPLITS, id_field="question_id",
-        list_image_fields=("question_images_decoded",),
+        list_image_fields=("question_images_decoded",), allow_missing_images=allow_missing_images,
     )
     for row in rows:
         require(NAME, row, ("question_text", "question_answer"), "question_id")

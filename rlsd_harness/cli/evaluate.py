@@ -1,6 +1,8 @@
 """`rlsd-evaluate checkpoint=<model or run folder> [benchmarks=[...]] ...`: score a checkpoint on the five
 benchmarks (and the embedded task) as their official code does; results, per-item records and a table go to
-`out` (default results/eval/<run>-<folder>-<decoding>). A rerun continues where an interrupted one stopped."""
+`out` (default results/eval/<run>-<folder>-<decoding>). A rerun continues where an interrupted one stopped.
+Every problem with the arguments, the checkpoint and each benchmark's data is reported at once, one line
+each with its fix, before anything is loaded or written."""
 
 from __future__ import annotations
 
@@ -19,7 +21,34 @@ OWN = {
              "questions), so a limited run is scored over complete problems only",
     "out": "output folder",
     "overwrite": "true: discard results of a different config in out",
+    "allow_missing_images": "true, or a list like [mathvista]: rows whose image file is missing are prompted "
+                            "without it (recorded in config.json) instead of stopping the run",
 }
+
+
+def keys_help() -> str:
+    """The config keys a real evaluation sets, with each benchmark's splits and prompt variants."""
+    from rlsd_harness.benchmarks import EVAL_BENCHMARK_NAMES, get_benchmark
+    from rlsd_harness.evaluation.heldout import DECODINGS
+
+    lines = ["config keys a real evaluation sets (all of them: docs/config.md, section eval):",
+             "  eval.sources.<name>=<folder>    each benchmark's local copy (parquet/arrow/jsonl; a hub id when online)",
+             "  eval.splits.<name>=<split>      the split to evaluate; eval.variants.<name>=<variant>: the prompt"]
+    for name in EVAL_BENCHMARK_NAMES:
+        module = get_benchmark(name)
+        lines.append(f"      {name}: splits {' | '.join(module.SPLITS)}; variants {' | '.join(module.VARIANTS)}")
+    lines += [f"  eval.decoding={'|'.join(DECODINGS)}   greedy: one response; paper: the paper's sampling, k per item;"
+              " sample: eval.sampling.{temperature,top_p,top_k}",
+              "  eval.k=N                        samples per item (null: the decoding's default)",
+              "  eval.benchmark_max_new_tokens=N the generation budget of the five benchmarks (eval.max_new_tokens: "
+              "the embedded task's)",
+              "  eval.batch=N                    prompts per generate call (results are appended after each)",
+              "  eval.mathvista_judge=null|self  MathVista's answer extraction: rules, or the evaluated model",
+              "  +eval.score_options.<name>.<option>=..., +eval.metric_options.<name>.<option>=...  passed to the "
+              "benchmark's score() / metrics()",
+              "  seed=N                          the per-item sampling seeds derive from it",
+              "  rollout=vllm                    generate with vLLM (GPU, when installed; else the HF engine)"]
+    return "\n".join(lines)
 
 
 def _list_arg(value: str) -> list[str]:
@@ -31,10 +60,11 @@ def parse_args(argv: list[str] | None) -> tuple[dict[str, Any], list[str]]:
     """The runner's own arguments, typed, and the config overrides."""
     from rlsd_harness.evaluation.runner import DEFAULT_BENCHMARKS
 
-    own, overrides = split_args(argv, "rlsd-evaluate", __doc__, OWN)
+    own, overrides = split_args(argv, "rlsd-evaluate", f"{__doc__}\n\n{keys_help()}", OWN)
     args: dict[str, Any] = {"checkpoint": own.get("checkpoint"), "out": own.get("out"),
                             "benchmarks": _list_arg(own["benchmarks"]) if "benchmarks" in own else list(DEFAULT_BENCHMARKS),
-                            "overwrite": flag(own.get("overwrite"), "overwrite"), "limit": None}
+                            "overwrite": flag(own.get("overwrite"), "overwrite"), "limit": None,
+                            "allow_missing_images": False}
     if own.get("limit", "null").lower() not in ("null", "none", ""):
         try:
             args["limit"] = int(own["limit"])
@@ -42,6 +72,11 @@ def parse_args(argv: list[str] | None) -> tuple[dict[str, Any], list[str]]:
             raise ConfigError(f"limit must be a positive integer, got {own['limit']!r}") from None
         if args["limit"] < 1:
             raise ConfigError(f"limit must be a positive integer, got {own['limit']!r}")
+    allow = own.get("allow_missing_images")
+    if allow is not None:
+        # true/false, or the benchmarks it applies to (the runner checks the names with everything else)
+        args["allow_missing_images"] = (flag(allow, "allow_missing_images") if allow.lower() in ("true", "false")
+                                        else _list_arg(allow))
     if args["checkpoint"] is None:
         raise ConfigError("checkpoint=<model or run folder> is required; see rlsd-evaluate --help")
     return args, overrides
@@ -63,13 +98,19 @@ def main(argv: list[str] | None = None) -> None:
         cfg = compose_config(overrides)
         check_evaluation(cfg)
         checkpoint = Path(args["checkpoint"])
-        out = Path(args["out"]) if args["out"] else default_out(resolve_checkpoint(checkpoint), cfg.eval.decoding)
         try:
-            table = run_benchmarks(checkpoint, args["benchmarks"], cfg, out, args["limit"], args["overwrite"])
+            model_dir = resolve_checkpoint(checkpoint)
+        except FileNotFoundError:  # reported by the runner with every other problem
+            model_dir = checkpoint
+        out = Path(args["out"]) if args["out"] else default_out(model_dir, cfg.eval.decoding)
+        try:
+            table = run_benchmarks(checkpoint, args["benchmarks"], cfg, out, args["limit"], args["overwrite"],
+                                   allow_missing_images=args["allow_missing_images"])
         except (ValueError, KeyError) as e:  # bad sources, variants or names; str(KeyError) quotes its message
             raise ConfigError(e.args[0] if e.args else str(e)) from e
-        print(markdown(table), end="")
-        print(f"results in {out}")
+        if table is not None:  # None on ranks other than 0 of a sharded run: rank 0 prints the table
+            print(markdown(table), end="")
+            print(f"results in {out}")
 
     run_main(body)
 

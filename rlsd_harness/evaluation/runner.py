@@ -33,7 +33,7 @@ import hashlib
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from rlsd_harness.benchmarks import (
     get_benchmark,
     metadata,
 )
+from rlsd_harness.benchmarks._common import MissingImagesError, SplitNotFoundError
 from rlsd_harness.evaluation.heldout import Decoding, _variant, decoding_from_config
 from rlsd_harness.rollout.hf import HFRolloutEngine, SamplingParams, sample_seed
 
@@ -132,22 +133,38 @@ def limit_items(items: list, meta: Metadata, limit: int | None) -> list:
 
 
 def _benchmark_suite(name: str, key: str, variant: str | None, ecfg: Any, limit: int | None,
-                     judge: Callable[[str], str] | None) -> Suite:
+                     judge: Callable[[str], str] | None, allow_missing_images: bool = False) -> Suite:
     module = get_benchmark(name)
     source = ecfg.sources.get(name)
     if not source:
         raise ValueError(f"{name}: no data source; pass eval.sources.{name}=<local folder> (or a hub id when online)")
     split, variant = ecfg.splits[name], variant or ecfg.variants[name]
-    rows = module.load(str(source), split, ecfg.revisions.get(name))
+    try:
+        rows = module.load(str(source), split, ecfg.revisions.get(name), allow_missing_images=allow_missing_images)
+    except SplitNotFoundError as e:
+        fix = (f"pass eval.splits.{name}={e.present[0]}" if e.present else
+               f"pass eval.sources.{name}=<the folder that holds the {split} files>")
+        raise ValueError(f"{e}; {fix}") from None
+    except MissingImagesError as e:
+        raise ValueError(f"{name}: split {split!r}: {e.detail}; put the image files where the data file says, or "
+                         f"pass allow_missing_images=[{name}] to rlsd-evaluate to prompt those rows without "
+                         "their image (recorded in config.json)") from None
     if not rows:
         raise ValueError(f"{name}: split {split!r} of {source} has no rows")
-    module.prompt(rows[0], variant)  # an unknown variant fails here, before any generation
+    try:
+        module.prompt(rows[0], variant)  # an unknown variant fails here, before any generation
+    except ValueError as e:
+        if variant not in module.VARIANTS:
+            raise ValueError(f"{e}; set eval.variants.{name}=<variant> or name it as {name}:<variant>") from None
+        raise
     rows = limit_items(rows, module.METADATA, limit)
     score_options = dict(_plain(ecfg.score_options.get(name)) or {})
     metric_options = dict(_plain(ecfg.metric_options.get(name)) or {})
     identity = {"source": str(source), "split": split, "revision": rows[0]["_meta"]["revision"],
                 "variant": variant, "max_new_tokens": int(ecfg.benchmark_max_new_tokens),
                 "score_options": score_options}
+    if rows[0]["_meta"].get("missing_images"):  # only with allow_missing_images: those rows are prompted text-only
+        identity["missing_images"] = rows[0]["_meta"]["missing_images"]
 
     def prompt(row: dict) -> Prompt:
         text, images = module.prompt(row, variant)
@@ -192,14 +209,16 @@ def parse_benchmark(spec: str) -> tuple[str, str | None, str]:
     return name, variant or None, f"{name}-{variant}" if variant else name
 
 
-def build_suite(spec: str, cfg: Any, limit: int | None = None, judge: Callable[[str], str] | None = None) -> Suite:
+def build_suite(spec: str, cfg: Any, limit: int | None = None, judge: Callable[[str], str] | None = None,
+                allow_missing_images: bool = False) -> Suite:
     """The suite of one benchmark (`name` or `name:variant`) under config `cfg` (the composed train
-    config), its first `limit` items."""
+    config), its first `limit` units (see `limit_items`). `allow_missing_images`: rows whose image file is
+    missing are prompted without it (else an error naming the row)."""
     name, variant, key = parse_benchmark(spec)
     if metadata(name).training_task:
         suite = _training_task_suite(name, key, variant, cfg, limit)
     else:
-        suite = _benchmark_suite(name, key, variant, cfg.eval, limit, judge)
+        suite = _benchmark_suite(name, key, variant, cfg.eval, limit, judge, allow_missing_images)
     seen: set[str] = set()
     for i in suite.ids:
         if i in seen:
@@ -436,28 +455,81 @@ def write_table(out: Path):
 # ----------------------------------------------------------------------------- entry points
 
 
+class EvaluationProblems(ValueError):
+    """Every problem found before an evaluation starts, one line each with its fix (`problems`)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        head = (f"{len(problems)} problems; fix them all, then rerun:\n  " if len(problems) > 1 else "")
+        super().__init__(head + "\n  ".join(problems))
+
+
+def _missing_images_allowed(allow: bool | Iterable[str], name: str) -> bool:
+    return allow if isinstance(allow, bool) else name in set(allow)
+
+
+def validate(checkpoint: str | Path, names: list[str], cfg: Any, limit: int | None = None,
+             judge: Callable[[str], str] | None = None, allow_missing_images: bool | Iterable[str] = False,
+             check_model: bool = True) -> tuple[Path | None, Decoding | None, dict[str, Suite]]:
+    """Check everything an evaluation needs before anything is loaded or written: the benchmark names, the
+    decoding, the judge, the checkpoint (its weights too when `check_model`) and every benchmark's data, prompt
+    variant and split. Raises `EvaluationProblems` listing every problem at once, each with its fix; returns
+    (model folder, decoding, {key: suite})."""
+    from rlsd_harness.models import check_weights
+
+    problems: list[str] = []
+    if not names:
+        problems.append(f"no benchmarks given; valid: {', '.join(BENCHMARKS)}")
+    if not isinstance(allow_missing_images, bool):
+        unknown = sorted(set(allow_missing_images) - set(EVAL_BENCHMARK_NAMES))
+        if unknown:
+            problems.append(f"allow_missing_images names {', '.join(map(repr, unknown))}; valid: true, false or a "
+                            f"list of {', '.join(EVAL_BENCHMARK_NAMES)}")
+    decoding = None
+    try:
+        decoding = decoding_from_config(cfg.eval)
+    except ValueError as e:
+        problems.append(str(e))
+    if cfg.eval.mathvista_judge not in (None, "self"):
+        problems.append(f"unknown eval.mathvista_judge {cfg.eval.mathvista_judge!r}; valid: null, self")
+    model_dir = None
+    try:
+        model_dir = resolve_checkpoint(checkpoint)
+        if check_model:  # weights that would load incompletely (random init), are unreadable or hold NaN
+            check_weights(model_dir, "checkpoint")
+    except (FileNotFoundError, ValueError) as e:
+        problems.append(str(e))
+    suites: dict[str, Suite] = {}
+    for spec in dict.fromkeys(names):
+        try:
+            name = parse_benchmark(spec)[0]
+            suite = build_suite(spec, cfg, limit, judge, _missing_images_allowed(allow_missing_images, name))
+            suites[suite.key] = suite
+        except KeyError as e:  # str(KeyError) quotes its message
+            problems.append(e.args[0] if e.args else str(e))
+        except ValueError as e:
+            problems.append(str(e))
+    if problems:
+        raise EvaluationProblems(problems)
+    return model_dir, decoding, suites
+
+
 def run_benchmarks(checkpoint: str | Path, names: list[str], cfg: Any, out: str | Path, limit: int | None = None,
-                   overwrite: bool = False, model=None, processor=None, log: Callable[[str], None] | None = None):
+                   overwrite: bool = False, model=None, processor=None, log: Callable[[str], None] | None = None,
+                   allow_missing_images: bool | Iterable[str] = False):
     """Evaluate `checkpoint` on `names` under config `cfg` into `out`; returns the table (a DataFrame).
-    `model`/`processor` may be passed in already loaded (they must be the checkpoint's)."""
-    from rlsd_harness.models import check_weights, load_model, load_processor
+    `model`/`processor` may be passed in already loaded (they must be the checkpoint's). Every problem with
+    the names, the config, the checkpoint and the data is reported at once (`EvaluationProblems`) before
+    anything is loaded or written. `allow_missing_images`: true, or the benchmarks whose rows without their
+    image file are prompted text-only."""
+    from rlsd_harness.models import load_model, load_processor
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    for spec in names:
-        parse_benchmark(spec)  # an unknown name fails first, listing the valid ones
-    if not names:
-        raise ValueError(f"no benchmarks given; valid: {', '.join(BENCHMARKS)}")
-    decoding = decoding_from_config(cfg.eval)
-    if cfg.eval.mathvista_judge not in (None, "self"):
-        raise ValueError(f"unknown eval.mathvista_judge {cfg.eval.mathvista_judge!r}; valid: null, self")
-    model_dir = resolve_checkpoint(checkpoint)
-    if model is None:  # weights that would load incompletely (random init) or hold NaN are refused first
-        check_weights(model_dir, "checkpoint")
-    out = Path(out)
-    # Data first: a bad source or variant fails before the model is loaded and before out is touched.
     judge_slot: list[Callable[[str], str]] = []
     judge = (lambda text: judge_slot[0](text)) if cfg.eval.mathvista_judge == "self" else None
-    suites = {s.key: s for s in (build_suite(spec, cfg, limit, judge) for spec in dict.fromkeys(names))}
+    model_dir, decoding, suites = validate(checkpoint, names, cfg, limit, judge, allow_missing_images,
+                                           check_model=model is None)
+    out = Path(out)
     common = {"checkpoint": str(model_dir.resolve()), "weights": _weights_fingerprint(model_dir),
               "decoding": decoding.name, "sampling": _plain(decoding.identity()), "seed": int(cfg.seed)}
     prepare_out(out, common, {n: s.identity for n, s in suites.items()}, overwrite)
