@@ -6,8 +6,9 @@ import contextlib
 import io
 import os
 import socket
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -34,13 +35,47 @@ def _deepspeed():
     return deepspeed
 
 
+def _first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list ("gpu[03-05,09]" -> "gpu03"), as `scontrol show hostnames` expands it."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             check=True, timeout=60).stdout.split()
+    except (OSError, subprocess.SubprocessError) as e:
+        raise RuntimeError(f"cannot expand SLURM_JOB_NODELIST={nodelist!r} with `scontrol show hostnames`: {e}") from e
+    if not out:
+        raise RuntimeError(f"`scontrol show hostnames {nodelist}` listed no host")
+    return out[0]
+
+
+def launcher_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The process-group variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) to add to `environ`.
+
+    - set by a launcher (torchrun, `deepspeed`): nothing to add;
+    - a task of an srun step (SLURM_STEP_NUM_TASKS is set: the batch script itself, one process whatever
+      --ntasks says, has no step variables): rank SLURM_PROCID of SLURM_STEP_NUM_TASKS, local rank
+      SLURM_LOCALID, the rendezvous on the first host of SLURM_JOB_NODELIST at MASTER_PORT if set, else a port
+      every task derives alike from the job and step ids;
+    - otherwise a world of one on a free local port."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env:
+        return {}
+    if "SLURM_STEP_NUM_TASKS" in env and int(env["SLURM_STEP_NUM_TASKS"]) > 1:
+        step = env.get("SLURM_STEP_ID", "0")
+        # 15000-34999: clear of the ephemeral range (32768+ on Linux) for the most part and of Slurm's 6817/6818
+        port = env.get("MASTER_PORT") or str(15000 + (int(env["SLURM_JOB_ID"]) * 7 + int(step if step.isdigit() else 0)) % 20000)
+        return {"RANK": env["SLURM_PROCID"], "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+                "WORLD_SIZE": env["SLURM_STEP_NUM_TASKS"], "MASTER_PORT": port,
+                "MASTER_ADDR": env.get("MASTER_ADDR") or _first_host(env["SLURM_JOB_NODELIST"])}
+    return {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": env.get("MASTER_PORT") or str(_free_port())}
+
+
 def init_distributed() -> tuple[int, int]:
-    """(rank, world size). Without a launcher, a world of one (DeepSpeed would otherwise look for MPI)."""
+    """(rank, world size): from a launcher's variables (torchrun, `deepspeed`), from Slurm's inside an srun step
+    (`launcher_env`), or a world of one (DeepSpeed would otherwise look for MPI)."""
     deepspeed = _deepspeed()
 
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.update(launcher_env())
     if torch.cuda.is_available():  # object collectives under NCCL use the current device
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     if not torch.distributed.is_initialized():

@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from rlsd_harness.analysis import launch
 from rlsd_harness.config import (
     CONFIG_DIR,
     REPO,
@@ -177,15 +178,19 @@ def _threads_per_run(workers: int) -> int:
 
 
 def _train_all(jobs: Sequence[tuple[str, Path, DictConfig]], workers: int, log: Callable[[str], None],
-               command: str, bar) -> None:
+               command: str, bar, slurm: tuple[launch.SlurmOptions, Path] | None = None) -> bool:
     """Train (label, run folder, config) jobs in order, `workers` at a time. A signal to this process is
-    passed on to the runs in flight, which checkpoint and stop as a single run does."""
+    passed on to the runs in flight, which checkpoint and stop as a single run does. With `slurm` (options,
+    study folder) each run is a Slurm job instead (analysis/launch.py). False while jobs are still queued
+    (launcher.wait=false)."""
+    if slurm is not None:
+        return launch.train_slurm(jobs, slurm[0], slurm[1], _train, log, command, bar)
     if workers == 1:
         for label, run_dir, cfg in jobs:
             bar.set_postfix(run=label)
             _train(run_dir, cfg, log, command)
             bar.update(1)
-        return
+        return True
     threads = _threads_per_run(workers)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -212,6 +217,7 @@ def _train_all(jobs: Sequence[tuple[str, Path, DictConfig]], workers: int, log: 
         pool.shutdown(wait=True, cancel_futures=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return True
 
 
 TUNING_FILES = ("tuning.csv", "tuning.md", "picks.json")
@@ -263,12 +269,14 @@ def earlier_picks(source: Path, exp, grid: dict, base: list[str]) -> dict[str, d
 
 def compare(name: str = "embedded", out: str | Path | None = None, overrides: list[str] | None = None,
             dry: bool = False, workers: int = 1, tuning_from: str | Path | None = None,
-            tuning_only: bool = False) -> Path | str:
+            tuning_only: bool = False, launcher: str = "local",
+            slurm: launch.SlurmOptions | None = None) -> Path | str:
     """Run (or continue) experiment `name` into `out` (default results/<name>, or a fresh rerun folder when
     that holds a finished study) and write its report; returns the folder. With `dry`, only validates every
     run's configuration and returns the plan as text. `workers`: runs trained at once; `tuning_from`: a
     tuned study whose picks replace the tuning phase; `tuning_only`: stop after the tuning phase (its runs,
-    tuning.csv, tuning.md, picks.json), e.g. to study how the picks depend on the tuning budget."""
+    tuning.csv, tuning.md, picks.json), e.g. to study how the picks depend on the tuning budget.
+    `launcher`="slurm": each run a Slurm job with the resources of `slurm` (analysis/launch.py)."""
     from tqdm.auto import tqdm
 
     from rlsd_harness import dist
@@ -284,6 +292,9 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     extra = list(overrides or [])
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= (os.cpu_count() or 1):
         raise ConfigError(f"workers must be an integer from 1 to this machine's {os.cpu_count()} cores; got {workers!r}")
+    if launcher not in launch.LAUNCHERS or (launcher == "slurm") != (slurm is not None) or (slurm and workers > 1):
+        raise ConfigError(f"launcher={launcher!r}: valid are {', '.join(launch.LAUNCHERS)}; launcher=slurm takes its "
+                          f"resources from launcher.* and no workers= (got workers={workers})")
     exp = load_experiment(name)
     path = experiment_path(name)  # an experiment file outside config/experiment/ is recorded for rlsd-report
     source, name = (None if path.parent == CONFIG_DIR / "experiment" else str(path.resolve())), path.stem
@@ -318,7 +329,12 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     test_cfgs = [checked(run_overrides(exp, m, s, runs_dir, extra, list(grid[arms(exp)[m][0]][0].overrides) if grid else []))
                  for m, s in jobs]
     if dry:
-        return dry_run(exp, name, runs_dir, extra)
+        text = dry_run(exp, name, runs_dir, extra)
+        if slurm is None:
+            return text
+        runs = [(f"tuning/{pt.label}-s{s}", tuning_dir / f"{pt.label}-s{s}") for pt, s in tuning_jobs]
+        return text + "\n\n" + launch.dry_run_text(runs + [(f"{m}-s{s}", runs_dir / f"{m}-s{s}") for m, s in jobs],
+                                                   slurm, Path(slurm.folder) if slurm.folder else target / "slurm")
     log = lambda msg: tqdm.write(msg, file=sys.stderr)  # noqa: E731
     base = base_digests(test_cfgs, log)
     recorded = json.loads((target / "picks.json").read_text()).get("base") if (target / "picks.json").exists() else None
@@ -333,14 +349,18 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
         log(f"{previous} holds a finished study; this run writes {target} and compares itself with it")
     started = time.time()
     command = " ".join(["rlsd-compare", f"experiment={name}", f"out={target}",
-                        *([f"workers={workers}"] if workers > 1 else []),
+                        *([f"workers={workers}"] if workers > 1 else []), *launch.arguments(launcher, slurm),
                         *([f"tuning_from={tuning_from}"] if reused else []), *map(shlex.quote, extra)])
     tuning = grid and not reused
     bar = tqdm(total=(len(tuning_jobs) if tuning else 0) + (0 if tuning_only else len(jobs)),
                desc=f"{name}: {'tuning + ' if tuning else ''}methods x seeds", unit="run", position=0, dynamic_ncols=True)
+    queued = f"Slurm jobs queued, recorded in {target / 'jobs.json'}; rerun `{command}` to wait for them and report"
+    on_slurm = (slurm, target) if slurm is not None else None
     if tuning:
-        _train_all([(f"tuning/{pt.label}-s{seed}", tuning_dir / f"{pt.label}-s{seed}", cfg)
-                    for (pt, seed), cfg in zip(tuning_jobs, tuning_cfgs)], workers, log, command, bar)
+        if not _train_all([(f"tuning/{pt.label}-s{seed}", tuning_dir / f"{pt.label}-s{seed}", cfg)
+                           for (pt, seed), cfg in zip(tuning_jobs, tuning_cfgs)], workers, log, command, bar, on_slurm):
+            bar.close()
+            return queued
     picks: dict[str, dict] = {}
     if grid:
         if reused:
@@ -369,14 +389,17 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     if grid:
         test_cfgs = [checked(run_overrides(exp, m, s, runs_dir, extra, picks[arms(exp)[m][0]]["overrides"]))
                      for m, s in jobs]
-    _train_all([(f"{m}-s{s}", runs_dir / f"{m}-s{s}", cfg) for (m, s), cfg in zip(jobs, test_cfgs)],
-               workers, log, command, bar)
+    if not _train_all([(f"{m}-s{s}", runs_dir / f"{m}-s{s}", cfg) for (m, s), cfg in zip(jobs, test_cfgs)],
+                      workers, log, command, bar, on_slurm):
+        bar.close()
+        return queued
     bar.close()
     dist.shutdown()
     meta = {"experiment": name, "experiment_file": source, "seconds": time.time() - started,
             "machine": f"{platform.platform()}, {os.cpu_count()} CPU cores, no GPU" if not torch.cuda.is_available()
             else f"{platform.platform()}, {torch.cuda.get_device_name()}",
-            "workers": workers, "threads_per_run": _threads_per_run(workers),
+            "workers": workers, "threads_per_run": slurm.cpus_per_task if slurm else _threads_per_run(workers),
+            **({"launcher": f"slurm: {slurm.describe()}"} if slurm else {}),
             "base": base, "tuning": bool(grid), "tuning_from": str(tuning_from) if reused else None,
             "rerun_of": str(previous) if previous else None,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}

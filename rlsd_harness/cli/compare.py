@@ -5,6 +5,8 @@ matrix. `dry_run=true` validates every run's configuration and prints the plan (
 
 from __future__ import annotations
 
+from rlsd_harness.analysis.launch import KEYS as LAUNCHER_KEYS
+from rlsd_harness.analysis.launch import parse_options
 from rlsd_harness.cli import flag, run_main, split_args
 
 OWN = {"experiment": "an experiment of config/experiment/ (default embedded)",
@@ -12,7 +14,8 @@ OWN = {"experiment": "an experiment of config/experiment/ (default embedded)",
        "dry_run": "true: validate and print the plan, train nothing",
        "workers": "runs trained at once, each in its own process (default 1; 2 on a 2-core machine is ~1.4x faster)",
        "tuning_from": "a tuned study (folder with picks.json) of the same base and tuning section: its picks, no tuning runs",
-       "tuning_only": "true: run the tuning phase only (its runs, tuning.csv, tuning.md, picks.json), no test runs"}
+       "tuning_only": "true: run the tuning phase only (its runs, tuning.csv, tuning.md, picks.json), no test runs",
+       **LAUNCHER_KEYS}
 
 
 def _workers(value: str) -> int:
@@ -24,17 +27,35 @@ def _workers(value: str) -> int:
         raise ConfigError(f"workers must be an integer (runs trained at once); got {value!r}") from None
 
 
+def _refuse_experiment_keys(argv: list[str] | None) -> None:
+    """`seeds=[0,1]`, `methods=[grpo,rlsd]`: keys of an experiment file, which this command runs as written (its
+    report and a later rlsd-report read the same file). Named with the way to change them, in one line."""
+    import sys
+
+    from rlsd_harness.config import EXPERIMENT_KEYS, ConfigError, experiment_path
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    given = [a.partition("=")[0] for a in args if a.partition("=")[0] in EXPERIMENT_KEYS and a.partition("=")[0] not in OWN]
+    if given:
+        name = next((a.partition("=")[2] for a in reversed(args) if a.startswith("experiment=")), "embedded")
+        raise ConfigError(f"{given[0]} is a key of the experiment file ({experiment_path(name)}), not an argument of "
+                          f"rlsd-compare: copy that file, set {given[0]} in the copy and run "
+                          f"rlsd-compare experiment=<the copy's .yaml path>")
+
+
 def main(argv: list[str] | None = None) -> None:
     from rlsd_harness.analysis.compare import compare
     from rlsd_harness.training.run import Interrupted
 
     def body() -> None:
+        _refuse_experiment_keys(argv)
         own, overrides = split_args(argv, "rlsd-compare", __doc__, OWN)
+        launcher, slurm = parse_options({k: v for k, v in own.items() if k.startswith("launcher")})
         try:
             result = compare(own.get("experiment", "embedded"), own.get("out"), overrides,
                              dry=flag(own.get("dry_run"), "dry_run"), workers=_workers(own.get("workers", "1")),
                              tuning_from=own.get("tuning_from"),
-                             tuning_only=flag(own.get("tuning_only"), "tuning_only"))
+                             tuning_only=flag(own.get("tuning_only"), "tuning_only"), launcher=launcher, slurm=slurm)
         except Interrupted as e:  # the run's checkpoint and the command that continues were printed
             raise SystemExit(e.exit_code) from None
         print(result if isinstance(result, str) else f"results in {result}")
