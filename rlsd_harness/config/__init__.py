@@ -8,7 +8,10 @@ folder, `train.yaml` is the root.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import itertools
+import re
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,40 +127,151 @@ def source_of(cfg: Any, key: str) -> str:
     return prov.source(key) if prov is not None else "in the given config"
 
 
+def nearest(word: str, valid: Any) -> str:
+    """The valid entry closest to a misspelt `word` (difflib), for "did you mean" hints."""
+    valid = [str(v) for v in valid]
+    hit = difflib.get_close_matches(word, valid, n=1, cutoff=0.0)
+    return hit[0] if hit else ""
+
+
+def unknown_message(what: str, bad: str, valid: Any, where: str = "") -> str:
+    """One line for an unknown key or choice: the bad one, the nearest valid one, every valid one."""
+    valid = sorted(str(v) for v in valid)
+    near = nearest(bad, valid)
+    return f"unknown {what} {bad!r}{where}; valid: {', '.join(valid) or 'none'}" + (f"; nearest: {near}" if near else "")
+
+
+# hydra's messages for an override of a key the config lacks; the key is quoted in each.
+_HYDRA_BAD_KEY = re.compile(r"(?:Could not override|An item is already at|Could not delete from config\.) '([^']+)'")
+_HYDRA_BAD_LINE = re.compile(r"Error merging override (\S+)")
+
+
+def _group_overrides(overrides: list[str]) -> list[str]:
+    """The group choices among `overrides` (`algorithm=rlsd`): they select yaml files and cannot name a
+    missing key, so composing with them alone gives the tree the other overrides are checked against."""
+    return [o for o in overrides if "=" in o and "." not in override_key(o) and (CONFIG_DIR / override_key(o)).is_dir()]
+
+
+def _groups_with(key: str) -> list[str]:
+    """`group=choice` for every yaml of the key's group that has the rest of the key (e.g. which algorithms
+    have algorithm.params.eps_w)."""
+    group, _, rest = key.partition(".")
+    if not rest or not (CONFIG_DIR / group).is_dir():
+        return []
+    out = []
+    for choice in group_choices(group):
+        node = OmegaConf.load(CONFIG_DIR / group / f"{choice}.yaml")
+        if OmegaConf.select(node, rest, default="<absent>", throw_on_missing=False) != "<absent>":
+            out.append(f"{group}={choice}")
+    return out
+
+
+def _describe_bad_key(key: str, override: str, origin: str, base: DictConfig, choices: dict[str, str]) -> str:
+    """One line for an override whose key is not in the composed tree `base`: where the path stops, the
+    nearest valid key there, the valid keys, and which choices of the key's group do have it."""
+    parts = key.split(".")
+    group = parts[0] if parts[0] in choices and len(parts) > 1 else None
+    chosen = f" for {group}={choices[group]}" if group else ""
+    source = f" (set by {origin}: {override})" if origin != COMMAND_LINE else ""
+    elsewhere = [g for g in _groups_with(key) if group is None or g != f"{group}={choices[group]}"]
+    also = f"; {key} is a key of {', '.join(elsewhere)}" if elsewhere else ""
+    node: Any = base
+    for i, part in enumerate(parts):
+        parent = ".".join(parts[:i])
+        if not isinstance(node, DictConfig):
+            shown = "null" if node is None else repr(node)
+            return (f"config key {key!r}{source} cannot be set: {parent} is {shown}{chosen}, not a mapping of "
+                    f"keys{also}")
+        if part not in node:
+            valid = sorted(str(k) for k in node.keys())
+            return (f"unknown config key {key!r}{chosen}{source}; nearest: {'.'.join([*parts[:i], nearest(part, valid)])}"
+                    f"{also}; valid keys under {parent or 'the top level'}: {', '.join(valid)}")
+        node = None if OmegaConf.is_missing(node, part) else node[part]
+    return f"config key {key!r}{source} cannot be set{chosen}"
+
+
+def _composition_error(e: Exception, overrides: list[str], config_name: str) -> ConfigError:
+    """hydra's composition error as one line naming the override, the nearest valid key and the valid keys."""
+    from hydra import compose, initialize_config_dir
+
+    text = f"{e} {e.__cause__ or ''}"
+    key = None
+    hit = _HYDRA_BAD_KEY.search(text)
+    if hit:
+        key = hit.group(1)
+    elif (line := _HYDRA_BAD_LINE.search(text)) is not None:
+        key = override_key(line.group(1))
+    matching = [(o, origin) for o, origin in zip(overrides, origins_of(overrides)) if key and override_key(o) == key]
+    if key is None or not matching:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        cause = str(e.__cause__).strip().splitlines()[0] if e.__cause__ is not None and str(e.__cause__).strip() else ""
+        return ConfigError(f"{first}{f' ({cause})' if cause else ''}")
+    if "An item is already at" in text:  # the `+key=value` that added an existing key, not a plain one beside it
+        matching = [m for m in matching if m[0].startswith("+")] or matching
+    override, origin = matching[-1]
+    if "An item is already at" in text and override.startswith("+"):
+        return ConfigError(f"{override}: config key {key!r} exists already; set it without the '+': "
+                           f"{override.lstrip('+')}")
+    groups = _group_overrides(overrides)
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        base = compose(config_name, overrides=groups)
+    choices = default_choices(config_name)
+    choices.update({override_key(o): o.split("=", 1)[1] for o in groups})
+    return ConfigError(_describe_bad_key(key, override, origin, base, choices))
+
+
+@functools.lru_cache(maxsize=64)
+def _yaml(path: Path) -> DictConfig:
+    return OmegaConf.load(path)
+
+
+def _check_mappings_kept(cfg: DictConfig, overrides: list[str], choices: dict[str, str], config_name: str) -> None:
+    """An override that replaces a mapping of the yaml files with a value (`train.budget=5`) would reach the
+    code as a value where it reads keys; refused naming the mapping's keys. Read from the yaml files, not a
+    second composition (which costs a quarter second)."""
+    for o in overrides:
+        key = override_key(o)
+        if "=" not in o or o.startswith("~") or ("." not in key and (CONFIG_DIR / key).is_dir()):
+            continue
+        head, _, rest = key.partition(".")
+        if head in choices and rest and (CONFIG_DIR / head / f"{choices[head]}.yaml").is_file():
+            before = OmegaConf.select(_yaml(CONFIG_DIR / head / f"{choices[head]}.yaml"), rest, default=None)
+        else:
+            before = OmegaConf.select(_yaml(CONFIG_DIR / f"{config_name}.yaml"), key, default=None)
+        after = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if isinstance(before, DictConfig) and after is not None and not isinstance(after, DictConfig):
+            keys = ", ".join(f"{key}.{k}" for k in before.keys())
+            raise ConfigError(f"{o}: {key} is a mapping of keys, not a value; set its keys instead: {keys}")
+
+
 def compose_config(overrides: list[str], config_name: str = "train") -> DictConfig:
     """Hydra composition with errors that name the bad value and the valid ones. The result remembers where
     each value came from (`source_of`), for the schema's errors."""
     from hydra import compose, initialize_config_dir
-    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
     for o in overrides:
         key = o.lstrip("+~").split("=", 1)[0]
         if "." not in key and (CONFIG_DIR / key).is_dir() and "=" in o:
             choice = o.split("=", 1)[1]
             if choice not in group_choices(key) and choice != "null":
-                raise ConfigError(f"unknown {key} {choice!r}; valid: {', '.join(group_choices(key))}")
+                raise ConfigError(unknown_message(key, choice, group_choices(key)))
     try:
         with initialize_config_dir(str(CONFIG_DIR), version_base=None):
             cfg = compose(config_name, overrides=overrides)
+    except OverrideParseException as e:
+        bad = getattr(e, "override", None) or next((o for o in overrides if o in str(e)), "")
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"cannot parse the override {bad!r}: {first} (hydra syntax: key=value, "
+                          f"lists as key=[a,b], quoted strings as key='a b')") from None
     except (ConfigCompositionException, MissingConfigException) as e:
-        msg = str(e)
-        cause = e.__cause__
-        bad = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") in msg or (cause and o.split("=", 1)[0] in str(cause))), None)
-        if bad is not None and "=" in bad:
-            key = bad.split("=", 1)[0].lstrip("+~")
-            parent = key.rsplit(".", 1)[0] if "." in key else ""
-            with initialize_config_dir(str(CONFIG_DIR), version_base=None):
-                base = compose(config_name, overrides=[o for o in overrides if o != bad])
-            node = OmegaConf.select(base, parent) if parent else base
-            if isinstance(node, DictConfig):
-                raise ConfigError(f"unknown config key {key!r}; valid keys under {parent or 'the top level'}: "
-                                  f"{', '.join(sorted(node.keys()))}") from e
-        raise ConfigError(f"{msg} {cause or ''}") from e
+        raise _composition_error(e, overrides, config_name) from e
     choices = default_choices(config_name)
     for o in overrides:
         key = override_key(o)
         if "=" in o and "." not in key and (CONFIG_DIR / key).is_dir():
             choices[key] = o.split("=", 1)[1]
+    _check_mappings_kept(cfg, overrides, choices, config_name)
     _PROVENANCE[id(cfg)] = Provenance(list(overrides), origins_of(overrides), choices)
     weakref.finalize(cfg, _PROVENANCE.pop, id(cfg), None)
     return cfg
@@ -196,8 +310,8 @@ def experiment_path(name: str) -> Path:
         return Path(name)
     path = CONFIG_DIR / "experiment" / f"{name}.yaml"
     if not path.exists():
-        raise ConfigError(f"unknown experiment {name!r}; valid: {', '.join(group_choices('experiment'))} "
-                          f"(or a path to an experiment .yaml file)")
+        raise ConfigError(unknown_message("experiment", name, group_choices("experiment"))
+                          + " (or a path to an experiment .yaml file)")
     return path
 
 
@@ -213,7 +327,7 @@ def load_experiment(name: str) -> DictConfig:
             raise ConfigError(f"experiment {name}: missing key {key!r}")
     unknown = sorted(set(exp.keys()) - set(EXPERIMENT_KEYS))
     if unknown:
-        raise ConfigError(f"experiment {name}: unknown key(s) {unknown}; valid: {', '.join(EXPERIMENT_KEYS)}")
+        raise ConfigError(f"experiment {name}: " + unknown_message("key", str(unknown[0]), EXPERIMENT_KEYS))
     _EXPERIMENT_NAMES[id(exp)] = experiment_name(name)
     weakref.finalize(exp, _EXPERIMENT_NAMES.pop, id(exp), None)
     check_experiment(exp, name)
@@ -297,7 +411,7 @@ def tuning_grid(exp: DictConfig, name: str = "experiment") -> dict[str, list[Tun
     where = f"experiment {name}: tuning"
     unknown = sorted(set(t.keys()) - set(TUNING_KEYS))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid: {', '.join(TUNING_KEYS)}")
+        raise ConfigError(f"{where}: " + unknown_message("key", str(unknown[0]), TUNING_KEYS))
     if exp.get("grid"):
         raise ConfigError(f"experiment {name}: tuning and an ablation grid cannot be combined; drop one of them")
     if str(t.get("split", "validation")) != "validation":
@@ -402,8 +516,10 @@ def expand_experiment(overrides: list[str]) -> list[str]:
         raise ConfigError(f"experiment={names[-1]} runs one method per launch: add algorithm=<one of "
                           f"{', '.join(exp.methods)}>")
     if algorithm not in exp.methods:
-        raise ConfigError(f"experiment={names[-1]} has no method {algorithm!r}; valid: {', '.join(exp.methods)}")
-    own = [*exp.overrides, *(exp.get("method_overrides") or {}).get(algorithm, [])]
+        raise ConfigError(f"experiment={names[-1]}: " + unknown_message("method", algorithm, exp.methods))
+    # The budget points too, as in run_overrides: a run launched by hand evaluates (and keeps its policies)
+    # where the study's tables read.
+    own = [*exp.overrides, *_budget_eval_overrides(exp), *(exp.get("method_overrides") or {}).get(algorithm, [])]
     return Overrides(own, origin=f"experiment {names[-1]}") + Overrides(rest, origins_of(rest))
 
 
