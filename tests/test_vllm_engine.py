@@ -171,6 +171,25 @@ def test_zero3_buckets_are_sized_by_the_partitioned_full_size(tiny_dir):
     assert all(p.numel() == 0 for p in policy.parameters())  # released again
 
 
+def test_a_failing_load_leaves_no_bucket_gathered():
+    module = torch.nn.Module()
+    module.lm_head = torch.nn.Linear(64, 64, bias=False)  # 16 KiB per weight: one bucket each at 16 KiB
+    module.model = torch.nn.Module()
+    module.model.visual = torch.nn.Linear(64, 64, bias=False)
+    fake = FakeZero3(module)
+    calls = []
+
+    def load(weights):
+        calls.append([n for n, _ in weights])
+        if len(calls) == 2:
+            raise RuntimeError("engine refused the bucket")
+
+    with pytest.raises(RuntimeError, match="engine refused"):
+        vr.push_weights(module, 3, load, 16 * 1024, gather=fake.gather)
+    assert calls == [["lm_head.weight"], ["model.visual.weight"]]
+    assert fake.held == 0 and all(p.numel() == 0 for p in module.parameters())
+
+
 def test_a_bad_name_is_refused_before_any_bucket_is_sent():
     module = torch.nn.Module()
     module.lm_head = torch.nn.Linear(2, 2, bias=False)  # accepted, so it would go first if names were not checked first

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,17 +136,10 @@ def zero3_gather(params: list[torch.nn.Parameter]) -> contextlib.AbstractContext
     return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
-def iter_gathered(buckets: Sequence[Bucket], gather: Callable[[list], contextlib.AbstractContextManager] | None
-                  ) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """Each bucket's (name, full tensor) pairs, its parameters gathered only while the caller holds it."""
-    for bucket in buckets:
-        params = [p for _, p in bucket.params]
-        with gather(params) if gather is not None else contextlib.nullcontext():
-            yield [(name, p.data) for name, p in bucket.params]
-
-
 @dataclass
 class SyncStats:
+    """One sync: parameters sent, `load_weights` calls (buckets), gathered bytes in all and in the largest."""
+
     params: int
     buckets: int
     nbytes: int
@@ -167,8 +160,11 @@ def push_weights(module: torch.nn.Module, zero_stage: int, load: Callable[[list[
         gather = zero3_gather
     elif zero_stage != 3:
         gather = None  # parameters are whole on every rank below stage 3
-    for weights in iter_gathered(buckets, gather):
-        load([(names[name], tensor) for name, tensor in weights])
+    for bucket in buckets:
+        # the gather is left (and the full copies freed) before the next bucket is gathered, also when
+        # `load` raises, so at most one bucket is ever held whole
+        with gather([p for _, p in bucket.params]) if gather is not None else contextlib.nullcontext():
+            load([(names[name], p.data) for name, p in bucket.params])
     return SyncStats(len(named), len(buckets), sum(b.nbytes for b in buckets),
                      max((b.nbytes for b in buckets), default=0))
 
