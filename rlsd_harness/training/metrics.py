@@ -7,8 +7,8 @@ policy update, including each objective's own quantities), `teacher/`, `eval/` (
 steps) and `rollout_step` (rollout batches) index the lines. GLOSSARY says what each key means;
 docs/metrics.md is generated from it (`python -m rlsd_harness.training.metrics`).
 
-Sinks: metrics.jsonl is always written; `run.trackers` adds tensorboard, wandb (offline), mlflow or
-trackio, each imported only when asked for.
+Sinks: metrics.jsonl is always written; `run.trackers` adds tensorboard, wandb (in the mode the user set up), mlflow
+or trackio, each imported only when asked for.
 """
 
 from __future__ import annotations
@@ -163,10 +163,13 @@ class TensorBoardSink:
 
 
 class WandbSink:
+    """wandb's mode is the user's: WANDB_MODE, else what `wandb online` / `wandb offline` / `wandb login` set
+    up (wandb reads both itself); this code forces none."""
+
     def __init__(self, run_dir: Path, name: str, config: dict):
         import wandb
 
-        self.run = wandb.init(dir=str(run_dir), name=name, config=config, mode="offline", reinit=True)
+        self.run = wandb.init(dir=str(run_dir), name=name, config=config, reinit=True)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(_scalars(metrics), step=step)
@@ -206,6 +209,23 @@ class TrackioSink:
 
 
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
+# The package each tracker imports (tensorboard: torch.utils.tensorboard needs the tensorboard package).
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
+
+
+def check_trackers(trackers: list[str]) -> None:
+    """Each tracker of `run.trackers` is known and its package installed; checked before the run folder
+    exists, so that installing it and running the same command again needs no run.overwrite=true."""
+    import importlib.util
+
+    from rlsd_harness.config import ConfigError
+
+    for name in trackers:
+        if name not in TRACKERS:
+            raise ConfigError(f"unknown run.trackers entry {name!r}; valid: {', '.join(TRACKERS)}")
+        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
+            raise ConfigError(f"run.trackers=[{name}] needs the {TRACKER_PACKAGES[name]} package, which is not "
+                              f"installed: pip install {TRACKER_PACKAGES[name]} (or drop {name} from run.trackers)")
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:

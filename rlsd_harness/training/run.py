@@ -276,13 +276,14 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
     from rlsd_harness.models import load_model, load_processor, save_model
     from rlsd_harness.training import checkpoint
     from rlsd_harness.training.evals import RunEvaluator
-    from rlsd_harness.training.metrics import open_sinks
+    from rlsd_harness.training.metrics import check_trackers, open_sinks
     from rlsd_harness.training.preflight import check_run
     from rlsd_harness.training.trainer import NonFiniteLoss, Trainer
     from rlsd_harness.training.warmup import policy_path
     from rlsd_harness.verifier import build_verifier
 
     check_run(cfg)  # config, model folder and data, before anything is written
+    check_trackers(list(cfg.run.get("trackers") or []))  # a missing tracker package, before the run folder exists
     log = log or (lambda msg: print(msg, file=sys.stderr))
     init_path = policy_path(cfg.model, cfg.data, log)  # a bad model or data path fails before the run folder exists
     data = build_data(cfg.data, cfg.seed)
