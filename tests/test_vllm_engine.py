@@ -281,3 +281,25 @@ def test_real_zero3_partitioned_model_syncs_in_bounded_buckets(tiny_dir):
     assert all(c["gathered"] == c["nbytes"] for c in model.calls)  # exactly the bucket, nothing else
     assert max(c["gathered"] for c in model.calls) <= max(256 * 1024, max(sizes.values()))
     assert whole_bytes() == 0
+
+
+def test_trainer_builds_the_engine_with_its_bucket_size_and_syncs_its_policy(tmp_path, tiny_dir, monkeypatch):
+    """rollout=vllm through the trainer, the vLLM build replaced by the stand-in (vLLM needs a GPU)."""
+    from tests.test_trainer import make_trainer
+
+    built = []
+
+    def stand_in(*args):
+        built.append(args)
+        return StandInLLM(StandInModel())
+
+    monkeypatch.setattr(vr, "build_llm", stand_in)
+    trainer = make_trainer(tmp_path, "rollout=vllm")
+    engine = trainer.rollout
+    assert isinstance(engine, vr.VLLMRolloutEngine) and len(built) == 1
+    assert engine.sync_bucket_bytes == vr.DEFAULT_SYNC_BUCKET_MB * MIB
+    assert engine.llm.log == ["sleep(1)"]  # asleep until the first rollout
+    engine.sync_weights(trainer.engine.module, trainer.zero_stage)
+    received = engine.llm.model.received
+    assert all(torch.equal(received[n][0], p.data) for n, p in trainer.engine.module.named_parameters())
+    assert engine.llm.log[-1] == "reset_prefix_cache" and engine.llm.log.count("reset_prefix_cache") == 1

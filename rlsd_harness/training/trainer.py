@@ -231,13 +231,14 @@ class Trainer:
         if cfg.rollout.engine == "hf":
             self.rollout = HFRolloutEngine(self.engine.module, processor, synced=self.synced_generation)
         elif cfg.rollout.engine == "vllm":
-            from rlsd_harness.rollout.vllm import VLLMRolloutEngine
+            from rlsd_harness.rollout.vllm import DEFAULT_SYNC_BUCKET_MB, VLLMRolloutEngine
 
             if model_path is None:
                 raise ValueError("rollout.engine=vllm needs the policy's model folder (model_path)")
             self.rollout = VLLMRolloutEngine(
                 str(model_path), processor, cfg.rollout.gpu_memory_utilization, cfg.rollout.max_model_len,
                 cfg.rollout.sleep_level, cfg.seed,
+                sync_bucket_mb=cfg.rollout.get("sync_bucket_mb", DEFAULT_SYNC_BUCKET_MB),
             )
             self.rollout.sleep()
         else:
