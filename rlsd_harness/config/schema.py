@@ -174,6 +174,12 @@ KEYS: list[Key] = [
     Key("train.mini_batches", "int", "optimizer steps per rollout batch; must divide the rows per rank", ge=1),
     Key("train.ppo_epochs", "int", "passes over each rollout batch", ge=1),
     Key("train.save_every", "int", "checkpoint every N steps and at the end (0 = never)", ge=0),
+    Key("train.keep_last", "int", "checkpoints kept: the newest N (older ones are deleted once a newer one "
+        "verifies; null = keep all)", ge=1, null=True),
+    Key("train.keep_budget_points", "bool", "also keep every budget point's checkpoint (saved there even off the "
+        "save_every grid)"),
+    Key("train.save_budget_policies", "bool", "write the policy at step 0 and at each budget point as a Hugging Face "
+        "folder <run>/budget_policies/<fraction:.2f>/ with budget.json"),
     Key("train.eval_every", "int", "held-out evaluation every N steps and at the end (0 = never)", ge=0),
     Key("train.progress", "bool", "show a progress bar"),
     Key("train.budget.kind", "str", "stop once this much is spent (null: train.steps decides)",

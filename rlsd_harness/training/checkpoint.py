@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlsd_harness.dist import iter_full_parameters
-from rlsd_harness.training.durable import kill_point
+from rlsd_harness.dist import all_gather_object, iter_full_parameters
+from rlsd_harness.training.durable import atomic_write_text, kill_point
 
 MANIFEST = "manifest.json"
 
@@ -267,3 +268,106 @@ def latest(run_dir: Path) -> Path | None:
 def _barrier() -> None:
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.barrier()
+
+
+# ----------------------------------------------------------------------------- retention
+
+BUDGET_RECORD = "budget_points.json"  # <run>/budget_points.json: the budget points reached, in order
+DELETING = ".deleting"
+
+
+def kept_steps(steps: Sequence[int], budget_steps: Collection[int], keep_last: int | None,
+               keep_budget_points: bool) -> list[int]:
+    """The checkpoint steps retention keeps: the newest `keep_last` (all when None) and, with
+    `keep_budget_points`, every step in `budget_steps`."""
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"train.keep_last={keep_last}; valid: an integer >= 1, or null to keep every checkpoint")
+    ordered = sorted(steps)
+    keep = set(ordered if keep_last is None else ordered[-keep_last:])
+    if keep_budget_points:
+        keep |= set(ordered) & set(budget_steps)
+    return sorted(keep)
+
+
+def step_of(folder: Path) -> int:
+    return int(Path(folder).name.split("-", 1)[1])
+
+
+def read_budget_record(run_dir: Path) -> list[dict]:
+    """The budget points a run has reached: [{"fraction", "step", "flops"}, ...] (step 0 first)."""
+    path = Path(run_dir) / BUDGET_RECORD
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def write_budget_record(run_dir: Path, entries: list[dict]) -> None:
+    atomic_write_text(Path(run_dir) / BUDGET_RECORD, json.dumps(entries, indent=1))
+
+
+def prune(run_dir: Path, newest: Path, keep_last: int | None, keep_budget_points: bool,
+          log: Callable[[str], None] | None = None) -> list[Path]:
+    """Delete the checkpoints retention does not keep (see `kept_steps`; budget-point steps are read from
+    <run>/budget_points.json), once `newest` passes `verify`: until then every older one stays. Only folders
+    older than `newest` are candidates. Each is renamed to a hidden `.step-N.deleting` before its files go, so
+    a kill mid-delete never leaves a half folder that `latest` could take for a checkpoint. Returns the
+    deleted folders."""
+    run_dir, newest = Path(run_dir), Path(newest)
+    for leftover in (run_dir / "checkpoints").glob(f".step-*{DELETING}"):  # a kill cut an earlier delete short
+        shutil.rmtree(leftover, ignore_errors=True)
+    if keep_last is None:
+        return []
+    problem = verify(newest)
+    if problem is not None:
+        if log is not None:
+            log(f"warning: the new checkpoint {newest} does not verify ({problem}); no older checkpoint is deleted")
+        return []
+    folders = {step_of(f): f for f in _step_folders(run_dir) if step_of(f) <= step_of(newest)}
+    budget = {int(e["step"]) for e in read_budget_record(run_dir)}
+    keep = set(kept_steps(list(folders), budget, keep_last, keep_budget_points)) | {step_of(newest)}
+    deleted = []
+    for step in sorted(set(folders) - keep):
+        folder = folders[step]
+        doomed = folder.with_name(f".{folder.name}{DELETING}")
+        os.replace(folder, doomed)
+        kill_point("prune")
+        shutil.rmtree(doomed)
+        deleted.append(folder)
+    return deleted
+
+
+# ----------------------------------------------------------------------------- budget-point policies
+
+POLICY_DIR = "budget_policies"
+
+
+def policy_folder(run_dir: Path, fraction: float) -> Path:
+    """<run>/budget_policies/<fraction formatted like 0.50>/ (0.00: the step-0 base)."""
+    return Path(run_dir) / POLICY_DIR / f"{fraction:.2f}"
+
+
+def write_policy(run_dir: Path, engine, processor, rank: int, fraction: float, step: int, flops: float,
+                 recipe: Path | None = None) -> Path | None:
+    """The policy as a Hugging Face model folder that `rlsd-evaluate checkpoint=<folder>` loads (config.json,
+    model.safetensors, tokenizer and processor files, like final/), with budget.json {"fraction", "step",
+    "flops"}. Written to a hidden temporary folder and renamed, so the final name holds a complete folder or
+    none; an existing folder is kept as it is (a resumed run redoes the same step with the same weights).
+    Every rank calls it (the weights are gathered collectively under ZeRO-3); rank 0 writes. Returns the
+    folder, or None where it existed already."""
+    from rlsd_harness.models import save_model
+
+    folder = policy_folder(run_dir, fraction)
+    if all_gather_object(folder.is_dir())[0]:  # rank 0's file system decides for every rank
+        return None
+    weights = full_state_dict(engine)  # every rank: a collective under ZeRO-3
+    if rank == 0:
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        engine.module.config.save_pretrained(tmp)
+        kill_point("budget_policy")
+        save_model(engine.module, processor, tmp, state_dict=weights)
+        if recipe is not None and recipe.exists():
+            (tmp / "recipe.json").write_text(recipe.read_text())
+        (tmp / "budget.json").write_text(json.dumps({"fraction": fraction, "step": step, "flops": flops}, indent=1))
+        os.replace(tmp, folder)
+    _barrier()
+    return folder

@@ -23,6 +23,8 @@ KILL_POINTS = {
     "final": "inside final/'s write: its config.json is on disk, its weights are not",
     "metrics": "inside a metrics.jsonl append: half of the line is on disk",
     "run_done": "after a run's final/ is complete, before its completion marker",
+    "prune": "inside retention's delete of an old checkpoint: renamed aside, its files not yet removed",
+    "budget_policy": "inside a budget-point policy's write: its config.json is on disk, its weights are not",
     "matrix": "in the comparison matrix, after a run finished and before the next one starts",
     "report": "inside the comparison's report, after its first table is written",
 }

@@ -45,7 +45,8 @@ from rlsd_harness.training.durable import atomic_write_text, kill_point, replace
 # Keys a resumed run may change: the length of training (steps and budget) and the cadence of evaluation,
 # checkpoints and progress output. A key ending in "." covers everything under it.
 RESUMABLE_KEYS = ("run.", "train.steps", "train.budget.", "train.eval_every", "train.save_every",
-                  "train.progress", "eval.progress")
+                  "train.progress", "eval.progress", "train.keep_last", "train.keep_budget_points",
+                  "train.save_budget_policies")
 
 
 class Interrupted(BaseException):
@@ -275,7 +276,12 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
     from rlsd_harness.data import build_data
     from rlsd_harness.models import load_model, load_processor, save_model
     from rlsd_harness.training import checkpoint
-    from rlsd_harness.training.evals import RunEvaluator
+    from rlsd_harness.training.evals import (
+        RunEvaluator,
+        budget_point_due,
+        budget_progress,
+        validate_fractions,
+    )
     from rlsd_harness.training.metrics import check_trackers, open_sinks
     from rlsd_harness.training.preflight import check_run
     from rlsd_harness.training.trainer import NonFiniteLoss, Trainer
@@ -340,6 +346,36 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
     if cfg.run.resume and rank == 0:  # only rank 0 decides budget points (RunEvaluator.step_targets)
         evaluator.resume(read_metrics(metrics_file))
 
+    # Budget points, decided like the evaluator's (training/evals.py) but also when no evaluation runs: they
+    # mark the checkpoints retention keeps and the steps whose policy goes to budget_policies/. The points
+    # reached are recorded in <run>/budget_points.json; a resume keeps those up to its checkpoint's step.
+    fractions = validate_fractions(cfg.eval.get("budget_points"))
+    keep_last, keep_points = cfg.train.get("keep_last", None), bool(cfg.train.get("keep_budget_points", True))
+    reached = [e for e in checkpoint.read_budget_record(run_dir) if e["step"] <= trainer.rollout_step] \
+        if cfg.run.resume else []
+    if rank == 0:
+        checkpoint.write_budget_record(run_dir, reached)
+    points_done = {f for f in fractions if reached and f <= max(e["fraction"] for e in reached) + 1e-9}
+
+    def budget_point(metrics: dict[str, Any], last: bool, base: bool = False) -> float | None:
+        point = 0.0 if base else None
+        if rank == 0 and not base:  # a seconds budget differs between ranks: rank 0 decides for all
+            point = budget_point_due(budget_progress(cfg, metrics, trainer.rollout_step), fractions, points_done, last)
+        point = dist.all_gather_object(point)[0]
+        if point is not None:
+            if not base:
+                points_done.update(f for f in fractions if f <= point + 1e-9)
+            entry = {"fraction": point, "step": trainer.rollout_step,
+                     "flops": float(metrics.get("ledger/cum/flops/total", 0.0))}
+            reached.append(entry)
+            if rank == 0:
+                checkpoint.write_budget_record(run_dir, reached)
+            if cfg.train.get("save_budget_policies", False):
+                recipe = init_path / "recipe.json"
+                checkpoint.write_policy(run_dir, trainer.engine, processor, rank, point, entry["step"], entry["flops"],
+                                        recipe if recipe.exists() else None)
+        return point
+
     def evaluate(metrics: dict[str, float] | None = None, last: bool = False) -> dict[str, float]:
         step = trainer.rollout_step
         targets = evaluator.targets(0) if metrics is None else evaluator.step_targets(step, metrics, last)
@@ -350,6 +386,8 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
                                  {**trainer.state_dict(), "algorithm": cfg.algorithm.name})
         if rank == 0:
             release_old_run()
+            # older checkpoints go only now that this one is complete and verified (train.keep_last)
+            checkpoint.prune(run_dir, folder, keep_last, keep_points, log)
         return folder
 
     def finished(metrics: dict[str, Any]) -> bool:
@@ -366,6 +404,8 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
                 atomic_write_text(metrics_file, "")
                 for sink in sinks:
                     sink.log(first, 0)
+            if fractions:  # the base policy is budget point 0, as in the evaluator
+                budget_point(first, False, base=True)
         # a resumed run that had already reached its length or budget trains no further step
         done = finished(trainer.cumulative())
         if done and ckpt is not None:
@@ -380,13 +420,17 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
                     metrics["rollout_step"] = trainer.rollout_step
                     done = finished(metrics)
                     metrics.update(evaluate(metrics, done))
+                    point = budget_point(metrics, done)
                     if rank == 0:
                         for sink in sinks:
                             sink.log(metrics, trainer.rollout_step)
                     stopping = stop.signum is not None
                     if world > 1:  # every rank stops at the same step (the checkpoint is a collective)
                         stopping = bool(dist.all_reduce_max(int(stopping)))
-                    if stopping or (cfg.train.save_every and (trainer.rollout_step % cfg.train.save_every == 0 or done)):
+                    # a budget point's checkpoint is saved even off the save_every grid when retention keeps it
+                    at_point = point is not None and keep_points
+                    if stopping or (cfg.train.save_every and (trainer.rollout_step % cfg.train.save_every == 0 or done
+                                                              or at_point)):
                         folder = save()
                     if stopping:
                         command = resume_command or default_resume_command()
