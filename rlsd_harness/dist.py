@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,8 +31,110 @@ def name_cpu_accelerator() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+# A DeepSpeed op built on a start (the CPU shared-memory comm op on the first CPU start) is compiled by
+# torch.utils.cpp_extension under a lock file, <extensions root>/<op>/lock, that torch's FileBaton creates with
+# O_EXCL and keeps open until the build ends. A build killed midway leaves the file, and every later start
+# spins on it forever, silently. A live build holds the file open; a stale one is held by no process.
+BUILD_LOCK_WAIT_S = 1800.0  # how long a start waits for another process's live build (one takes ~3 min on 2 cores)
+
+
+def _default_extensions_root() -> Path:
+    """torch's own choice without TORCH_EXTENSIONS_DIR: <user cache>/torch_extensions/py<ver>_<accelerator>."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    accel = (f"rocm{torch.version.hip.replace('.', '')}" if torch.version.hip else
+             f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu")
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}_{accel}"
+    return Path(get_default_build_root()) / tag
+
+
+def extensions_root() -> Path:
+    """Where torch.utils.cpp_extension builds ops in this process."""
+    env = os.environ.get("TORCH_EXTENSIONS_DIR")
+    return Path(env) if env else _default_extensions_root()
+
+
+def use_venv_extensions_dir() -> None:
+    """Inside a virtual environment (and without an explicit TORCH_EXTENSIONS_DIR), build ops under
+    <venv>/torch_extensions: DeepSpeed's build flags name the venv, so two clones with their own venvs sharing
+    the user-wide folder rebuilt the op (~3 min) whenever they alternated. The first time, builds of the shared
+    folder made by this venv are copied over with their timestamps (ninja then finds them up to date)."""
+    if "TORCH_EXTENSIONS_DIR" in os.environ or sys.prefix == sys.base_prefix:
+        return
+    root = Path(sys.prefix) / "torch_extensions"
+    if not root.is_dir():
+        shared = _default_extensions_root()
+        tmp = root.with_name(f".torch_extensions.tmp-{os.getpid()}")
+        try:
+            tmp.mkdir(parents=True)
+            for build in (shared.iterdir() if shared.is_dir() else []):
+                ninja = build / "build.ninja"
+                if ninja.is_file() and not (build / "lock").exists() and sys.prefix in ninja.read_text(errors="replace"):
+                    shutil.copytree(build, tmp / build.name, symlinks=True)
+            os.rename(tmp, root)
+        except OSError:  # another start made it first, or the venv is read-only: torch's default then
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not root.is_dir():
+                return
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(root)
+
+
+def lock_holders(path: Path) -> list[int]:
+    """Ids of the processes that have `path` open (from /proc/<pid>/fd; processes of other users, whose fds
+    cannot be read, do not build in this user's extension folder)."""
+    target, pids = os.path.realpath(path), []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == target for fd in (proc / "fd").iterdir()):
+                pids.append(int(proc.name))
+    return pids
+
+
+def clear_stale_build_locks(root: Path | None = None, wait_s: float = BUILD_LOCK_WAIT_S,
+                            log=lambda msg: print(msg, file=sys.stderr)) -> list[Path]:
+    """Remove the op build locks under `root` (default: this process's extensions root) that no process holds,
+    i.e. left by a killed build; wait up to `wait_s` for a live build to end. Returns the removed locks.
+    Without /proc (no way to tell a live build) a lock is refused in one line naming it."""
+    root = Path(root) if root is not None else extensions_root()
+    locks = sorted(root.glob("*/lock")) if root.is_dir() else []
+    if locks and not Path("/proc/self/fd").is_dir():
+        raise FileExistsError(f"{locks[0]} is a DeepSpeed op build lock, and without /proc this start cannot tell "
+                              f"whether a build holds it; if no build is running, remove it: rm {locks[0]}")
+    removed, deadline = [], time.monotonic() + wait_s
+    for lock in locks:
+        told = False
+        while True:
+            try:
+                inode = lock.stat().st_ino
+            except FileNotFoundError:
+                break  # the build ended meanwhile
+            holders = lock_holders(lock)
+            if not holders:
+                # FileBaton closes the file an instant before it removes it: look again after a pause
+                time.sleep(1.0)
+                with contextlib.suppress(FileNotFoundError):
+                    if lock.stat().st_ino == inode and not lock_holders(lock):
+                        lock.unlink()
+                        removed.append(lock)
+                        log(f"removed {lock}: a DeepSpeed op build lock that no process holds (left by a build "
+                            f"that was killed); {lock.parent.name} is built again")
+                break
+            if time.monotonic() > deadline:
+                raise FileExistsError(f"{lock}: process {holders[0]} has held this DeepSpeed op build lock for over "
+                                      f"{wait_s:.0f} s; if that build is stuck, stop it (kill {holders[0]}) and start again")
+            if not told:
+                log(f"waiting for process {holders[0]}, which is building the DeepSpeed op {lock.parent.name} ({lock})")
+                told = True
+            time.sleep(0.5)
+    return removed
+
+
 def _deepspeed():
     name_cpu_accelerator()
+    use_venv_extensions_dir()
+    clear_stale_build_locks()
     import deepspeed
 
     return deepspeed
