@@ -2,7 +2,10 @@
 benchmarks (and the embedded task) as their official code does; results, per-item records and a table go to
 `out` (default results/eval/<run>-<folder>-<decoding>). A rerun continues where an interrupted one stopped.
 Every problem with the arguments, the checkpoint and each benchmark's data is reported at once, one line
-each with its fix, before anything is loaded or written."""
+each with its fix, before anything is loaded or written. Started by torchrun, the `deepspeed` launcher or
+srun (RANK/WORLD_SIZE set, or inside an srun step), the ranks share each benchmark's items (item i on rank
+i % world, each rank appending to `<key>.rank<r>.jsonl`) and rank 0 merges them into the same files, byte for
+byte, as one process writes. With `rollout=vllm` and vLLM installed, vLLM generates (not testable on CPU)."""
 
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -243,7 +244,7 @@ def _differences(old: dict, new: dict) -> list[str]:
 
 
 def _result_files(out: Path, name: str) -> list[Path]:
-    return [out / f"{name}.jsonl", out / f"{name}.metrics.json"]
+    return [out / f"{name}.jsonl", out / f"{name}.metrics.json", *_shard_files(out, name)]
 
 
 def prepare_out(out: Path, common: dict, suites: dict[str, dict], overwrite: bool) -> None:
@@ -321,22 +322,52 @@ def _seed_uid(suite: Suite, item_id: str) -> str:
     return item_id if suite.meta.training_task else f"{suite.name}/{item_id}"
 
 
-def run_suite(suite: Suite, engine: HFRolloutEngine, decoding: Decoding, seed: int, out: Path, batch: int,
-              progress: bool = True) -> dict[str, list[dict]]:
-    """Generate and score every item of `suite` not yet in `out/<name>.jsonl`; returns all its records."""
+def shard_path(out: Path, key: str, rank: int) -> Path:
+    """Where rank `rank` of a sharded run appends its records of benchmark `key` (merged by rank 0)."""
+    return out / f"{key}.rank{rank}.jsonl"
+
+
+def _shard_files(out: Path, key: str) -> list[Path]:
+    return sorted(out.glob(f"{key}.rank*.jsonl"), key=lambda f: f.name)
+
+
+def _shard_records(out: Path, key: str, merged: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Records in the shard files of `key` (any rank, any earlier world size) of items not in `merged`: a rank
+    killed after its shard was merged, before the shard was removed, leaves copies that are not counted twice."""
+    records: dict[str, list[dict]] = {}
+    for f in _shard_files(out, key):
+        for item_id, recs in read_records(f).items():
+            if item_id not in merged:
+                records.setdefault(item_id, []).extend(recs)
+    return {i: sorted(recs, key=lambda r: r["sample"]) for i, recs in records.items()}
+
+
+def run_suite(suite: Suite, engine: Any, decoding: Decoding, seed: int, out: Path, batch: int,
+              progress: bool = True, rank: int = 0, world: int = 1) -> dict[str, list[dict]]:
+    """Generate and score the items of `suite` not yet in `out/<key>.jsonl`; returns the records known here.
+
+    One process (`world` 1, no shard files left by a sharded run) appends to `<key>.jsonl` itself and returns
+    all the suite's records. A sharded run (`world` > 1, or shards left to finish) evaluates only items
+    i % world == rank, skips those already in `<key>.jsonl` or any shard file, and appends to its own shard
+    `<key>.rank<rank>.jsonl`; rank 0 then merges them with `merge_shards`."""
     from tqdm.auto import tqdm
 
     k = decoding.k
     params = decoding.params(suite.max_new_tokens)
-    path = out / f"{suite.key}.jsonl"
-    done = read_records(path)
+    merged_path = out / f"{suite.key}.jsonl"
+    done = read_records(merged_path)
+    sharded = world > 1 or bool(_shard_files(out, suite.key))
+    if sharded:
+        done.update(_shard_records(out, suite.key, done))
     for item_id, recs in done.items():
         if len(recs) != k:
-            raise ValueError(f"{path}: item {item_id} has {len(recs)} samples, the decoding asks for {k}")
+            raise ValueError(f"{merged_path}: item {item_id} has {len(recs)} samples, the decoding asks for {k}")
+    path = shard_path(out, suite.key, rank) if sharded else merged_path
+    mine = [i for i in range(len(suite.ids)) if i % world == rank]
     scorers = [suite.new_scorer() for _ in range(k)]
     variant = suite.identity["variant"]
-    bar = tqdm(total=len(suite.items), initial=sum(i in done for i in suite.ids), desc=suite.key,
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(mine), initial=sum(suite.ids[i] in done for i in mine), desc=suite.key,
+               disable=not progress or rank != 0, dynamic_ncols=True)
     queue: list[int] = []
 
     def flush() -> None:
@@ -360,14 +391,16 @@ def run_suite(suite: Suite, engine: HFRolloutEngine, decoding: Decoding, seed: i
         queue.clear()
 
     try:
-        for i, item_id in enumerate(suite.ids):
+        for i in mine:
+            item_id = suite.ids[i]
             if item_id not in done:
                 queue.append(i)
                 if len(queue) >= batch:
                     flush()
-            elif suite.meta.stateful_scoring:
+            elif suite.meta.stateful_scoring and not sharded:
                 # Score in dataset order so that a stateful scorer (MMMU's random fallback) draws exactly
-                # as in an uninterrupted run: pending items first, then replay this done item.
+                # as in an uninterrupted run: pending items first, then replay this done item. (A sharded
+                # run's ranks each see part of the items: rank 0 scores them again in order when merging.)
                 flush()
                 for j, rec in enumerate(done[item_id]):
                     scorers[j](rec["response"], suite.items[i])
@@ -375,6 +408,41 @@ def run_suite(suite: Suite, engine: HFRolloutEngine, decoding: Decoding, seed: i
     finally:
         bar.close()
     return done
+
+
+def merge_shards(suite: Suite, decoding: Decoding, out: Path) -> dict[str, list[dict]]:
+    """Rank 0, once every rank has run its share: append the shard records of `suite` to `<key>.jsonl` in dataset
+    order (after the records it already holds, as one process appends them), remove the shards, and return all
+    the suite's records. A stateful scorer (MMMU's random fallback) scores every response again in dataset order,
+    replaying the records already merged, so the records equal one process's byte for byte."""
+    merged_path = out / f"{suite.key}.jsonl"
+    merged = read_records(merged_path)
+    shards = _shard_records(out, suite.key, merged)
+    missing = [i for i in suite.ids if i not in merged and i not in shards]
+    if missing:
+        raise RuntimeError(f"{suite.key}: {len(missing)} item(s) ({', '.join(missing[:3])}) are in no shard file "
+                           f"of {out}: a rank stopped before its share was done; run the same command again")
+    scorers = [suite.new_scorer() for _ in range(decoding.k)] if suite.meta.stateful_scoring else []
+    new: list[dict] = []
+    for item_id, item in zip(suite.ids, suite.items):
+        if item_id in merged:
+            for scorer, rec in zip(scorers, merged[item_id]):
+                scorer(rec["response"], item)  # replayed: the generator draws as in one uninterrupted process
+        elif item_id in shards:
+            recs = shards[item_id]
+            if scorers:
+                recs = [{"id": r["id"], "sample": r["sample"], "variant": r["variant"], "response": r["response"],
+                         **scorer(r["response"], item)} for scorer, r in zip(scorers, recs)]
+            merged[item_id] = recs
+            new += recs
+    if new:
+        text = merged_path.read_text(encoding="utf-8") if merged_path.exists() else ""
+        tmp = merged_path.with_name(merged_path.name + ".tmp")
+        tmp.write_text(text + "".join(json.dumps(r, default=str) + "\n" for r in new), encoding="utf-8")
+        tmp.replace(merged_path)  # atomic: a kill leaves the old file and the shards, or the new file
+    for f in _shard_files(out, suite.key):
+        f.unlink()
+    return merged
 
 
 def _mean(values: list) -> Any:
@@ -514,39 +582,151 @@ def validate(checkpoint: str | Path, names: list[str], cfg: Any, limit: int | No
     return model_dir, decoding, suites
 
 
+def launched_world(environ: Any = None) -> int:
+    """The number of processes a launcher started for this command: WORLD_SIZE where RANK is set (torchrun, the
+    `deepspeed` launcher), the step's task count inside an srun step (SLURM_STEP_NUM_TASKS; the batch script
+    itself is one process whatever --ntasks says), else 1. `rlsd_harness.dist.init_distributed` joins them."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env:
+        return int(env.get("WORLD_SIZE", 1))
+    return int(env.get("SLURM_STEP_NUM_TASKS", 1))
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size): a process group over the launched ranks (gloo on CPU, NCCL on GPUs), or (0, 1)."""
+    world = launched_world()
+    if world == 1:
+        return 0, 1
+    from rlsd_harness.dist import init_distributed
+
+    rank, joined = init_distributed()
+    if joined != world:
+        raise RuntimeError(f"the launcher started {world} ranks but the process group has {joined}: this version "
+                           "of rlsd_harness.dist does not read this launcher's variables; set RANK, WORLD_SIZE, "
+                           "LOCAL_RANK, MASTER_ADDR and MASTER_PORT")
+    return rank, world
+
+
+def _agree(error: BaseException | None) -> None:
+    """Every rank learns whether any rank failed (so that none waits forever in a later collective); a rank
+    that did not fail itself raises the first rank's message."""
+    from rlsd_harness.dist import all_gather_object
+
+    messages = all_gather_object(None if error is None else f"{type(error).__name__}\t{error}")
+    if error is not None:
+        raise error
+    failed = [m for m in messages if m is not None]
+    if failed:
+        kind, _, message = failed[0].partition("\t")
+        raise (FileExistsError if kind == "FileExistsError" else RuntimeError)(f"(on another rank) {message}")
+
+
+def make_engine(cfg: Any, model_dir: Path, model=None, processor=None, decoding: Decoding | None = None,
+                log: Callable[[str], None] = print) -> tuple[Any, Any]:
+    """(rollout engine, the HF model or None): vLLM when `rollout.engine` is vllm, vLLM is importable and no model
+    was handed in; the HF engine over `model` (loaded from `model_dir` when None) otherwise."""
+    import importlib.util
+
+    from rlsd_harness.models import load_model, load_processor
+
+    k = decoding.k if decoding is not None else 1
+    if cfg.rollout.engine == "vllm":
+        if model is None and importlib.util.find_spec("vllm") is not None:
+            from rlsd_harness.rollout.vllm import VLLMRolloutEngine
+
+            engine = VLLMRolloutEngine(str(model_dir), processor or load_processor(model_dir),
+                                       cfg.rollout.gpu_memory_utilization, cfg.rollout.max_model_len,
+                                       cfg.rollout.sleep_level, int(cfg.seed))
+            return engine, None
+        log("rollout=vllm: " + ("a loaded model was handed in" if model is not None else "vLLM is not installed here")
+            + "; generating with the HF engine")
+    if model is None:
+        import torch
+
+        from rlsd_harness.dist import device
+
+        model, processor = load_model(model_dir).eval(), load_processor(model_dir)
+        if torch.cuda.is_available():  # each rank on its own GPU (LOCAL_RANK)
+            model.to(device())
+    return HFRolloutEngine(model, processor, max_batch=int(cfg.eval.batch) * k), model
+
+
 def run_benchmarks(checkpoint: str | Path, names: list[str], cfg: Any, out: str | Path, limit: int | None = None,
                    overwrite: bool = False, model=None, processor=None, log: Callable[[str], None] | None = None,
                    allow_missing_images: bool | Iterable[str] = False):
-    """Evaluate `checkpoint` on `names` under config `cfg` into `out`; returns the table (a DataFrame).
-    `model`/`processor` may be passed in already loaded (they must be the checkpoint's). Every problem with
-    the names, the config, the checkpoint and the data is reported at once (`EvaluationProblems`) before
-    anything is loaded or written. `allow_missing_images`: true, or the benchmarks whose rows without their
-    image file are prompted text-only."""
-    from rlsd_harness.models import load_model, load_processor
+    """Evaluate `checkpoint` on `names` under config `cfg` into `out`; returns the table (a DataFrame; None on
+    ranks other than 0). `model`/`processor` may be passed in already loaded (they must be the checkpoint's).
+    Every problem with the names, the config, the checkpoint and the data is reported at once
+    (`EvaluationProblems`) before anything is loaded or written. `allow_missing_images`: true, or the benchmarks
+    whose rows without their image file are prompted text-only.
 
+    Started by a launcher (`launched_world` > 1), the ranks share each benchmark's items (item i goes to rank
+    i % world), each appending to its own shard file, and rank 0 merges the shards into `<key>.jsonl` in dataset
+    order and writes the metrics and the table: the same files, byte for byte, as one process writes (the
+    sampling seeds are per item; MMMU's stateful scorer is replayed in dataset order on rank 0)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     judge_slot: list[Callable[[str], str]] = []
     judge = (lambda text: judge_slot[0](text)) if cfg.eval.mathvista_judge == "self" else None
+    # every rank validates the same arguments and data, so all of them stop on the same problems
     model_dir, decoding, suites = validate(checkpoint, names, cfg, limit, judge, allow_missing_images,
                                            check_model=model is None)
+    rank, world = _process_group()
     out = Path(out)
     common = {"checkpoint": str(model_dir.resolve()), "weights": _weights_fingerprint(model_dir),
               "decoding": decoding.name, "sampling": _plain(decoding.identity()), "seed": int(cfg.seed)}
-    prepare_out(out, common, {n: s.identity for n, s in suites.items()}, overwrite)
-    if model is None:
-        model, processor = load_model(model_dir).eval(), load_processor(model_dir)
-    engine = HFRolloutEngine(model, processor, max_batch=int(cfg.eval.batch) * decoding.k)
+    try:
+        engine, model = make_engine(cfg, model_dir, model, processor, decoding, log if rank == 0 else lambda m: None)
+    except Exception as e:  # noqa: BLE001 - handed to the other ranks, then raised here
+        if world == 1:
+            raise
+        _agree(e)
+    if not isinstance(engine, HFRolloutEngine):
+        common["engine"] = "vllm"  # (HF results keep the folders written before this key existed comparable)
+    error = None
+    if rank == 0:
+        try:
+            prepare_out(out, common, {n: s.identity for n, s in suites.items()}, overwrite)
+        except Exception as e:  # noqa: BLE001 - handed to the other ranks, then raised here
+            error = e
+    if world > 1:
+        _agree(error)
+    elif error is not None:
+        raise error
     judge_slot.append(_judge_with(engine))
-    was_training = model.training
-    model.eval()
+    was_training = model.training if model is not None else False
+    if model is not None:
+        model.eval()
     try:
         for key, suite in suites.items():
-            records = run_suite(suite, engine, decoding, int(cfg.seed), out, int(cfg.eval.batch),
-                                bool(cfg.eval.progress))
-            summary = summarise(suite, records, decoding)
-            (out / f"{key}.metrics.json").write_text(json.dumps(summary, indent=1, default=str))
-            log(f"{key}: {summary['headline']} mean@{summary['samples']} = {summary['mean@k']} "
-                f"over {summary['items']} items")
+            error = None
+            try:
+                records = run_suite(suite, engine, decoding, int(cfg.seed), out, int(cfg.eval.batch),
+                                    bool(cfg.eval.progress) and rank == 0, rank, world)
+            except Exception as e:  # noqa: BLE001
+                if world == 1:
+                    raise
+                error = e
+            if world > 1:
+                _agree(error)  # every rank's share is on disk before rank 0 merges
+            if rank == 0:
+                try:
+                    if world > 1 or _shard_files(out, key):
+                        records = merge_shards(suite, decoding, out)
+                    summary = summarise(suite, records, decoding)
+                    (out / f"{key}.metrics.json").write_text(json.dumps(summary, indent=1, default=str))
+                    log(f"{key}: {summary['headline']} mean@{summary['samples']} = {summary['mean@k']} "
+                        f"over {summary['items']} items" + (f" ({world} ranks)" if world > 1 else ""))
+                except Exception as e:  # noqa: BLE001
+                    if world == 1:
+                        raise
+                    error = e
+            if world > 1:
+                _agree(error if rank == 0 else None)  # the other ranks stop too if the merge failed
     finally:
-        model.train(was_training)
-    return write_table(out)
+        if model is not None:
+            model.train(was_training)
+    if world > 1:
+        from rlsd_harness.dist import shutdown
+
+        shutdown()
+    return write_table(out) if rank == 0 else None
