@@ -13,7 +13,8 @@ Two kinds, both with the decoding of `eval` (k samples, optionally a greedy resp
 The step-0 line evaluates the base policy at both sizes. Each of `train.eval_benchmarks` (the benchmark
 runner's suites, with their own prompts, scorers, `eval.sources` and `eval.benchmark_max_new_tokens`) is
 evaluated beside the held-out split, `eval.n` items at routine steps and `eval.budget_n` at budget points.
-`train.eval_every: 0` turns all held-out evaluation off.
+`train.eval_every: 0` turns the routine evaluations off; the budget points still run (a study's tables read
+them), and `eval.budget_points: []` turns those off.
 
 Each evaluation writes evals/<name>-step<rollout_step:06d>.jsonl (one line per item: id, correct = k 0/1
 verdicts, greedy = 0/1 or null) and adds eval/<name>/{mean@k, pass@1, pass@<k>, n, k, file, budget_point}
@@ -122,7 +123,7 @@ class RunEvaluator:
         self.sources: dict[str, _Source] = {}
         if not self.enabled:
             return
-        asked = [(self.split, self.n, "eval.split")]
+        asked = [(self.split, self.n, "eval.split")] if self.every > 0 else []
         if self.fractions:
             asked.append((self.budget_split, self.budget_n, "eval.budget_split"))
         sizes: dict[str, tuple[int, str]] = {}
@@ -138,8 +139,9 @@ class RunEvaluator:
                                           None, int(ecfg.max_new_tokens), DATA_BATCH, None)
         self._add_benchmarks()
         if not self.sources:
-            raise ConfigError("train.eval_every > 0 but nothing to evaluate: eval.split and eval.budget_split are null "
-                              "and train.eval_benchmarks is empty (set train.eval_every=0 to evaluate nothing)")
+            raise ConfigError("held-out evaluation is on (train.eval_every > 0 or eval.budget_points) but there is "
+                              "nothing to evaluate: eval.split and eval.budget_split are null and train.eval_benchmarks "
+                              "is empty (set train.eval_every=0 eval.budget_points=[] to evaluate nothing)")
 
     def place(self, run_dir: Path, rank: int, world: int) -> None:
         """Where records go and which shard this process evaluates."""
@@ -147,7 +149,8 @@ class RunEvaluator:
 
     @property
     def enabled(self) -> bool:
-        return self.every > 0
+        """Routine evaluations (train.eval_every > 0) or budget points (eval.budget_points) to run."""
+        return self.every > 0 or bool(self.fractions)
 
     def _add_benchmarks(self) -> None:
         if not self.benchmarks:
@@ -176,7 +179,7 @@ class RunEvaluator:
         the same arguments (see `step_targets`)."""
         if not self.enabled:
             return []
-        routine = rollout_step == 0 or rollout_step % self.every == 0 or last
+        routine = self.every > 0 and (rollout_step == 0 or rollout_step % self.every == 0 or last)
         point = 0.0 if rollout_step == 0 and self.fractions else budget_point_due(progress, self.fractions, self.done, last)
         if rollout_step > 0 and point is not None:
             self.done.update(f for f in self.fractions if progress >= f - 1e-9)
