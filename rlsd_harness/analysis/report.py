@@ -593,6 +593,13 @@ def plot_dynamics(df: pd.DataFrame, order: list[str], path: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     done = df[(df["status"] == "finished") & (df.get("rollout_step", pd.Series(dtype=float)) > 0)] if len(df) else df
     for ax, (col, title) in zip(axes.flat, DYNAMICS):
+        # Each band is clipped to the range of the panel's data (every seed's values of every method): with few
+        # seeds left at the tail a t-band grows far past any value observed (-5 to +7 nats of entropy where the
+        # data lie in 0-2) and flattened the panel.
+        seen = pd.to_numeric(done[done["method"].isin(order)][col], errors="coerce") if len(done) and col in done \
+            else pd.Series(dtype=float)
+        seen = seen[np.isfinite(seen)]
+        floor, ceiling = (float(seen.min()), float(seen.max())) if len(seen) else (None, None)
         for i, m in enumerate(order):
             sub = done[done["method"] == m] if len(done) else done
             if col not in sub or sub[col].isna().all():
@@ -600,7 +607,8 @@ def plot_dynamics(df: pd.DataFrame, order: list[str], path: Path) -> None:
             wide = sub.pivot_table(index="rollout_step", columns="seed", values=col)
             mu, half = _t_band(wide)
             ax.plot(mu.index, mu, label=m, color=f"C{i}")
-            ax.fill_between(mu.index, mu - half, mu + half, alpha=0.15, color=f"C{i}")
+            ax.fill_between(mu.index, (mu - half).clip(floor, ceiling), (mu + half).clip(floor, ceiling), alpha=0.15,
+                            color=f"C{i}")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("rollout step")
         if ax.lines:
