@@ -195,7 +195,8 @@ def test_memory_plan_counts_the_measured_head_bytes():
     from rlsd_harness.training.vocab import AUTO_CHUNK_ELEMENTS
 
     gib, vocab, resp = 1024**3, 151936, 4096
-    shape = SimpleNamespace(model=SimpleNamespace(layers=36, d_model=4096), vocab=vocab)
+    shape = SimpleNamespace(model=SimpleNamespace(layers=36, d_model=4096, v_layers=27, v_d_model=1152), vocab=vocab,
+                            ffn=12288, kv_dim=1024, qk_norm=True, v_ffn=4304, v_gated=False)  # Qwen3-VL-8B's dims
     chunked, whole = activation_gib(shape, 5000, resp), activation_gib(shape, 5000, resp, head="full")
     per_token = HEAD_BYTES_PER_TOKEN_PER_VOCAB["full"] - max(HEAD_BYTES_PER_TOKEN_PER_VOCAB["chunked"], 0)
     transient = 3 * 4 * AUTO_CHUNK_ELEMENTS["cuda"]

@@ -71,13 +71,12 @@ def dry_run(exp, name: str, runs_dir: Path, extra: list[str]) -> str:
     from rlsd_harness.algorithms import build_objective
     from rlsd_harness.analysis.plan import plan
 
-    cfgs, needs_ref, needs_teacher, missing = {}, {}, {}, set()
+    cfgs, objectives, missing = {}, {}, set()
     for method in arms(exp):
         cfg = compose_config(run_overrides(exp, method, exp.seeds[0], runs_dir, extra))
-        obj = build_objective(cfg.algorithm.name, dict(cfg.algorithm.get("params") or {}))
-        cfgs[method], needs_ref[method], needs_teacher[method] = cfg, obj.needs_ref, obj.teacher_signal != "none"
+        cfgs[method] = cfg
+        objectives[method] = build_objective(cfg.algorithm.name, dict(cfg.algorithm.get("params") or {}))
         missing |= {f"{group}.path" for group in ("model", "data") if OmegaConf.is_missing(cfg[group], "path")}
-    p = exp.get("plan") or {}
     grid = tuning_grid(exp, name)
     lines = [f"experiment {name}: {len(arms(exp))} arms x {len(exp.seeds)} seeds -> {runs_dir}", ""]
     if grid:
@@ -87,8 +86,7 @@ def dry_run(exp, name: str, runs_dir: Path, extra: list[str]) -> str:
                   ""]
     if missing:
         lines += [f"to set before launching: {', '.join(sorted(missing))}", ""]
-    lines.append(plan(cfgs, needs_ref, needs_teacher, int(exp.get("world_size", 1)), int(p.get("prompt_tokens", 400)),
-                      int(p.get("image_patches", 1024)), int(p.get("response_tokens", 1024))))
+    lines.append(plan(cfgs, objectives, int(exp.get("world_size", 1)), exp.get("plan")))
     return "\n".join(lines)
 
 
@@ -335,6 +333,8 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
         runs = [(f"tuning/{pt.label}-s{s}", tuning_dir / f"{pt.label}-s{s}") for pt, s in tuning_jobs]
         return text + "\n\n" + launch.dry_run_text(runs + [(f"{m}-s{s}", runs_dir / f"{m}-s{s}") for m, s in jobs],
                                                    slurm, Path(slurm.folder) if slurm.folder else target / "slurm")
+    if slurm is not None:
+        launch.require_slurm()
     log = lambda msg: tqdm.write(msg, file=sys.stderr)  # noqa: E731
     base = base_digests(test_cfgs, log)
     recorded = json.loads((target / "picks.json").read_text()).get("base") if (target / "picks.json").exists() else None
