@@ -86,9 +86,10 @@ def test_a_killed_sharded_run_resumes_per_item_and_merges_as_one_process(tiny, t
     assert fallbacks  # the replayed generator decided some verdicts
 
 
-def _evaluate(out: Path, tiny_dir: Path, sources: dict[str, Path], env: dict[str, str]) -> subprocess.Popen:
+def _evaluate(out: Path, tiny_dir: Path, sources: dict[str, Path], env: dict[str, str],
+              names: list[str] = NAMES) -> subprocess.Popen:
     code = ("import sys; from rlsd_harness.cli import evaluate; evaluate.main(sys.argv[1:])")
-    args = [sys.executable, "-c", code, f"checkpoint={tiny_dir}", f"out={out}", f"benchmarks=[{','.join(NAMES)}]",
+    args = [sys.executable, "-c", code, f"checkpoint={tiny_dir}", f"out={out}", f"benchmarks=[{','.join(names)}]",
             "limit=5", *overrides(sources)]
     base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     return subprocess.Popen(args, cwd=ROOT, env={**base, "OMP_NUM_THREADS": "1", **env},
@@ -112,3 +113,21 @@ def test_two_ranks_write_the_same_files_as_one_process(tiny_dir, sources, tmp_pa
     assert result_files(two) == result_files(one)
     # both ranks generated: rank 1's items are in the merged file too (limit=5: items 1 and 3 of each)
     assert len(read_records(two / "embedded.jsonl")) == 5
+
+
+@pytest.mark.slow
+def test_a_problem_stops_every_rank_with_its_message(tiny_dir, sources, tmp_path):
+    """No rank waits forever for one that stopped: both exit 2 with the problem, and nothing is written."""
+    out = tmp_path / "out"
+    port = str(_free_port())
+    env = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    ranks = []
+    for r in (0, 1):
+        proc = _evaluate(out, tiny_dir, {**sources, "mathvision": Path("/nonexistent/mathvision")},
+                         {**env, "RANK": str(r), "LOCAL_RANK": str(r)}, [*NAMES, "mathvision"])
+        ranks.append(proc)
+    errors = [p.communicate(timeout=300)[1] for p in ranks]
+    assert [p.returncode for p in ranks] == [2, 2], errors
+    assert all("mathvision: split 'test', row None: local path '/nonexistent/mathvision' does not exist" in e
+               for e in errors), errors
+    assert not out.exists()

@@ -667,10 +667,17 @@ def run_benchmarks(checkpoint: str | Path, names: list[str], cfg: Any, out: str 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     judge_slot: list[Callable[[str], str]] = []
     judge = (lambda text: judge_slot[0](text)) if cfg.eval.mathvista_judge == "self" else None
-    # every rank validates the same arguments and data, so all of them stop on the same problems
-    model_dir, decoding, suites = validate(checkpoint, names, cfg, limit, judge, allow_missing_images,
-                                           check_model=model is None)
     rank, world = _process_group()
+    # Every rank reads the same arguments and data; the weights, the one costly check, are read by rank 0 alone.
+    try:
+        model_dir, decoding, suites = validate(checkpoint, names, cfg, limit, judge, allow_missing_images,
+                                               check_model=model is None and rank == 0)
+    except Exception as e:  # noqa: BLE001 - handed to the other ranks, then raised here
+        if world == 1:
+            raise
+        _agree(e)
+    if world > 1:
+        _agree(None)
     out = Path(out)
     common = {"checkpoint": str(model_dir.resolve()), "weights": _weights_fingerprint(model_dir),
               "decoding": decoding.name, "sampling": _plain(decoding.identity()), "seed": int(cfg.seed)}
