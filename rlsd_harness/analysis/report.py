@@ -342,24 +342,50 @@ def _left_out(study: Study, method: str, have: set[int], what: str) -> str:
 
 
 def power_line(comparisons: pd.DataFrame, baseline: str, delta_points: float) -> str:
-    """'resolves differences >= X points with R seeds; delta=3 needs N seeds' over the comparisons against
-    the baseline: X is the least sensitive comparison's smallest detectable difference, N the most runs any
-    of them needs."""
-    rows = comparisons[comparisons["baseline"] == baseline] if len(comparisons) else comparisons
-    if not len(rows):
-        return "Power: no comparison against the baseline in this table."
-    ok = rows.dropna(subset=["min_detectable_points"])
-    if not len(ok):
-        return f"Power: {rows['power_sentence'].iloc[0]}"
-    seeds = int(ok["n_runs"].min())
-    paired = bool(ok["paired"].all())
-    test = "paired t-test over seeds" if paired else "t-test over runs"
-    mdd, need = ok["min_detectable_points"].astype(float), ok["runs_needed"].astype(int)
-    unit = "seeds" if paired else "seeds per method"
-    spread = (f"; across the {len(ok)} comparisons against {baseline}: {mdd.min():.1f} to {mdd.max():.1f} points, "
-              f"{need.min()} to {need.max()} seeds" if len(ok) > 1 else f"; the comparison against {baseline}")
-    return (f"Power: resolves differences >= {mdd.max():.1f} points with {seeds} seeds; delta={delta_points:g} needs "
-            f"{need.max()} {unit} (80 % power, alpha 0.05, {test}{spread})")
+    """One power figure per comparison (the rows against `baseline` first): the smallest difference it
+    resolves and the seeds `delta_points` needs, each with the range its SD's 95 % chi-square interval
+    allows (stats.power_analysis); a maximum over comparisons would describe none of them."""
+    if not len(comparisons):
+        return "Power: no comparison in this table."
+    rows = pd.concat([comparisons[comparisons["baseline"] == baseline], comparisons[comparisons["baseline"] != baseline]])
+    parts = []
+    for _, r in rows.iterrows():
+        name = f"{r['method']} - {r['baseline']}"
+        if pd.isna(r["min_detectable_points"]):
+            parts.append(f"{name}: {r['power_sentence']}")
+            continue
+        unit = "seeds" if r["paired"] else "seeds per method"
+        dof = int(r["n_runs"]) - 1 if r["paired"] else int(r["n_runs"]) + int(r["n_runs_baseline"]) - 2
+        parts.append(f"{name} resolves >= {r['min_detectable_points']:.1f} points [{r['min_detectable_low']:.1f}, "
+                     f"{r['min_detectable_high']:.1f}] with {int(r['n_runs'])} {unit}, delta={delta_points:g} needs "
+                     f"{int(r['runs_needed'])} [{int(r['runs_needed_low'])}, {int(r['runs_needed_high'])}] "
+                     f"({dof} df)")
+    test = "paired t-test over seeds" if bool(rows["paired"].all()) else "t-test over runs"
+    return (f"Power per comparison (80 % power, alpha 0.05, {test}; in brackets the range the 95 % chi-square "
+            f"interval of its seed SD allows): " + "; ".join(parts))
+
+
+def decide_study_family(sections: list[Section], fractions: Sequence[float], alpha: float = 0.05) -> str:
+    """Re-decide every section's p_holm / significant over the whole study (stats.study_family): the primary
+    comparison stats.PRIMARY at the last budget point alone, all other comparisons one Holm family. Returns
+    the sentence that states the rule. Idempotent: it decides from p_value alone."""
+    frames = [s.comparisons.assign(table=s.key) for s in sections if len(s.comparisons)]
+    if not frames:
+        return ""
+    rows = pd.concat(frames, ignore_index=True)
+    key = (f"budget={max(fractions):g}", *stats.PRIMARY)
+    found = bool(((rows["table"] == key[0]) & (rows["method"] == key[1]) & (rows["baseline"] == key[2])).any())
+    decided = stats.study_family(rows, key if found else None, alpha)
+    for s in sections:
+        if len(s.comparisons):
+            s.comparisons = decided[decided["table"] == s.key].drop(columns="table").reset_index(drop=True)
+    family = int((decided["family"] == "holm").sum() - decided.loc[decided["family"] == "holm", "p_value"].isna().sum())
+    primary = (f"The primary comparison, fixed before the runs, is {key[1]} - {key[2]} at the last budget point "
+               f"({max(fractions):g} x budget): "
+               f"tested alone at alpha {alpha:g}, its p not corrected (p Holm shows \"primary\"). "
+               if found else f"No primary comparison ({key[1]} - {key[2]} at the last budget point has no row). ")
+    return primary + (f"Every other comparison of these tables is one Holm family of {family}: \"p Holm\" and "
+                      f"**significant** are that family's.")
 
 
 def build_sections(study: Study, order: list[str], baseline: str, pairs: list[tuple[str, str]],
@@ -394,7 +420,7 @@ def build_sections(study: Study, order: list[str], baseline: str, pairs: list[tu
             sections.append(Section(key, title, pd.DataFrame(), pd.DataFrame(), notes, "Power: no runs."))
             continue
         sub = sub[sub["method"].isin(present)]
-        summary = stats.summary_table(sub, methods=present, n_resamples=n_resamples, **kw)
+        summary = stats.summary_table(sub, methods=present, **kw)
         summary["left_out"] = [left[m] for m in summary["method"]]
         base = baseline if baseline in present else None
         if base is None:
@@ -407,6 +433,7 @@ def build_sections(study: Study, order: list[str], baseline: str, pairs: list[tu
             comps = stats.comparison_table(sub, baseline=base, extra_pairs=extra, delta_points=delta_points,
                                            n_resamples=n_resamples, **kw)
         sections.append(Section(key, title, summary, comps, notes, power_line(comps, baseline, delta_points)))
+    decide_study_family(sections, fractions)
     return sections
 
 
@@ -420,6 +447,18 @@ def _p(x: float) -> str:
     return f"{x:.3f}" if x >= 0.001 else f"{x:.1e}"
 
 
+def _loso(c: pd.Series) -> str:
+    """The leave-one-seed-out range of a difference and how many of those intervals exclude 0."""
+    if not c.get("loso_subsets"):
+        return ""
+    return (f"{100 * c['loso_min']:+.1f} to {100 * c['loso_max']:+.1f} ({int(c['loso_excluding_zero'])}/"
+            f"{int(c['loso_subsets'])} exclude 0)")
+
+
+def _p_family(c: pd.Series) -> str:
+    return "primary" if c.get("family") == "primary" else _p(c["p_holm"])
+
+
 def section_markdown(s: Section, baseline: str, measure: str) -> str:
     """A section as markdown: one row per method (mean and interval, then its comparison against the
     baseline), the extra pairs below, the power line, the notes."""
@@ -428,33 +467,34 @@ def section_markdown(s: Section, baseline: str, measure: str) -> str:
         return "\n".join(lines + ["No runs.", *s.notes, ""])
     comps = s.comparisons
     vs = {r["method"]: r for _, r in comps.iterrows() if r["baseline"] == baseline} if len(comps) else {}
-    header = ["method", "runs", "mean", "95 % CI", "IQM", f"- {baseline}", "95 % CI", "p", "p Holm", "significant",
-              "P(better)", "not counted"]
+    header = ["method", "runs", "mean", "95 % CI", "IQM", f"- {baseline}", "95 % CI", "one seed left out", "p",
+              "p Holm", "significant", "P(better)", "not counted"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in s.summary.iterrows():
         cells = [str(r["method"]) + (" (baseline)" if r["method"] == baseline else ""), str(r["n_runs"]),
                  _pts(r["mean"]), f"[{_pts(r['ci_low'])}, {_pts(r['ci_high'])}]", _pts(r["iqm"])]
         c = vs.get(r["method"])
         if c is None:
-            cells += ["", "", "", "", "", ""]
+            cells += ["", "", "", "", "", "", ""]
         else:
             sig = bool(c["significant"])
             diff = f"{100 * c['diff']:+.1f}"
             cells += [f"**{diff}**" if sig else diff, f"[{100 * c['diff_low']:+.1f}, {100 * c['diff_high']:+.1f}]",
-                      _p(c["p_value"]), _p(c["p_holm"]), "**yes**" if sig else ("n/a" if math.isnan(c["p_value"]) else "no"),
+                      _loso(c), _p(c["p_value"]), _p_family(c),
+                      "**yes**" if sig else ("n/a" if math.isnan(c["p_value"]) else "no"),
                       f"{c['p_improvement']:.2f}"]
         cells.append(r["left_out"] or "")
         lines.append("| " + " | ".join(cells) + " |")
     others = comps[comps["baseline"] != baseline] if len(comps) else comps
     if len(others):
-        lines += ["", "| pair | runs | difference | 95 % CI | p | p Holm | significant | P(better) |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| pair | runs | difference | 95 % CI | one seed left out | p | p Holm | significant | P(better) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for _, c in others.iterrows():
             sig = bool(c["significant"])
             lines.append(f"| {c['method']} - {c['baseline']} | {c['n_runs']} vs {c['n_runs_baseline']} | "
                          f"{'**' if sig else ''}{100 * c['diff']:+.1f}{'**' if sig else ''} | "
-                         f"[{100 * c['diff_low']:+.1f}, {100 * c['diff_high']:+.1f}] | {_p(c['p_value'])} | "
-                         f"{_p(c['p_holm'])} | {'**yes**' if sig else 'no'} | {c['p_improvement']:.2f} |")
+                         f"[{100 * c['diff_low']:+.1f}, {100 * c['diff_high']:+.1f}] | {_loso(c)} | {_p(c['p_value'])} | "
+                         f"{_p_family(c)} | {'**yes**' if sig else 'no'} | {c['p_improvement']:.2f} |")
     lines += ["", s.power_line.rstrip(".") + "."]
     unreliable = s.summary[~s.summary["reliable"]]["method"].tolist()
     if unreliable:
@@ -533,14 +573,14 @@ def _x_unit(kind: str) -> tuple[float, str]:
             "seconds": (1.0, "training seconds")}[kind]
 
 
-def point_summaries(study: Study, order: list[str], n_resamples: int) -> dict[float, pd.DataFrame]:
+def point_summaries(study: Study, order: list[str]) -> dict[float, pd.DataFrame]:
     """stats.summary_table at every budget point (0 included), for the methods evaluated there."""
     out = {}
     for p in study.points:
         sub = study.records[np.isclose(study.records["budget"], p)]
         methods = [m for m in order if m in set(sub["method"])]
         if methods:
-            out[p] = stats.summary_table(sub, budget=p, methods=methods, n_resamples=n_resamples).set_index("method")
+            out[p] = stats.summary_table(sub, budget=p, methods=methods).set_index("method")
     return out
 
 
@@ -647,7 +687,9 @@ def _cannot_resolve(sections: list[Section], delta_points: float) -> list[str]:
         else:
             limit = f"the power cannot be estimated from {c['n_runs']} run(s)"
         out.append(f"- {c['method']} vs {c['baseline']} ({s.title}): {100 * c['diff']:+.1f} points, 95 % CI "
-                   f"[{100 * c['diff_low']:+.1f}, {100 * c['diff_high']:+.1f}], p Holm {_p(c['p_holm'])}: cannot tell "
+                   f"[{100 * c['diff_low']:+.1f}, {100 * c['diff_high']:+.1f}], "
+                   f"{'p ' + _p(c['p_value']) + ' (primary)' if c.get('family') == 'primary' else 'p Holm ' + _p(c['p_holm'])}"
+                   f": cannot tell "
                    f"({limit})")
     return out
 
@@ -671,11 +713,12 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
     n_items = sorted(set(study.records.groupby(["method", "seed", "budget"]).size()))
     measure = (f"test mean@{'/'.join(map(str, k))}" if study.mode == "items" else "held-out pass@1 (greedy)")
     md = [f"Tables of `{meta.get('experiment')}`: {measure} in points; each method's mean over seeds with its 95 % "
-          f"interval, its difference from {cfg['baseline']} (paired by seed when both have the same seeds), "
-          f"p-values Holm-corrected within each table, **significant** at alpha 0.05 after correction. "
+          f"interval, its difference from {cfg['baseline']} (paired by seed when both have the same seeds) with "
+          f"the range it spans when one seed is left out, **significant** at alpha 0.05 after correction. "
+          f"{decide_study_family(sections, cfg['fractions'])} "
           f"Budget points are fractions of the run's {cfg['kind']} budget (train.budget.value; of train.steps "
           f"when a run has no budget).", ""]
-    summaries = point_summaries(study, order, n_resamples)
+    summaries = point_summaries(study, order)
     if 0.0 in summaries:  # every method starts from the same base policy; the baseline's runs carry its evaluation
         src = cfg["baseline"] if cfg["baseline"] in summaries[0.0].index else summaries[0.0].index[0]
         b = summaries[0.0].loc[src]
@@ -762,8 +805,8 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
 # ---------------------------------------------------------------- tuning
 
 
-def tuning_results(runs_dir: Path, grid: dict[str, list[TuningPoint]], fractions: list[float], budget_kind: str,
-                   n_resamples: int = stats.N_RESAMPLES) -> tuple[pd.DataFrame, dict[str, dict]]:
+def tuning_results(runs_dir: Path, grid: dict[str, list[TuningPoint]], fractions: list[float],
+                   budget_kind: str) -> tuple[pd.DataFrame, dict[str, dict]]:
     """The tuning grid's validation results at the last budget point and the pick per method (PICK_RULE),
     with each earlier budget point's mean beside them (whether the ranking holds along the tuning budget).
 
@@ -777,7 +820,7 @@ def tuning_results(runs_dir: Path, grid: dict[str, list[TuningPoint]], fractions
 
     def at_budget(label: str, f: float) -> tuple[pd.DataFrame, pd.Series | None]:
         sub = records[(records["method"] == label) & np.isclose(records["budget"], f)]
-        return sub, (stats.summary_table(sub, budget=f, methods=[label], n_resamples=n_resamples).iloc[0]
+        return sub, (stats.summary_table(sub, budget=f, methods=[label]).iloc[0]
                      if len(sub) else None)
 
     rows, picks = [], {}
@@ -826,11 +869,10 @@ def grid_edges(grid: dict[str, list[TuningPoint]], picks: dict[str, dict]) -> di
     return edges
 
 
-def study_picks(out: Path, exp: Any, grid: dict[str, list[TuningPoint]],
-                n_resamples: int = stats.N_RESAMPLES) -> tuple[pd.DataFrame, dict[str, dict]]:
+def study_picks(out: Path, exp: Any, grid: dict[str, list[TuningPoint]]) -> tuple[pd.DataFrame, dict[str, dict]]:
     """tuning_results over a study folder's own tuning runs (out/tuning/runs) at its experiment's budget points."""
     return tuning_results(Path(out) / "tuning" / "runs", grid, budget_points_of(exp),
-                          str(exp.get("budget_kind", "flops")), n_resamples)
+                          str(exp.get("budget_kind", "flops")))
 
 
 def changed_picks(out: Path, picks: dict[str, dict]) -> str | None:
