@@ -8,18 +8,29 @@ gives the same base policy, prompt stream and test items) with a paired t-test (
   training reward = mean `rollout/reward` of the last `window` steps minus that of the first `window`;
   test mean@k = the run's test score at the last budget point minus its base (step-0) score, over the same
   items.
-- The paper's claims (arXiv 2604.03128), each given a verdict by a stated rule:
-  1. RLSD >= GRPO at matched compute: the paired difference RLSD - GRPO of test mean@k at the last budget
-     point (held: its interval lies above 0; did not hold: below 0).
-  2. OPSD peaks early and then falls while its leakage rises: OPSD's test score at the last budget point
-     minus at the first (a fall is negative), and its leakage (`rollout/leakage`) change, last window minus
-     first (held: the first interval below 0 and the second above 0).
-  3. GRPO's entropy falls faster than RLSD's: the change of `actor/entropy` (last window minus first) over
-     the same compute, paired difference GRPO - RLSD (held: its interval below 0, GRPO's falls more).
-  4. RLSD's w-clip fraction is a few percent: the mean over steps of `actor/w_clip_frac` (tokens whose
-     evidence weight hit 1 - eps_w or 1 + eps_w; held: its interval inside [1 %, 10 %]).
+- The paper's claims (arXiv 2604.03128), each a test against a stated margin on its 95 % interval (two-sided,
+  so each one-sided decision is at 2.5 %), with a verdict `held`, `did not hold` or `cannot tell`:
+  1. RLSD >= GRPO at matched compute, a non-inferiority test with margin ``MARGIN_POINTS`` (1 point): the
+     difference RLSD - GRPO of test mean@k at the last budget point. With the report's comparison table
+     this is the study's primary comparison (its interval over seeds and items, not corrected); held if the
+     interval's low end lies above -margin, did not hold if its high end lies below -margin (RLSD behind by
+     more than the margin), cannot tell otherwise. Its p is the one-sided non-inferiority p against
+     H0: difference <= -margin (t with the interval's df), below 0.025 exactly when it held. The row also
+     says whether the interval shows superiority (low end above 0) and equivalence (inside +-margin).
+  2. OPSD peaks early and then falls while its leakage rises: two superiority tests, OPSD's test score at
+     the last budget point minus at the first (a fall: below 0) and its leakage (`rollout/leakage`) change,
+     last window minus first (a rise: above 0), each with margin 1 point. Held if both intervals lie on
+     the claimed side of 0; did not hold if either interval excludes every change of at least the margin
+     in its claimed direction.
+  3. GRPO's entropy falls faster than RLSD's: a superiority test on the paired difference GRPO - RLSD of
+     the `actor/entropy` change (last window minus first) over the same compute, margin ``ENTROPY_MARGIN``
+     (0.01 nats/token, about a quarter of GRPO's fall on the embedded task): held if the interval lies
+     below 0, did not hold if it excludes every difference of -margin or less.
+  4. RLSD's w-clip fraction is a few percent: an equivalence test of the mean over steps of
+     `actor/w_clip_frac` (tokens whose evidence weight hit 1 - eps_w or 1 + eps_w) against [1 %, 10 %]:
+     held if its interval lies inside, did not hold if it lies entirely outside.
 
-A verdict is `held` or `did not hold` only when the interval excludes the alternative; otherwise
+A verdict is `held` or `did not hold` only when the interval decides it by the rule above; otherwise
 `cannot tell`.
 """
 
@@ -33,6 +44,11 @@ from scipy import stats as sps
 
 CONFIDENCE = 0.95
 FEW_PERCENT = (0.01, 0.10)  # "a few percent": the w-clip fraction's interval inside [1 %, 10 %]
+# The smallest difference that matters, fixed before the data: one point of test accuracy (a tenth of the
+# spread between methods at 8 seeds, and about the smallest difference 8 seeds resolve on the reference).
+MARGIN_POINTS = 1.0
+LEAKAGE_MARGIN_POINTS = 1.0  # a leakage rise smaller than 1 point of responses does not count as rising
+ENTROPY_MARGIN = 0.01  # nats/token
 
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float, int]:
@@ -47,11 +63,46 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple
 
 
 def paired_difference(a: pd.Series, b: pd.Series) -> dict[str, float]:
-    """a - b over the seeds both have: mean, t-interval, paired t-test p-value, n."""
+    """a - b over the seeds both have: mean, t-interval, paired t-test p-value, n, and the mean's se and df."""
     both = pd.concat([a.rename("a"), b.rename("b")], axis=1).dropna()
-    mean, low, high, n = t_interval(both["a"] - both["b"])
-    p = float(sps.ttest_rel(both["a"], both["b"]).pvalue) if n >= 2 and (both["a"] - both["b"]).std() > 0 else float("nan")
-    return {"mean": mean, "ci_low": low, "ci_high": high, "p": p, "n": n}
+    d = both["a"] - both["b"]
+    mean, low, high, n = t_interval(d)
+    p = float(sps.ttest_rel(both["a"], both["b"]).pvalue) if n >= 2 and d.std() > 0 else float("nan")
+    se = float(d.std(ddof=1) / np.sqrt(n)) if n >= 2 else float("nan")
+    return {"mean": mean, "ci_low": low, "ci_high": high, "p": p, "n": n, "se": se, "df": float(n - 1)}
+
+
+def margin_verdict(low: float, high: float, test: str, margin: float, direction: float = 1.0) -> str:
+    """The verdict of a one-sided claim from a two-sided interval [low, high] (module doc). ``direction`` +1:
+    the claim is that the quantity is large, -1: that it is small (the interval is read with its sign
+    flipped). ``test``: "non-inferiority" (held if the interval lies above -margin, did not hold if below
+    it) or "superiority" (held if the interval lies above 0, did not hold if it lies below +margin)."""
+    if test not in ("non-inferiority", "superiority"):
+        raise ValueError(f"test must be 'non-inferiority' or 'superiority'; got {test!r}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0; got {margin}")
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "cannot tell"
+    lo, hi = (low, high) if direction > 0 else (-high, -low)
+    bar = -margin if test == "non-inferiority" else 0.0
+    fails_below = -margin if test == "non-inferiority" else margin
+    return "held" if lo > bar else ("did not hold" if hi < fails_below else "cannot tell")
+
+
+def equivalence_verdict(low: float, high: float, bounds: tuple[float, float]) -> str:
+    """Held if [low, high] lies inside ``bounds``, did not hold if it lies entirely outside them."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "cannot tell"
+    if bounds[0] <= low and high <= bounds[1]:
+        return "held"
+    return "did not hold" if (high < bounds[0] or low > bounds[1]) else "cannot tell"
+
+
+def _non_inferiority_p(mean: float, se: float, df: float, margin: float) -> float:
+    """One-sided p of H0: difference <= -margin (t with df); nan without an SE."""
+    if not (np.isfinite(se) and se > 0 and np.isfinite(df)):
+        return float("nan")
+    return float(sps.t.sf((mean + margin) / se, df))
 
 
 def run_quantities(df: pd.DataFrame, records: pd.DataFrame, window: int = 10) -> pd.DataFrame:
@@ -114,15 +165,6 @@ def learning_rows(q: pd.DataFrame, methods: Sequence[str], criterion_points: flo
     return pd.DataFrame(rows)
 
 
-def _verdict(low: float, high: float, held_if_low_above: float | None = None,
-             held_if_high_below: float | None = None) -> str:
-    if not (np.isfinite(low) and np.isfinite(high)):
-        return "cannot tell"
-    if held_if_low_above is not None:
-        return "held" if low > held_if_low_above else ("did not hold" if high < held_if_low_above else "cannot tell")
-    return "held" if high < held_if_high_below else ("did not hold" if low > held_if_high_below else "cannot tell")
-
-
 def _table_comparison(table: pd.DataFrame | None, method: str, baseline: str) -> pd.Series | None:
     """The comparison table's row of `method` against `baseline` at its last budget point (None if absent)."""
     if table is None or "table" not in table:
@@ -135,60 +177,71 @@ def _table_comparison(table: pd.DataFrame | None, method: str, baseline: str) ->
 
 
 def claim_rows(q: pd.DataFrame, grpo: str = "grpo", rlsd: str = "rlsd", opsd: str = "opsd",
-               table: pd.DataFrame | None = None) -> pd.DataFrame:
+               table: pd.DataFrame | None = None, margin_points: float = MARGIN_POINTS) -> pd.DataFrame:
     """The four claims with their numbers and verdicts (rules in the module docstring and each row's `rule`).
 
     With `table` (the report's comparison table, report.sections_frame) claim 1 states that table's own
-    numbers at the last budget point (its interval over seeds and items, its Holm-corrected paired p and
-    significance), so that the report gives one interval for one difference; without it, a paired t-test."""
+    interval at the last budget point, so that the report gives one interval for one difference; without
+    it, the paired t-interval over seeds. Either way its verdict follows the interval and the margin."""
     rows = []
     first = f"{rlsd} >= {grpo} at matched compute"
+    m = margin_points / 100
     compared = _table_comparison(table, rlsd, grpo)
+    d = None
     if compared is not None:
-        significant = bool(compared["significant"]) if pd.notna(compared["significant"]) else False
-        rows.append({"claim": first, "quantity": f"test mean@k at the last budget point, {rlsd} - {grpo} (points; "
-                     "the table's interval over seeds and items, Holm-corrected paired p)",
-                     "mean": 100 * compared["diff"], "ci_low": 100 * compared["diff_low"],
-                     "ci_high": 100 * compared["diff_high"], "p": compared["p_holm"], "n": compared["cmp_n_runs"],
-                     "rule": "the table's rule: held if significant (Holm) and above 0; did not hold if significant "
-                             "and below 0",
-                     "verdict": ("held" if compared["diff"] > 0 else "did not hold") if significant else "cannot tell"})
+        d = {"mean": compared["diff"], "ci_low": compared["diff_low"], "ci_high": compared["diff_high"],
+             "se": compared.get("diff_se", float("nan")), "df": compared.get("diff_df", float("nan")),
+             "n": compared["cmp_n_runs"]}
+        source = ("the study's primary comparison: the table's interval over seeds and items, not corrected"
+                  if compared.get("family") == "primary" else "the table's interval over seeds and items")
     elif "test_last" in q:
         d = paired_difference(_series(q, rlsd, "test_last"), _series(q, grpo, "test_last"))
-        rows.append({"claim": first, "quantity": f"test mean@k at the last budget point, {rlsd} - {grpo} (points)",
-                     **_points(d), "rule": "held if the interval lies above 0; did not hold if below 0",
-                     "verdict": _verdict(d["ci_low"], d["ci_high"], held_if_low_above=0.0)})
+        source = "paired t-interval over seeds"
+    if d is not None:
+        low, high = d["ci_low"], d["ci_high"]
+        shows = [f"superior (> 0): {'yes' if low > 0 else 'no'}",
+                 f"equivalent (within +-{margin_points:g}): {'yes' if -m < low and high < m else 'no'}"]
+        rows.append({"claim": first, "quantity": f"test mean@k at the last budget point, {rlsd} - {grpo} (points; "
+                     f"{source}; {'; '.join(shows)})",
+                     "mean": 100 * d["mean"], "ci_low": 100 * low, "ci_high": 100 * high,
+                     "p": _non_inferiority_p(d["mean"], d["se"], d["df"], m), "n": d["n"],
+                     "rule": f"non-inferiority, margin {margin_points:g} point: held if the interval lies above "
+                             f"-{margin_points:g}, did not hold if below -{margin_points:g}; p: one-sided against "
+                             f"a deficit of {margin_points:g} or more",
+                     "verdict": margin_verdict(low, high, "non-inferiority", m)})
     if {"test_last", "test_first"} <= set(q):
         sub = q[q["method"] == opsd]
-        m, low, high, n = t_interval(sub["test_last"] - sub["test_first"])
+        mean, low, high, n = t_interval(sub["test_last"] - sub["test_first"])
         lk = t_interval(sub["leakage_change"]) if "leakage_change" in sub else (float("nan"),) * 3 + (0,)
-        fell = _verdict(low, high, held_if_high_below=0.0)
-        rose = _verdict(lk[1], lk[2], held_if_low_above=0.0)
+        fell = margin_verdict(low, high, "superiority", margin_points / 100, direction=-1.0)
+        rose = margin_verdict(lk[1], lk[2], "superiority", LEAKAGE_MARGIN_POINTS / 100)
         verdict = "held" if fell == rose == "held" else ("did not hold" if "did not hold" in (fell, rose) else "cannot tell")
         early = t_interval(sub["test_first"] - sub["test_base"]) if "test_base" in sub else (float("nan"),) * 3 + (0,)
         rows.append({"claim": f"{opsd} peaks early, then falls while its leakage rises", "quantity":
-                     f"{opsd} test mean@k, last minus first budget point (points); first budget point minus base "
-                     f"{100 * early[0]:+.1f} [{100 * early[1]:+.1f}, {100 * early[2]:+.1f}]; leakage change "
-                     f"{100 * lk[0]:+.2f} [{100 * lk[1]:+.2f}, {100 * lk[2]:+.2f}] points",
-                     "mean": 100 * m, "ci_low": 100 * low, "ci_high": 100 * high, "p": float("nan"), "n": n,
-                     "rule": "held if the score change's interval lies below 0 and the leakage change's above 0",
+                     f"{opsd} test mean@k, last minus first budget point (points; fall: {fell}); first budget point "
+                     f"minus base {100 * early[0]:+.1f} [{100 * early[1]:+.1f}, {100 * early[2]:+.1f}]; leakage change "
+                     f"{100 * lk[0]:+.2f} [{100 * lk[1]:+.2f}, {100 * lk[2]:+.2f}] points (rise: {rose})",
+                     "mean": 100 * mean, "ci_low": 100 * low, "ci_high": 100 * high, "p": float("nan"), "n": n,
+                     "rule": f"two superiority tests, margin {margin_points:g} point (score) and "
+                             f"{LEAKAGE_MARGIN_POINTS:g} point (leakage): held if the score change's interval lies "
+                             "below 0 and the leakage change's above 0; did not hold if either excludes every change "
+                             "of at least its margin in the claimed direction",
                      "verdict": verdict})
     if "entropy_change" in q:
         d = paired_difference(_series(q, grpo, "entropy_change"), _series(q, rlsd, "entropy_change"))
         rows.append({"claim": f"{grpo}'s entropy falls faster than {rlsd}'s", "quantity":
                      f"entropy change over the budget, {grpo} - {rlsd} (nats/token, x100)", **_points(d),
-                     "rule": "held if the interval lies below 0; did not hold if above 0",
-                     "verdict": _verdict(d["ci_low"], d["ci_high"], held_if_high_below=0.0)})
+                     "rule": f"superiority, margin {100 * ENTROPY_MARGIN:g} (x100 nats/token): held if the interval "
+                             f"lies below 0; did not hold if it lies above -{100 * ENTROPY_MARGIN:g}; p: paired t-test",
+                     "verdict": margin_verdict(d["ci_low"], d["ci_high"], "superiority", ENTROPY_MARGIN, direction=-1.0)})
     if "w_clip_frac" in q:
-        m, low, high, n = t_interval(_series(q, rlsd, "w_clip_frac"))
-        inside = np.isfinite(low) and FEW_PERCENT[0] <= low and high <= FEW_PERCENT[1]
-        outside = np.isfinite(low) and (high < FEW_PERCENT[0] or low > FEW_PERCENT[1])
+        mean, low, high, n = t_interval(_series(q, rlsd, "w_clip_frac"))
         rows.append({"claim": f"{rlsd}'s w-clip fraction is a few percent", "quantity":
-                     f"{rlsd} mean w-clip fraction over steps (percent of tokens)", "mean": 100 * m,
+                     f"{rlsd} mean w-clip fraction over steps (percent of tokens)", "mean": 100 * mean,
                      "ci_low": 100 * low, "ci_high": 100 * high, "p": float("nan"), "n": n,
-                     "rule": f"held if the interval lies inside [{100 * FEW_PERCENT[0]:g}, {100 * FEW_PERCENT[1]:g}] %; "
-                             "did not hold if it lies outside",
-                     "verdict": "held" if inside else ("did not hold" if outside else "cannot tell")})
+                     "rule": f"equivalence with [{100 * FEW_PERCENT[0]:g}, {100 * FEW_PERCENT[1]:g}] %: held if the "
+                             "interval lies inside, did not hold if it lies entirely outside",
+                     "verdict": equivalence_verdict(low, high, FEW_PERCENT)})
     return pd.DataFrame(rows)
 
 
@@ -203,7 +256,7 @@ def markdown(learning: pd.DataFrame, claims: pd.DataFrame, criterion_points: flo
     for r in learning.itertuples(index=False):
         lines.append(f"| {r.method} | {r.measure} | {r.gain:+.1f} | [{r.ci_low:+.1f}, {r.ci_high:+.1f}] | {r.seeds} | "
                      f"{'yes' if r[-1] else 'no'} |")
-    lines += ["", "### The paper's claims", "", "| claim | quantity | mean | 95 % CI | paired p | seeds | rule | verdict |",
+    lines += ["", "### The paper's claims", "", "| claim | quantity | mean | 95 % CI | p | seeds | rule | verdict |",
               "|---|---|---|---|---|---|---|---|"]
     for r in claims.itertuples(index=False):
         p = "-" if not np.isfinite(r.p) else f"{r.p:.3g}"
