@@ -226,7 +226,7 @@ def test_runner_args_are_split_from_config_overrides():
     assert evaluate.parse_args(["checkpoint=/m"])[0]["benchmarks"] == ["embedded", "embedded:hint", "embedded:blank"]
     with pytest.raises(ConfigError, match="limit must be a positive integer"):
         evaluate.parse_args(["checkpoint=/m", "limit=0"])
-    with pytest.raises(ConfigError, match="checkpoint=<model or run folder> is required"):
+    with pytest.raises(ConfigError, match=r"give exactly one of checkpoint=<model or run folder> and study="):
         evaluate.parse_args(["limit=2"])
 
 

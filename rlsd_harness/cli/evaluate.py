@@ -16,7 +16,10 @@ from rlsd_harness.cli import flag, run_main, split_args
 from rlsd_harness.config import ConfigError
 
 OWN = {
-    "checkpoint": "model folder, run folder (its final/) or a Hugging Face model folder (required)",
+    "checkpoint": "model folder, run folder (its final/) or a Hugging Face model folder (this or study=)",
+    "study": "a study folder (runs/<method>-s<seed>/) or one run folder: evaluates every budget-point policy "
+             "(budget_policies/<fraction>/, from train.save_budget_policies=true) into the run's "
+             "benchmarks/<fraction>/, which `rlsd-report folder=<study> table=paper` reads",
     "benchmarks": "list, e.g. [mmmu,mathvista,mathvision,zerobench,wemath,embedded] or name:variant "
                   "(default: embedded, embedded:hint, embedded:blank)",
     "limit": "evaluate the first N items of each benchmark; where the metrics span several rows, N whole units "
@@ -64,7 +67,7 @@ def parse_args(argv: list[str] | None) -> tuple[dict[str, Any], list[str]]:
     from rlsd_harness.evaluation.runner import DEFAULT_BENCHMARKS
 
     own, overrides = split_args(argv, "rlsd-evaluate", f"{__doc__}\n\n{keys_help()}", OWN)
-    args: dict[str, Any] = {"checkpoint": own.get("checkpoint"), "out": own.get("out"),
+    args: dict[str, Any] = {"checkpoint": own.get("checkpoint"), "study": own.get("study"), "out": own.get("out"),
                             "benchmarks": _list_arg(own["benchmarks"]) if "benchmarks" in own else list(DEFAULT_BENCHMARKS),
                             "overwrite": flag(own.get("overwrite"), "overwrite"), "limit": None,
                             "allow_missing_images": False}
@@ -80,8 +83,12 @@ def parse_args(argv: list[str] | None) -> tuple[dict[str, Any], list[str]]:
         # true/false, or the benchmarks it applies to (the runner checks the names with everything else)
         args["allow_missing_images"] = (flag(allow, "allow_missing_images") if allow.lower() in ("true", "false")
                                         else _list_arg(allow))
-    if args["checkpoint"] is None:
-        raise ConfigError("checkpoint=<model or run folder> is required; see rlsd-evaluate --help")
+    if (args["checkpoint"] is None) == (args["study"] is None):
+        raise ConfigError("give exactly one of checkpoint=<model or run folder> and study=<study folder>; "
+                          "see rlsd-evaluate --help")
+    if args["study"] is not None and args["out"] is not None:
+        raise ConfigError("out= is for checkpoint=; with study= each policy's results go to its run's "
+                          "benchmarks/<fraction>/")
     return args, overrides
 
 
@@ -100,6 +107,17 @@ def main(argv: list[str] | None = None) -> None:
         args, overrides = parse_args(argv)
         cfg = compose_config(overrides)
         check_evaluation(cfg)
+        if args["study"] is not None:
+            from rlsd_harness.evaluation.study import evaluate_study
+
+            try:
+                done = evaluate_study(args["study"], args["benchmarks"], cfg, args["limit"], args["overwrite"],
+                                      allow_missing_images=args["allow_missing_images"])
+            except (ValueError, KeyError) as e:
+                raise ConfigError(e.args[0] if e.args else str(e)) from e
+            print(f"evaluated {len(done)} budget-point policies of {args['study']}; the table: "
+                  f"rlsd-report folder={args['study']} table=paper")
+            return
         checkpoint = Path(args["checkpoint"])
         try:
             model_dir = resolve_checkpoint(checkpoint)

@@ -72,12 +72,19 @@ def budget_policies(study: Path) -> list[BudgetPolicy]:
 
 
 def evaluate_study(study: str | Path, names: list[str], cfg: Any, limit: int | None = None,
-                   overwrite: bool = False, log: Callable[[str], None] = print) -> list[BudgetPolicy]:
-    """Evaluate every budget-point policy of `study` on the benchmarks `names` into its results folder."""
+                   overwrite: bool = False, allow_missing_images: bool | list[str] = False,
+                   log: Callable[[str], None] | None = None) -> list[BudgetPolicy]:
+    """Evaluate every budget-point policy of `study` on the benchmarks `names` into its results folder (under
+    a launcher, every rank walks the same list and shares each policy's items)."""
+    import os
+    import sys
+
     from rlsd_harness.evaluation.runner import run_benchmarks
 
+    first = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"  # one progress line per policy
+    log = log or (lambda msg: print(msg, file=sys.stderr) if first else None)
     policies = budget_policies(Path(study))
     for n, bp in enumerate(policies, 1):
         log(f"[{n}/{len(policies)}] {bp.run.name} at budget {bp.fraction}: {bp.policy} -> {bp.out}")
-        run_benchmarks(bp.policy, names, cfg, bp.out, limit, overwrite)
+        run_benchmarks(bp.policy, names, cfg, bp.out, limit, overwrite, allow_missing_images=allow_missing_images)
     return policies
