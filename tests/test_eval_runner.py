@@ -217,8 +217,11 @@ def test_checkpoint_folders_resolve(tiny_dir, tmp_path):
 def test_runner_args_are_split_from_config_overrides():
     args, overrides = evaluate.parse_args(["checkpoint=/m", "benchmarks=[mmmu, wemath]", "limit=3", "overwrite=true",
                                            "eval.decoding=paper", "eval.sources.mmmu=/data/mmmu"])
-    assert args == {"checkpoint": "/m", "benchmarks": ["mmmu", "wemath"], "limit": 3, "out": None, "overwrite": True,
-                    "allow_missing_images": False}
+    assert args == {"checkpoint": "/m", "study": None, "benchmarks": ["mmmu", "wemath"], "limit": 3, "out": None,
+                    "overwrite": True, "allow_missing_images": False}
+    assert evaluate.parse_args(["study=/s"])[0]["study"] == "/s"
+    with pytest.raises(ConfigError, match="out= is for checkpoint="):
+        evaluate.parse_args(["study=/s", "out=/o"])
     assert evaluate.parse_args(["checkpoint=/m", "allow_missing_images=[mathvista, wemath]"])[0][
         "allow_missing_images"] == ["mathvista", "wemath"]
     assert evaluate.parse_args(["checkpoint=/m", "allow_missing_images=true"])[0]["allow_missing_images"] is True
