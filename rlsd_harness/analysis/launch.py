@@ -201,6 +201,16 @@ class SlurmRun:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
+def require_slurm() -> None:
+    """A ConfigError unless Slurm's clients are on PATH (checked before a study writes anything)."""
+    import shutil
+
+    missing = [tool for tool in ("sbatch", "squeue", "scontrol") if shutil.which(tool) is None]
+    if missing:
+        raise ConfigError(f"launcher=slurm needs Slurm's {', '.join(missing)} on PATH, which this machine lacks: run "
+                          f"rlsd-compare on a node of the cluster (a login node), or launcher=local here")
+
+
 def queue_states(job_ids: Sequence[str]) -> dict[str, str]:
     """Job id -> state of those of `job_ids` still in Slurm's queue (pending, running, requeued ...); a job
     missing from the answer has ended."""
@@ -211,7 +221,8 @@ def queue_states(job_ids: Sequence[str]) -> dict[str, str]:
     if r.returncode != 0:
         if "Invalid job id" in r.stderr:  # every one of them has left the queue
             return {}
-        raise RuntimeError(f"squeue failed (exit {r.returncode}): {r.stderr.strip()}")
+        raise ConfigError(f"squeue failed (exit {r.returncode}): {r.stderr.strip()}; the jobs in jobs.json go on: "
+                          f"rerun the same command once Slurm answers")
     return dict(line.split("|", 1) for line in r.stdout.split() if "|" in line)
 
 

@@ -1,0 +1,197 @@
+"""`rlsd-compare launcher=slurm` and one run across Slurm tasks.
+
+The unmarked tests need no Slurm: how a rank reads Slurm's variables, the launcher options and their errors.
+The `cluster` tests run against a real one-node Slurm (tests/slurm/start_slurm.sh: munged, slurmctld, slurmd
+as root on loopback), started once per session and stopped afterwards; they skip, saying why, where Slurm
+is not installed or this is not root. `.ci/run` installs Slurm and runs them (`pytest -m cluster`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlsd_harness import dist
+from rlsd_harness.analysis import launch
+from rlsd_harness.config import ConfigError
+from tests.conftest import small_overrides
+
+REPO = Path(__file__).resolve().parent.parent
+START = REPO / "tests" / "slurm" / "start_slurm.sh"
+
+
+# ---- without Slurm -------------------------------------------------------------------------------------------
+
+def test_a_launchers_variables_are_kept():
+    env = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3", "MASTER_ADDR": "node1", "MASTER_PORT": "29500",
+           "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2", "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "x"}
+    assert dist.launcher_env(env) == {}  # torchrun / deepspeed under Slurm: their ranks win
+
+
+def test_an_srun_task_takes_its_rank_from_slurm(monkeypatch):
+    expanded = []
+    monkeypatch.setattr(dist, "_first_host", lambda nodelist: expanded.append(nodelist) or "gpu03")
+    env = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_STEP_NUM_TASKS": "8", "SLURM_NTASKS": "8",
+           "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_JOB_NODELIST": "gpu[03-06]"}
+    got = dist.launcher_env(env)
+    assert got["RANK"] == "5" and got["LOCAL_RANK"] == "1" and got["WORLD_SIZE"] == "8"
+    assert got["MASTER_ADDR"] == "gpu03" and expanded == ["gpu[03-06]"]
+    # every task derives the same port without talking to the others; MASTER_PORT, when given, wins
+    assert got["MASTER_PORT"] == dist.launcher_env({**env, "SLURM_PROCID": "0"})["MASTER_PORT"]
+    assert dist.launcher_env({**env, "MASTER_PORT": "23456"})["MASTER_PORT"] == "23456"
+
+
+def test_a_batch_script_without_srun_is_a_world_of_one():
+    # the batch step of `sbatch --ntasks=2` is one process: SLURM_NTASKS=2 but no step variables
+    got = dist.launcher_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_JOB_ID": "9", "SLURM_JOB_NODELIST": "n1"})
+    assert got["WORLD_SIZE"] == "1" and got["RANK"] == "0" and got["MASTER_ADDR"] == "127.0.0.1"
+
+
+def test_launcher_options_parse_and_round_trip():
+    launcher, opts = launch.parse_options({"launcher": "slurm", "launcher.nodes": "2", "launcher.tasks_per_node": "4",
+                                           "launcher.gpus_per_node": "4", "launcher.mem": "64G", "launcher.wait": "false",
+                                           "launcher.sbatch": "--constraint=a100; --exclusive"})
+    assert launcher == "slurm" and opts.ranks == 8 and not opts.wait
+    params = opts.executor_parameters("rlsd-grpo-s0")
+    assert params["nodes"] == 2 and params["ntasks_per_node"] == 4 and params["gpus_per_node"] == 4
+    assert params["mem"] == "64G" and params["additional_parameters"] == {"constraint": "a100", "exclusive": True}
+    given = dict(a.strip("'").split("=", 1) for a in launch.arguments(launcher, opts))
+    assert launch.parse_options(given) == (launcher, opts)  # the resume command reproduces the options
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ({"launcher": "pbs"}, "launcher must be one of local, slurm; got 'pbs'"),
+    ({"launcher": "slurm", "launcher.nodes": "0"}, "launcher.nodes must be an integer >= 1; got '0'"),
+    ({"launcher": "slurm", "launcher.gpus": "8"}, "unknown key launcher.gpus; valid: "),
+    ({"launcher.nodes": "2"}, "launcher.nodes apply to launcher=slurm"),
+    ({"launcher": "slurm", "launcher.sbatch": "exclusive"}, "launcher.sbatch takes long sbatch options"),
+    ({"launcher": "slurm", "launcher.wait": "maybe"}, "launcher.wait must be true or false; got 'maybe'"),
+])
+def test_bad_launcher_options_name_the_value_and_the_valid_ones(given, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        launch.parse_options(given)
+
+
+def test_the_dry_run_lists_each_job_with_its_sbatch_header(tmp_path):
+    opts = launch.parse_options({"launcher": "slurm", "launcher.gpus_per_node": "8", "launcher.tasks_per_node": "8",
+                                 "launcher.partition": "gpu", "launcher.time": "240"})[1]
+    text = launch.dry_run_text([("grpo-s0", tmp_path / "runs" / "grpo-s0"), ("rlsd-s0", tmp_path / "runs" / "rlsd-s0")],
+                               opts, tmp_path / "slurm")
+    assert "2 jobs, one per run" in text and "(8 ranks per run)" in text and f"rlsd-s0 -> {tmp_path}/runs/rlsd-s0" in text
+    for line in ("#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=8", "#SBATCH --partition=gpu",
+                 "#SBATCH --time=240", "#SBATCH --signal=USR2@90"):
+        assert line in text
+
+
+# ---- a real one-node Slurm ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory) -> Path:
+    """A running one-node Slurm for this session; SLURM_CONF points the clients (and submitit) at it."""
+    missing = [t for t in ("munged", "slurmctld", "slurmd", "sbatch") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"Slurm is not installed ({', '.join(missing)} not found; Debian: apt-get install slurm-wlm munge)")
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster runs slurmctld and slurmd as root; this is not root")
+    state = tmp_path_factory.mktemp("slurm")
+    r = subprocess.run(["bash", str(START), "start", str(state)], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        pytest.fail(f"tests/slurm/start_slurm.sh failed ({r.returncode}): {r.stderr}")
+    before = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = r.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    yield state
+    subprocess.run(["bash", str(START), "stop", str(state)], timeout=60)
+    os.environ.pop("SLURM_CONF") if before is None else os.environ.__setitem__("SLURM_CONF", before)
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.mark.cluster
+def test_a_study_on_slurm_survives_a_requeue_and_matches_the_local_one(slurm, tmp_path, tiny_dir, monkeypatch):
+    from rlsd_harness.analysis import compare
+    from rlsd_harness.cli.compare import main as compare_main
+    from tests import slurm_helpers
+
+    monkeypatch.setattr(dist, "shutdown", lambda: None)  # the test process keeps its process group
+    # the jobs' processes register the test-only parity verifier too (mixed rewards: a table worth comparing)
+    monkeypatch.setattr(compare, "_train", slurm_helpers.train_with_parity)
+    args = ["experiment=smoke", "model.warmup=null", "data.verifier=parity", "rollout.max_new_tokens=8",
+            "train.prompts_per_step=2", "train.group_size=4", "train.micro_batch_size=8", "eval.n=8",
+            "eval.budget_n=8", "train.steps=3", "train.save_every=1"]
+    local, on_slurm = tmp_path / "local", tmp_path / "slurm"
+    # one torch thread per run in both (conftest sets it here; the jobs take launcher.cpus_per_task=1)
+    compare_main([f"out={local}", *args])
+
+    slurm_args = [f"out={on_slurm}", "launcher=slurm", "launcher.poll_s=1", "launcher.time=30", *args]
+    compare_main([*slurm_args, "launcher.wait=false"])  # submits the four runs and returns
+    jobs = json.loads((on_slurm / "jobs.json").read_text())
+    assert sorted(jobs) == ["grpo-s0", "grpo-s1", "rlsd-s0", "rlsd-s1"]
+    victim = on_slurm / "runs" / "grpo-s0"
+    job_id = jobs["grpo-s0"]["job_id"]
+    _wait_for(lambda: (victim / "checkpoints" / "step-000001" / "manifest.json").exists()
+              or (victim / "finished.json").exists(), 900, "grpo-s0's first checkpoint")
+    assert not (victim / "finished.json").exists(), "grpo-s0 finished before it could be requeued mid-run"
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)  # what a preemption does to it
+    # Slurm holds a requeued batch job for about two minutes (its EligibleTime); a test need not wait for that
+    _wait_for(lambda: "Reason=BeginTime" in subprocess.run(["scontrol", "show", "job", job_id], capture_output=True,
+                                                            text=True, timeout=60).stdout, 120, "the requeue")
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=60)
+
+    compare_main([*slurm_args, "launcher.wait=false"])  # finds its jobs queued: submits nothing
+    assert {k: v["job_id"] for k, v in json.loads((on_slurm / "jobs.json").read_text()).items()} == \
+        {k: v["job_id"] for k, v in jobs.items()}
+    compare_main(slurm_args)  # waits for them, then writes the report
+    after = json.loads((on_slurm / "jobs.json").read_text())
+    assert {v["state"] for v in after.values()} == {"finished"} and after["grpo-s0"]["job_id"] == job_id
+    log = (on_slurm / "slurm" / f"{job_id}_0_log.out").read_text()
+    assert log.count("Starting with JobEnvironment") == 2  # the job ran twice: before and after its requeue
+    steps = [json.loads(x)["rollout_step"] for x in (victim / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]  # resumed from a checkpoint: no step repeated, none missing
+
+    assert (on_slurm / "table.csv").read_text() == (local / "table.csv").read_text()
+    for run in ("grpo-s0", "rlsd-s1"):
+        assert (on_slurm / "runs" / run / "final" / "model.safetensors").read_bytes() == \
+            (local / "runs" / run / "final" / "model.safetensors").read_bytes()
+    assert json.loads((on_slurm / "meta.json").read_text())["launcher"].startswith("slurm: nodes=1")
+
+
+@pytest.mark.cluster
+def test_one_run_across_two_srun_tasks_matches_the_deepspeed_launcher(slurm, tmp_path, tiny_dir):
+    """ZeRO-2 on gloo: two tasks of one srun step (ranks from SLURM_PROCID / SLURM_STEP_NUM_TASKS, the rendezvous
+    on the node list's first host) train the same weights as two ranks under the `deepspeed` launcher."""
+    from safetensors.torch import load_file
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+    def args(name: str) -> list[str]:
+        return [*small_overrides(tmp_path, f"run.name={name}", "deepspeed=zero2", "train.steps=2",
+                                 "train.micro_batch_size=8", "optim.lr=1e-4"), "--stop-early"]
+
+    launcher = shutil.which("deepspeed", path=str(Path(sys.executable).parent))
+    subprocess.run([launcher, "--num_gpus", "2", "--master_port", "29541", "tests/ds_worker.py", *args("deepspeed")],
+                   cwd=REPO, env=env, check=True, timeout=600)
+    subprocess.run(["srun", "--ntasks=2", "--cpus-per-task=1", "--time=10", sys.executable, "tests/ds_worker.py",
+                    *args("srun")], cwd=REPO, env=env, check=True, timeout=600)
+    a = load_file(tmp_path / "deepspeed" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "srun" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key] == b[key]).all(), key
+    for name in ("deepspeed", "srun"):  # rows were balanced between ranks: a world of two, not two of one
+        metrics = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        assert [m["rollout_step"] for m in metrics] == [0, 1, 2]
+        assert all("actor/rank_imbalance_before" in m for m in metrics[1:])
