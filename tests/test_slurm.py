@@ -195,3 +195,75 @@ def test_one_run_across_two_srun_tasks_matches_the_deepspeed_launcher(slurm, tmp
         metrics = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         assert [m["rollout_step"] for m in metrics] == [0, 1, 2]
         assert all("actor/rank_imbalance_before" in m for m in metrics[1:])
+
+
+class _FakeExecutor:
+    """submitit.SlurmExecutor's surface that train_slurm uses, submitting nothing (job ids 100, 101, ...)."""
+
+    submitted: list[tuple[str, dict]] = []
+
+    def __init__(self, folder, max_num_timeout):
+        self.folder, self.params = Path(folder), {}
+
+    def update_parameters(self, **params):
+        self.params = params
+
+    def submit(self, fn, run_dir, cfg_yaml, command):
+        job_id = str(100 + len(self.submitted))
+        self.submitted.append((Path(run_dir).name, self.params))
+        paths = type("Paths", (), {"stderr": self.folder / f"{job_id}_0_log.err"})
+        return type("Job", (), {"job_id": job_id, "paths": paths})
+
+
+class _Bar:
+    def update(self, n): pass
+
+    def set_postfix(self, **kw): pass
+
+
+def test_jobs_are_recorded_never_submitted_twice_and_a_failure_is_reported_with_its_log(tmp_path, monkeypatch):
+    import submitit
+    from omegaconf import OmegaConf
+
+    monkeypatch.setattr(submitit, "SlurmExecutor", _FakeExecutor)
+    monkeypatch.setattr(_FakeExecutor, "submitted", [])
+    queue: dict[str, str] = {}  # a job's state while queued (PENDING unless set), until it is in `ended`
+    ended: set[str] = set()
+    monkeypatch.setattr(launch, "queue_states", lambda ids: {i: queue.get(i, "PENDING") for i in ids if i not in ended})
+    jobs = [(name, tmp_path / "runs" / name, OmegaConf.create({})) for name in ("grpo-s0", "rlsd-s0")]
+    opts = launch.parse_options({"launcher": "slurm", "launcher.wait": "false", "launcher.poll_s": "0.01"})[1]
+    messages: list[str] = []
+    train = lambda *a: None  # noqa: E731  (never called: the fake submits nothing)
+
+    assert not launch.train_slurm(jobs, opts, tmp_path, train, messages.append, "cmd", _Bar())
+    recorded = json.loads((tmp_path / "jobs.json").read_text())
+    assert {k: v["job_id"] for k, v in recorded.items()} == {"grpo-s0": "100", "rlsd-s0": "101"}
+    assert _FakeExecutor.submitted[0][1]["job_name"] == "rlsd-grpo-s0"
+
+    # both queued: a rerun submits nothing
+    queue.update({"100": "RUNNING", "101": "PENDING"})
+    assert not launch.train_slurm(jobs, opts, tmp_path, train, messages.append, "cmd", _Bar())
+    assert len(_FakeExecutor.submitted) == 2 and "Slurm job 100 is RUNNING; not submitted again" in "\n".join(messages)
+
+    # grpo-s0's job ends with the run failed; rlsd-s0's job dies without a word: each reported, neither resubmitted
+    (tmp_path / "runs" / "grpo-s0").mkdir(parents=True)
+    (tmp_path / "runs" / "grpo-s0" / "failed.json").write_text(json.dumps({"error": "ValueError: bad batch"}))
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "101_0_log.err").write_text("loading\nslurmstepd: error: Detected 1 oom_kill event\n")
+    ended.update({"100", "101"})
+    opts.wait = True
+    messages.clear()
+    assert launch.train_slurm(jobs, opts, tmp_path, train, messages.append, "cmd", _Bar())
+    text = "\n".join(messages)
+    assert "grpo-s0 failed in Slurm job 100: ValueError: bad batch" in text
+    assert "rlsd-s0 failed in Slurm job 101" in text and "oom_kill event" in text
+    failed = json.loads((tmp_path / "runs" / "rlsd-s0" / "failed.json").read_text())
+    assert failed["slurm_job"] == "101" and "oom_kill" in failed["log_tail"]  # the report counts it as failed
+    states = {k: v["state"] for k, v in json.loads((tmp_path / "jobs.json").read_text()).items()}
+    assert states == {"grpo-s0": "failed", "rlsd-s0": "ended unfinished"} and len(_FakeExecutor.submitted) == 2
+
+    # the next invocation retries both (as a local rerun retries a failed run), naming the earlier jobs
+    opts.wait = False
+    launch.train_slurm(jobs, opts, tmp_path, train, messages.append, "cmd", _Bar())
+    recorded = json.loads((tmp_path / "jobs.json").read_text())
+    assert recorded["grpo-s0"]["job_id"] == "102" and recorded["grpo-s0"]["earlier_jobs"] == ["100"]

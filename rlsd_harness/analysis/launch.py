@@ -258,8 +258,10 @@ def dry_run_text(jobs: Sequence[tuple[str, Path]], opts: SlurmOptions, folder: P
 def train_slurm(jobs: Sequence[tuple[str, Path, DictConfig]], opts: SlurmOptions, study: Path,
                 train: Callable[..., None], log: Callable[[str], None], command: str, bar) -> bool:
     """Submit each of `jobs` (label, run folder, config) not finished and not already queued as one Slurm job,
-    recording them in <study>/jobs.json; with `opts.wait`, poll until every job has ended. True when every
-    run is finished or failed (the report can be written), False when jobs are still queued (no wait)."""
+    recording them in <study>/jobs.json; with `opts.wait`, poll until every job has ended. A job recorded as queued
+    that has ended since is reported (finished, or failed with its log's tail), not resubmitted: a failed run
+    is retried by the next invocation. True when every run is finished or failed (the report can be written),
+    False when jobs are still queued (no wait)."""
     import submitit
 
     folder = Path(opts.folder) if opts.folder else study / "slurm"
@@ -284,6 +286,9 @@ def train_slurm(jobs: Sequence[tuple[str, Path, DictConfig]], opts: SlurmOptions
             rec["state"] = live[rec["job_id"]]
             tracked[rec["job_id"]] = (label, run_dir)
             continue
+        if rec is not None and rec.get("state") in LIVE:  # ended since the last look: reported below, retried next time
+            tracked[rec["job_id"]] = (label, run_dir)
+            continue
         executor.update_parameters(**opts.executor_parameters(f"rlsd-{label.replace('/', '-')}"))
         job = executor.submit(SlurmRun(train, opts.cpus_per_task), str(run_dir), OmegaConf.to_yaml(cfg), command)
         earlier = ([rec["job_id"]] + rec.get("earlier_jobs", [])) if rec and rec.get("job_id") else []
@@ -295,11 +300,6 @@ def train_slurm(jobs: Sequence[tuple[str, Path, DictConfig]], opts: SlurmOptions
         log(f"{label}: submitted Slurm job {job.job_id}")
         save()  # at once: a crash here must not lose a submitted job's id
     save()
-    if not opts.wait:
-        if tracked:
-            log(f"{len(tracked)} Slurm jobs queued (jobs.json); rerun the same command to wait for them and "
-                f"write the report")
-        return not tracked
     while tracked:
         live = queue_states(list(tracked))
         for job_id, (label, run_dir) in list(tracked.items()):
@@ -326,6 +326,10 @@ def train_slurm(jobs: Sequence[tuple[str, Path, DictConfig]], opts: SlurmOptions
             log(f"{label} failed in Slurm job {job_id}: {error}\n  log {rec['log']}, last lines:\n"
                 + "\n".join(f"    {ln}" for ln in tail.splitlines()))
         save()
+        if tracked and not opts.wait:
+            log(f"{len(tracked)} Slurm jobs queued (jobs.json); rerun the same command to wait for them and "
+                f"write the report")
+            return False
         if tracked:
             time.sleep(opts.poll_s)
     return True
