@@ -263,6 +263,8 @@ KEYS: list[Key] = [
     Key("rollout.gpu_memory_utilization", "float", "vLLM: share of GPU memory", gt=0, le=1),
     Key("rollout.max_model_len", "int", "vLLM: prompt + response length limit", ge=1),
     Key("rollout.sleep_level", "int", "vLLM: sleep level between rollouts", choices=(1, 2)),
+    Key("rollout.sync_bucket_mb", "float", "vLLM: MiB of trainer weights per load_weights call in the weight sync "
+        "(a larger tensor goes alone; under ZeRO-3 one bucket is gathered at a time)", gt=0),
     Key("deepspeed.zero_stage", "int", "ZeRO stage", choices=(0, 1, 2, 3)),
     Key("deepspeed.bf16", "bool", "train in bf16"),
     Key("deepspeed.offload_optimizer", "bool", "optimizer state on the CPU"),
