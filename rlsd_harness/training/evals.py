@@ -133,11 +133,19 @@ class RunEvaluator:
             if split not in heldout.SPLITS:
                 raise ConfigError(f"unknown {key} {split!r}; valid: {', '.join(heldout.SPLITS)} (or null for none)")
             sizes[split] = (max(n, sizes.get(split, (0, key))[0]), key)
+        keep_policies = bool(cfg.train.get("save_budget_policies", False))
         for split, (n, key) in sizes.items():
+            if key == "eval.budget_split" and keep_policies and getattr(data, "test", True) is None:
+                # data=local without held-out rows (the paper preset): the budget points keep their policies for
+                # `rlsd-evaluate study=`, which scores them on the benchmarks as a job of its own
+                continue
             items = heldout.heldout_items(data, split, n, key)
             self.sources[split] = _Source(items, [str(it.id) for it in items], heldout.verifier_scorer(verifier),
                                           None, int(ecfg.max_new_tokens), DATA_BATCH, None)
         self._add_benchmarks()
+        if not self.sources and keep_policies:
+            self.every, self.fractions = 0, []  # nothing held out to score: the run only keeps its policies
+            return
         if not self.sources:
             raise ConfigError("held-out evaluation is on (train.eval_every > 0 or eval.budget_points) but there is "
                               "nothing to evaluate: eval.split and eval.budget_split are null and train.eval_benchmarks "
