@@ -109,6 +109,7 @@ def test_the_rlsd_claim_is_a_non_inferiority_test_on_the_tables_last_budget_poin
     assert (row["mean"], row["ci_low"], row["ci_high"]) == (pytest.approx(-4), pytest.approx(-6), pytest.approx(-2))
     # behind by more than the 1-point margin: did not hold, whatever the (corrected) significance says
     assert row["verdict"] == "did not hold" and "primary comparison" in row["quantity"]
+    assert "behind (< 0): yes" in row["quantity"]
     # a significant deficit inside the margin is non-inferior: held (the old rule said "did not hold")
     row = claim(_table(-0.005, -0.009, -0.001, significant=True))
     assert row["verdict"] == "held" and "superior (> 0): no" in row["quantity"] and "equivalent (within +-1): yes" in row["quantity"]

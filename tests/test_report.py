@@ -97,7 +97,7 @@ def test_power_line_per_comparison_and_per_seed_table(planted):
     table = pd.read_csv(out / "table.csv")
     full = table[(table["table"] == "budget=1")].dropna(subset=["baseline"])
     md = (out / "table.md").read_text().split("at 1 x budget")[1].split("**test")[0]
-    line = next(ln for ln in md.splitlines() if ln.startswith("Power per comparison"))
+    line = next(ln for ln in md.splitlines() if ln.startswith("Power: one figure per comparison"))
     for _, r in full.iterrows():  # each comparison its own figures, with the chi-square range
         assert (f"{r['method']} - {r['baseline']} resolves >= {r['min_detectable_points']:.1f} points "
                 f"[{r['min_detectable_low']:.1f}, {r['min_detectable_high']:.1f}] with 8 seeds, delta=3 needs "

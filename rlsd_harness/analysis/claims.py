@@ -16,7 +16,8 @@ gives the same base policy, prompt stream and test items) with a paired t-test (
      interval's low end lies above -margin, did not hold if its high end lies below -margin (RLSD behind by
      more than the margin), cannot tell otherwise. Its p is the one-sided non-inferiority p against
      H0: difference <= -margin (t with the interval's df), below 0.025 exactly when it held. The row also
-     says whether the interval shows superiority (low end above 0) and equivalence (inside +-margin).
+     says whether the interval shows superiority (low end above 0), a deficit (high end below 0) and
+     equivalence (inside +-margin).
   2. OPSD peaks early and then falls while its leakage rises: two superiority tests, OPSD's test score at
      the last budget point minus at the first (a fall: below 0) and its leakage (`rollout/leakage`) change,
      last window minus first (a rise: above 0), each with margin 1 point. Held if both intervals lie on
@@ -199,7 +200,7 @@ def claim_rows(q: pd.DataFrame, grpo: str = "grpo", rlsd: str = "rlsd", opsd: st
         source = "paired t-interval over seeds"
     if d is not None:
         low, high = d["ci_low"], d["ci_high"]
-        shows = [f"superior (> 0): {'yes' if low > 0 else 'no'}",
+        shows = [f"superior (> 0): {'yes' if low > 0 else 'no'}", f"behind (< 0): {'yes' if high < 0 else 'no'}",
                  f"equivalent (within +-{margin_points:g}): {'yes' if -m < low and high < m else 'no'}"]
         rows.append({"claim": first, "quantity": f"test mean@k at the last budget point, {rlsd} - {grpo} (points; "
                      f"{source}; {'; '.join(shows)})",

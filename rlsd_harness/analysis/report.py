@@ -361,7 +361,7 @@ def power_line(comparisons: pd.DataFrame, baseline: str, delta_points: float) ->
                      f"{int(r['runs_needed'])} [{int(r['runs_needed_low'])}, {int(r['runs_needed_high'])}] "
                      f"({dof} df)")
     test = "paired t-test over seeds" if bool(rows["paired"].all()) else "t-test over runs"
-    return (f"Power per comparison (80 % power, alpha 0.05, {test}; in brackets the range the 95 % chi-square "
+    return (f"Power: one figure per comparison (80 % power, alpha 0.05, {test}; in brackets the range the 95 % chi-square "
             f"interval of its seed SD allows): " + "; ".join(parts))
 
 
