@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     work = REPO / ".cache" / "paper-rehearsal-assets"
     assets = make_assets(work, args.sources, study=out)
     seconds = rehearse(assets, args.methods, args.seeds, args.benchmarks, args.limit,
-                       multinode_for=args.methods[-1])
+                       multinode_for=None)
     cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | head -1"], capture_output=True, text=True).stdout
     (out / "rehearsal.json").write_text(json.dumps({
         "seconds": seconds, "methods": args.methods, "seeds": args.seeds, "benchmarks": args.benchmarks,

@@ -4,7 +4,9 @@ Fast: every command is parsed by its own launcher's parser (DeepSpeed's runner, 
 command line, and its config is composed and validated at the rehearsal's tiny size, so a flag the launcher
 does not know (DeepSpeed's is `--module`, not `-m`) or a key the config lacks fails here. Slow (`-m slow`): the
 whole procedure runs, 2 ranks on gloo under ZeRO-3, training, the evaluation of every budget-point policy on
-the five benchmarks (fixture rows), and the table (bench/paper_rehearsal.py)."""
+the five benchmarks (fixture rows), and the table (bench/paper_rehearsal.py). The several-nodes form is parsed
+and validated only: DeepSpeed's launcher reaches every host of a hostfile over ssh, even localhost, and this
+machine runs no ssh server."""
 
 from __future__ import annotations
 
@@ -105,7 +107,7 @@ def test_an_unknown_launcher_flag_fails_here():
 def test_the_readme_procedure_runs_end_to_end(assets):
     import pandas as pd
 
-    seconds = rehearsal.rehearse(assets, ["grpo", "rlsd"], [0], benchmarks=None, limit=4, multinode_for="rlsd")
+    seconds = rehearsal.rehearse(assets, ["grpo", "rlsd"], [0], benchmarks=None, limit=4)
     study = assets.study
     for run in ("grpo-s0", "rlsd-s0"):
         fractions = sorted(p.name for p in (study / "runs" / run / "budget_policies").iterdir())
