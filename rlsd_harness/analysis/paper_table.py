@@ -6,7 +6,7 @@ with each benchmark's per-(item, sample) records `<name>.jsonl` (see rlsd_harnes
 
 Each cell is the benchmark's headline metric (the one the paper's table reports: its module's
 `METADATA.headline`), as mean@k over the k sampled responses, in points: the mean over seeds with a 95 %
-interval over seeds and items (`stats.mean_interval`: the unit the item term resamples is the benchmark's
+interval over seeds and items (`stats.mean_interval`, the crossed seed x item model: its items are the benchmark's
 `METADATA.unit_scores` unit, a composite problem for We-Math). The average column is the unweighted mean of the
 benchmarks present (the paper's "Avg" over its five); its interval treats the pooled units of all benchmarks,
 each weighted so that the row mean is that average. Below each table, every method minus the baseline (GRPO by
@@ -201,7 +201,7 @@ def markdown(table: PaperTable) -> str:
              "",
              "Headline metric per benchmark as mean@k, in points: mean over seeds [95 % interval over seeds and "
              "items]. Differences against "
-             f"{table.baseline} are paired by seed (paired t-test over seeds), Holm-corrected over the methods "
+             f"{table.baseline} are paired by seed (t-test of the crossed seed x item model), Holm-corrected over the methods "
              "within each column and budget point. The average is the unweighted mean of the benchmarks present"
              + ("" if len(table.benchmarks) == len(EVAL_BENCHMARK_NAMES) else
                 f" ({len(table.benchmarks)} of {len(EVAL_BENCHMARK_NAMES)}: not the paper's Avg)") + ".", ""]

@@ -48,7 +48,7 @@ class Metadata:
     # samples draw the seeds that training-time evaluation draws for the same item.
     training_task: bool = False
     # (item ids, each item's k correct flags) -> {unit: score in [0, 1]} whose unweighted mean over the units is
-    # the headline's mean@k; the unit is what the paper table's item term resamples (We-Math: a composite
+    # the headline's mean@k; the paper table's item term counts these units (We-Math: a composite
     # problem, since its score is defined per problem).
     unit_scores: Callable[[list[str], list[list[bool]]], dict[str, float]] = item_scores
     # The unit the metrics are computed over when it spans several rows (We-Math's composite problem: the rows
