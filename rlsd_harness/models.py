@@ -64,9 +64,23 @@ def cache_root() -> Path:
     return Path(os.environ.get("HARNESS_CACHE", Path(__file__).resolve().parent.parent / ".cache"))
 
 
+def recipe_digest(recipe: dict) -> str:
+    """The name of a recipe's cache entry: a hash of the recipe alone (no machine, no file contents), so the
+    same config names the same entry, and the same shipped base, on every CPU."""
+    return hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def _recipe_dir(kind: str, recipe: dict) -> Path:
-    digest = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-    return cache_root() / kind / digest
+    return cache_root() / kind / recipe_digest(recipe)
+
+
+def tiny_recipe(arch: str = "qwen2_5_vl", size: str = "tiny", seed: int = 0, vocab_size: int = 512,
+                head_vocab: int | None = None) -> dict:
+    """What `build_tiny` builds from; its digest names the model without building it."""
+    recipe = {"arch": arch, "size": size, "seed": seed, "vocab": vocab_size, "v": 1}
+    if head_vocab is not None:  # absent by default, so the default builds keep their recipe (and cache folder)
+        recipe["head_vocab"] = head_vocab
+    return recipe
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 512):
@@ -195,9 +209,7 @@ def build_tiny(arch: str = "qwen2_5_vl", size: str = "tiny", seed: int = 0, voca
 
     from rlsd_harness.benchmarks import embedded
 
-    recipe = {"arch": arch, "size": size, "seed": seed, "vocab": vocab_size, "v": 1}
-    if head_vocab is not None:  # absent by default, so the default builds keep their recipe (and cache folder)
-        recipe["head_vocab"] = head_vocab
+    recipe = tiny_recipe(arch, size, seed, vocab_size, head_vocab)
     out = _recipe_dir("models", recipe)
     if (out / "done").exists():
         return out

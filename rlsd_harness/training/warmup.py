@@ -5,12 +5,21 @@ task the 1 M model plateaus at 29-37 % because it binds the colour word to the p
 privileged context (the teacher template
 with the reference answer or solution), so that a self-teacher is measurably better than the student.
 The result is cached under a hash of (base model, recipe); `rlsd-warmup` builds and reports it.
+
+The warm-up is chaotic in float rounding: the same recipe gives a different base on a CPU whose kernels differ
+(AMD EPYC with AVX-512 against Intel Xeon), so the bases of the configs the committed studies use ship with the
+package (rlsd_harness/bases/, listed with their recipe and sha256 in its manifest.json). `warmed_up` returns
+the shipped folder, after checking every file's sha256, whenever the recipe matches one, on any CPU and
+without building anything; any other recipe is warmed up here and cached.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,13 +28,16 @@ import torch
 
 from rlsd_harness.dist import cpu_identity
 from rlsd_harness.models import (
+    WeightsError,
     _recipe_dir,
     build_tiny,
     cache_tmp,
     load_model,
     load_processor,
     publish_cache_entry,
+    recipe_digest,
     save_model,
+    tiny_recipe,
 )
 from rlsd_harness.prompts import REFERENCE_TEMPLATE, SIBLING_TEMPLATE, SOLUTION_TEMPLATE
 from rlsd_harness.rollout.hf import encode_prompts, stable_seed, user_messages
@@ -72,6 +84,7 @@ def run_warmup(model_dir: Path, steps: int, batch_size: int, lr: float, hint_sha
     rng = random.Random(seed)
     t0 = time.perf_counter()
     loss_v = float("nan")
+    progress = Progress(steps, "warm-up", log)
     for step in range(1, steps + 1):
         items = embedded.generate("train", batch_size, seed=stable_seed("warmup", seed, step), level=level)
         prompt, vision, ids, mask = _sft_batch(processor, items, rng, hint_share)
@@ -83,8 +96,8 @@ def run_warmup(model_dir: Path, steps: int, batch_size: int, lr: float, hint_sha
         opt.step()
         sched.step()
         loss_v = loss.item()
-        if step % 50 == 0:
-            log(f"warm-up step {step}/{steps} loss {loss_v:.3f} ({time.perf_counter() - t0:.0f} s)")
+        progress.update(step, loss=f"{loss_v:.3f}")
+    progress.close()
     seconds = time.perf_counter() - t0
     tmp = cache_tmp(out)
     save_model(model, processor, tmp)
@@ -98,17 +111,139 @@ def run_warmup(model_dir: Path, steps: int, batch_size: int, lr: float, hint_sha
     return report
 
 
-def warmed_up(model_cfg: Any, level: int, log=print) -> Path:
-    """The folder of the warmed-up policy for a model config (built and cached on first use)."""
-    base = build_tiny(model_cfg.arch, model_cfg.size, model_cfg.seed, model_cfg.vocab_size, model_cfg.get("head_vocab"))
+def warmup_recipe(model_cfg: Any, level: int) -> dict[str, Any]:
+    """What a warm-up is built from. It names the tiny base by its recipe's digest (no build, no file
+    contents), so the recipe, and the cache entry or shipped base it names, is the same on every CPU."""
     w = model_cfg.warmup
-    recipe = {"base": base.name, "steps": w.steps, "batch": w.batch_size, "lr": w.lr, "hint": w.hint_share,
-              "level": level, "seed": model_cfg.seed, "v": 3}
+    base = recipe_digest(tiny_recipe(model_cfg.arch, model_cfg.size, model_cfg.seed, model_cfg.vocab_size,
+                                     model_cfg.get("head_vocab")))
+    return {"base": base, "steps": w.steps, "batch": w.batch_size, "lr": w.lr, "hint": w.hint_share,
+            "level": level, "seed": model_cfg.seed, "v": 3}
+
+
+def warmed_up(model_cfg: Any, level: int, log=print, shipped: bool = True) -> Path:
+    """The folder of the warmed-up policy for a model config: the shipped base when the recipe matches one
+    (`shipped=False` ignores it, to rebuild it on this machine), else the cached build, warmed up on first use."""
+    recipe = warmup_recipe(model_cfg, level)
+    if shipped:
+        found = shipped_base(recipe)
+        if found is not None:
+            return found
     out = _recipe_dir("warmup", recipe)
     if not (out / "warmup.json").exists():
-        log(f"warming up {base.name} -> {out} ({w.steps} steps of {w.batch_size})")
+        base = build_tiny(model_cfg.arch, model_cfg.size, model_cfg.seed, model_cfg.vocab_size, model_cfg.get("head_vocab"))
+        w = model_cfg.warmup
+        log(f"warming up {base.name} -> {out} ({w.steps} steps of {w.batch_size}; recipe {out.name} is not one of "
+            f"the shipped bases, so it is built here once and cached)")
         run_warmup(base, w.steps, w.batch_size, w.lr, w.hint_share, level, model_cfg.seed, out, log)
     return out
+
+
+# The shipped bases: package data, so an installed wheel carries them too (pyproject's package-data).
+BASES_DIR = Path(__file__).resolve().parent.parent / "bases"
+MANIFEST = "manifest.json"
+
+
+def weights_sha256(folder: Path) -> str:
+    """sha256 of a model folder's weights (its *.safetensors files in name order, concatenated): the digest
+    studies record as their base (picks.json and meta.json `base`)."""
+    digest = hashlib.sha256()
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_manifest(bases: Path | None = None) -> dict[str, Any]:
+    path = (bases or BASES_DIR) / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {"bases": {}}
+
+
+def shipped_base(recipe: dict[str, Any], bases: Path | None = None) -> Path | None:
+    """The shipped folder of a warm-up recipe, or None when none ships. Every file the manifest lists must
+    exist with its sha256: a corrupt or edited one is refused (WeightsError), never silently replaced by a
+    build that would give another base on another CPU."""
+    bases = bases or BASES_DIR
+    entry = read_manifest(bases)["bases"].get(recipe_digest(recipe))
+    if entry is None:
+        return None
+    folder = bases / entry["folder"]
+    for name, want in sorted(entry["files"].items()):
+        path = folder / name
+        got = file_sha256(path) if path.is_file() else None
+        if got != want:
+            raise WeightsError(f"shipped base {path}: " + (f"sha256 {got} is not the manifest's {want}" if got else
+                               "missing") + f" ({bases / MANIFEST}); restore it from the repository "
+                               f"(git checkout -- {path}) or reinstall the package")
+    return folder
+
+
+def ship(folder: Path, recipe: dict[str, Any], name: str, bases: Path | None = None, note: str = "") -> dict[str, Any]:
+    """Copy a built warm-up `folder` into the shipped bases as `name` and list it in the manifest (what
+    `rlsd-warmup ship=true` does). A recipe that already ships with other weights is refused: the committed
+    studies record the shipped base's sha256, and replacing it would make them refuse their own picks."""
+    bases = bases or BASES_DIR
+    if not name.isidentifier():  # setuptools packages the folder as a (namespace) package: a Python name
+        raise ValueError(f"shipped base name {name!r} is not a Python identifier; valid: letters, digits, _")
+    manifest = read_manifest(bases)
+    digest, sha = recipe_digest(recipe), weights_sha256(folder)
+    old = manifest["bases"].get(digest)
+    if old is not None and old["weights_sha256"] != sha:
+        raise WeightsError(f"recipe {digest} already ships as {bases / old['folder']} with weights sha256 "
+                           f"{old['weights_sha256']}; this build's is {sha} (another CPU's floats?). Committed "
+                           f"studies record the shipped one: remove its manifest entry first to replace it")
+    files = sorted(p.name for p in Path(folder).iterdir() if p.is_file())
+    dest = bases / name
+    tmp = dest.with_name(f"{name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in files:
+        shutil.copy2(Path(folder) / f, tmp / f)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    report = json.loads((dest / "warmup.json").read_text()) if (dest / "warmup.json").exists() else {}
+    entry = {"folder": name, "recipe": recipe, "weights_sha256": sha, "built_on": report.get("cpu"),
+             "note": note, "files": {f: file_sha256(dest / f) for f in files}}
+    manifest["bases"][digest] = entry
+    manifest.setdefault("about", "Warmed-up base policies shipped with the package, keyed by the digest of "
+                        "their warm-up recipe (rlsd_harness/training/warmup.py: warmup_recipe); every file's sha256.")
+    (bases / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return entry
+
+
+class Progress:
+    """A long loop's progress: a tqdm bar on a terminal; elsewhere (a log file, CI, a study's worker) one
+    line every `every` seconds and at the end, with the same elapsed time, ETA and rate as the bar."""
+
+    def __init__(self, total: int, desc: str, log=print, every: float = 10.0, stream=None) -> None:
+        from tqdm.auto import tqdm
+
+        self.tqdm, self.total, self.desc, self.log, self.every = tqdm, total, desc, log, every
+        stream = stream or sys.stderr
+        self.bar = tqdm(total=total, desc=desc, unit="step", file=stream, dynamic_ncols=True) if stream.isatty() else None
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, n: int, **postfix: str) -> None:
+        if self.bar is not None:
+            self.bar.update(n - self.bar.n)
+            self.bar.set_postfix(postfix, refresh=False)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every or n == self.total:
+            self.last = now
+            text = ", ".join(f"{k} {v}" for k, v in postfix.items())
+            self.log(self.tqdm.format_meter(
+                n, self.total, now - self.t0, prefix=self.desc, unit="step",
+                bar_format="{desc} step {n_fmt}/{total_fmt}, {elapsed} elapsed, ETA {remaining} ({rate_fmt})")
+                + (f", {text}" if text else ""))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def policy_path(model_cfg: Any, data_cfg: Any, log=print) -> Path:
