@@ -12,7 +12,7 @@ the study layout, the evaluation and the table) runs as a user would run it.
 
 writes a study folder with the runs (weights are not kept: see .gitignore), their benchmark evaluations and
 `paper_table.md`. The benchmark sources are the official repositories' MathVision and We-Math testmini files
-where `../shared/real-benchmarks` holds them (`--sources real`), else the test fixtures (`--sources fixtures`).
+where the checkout's sibling folder of real benchmark files holds them (`--sources real`), else the test fixtures (`--sources fixtures`).
 """
 
 from __future__ import annotations

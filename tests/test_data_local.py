@@ -343,7 +343,8 @@ def test_a_run_trains_on_local_rows(tmp_path, tiny_dir):
 
     path = _rows_with_images(tmp_path, 6)
     cfg = compose_config(small_overrides(tmp_path / "runs", "data=local", f"data.path={path}", "data.verifier=parity",
-                                         "run.name=local", "train.steps=2", "train.prompts_per_step=4"))
+                                         "run.name=local", "train.steps=2", "train.prompts_per_step=4",
+                                         "eval.budget_points=[]"))  # no held-out rows: no budget evaluations
     run_dir = run(cfg, log=lambda m: None)
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in lines if m["rollout_step"] > 0]  # the step-0 line is the untrained policy's record

@@ -68,7 +68,7 @@ def test_wemath_limit_keeps_whole_composite_problems(sources):
 
 
 @pytest.mark.skipif(not REAL_WEMATH.is_dir(), reason="the official We-Math testmini.json is not at "
-                    "../shared/real-benchmarks/wemath (a checkout without the shared benchmark files)")
+                    f"{REAL_WEMATH} (a checkout without the shared benchmark files)")
 def test_real_wemath_limit_5_all_wrong_scores_0():
     """The reported case: the official file lists every problem's `{n}steps_1` row first, so its first 5 rows
     were five first steps with no composite question, and 0 of 5 right read as Score (Strict) 100."""
