@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         report.update(folder=str(path), recipe=recipe_digest(recipe), weights_sha256=weights_sha256(path))
         if shipped is not None:
             report["shipped_sha256"] = shipped["weights_sha256"]
-            report["reproduces_shipped"] = report["weights_sha256"] == shipped["weights_sha256"]
+            if rebuild:  # otherwise the folder is the shipped one
+                report["reproduces_shipped"] = report["weights_sha256"] == shipped["weights_sha256"]
         items = build_data(cfg.data, cfg.seed).test_set()
         model, processor = load_model(path).eval(), load_processor(path)
         for variant in ("plain", "hint", "blank"):
