@@ -30,6 +30,12 @@ gives the same base policy, prompt stream and test items) with a paired t-test (
   4. RLSD's w-clip fraction is a few percent: an equivalence test of the mean over steps of
      `actor/w_clip_frac` (tokens whose evidence weight hit 1 - eps_w or 1 + eps_w) against [1 %, 10 %]:
      held if its interval lies inside, did not hold if it lies entirely outside.
+  5. RLSD's convergence ceiling is higher than GRPO's (the paper's Fig. 5: "a higher ceiling"): each run's
+     asymptote A of ScaleRL's saturating accuracy-vs-compute curve, fitted to its test mean@k at the budget
+     points with the exponent fixed (analysis/ceiling.py states the fit and when a run's A is identified);
+     a superiority test on the paired difference RLSD - GRPO of A over seeds, margin 1 point: held if the
+     interval lies above 0, did not hold if it lies below +1; cannot tell whenever a compared run's A is not
+     identified by its budget points.
 
 A verdict is `held` or `did not hold` only when the interval decides it by the rule above; otherwise
 `cannot tell`.
@@ -42,6 +48,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
+
+from rlsd_harness.analysis import ceiling as ceiling_fit
 
 CONFIDENCE = 0.95
 FEW_PERCENT = (0.01, 0.10)  # "a few percent": the w-clip fraction's interval inside [1 %, 10 %]
@@ -144,6 +152,12 @@ def run_quantities(df: pd.DataFrame, records: pd.DataFrame, window: int = 10) ->
         out = out.merge(first, on=["method", "seed"], how="left")
     if 0.0 in per_budget.columns:
         out = out.merge(per_budget[0.0].rename("test_base").reset_index(), on=["method", "seed"], how="left")
+    if 0.0 in per_budget.columns and len(points) >= 2:  # the ceiling fit needs the base and two points beyond it
+        out = out.merge(ceiling_fit.run_ceilings(records), on=["method", "seed"], how="left")
+        for b in ceiling_fit.EXPONENT_SENSITIVITY:
+            alt = ceiling_fit.run_ceilings(records, exponent=b)[["method", "seed", "ceiling", "ceiling_identified"]]
+            out = out.merge(alt.rename(columns={"ceiling": f"ceiling_b{b:g}", "ceiling_identified":
+                                                f"ceiling_identified_b{b:g}"}), on=["method", "seed"], how="left")
     return out
 
 
@@ -243,7 +257,46 @@ def claim_rows(q: pd.DataFrame, grpo: str = "grpo", rlsd: str = "rlsd", opsd: st
                      "rule": f"equivalence with [{100 * FEW_PERCENT[0]:g}, {100 * FEW_PERCENT[1]:g}] %: held if the "
                              "interval lies inside, did not hold if it lies entirely outside",
                      "verdict": equivalence_verdict(low, high, FEW_PERCENT)})
+    if "ceiling" in q:
+        rows.append(ceiling_row(q, grpo, rlsd, margin_points))
     return pd.DataFrame(rows)
+
+
+def ceiling_row(q: pd.DataFrame, grpo: str = "grpo", rlsd: str = "rlsd",
+                margin_points: float = MARGIN_POINTS) -> dict:
+    """Claim 5: RLSD - GRPO in the fitted asymptote A, paired by seed (module docstring, analysis/ceiling.py)."""
+    m = margin_points / 100
+
+    def paired(col: str, ok: str) -> tuple[dict[str, float], int, int]:
+        a, b = _series(q, rlsd, col), _series(q, grpo, col)
+        seeds = a.dropna().index.intersection(b.dropna().index)
+        good = (_series(q, rlsd, ok).reindex(seeds).astype("boolean").fillna(False).astype(bool)
+                & _series(q, grpo, ok).reindex(seeds).astype("boolean").fillna(False).astype(bool))
+        return paired_difference(a[good[good].index], b[good[good].index]), int(good.sum()), len(seeds)
+
+    d, identified, n = paired("ceiling", "ceiling_identified")
+    verdict = (margin_verdict(d["ci_low"], d["ci_high"], "superiority", m)
+               if identified == n and n >= 2 else "cannot tell")
+    others = []
+    for b in ceiling_fit.EXPONENT_SENSITIVITY:
+        if f"ceiling_b{b:g}" in q:
+            o, ok, on = paired(f"ceiling_b{b:g}", f"ceiling_identified_b{b:g}")
+            others.append(f"B = {b:g}: {100 * o['mean']:+.1f} [{100 * o['ci_low']:+.1f}, {100 * o['ci_high']:+.1f}] "
+                          f"({ok}/{on} seeds identified)")
+    asym = {meth: t_interval(_series(q, meth, "ceiling")[_series(q, meth, "ceiling_identified")
+                                                         .astype("boolean").fillna(False).astype(bool)])
+            for meth in (rlsd, grpo)}
+    where = "; ".join(f"{meth} A {100 * v[0]:.1f} [{100 * v[1]:.1f}, {100 * v[2]:.1f}]" for meth, v in asym.items())
+    return {"claim": f"{rlsd}'s convergence ceiling is higher than {grpo}'s", "quantity":
+            f"asymptote A of R(C) = R0 + (A - R0) / (1 + (C_mid / C)^B) fitted per run to test mean@k at the budget "
+            f"points, B fixed at {ceiling_fit.EXPONENT:g} (two points beyond the base fit only A and C_mid), "
+            f"{rlsd} - {grpo} (points; paired t over the {identified} of {n} seeds whose both fits are identified; "
+            f"{where}; other fixed B: {'; '.join(others) if others else '-'})",
+            **_points(d),
+            "rule": f"superiority, margin {margin_points:g} point: held if the interval lies above 0, did not hold if "
+                    f"it lies below +{margin_points:g}; cannot tell unless every compared run's A is identified "
+                    "(C_mid within the budget, A < 100 %); p: paired t-test",
+            "verdict": verdict}
 
 
 def _points(d: dict[str, float]) -> dict[str, float]:
