@@ -375,6 +375,37 @@ def decode_image(cell: Any, base: Path | None) -> Image.Image:
     return img
 
 
+# What Qwen-VL's image processors take (transformers' Qwen2-VL `smart_resize`, shared by Qwen2.5-VL and
+# Qwen3-VL): it raises "absolute aspect ratio must be smaller than 200" when the long side over the short one
+# exceeds MAX_ASPECT_RATIO; and a side thinner than the spatial merge size (2 patches merged per side) leaves
+# nothing to merge. Checked from each image's header at data-open time, so such a row is refused before a run
+# writes anything instead of failing in step 1.
+MAX_ASPECT_RATIO = 200
+MIN_IMAGE_SIDE = 2
+
+
+def image_size_problem(width: int, height: int) -> str:
+    """Why Qwen-VL's processors cannot take a width x height image ('' when they can)."""
+    if min(width, height) < MIN_IMAGE_SIDE:
+        return (f"image is {width} x {height} pixels (width x height): a side is under {MIN_IMAGE_SIDE} pixels, "
+                f"the processors' merge size; pad or resize it, or remove the row")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        return (f"image is {width} x {height} pixels (width x height): aspect ratio "
+                f"{max(width, height) / min(width, height):.0f} is over {MAX_ASPECT_RATIO}, the most Qwen-VL's "
+                f"processors take; crop or pad it, or remove the row")
+    return ""
+
+
+def _header_size_problem(source: Any) -> str:
+    """image_size_problem of an encoded image or file, read from its header (PIL decodes no pixels until
+    asked). An unreadable header is left to the row's own decoding, which names it when the row is read."""
+    try:
+        with Image.open(source) as img:
+            return image_size_problem(*img.size)
+    except Exception:  # PIL raises several unrelated types for bad data
+        return ""
+
+
 def _image_list(cells: Any) -> list:
     """The images of one row from its image column(s): one cell, a list of cells, or None."""
     if cells is None:
@@ -433,9 +464,18 @@ def _scan_images(part: _Part, col: str) -> Iterator[tuple[int, int, str | None, 
             idx = np.flatnonzero(no_bytes)
             for j, p in zip(idx, pc.take(paths, pa.array(idx, pa.int64())).to_pylist()):
                 yield offset + int(parents[j]), -1, p, "" if p else "an image entry has neither bytes nor a path"
+            encoded = pc.struct_field(values, "bytes") if "bytes" in names else None
+            for j in np.flatnonzero(~no_bytes):  # the header only: the mapped bytes are not copied or decoded
+                problem = _header_size_problem(pa.BufferReader(encoded[int(j)].as_buffer()))
+                if problem:
+                    yield offset + int(parents[j]), -1, None, problem
         else:
             for j in np.flatnonzero(np.asarray(values.is_null())):
                 yield offset + int(parents[j]), -1, None, "an image entry is empty (null)"
+            for j in np.flatnonzero(np.asarray(values.is_valid())):
+                problem = _header_size_problem(pa.BufferReader(values[int(j)].as_buffer()))
+                if problem:
+                    yield offset + int(parents[j]), -1, None, problem
         offset += len(chunk)
 
 
@@ -580,6 +620,8 @@ class LocalData:
                         if not full.is_file():
                             missing_files += 1
                             bad(part.start + i, ids[i], "images", f"(column {col!r}): image file {full} does not exist", part.label)
+                        elif size_problem := _header_size_problem(full):
+                            bad(part.start + i, ids[i], "images", f"(column {col!r}): {full.name}: {size_problem}", part.label)
             if self.require_image and img_cols:
                 for i in np.flatnonzero(n_images == 0):
                     bad(part.start + int(i), ids[i], "images", "has no image (data.require_image=true)", part.label)
