@@ -64,6 +64,29 @@ def aggregate_loss(
     raise ValueError(f"unknown loss aggregation mode {mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
 
 
+def token_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PPO's / GRPO's token-level importance log-ratio log π(y_t) − log π_old(y_t), (B, T). `mask` is unused: it
+    is part of the signature every importance ratio shares (a sequence-level ratio needs it)."""
+    return logp - old_logp
+
+
+def sequence_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GSPO's sequence-level importance log-ratio (Zheng et al. 2025, "Group Sequence Policy Optimization",
+    arXiv 2507.18071: the sequence ratio and its GSPO-token form), (B, T): every token of a response carries
+    the value
+
+        log s_i = (1/|y_i|) Σ_t (log π(y_t) − log π_old(y_t))     (the length-normalised sequence ratio)
+
+    and the gradient of the token form, s_i·∇log π(y_t): the value is detached and log π(y_t) − sg(log π(y_t))
+    added, which is 0 but carries the token's own gradient. With equal advantages over a response and
+    seq-mean-token-mean aggregation this is exactly sequence-level GSPO's gradient (s_i·A_i·∇ mean_t log π(y_t)).
+    Padding (mask 0) never enters the mean; a row without tokens gets 0."""
+    mask = mask.to(logp.dtype)
+    diff = _masked(logp - old_logp, mask)
+    seq = (diff * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    return logp - logp.detach() + seq.detach()
+
+
 def clipped_surrogate(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -71,12 +94,17 @@ def clipped_surrogate(
     clip_low: float,
     clip_high: float,
     clip_dual: float | None,
+    log_ratio: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped policy loss per token (verl's `compute_policy_loss_vanilla` semantics).
 
-    Returns the (B, T) loss and per-token indicator tensors for metrics. `advantages` is (B, T).
+    Returns the (B, T) loss and per-token indicator tensors for metrics. `advantages` is (B, T). `log_ratio`,
+    when given, replaces the token-level log π − log π_old (an objective's own importance ratio, e.g. GSPO's
+    `sequence_log_ratio`); the clip, the dual clip and the metrics then apply to it unchanged.
     """
-    log_ratio = (logp - old_logp).clamp(-20.0, 20.0)
+    if log_ratio is None:
+        log_ratio = token_log_ratio(logp, old_logp, torch.ones_like(logp))
+    log_ratio = log_ratio.clamp(-20.0, 20.0)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)

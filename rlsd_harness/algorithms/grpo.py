@@ -14,6 +14,7 @@ from rlsd_harness.algorithms.common import (
     clipped_surrogate,
     k3_kl,
     masked_mean,
+    token_log_ratio,
     truncated_importance_ratio,
 )
 from rlsd_harness.algorithms.registry import Objective, register_objective
@@ -84,12 +85,20 @@ class GRPO(Objective):
         adv = adv[:, None].expand_as(mb.response_mask) if adv.dim() == 1 else adv
         return adv * mb.response_mask, {}
 
+    def importance_log_ratio(self, logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The (B, T) log importance ratio the clipped surrogate uses: token-level here. An objective overrides
+        this alone to change the ratio (GSPO's sequence-level one, `algorithms/gspo.py`); the clip, dual clip,
+        rollout IS correction, KL term and aggregation stay GRPO's."""
+        return token_log_ratio(logp, old_logp, mask)
+
     def loss(self, mb: RolloutBatch, policy: PolicyOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.cfg
         old_logp = mb.old_logp if mb.old_logp is not None else policy.logp.detach()
         adv, metrics = self.token_advantages(mb, policy)
-        per_token, info = clipped_surrogate(policy.logp, old_logp, adv, cfg.clip_low, cfg.clip_high, cfg.clip_dual)
         mask = mb.loss_mask
+        log_ratio = self.importance_log_ratio(policy.logp, old_logp, mask)
+        per_token, info = clipped_surrogate(policy.logp, old_logp, adv, cfg.clip_low, cfg.clip_high, cfg.clip_dual,
+                                            log_ratio=log_ratio)
         if cfg.rollout_is_cap is not None:
             is_weight = truncated_importance_ratio(old_logp, mb.rollout_logp, cfg.rollout_is_cap)
             per_token = per_token * is_weight
