@@ -29,6 +29,10 @@ OWN = {
     "overwrite": "true: discard results of a different config in out",
     "allow_missing_images": "true, or a list like [mathvista]: rows whose image file is missing are prompted "
                             "without it (recorded in config.json) instead of stopping the run",
+    "compare_with": "another rlsd-evaluate out folder: compares out (after evaluating checkpoint= into it, or alone "
+                    "without checkpoint=) with it item by item per shared benchmark (exact McNemar at k = 1, paired "
+                    "bootstrap over items for mean@k) into out/compare.md and compare.csv; a comparison there "
+                    "with another folder is replaced only with overwrite=true",
 }
 
 
@@ -70,7 +74,7 @@ def parse_args(argv: list[str] | None) -> tuple[dict[str, Any], list[str]]:
     args: dict[str, Any] = {"checkpoint": own.get("checkpoint"), "study": own.get("study"), "out": own.get("out"),
                             "benchmarks": _list_arg(own["benchmarks"]) if "benchmarks" in own else list(DEFAULT_BENCHMARKS),
                             "overwrite": flag(own.get("overwrite"), "overwrite"), "limit": None,
-                            "allow_missing_images": False}
+                            "allow_missing_images": False, "compare_with": own.get("compare_with")}
     if own.get("limit", "null").lower() not in ("null", "none", ""):
         try:
             args["limit"] = int(own["limit"])
@@ -83,7 +87,12 @@ def parse_args(argv: list[str] | None) -> tuple[dict[str, Any], list[str]]:
         # true/false, or the benchmarks it applies to (the runner checks the names with everything else)
         args["allow_missing_images"] = (flag(allow, "allow_missing_images") if allow.lower() in ("true", "false")
                                         else _list_arg(allow))
-    if (args["checkpoint"] is None) == (args["study"] is None):
+    if args["compare_with"] is not None and args["study"] is not None:
+        raise ConfigError("compare_with= compares two rlsd-evaluate out folders; it does not take study=")
+    if args["compare_with"] is not None and args["checkpoint"] is None and args["out"] is None:
+        raise ConfigError("compare_with= needs out=<the folder to compare> (or checkpoint= to evaluate into it first)")
+    compare_only = args["compare_with"] is not None and args["checkpoint"] is None
+    if (args["checkpoint"] is None) == (args["study"] is None) and not compare_only:
         raise ConfigError("give exactly one of checkpoint=<model or run folder> and study=<study folder>; "
                           "see rlsd-evaluate --help")
     if args["study"] is not None and args["out"] is not None:
@@ -98,13 +107,30 @@ def default_out(checkpoint: Path, decoding: str) -> Path:
     return Path("results") / "eval" / f"{name}-{decoding}"
 
 
+def _compare(paired: Any, out: Path, other: Path, overwrite: bool) -> None:
+    """Write and print out/compare.md; a pair that cannot be compared is a one-line user error."""
+    try:
+        table = paired.write(out, other, overwrite=overwrite)
+    except paired.PairingError as e:
+        raise ConfigError(str(e)) from e
+    print(paired.markdown(table, out, other), end="")
+    print(f"comparison in {out / 'compare.md'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     from rlsd_harness.config import compose_config
     from rlsd_harness.evaluation.runner import markdown, resolve_checkpoint, run_benchmarks
     from rlsd_harness.training.preflight import check_evaluation
 
     def body() -> None:
+        from rlsd_harness.analysis import paired
+
         args, overrides = parse_args(argv)
+        if args["compare_with"] is not None and args["checkpoint"] is None:
+            if overrides:
+                raise ConfigError(f"compare_with= without checkpoint= evaluates nothing; drop the overrides {overrides}")
+            _compare(paired, Path(args["out"]), Path(args["compare_with"]), args["overwrite"])
+            return
         cfg = compose_config(overrides)
         check_evaluation(cfg)
         if args["study"] is not None:
@@ -124,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         except FileNotFoundError:  # reported by the runner with every other problem
             model_dir = checkpoint
         out = Path(args["out"]) if args["out"] else default_out(model_dir, cfg.eval.decoding)
+        if args["compare_with"] is not None:  # checked before the evaluation, so a bad folder costs nothing
+            paired.complete_benchmarks(Path(args["compare_with"]))
+            paired.check_output(out, Path(args["compare_with"]), args["overwrite"])
         try:
             table = run_benchmarks(checkpoint, args["benchmarks"], cfg, out, args["limit"], args["overwrite"],
                                    allow_missing_images=args["allow_missing_images"])
@@ -132,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
         if table is not None:  # None on ranks other than 0 of a sharded run: rank 0 prints the table
             print(markdown(table), end="")
             print(f"results in {out}")
+            if args["compare_with"] is not None:
+                _compare(paired, out, Path(args["compare_with"]), args["overwrite"])
 
     run_main(body)
 
