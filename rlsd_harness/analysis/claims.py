@@ -281,8 +281,9 @@ def ceiling_row(q: pd.DataFrame, grpo: str = "grpo", rlsd: str = "rlsd",
     for b in ceiling_fit.EXPONENT_SENSITIVITY:
         if f"ceiling_b{b:g}" in q:
             o, ok, on = paired(f"ceiling_b{b:g}", f"ceiling_identified_b{b:g}")
-            others.append(f"B = {b:g}: {100 * o['mean']:+.1f} [{100 * o['ci_low']:+.1f}, {100 * o['ci_high']:+.1f}] "
-                          f"({ok}/{on} seeds identified)")
+            others.append(f"B = {b:g}: " + (f"{100 * o['mean']:+.1f} [{100 * o['ci_low']:+.1f}, {100 * o['ci_high']:+.1f}] "
+                                            f"({ok}/{on} seeds identified)" if ok >= 2 else
+                                            f"{ok}/{on} seeds identified, no interval"))
     asym = {meth: t_interval(_series(q, meth, "ceiling")[_series(q, meth, "ceiling_identified")
                                                          .astype("boolean").fillna(False).astype(bool)])
             for meth in (rlsd, grpo)}
