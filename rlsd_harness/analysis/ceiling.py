@@ -107,7 +107,7 @@ def run_ceilings(records: pd.DataFrame, exponent: float = EXPONENT) -> pd.DataFr
     cols = ["method", "seed", "ceiling_base", "ceiling", "ceiling_midpoint", "ceiling_identified", "ceiling_reason"]
     rows = []
     for (method, seed), run in records.groupby(["method", "seed"]):
-        acc = run.groupby("budget")["score"].mean()
+        acc = run.dropna(subset=["score"]).groupby("budget")["score"].mean()  # a missing score is no point
         budgets = acc.index.to_numpy(dtype=float)
         if not (budgets == 0).any() or (budgets > 0).sum() < 2:
             rows.append([method, seed, float("nan"), float("nan"), float("nan"), False,
