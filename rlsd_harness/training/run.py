@@ -111,6 +111,17 @@ def _aside(run_dir: Path) -> Path:
     return run_dir.with_name(f".{run_dir.name}.overwritten")
 
 
+def kept_run_note(run_dir: Path) -> str:
+    """What a refusal adds when an interrupted `run.overwrite=true` left the run it was replacing in the hidden
+    folder beside `run_dir`: where it is, how to get it back, and that overwriting again deletes it."""
+    aside = _aside(run_dir)
+    if not aside.is_dir():
+        return ""
+    return (f" (the run an interrupted run.overwrite=true was replacing is kept in the hidden folder {aside}; "
+            f"restore it with: rm -r {shlex.quote(str(run_dir))} && mv {shlex.quote(str(aside))} "
+            f"{shlex.quote(str(run_dir))}; run.overwrite=true deletes it once the new run's first checkpoint is written)")
+
+
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         out: dict[str, Any] = {}
@@ -146,7 +157,7 @@ def check_run_dir(cfg: DictConfig) -> tuple[Path, dict[str, tuple[Any, Any]]]:
             raise FileNotFoundError(f"run.resume=true but there is no run at {run_dir}")
         if checkpoint.latest(run_dir) is None:
             raise FileNotFoundError(f"run.resume=true but {run_dir} has no complete checkpoint (it stopped before its "
-                                    f"first one); start it again with run.overwrite=true")
+                                    f"first one); start it again with run.overwrite=true" + kept_run_note(run_dir))
         changes = config_changes(OmegaConf.load(run_dir / "config.yaml"), cfg)
         changes = {k: v for k, v in changes.items() if not k.startswith("run.")}
         refused = {k: v for k, v in changes.items() if not resumable(k)}
@@ -159,23 +170,29 @@ def check_run_dir(cfg: DictConfig) -> tuple[Path, dict[str, tuple[Any, Any]]]:
         return run_dir, changes
     if run_dir.exists() and any(run_dir.iterdir()) and not cfg.run.overwrite:
         raise FileExistsError(f"run folder {run_dir} exists; pass run.overwrite=true to replace it, "
-                              f"run.resume=true to continue it, or another run.name")
+                              f"run.resume=true to continue it, or another run.name" + kept_run_note(run_dir))
     return run_dir, {}
 
 
-def _take_run_dir(run_dir: Path, overwrite: bool) -> Path | None:
+def _take_run_dir(run_dir: Path, overwrite: bool, log=None) -> Path | None:
     """Create the run folder; with `overwrite`, an existing run is moved aside (returned, deleted later).
     A leftover of an overwrite that was killed: when the folder has a checkpoint by now, the new run had
     superseded the old one, which is deleted; when not, the folder is the killed new run, and the old one aside
-    stays the one to keep."""
+    stays the one to keep (until this run's first checkpoint). Either way `log` says so in one line: a kept
+    run is never deleted unannounced."""
     from rlsd_harness.training import checkpoint
 
+    log = log or (lambda msg: print(msg, file=sys.stderr))
     aside = _aside(run_dir)
     if aside.exists():
         if checkpoint.latest(run_dir) is not None:
             shutil.rmtree(aside)
+            log(f"deleted {aside}, the run an interrupted run.overwrite=true was replacing: its replacement "
+                f"{run_dir} had written a checkpoint")
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
+            log(f"{aside} holds the run an interrupted run.overwrite=true was replacing; it is deleted once this "
+                f"run writes its first checkpoint (stop now and `mv {aside} {run_dir}` to keep it)")
     if overwrite and run_dir.exists() and any(run_dir.iterdir()):
         os.replace(run_dir, aside)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -316,11 +333,11 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
         ckpt = checkpoint.latest_good(run_dir, log)
         if ckpt is None:
             raise checkpoint.CheckpointError(f"run.resume=true but every checkpoint of {run_dir} is damaged (named "
-                                             f"above); start it again with run.overwrite=true")
+                                             f"above); start it again with run.overwrite=true" + kept_run_note(run_dir))
         trainer.load_state_dict(checkpoint.load(ckpt, trainer, rank))
     aside = None
     if rank == 0:
-        aside = _take_run_dir(run_dir, bool(cfg.run.overwrite) and not cfg.run.resume)
+        aside = _take_run_dir(run_dir, bool(cfg.run.overwrite) and not cfg.run.resume, log)
     checkpoint._barrier()
     metrics_file = run_dir / "metrics.jsonl"
     if rank == 0:
