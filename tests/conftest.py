@@ -60,7 +60,8 @@ def small_overrides(tmp_path: Path, *extra: str) -> list[str]:
     """A run of a random-init tiny model: 4 prompts x 4 samples, 12 new tokens, no warm-up, no eval."""
     return [
         "model.warmup=null", "data.verifier=parity", "train.steps=2", "train.prompts_per_step=4",
-        "train.group_size=4", "train.micro_batch_size=16", "train.eval_every=0", "train.save_every=0",
+        "train.group_size=4", "train.micro_batch_size=16", "train.eval_every=0", "eval.budget_points=[]",
+        "train.save_every=0",
         "train.progress=false", "rollout.max_new_tokens=12", f"run.dir={tmp_path}", "optim.lr=1e-3", *extra,
     ]
 

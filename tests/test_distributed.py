@@ -22,7 +22,7 @@ def _run(tmp_path: Path, name: str, ranks: int, stage: int, algorithm: str, extr
     # two-rank gradient sum on near-zero gradients into visible parameter differences within three steps.
     args = small_overrides(tmp_path, f"run.name={name}", f"deepspeed=zero{stage}", "train.steps=4", f"algorithm={algorithm}",
                            "train.micro_batch_size=8", "train.save_every=2", "optim.lr=1e-4",
-                           "train.eval_every=2", "eval.n=8", "eval.budget_n=8",
+                           "train.eval_every=2", "eval.n=8", "eval.budget_n=8", "eval.budget_points=[0.5,1.0]",
                            *(["algorithm.teacher.sync_every=2"] if algorithm == "rlsd" else []), *extra)
     args.append("--stop-early")  # responses end at different steps on different ranks
     if ranks == 1:

@@ -307,7 +307,7 @@ def test_resumed_run_evaluates_as_the_uninterrupted_one(tmp_path, tiny_dir):
     from rlsd_harness.training.run import run
 
     common = ["train.eval_every=2", "train.save_every=2", "eval.n=4", "eval.budget_n=6", "eval.max_new_tokens=6",
-              "eval.k=2", "train.budget.kind=steps", "train.budget.value=4"]
+              "eval.k=2", "train.budget.kind=steps", "train.budget.value=4", "eval.budget_points=[0.5,1.0]"]
     run(compose_config(small_overrides(tmp_path, *common, "train.steps=4", "run.name=straight")), log=lambda m: None)
     run(compose_config(small_overrides(tmp_path, *common, "train.steps=2", "run.name=split")), log=lambda m: None)
     run(compose_config(small_overrides(tmp_path, *common, "train.steps=4", "run.name=split", "run.resume=true")),
