@@ -401,16 +401,17 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
             "base": base, "tuning": bool(grid), "tuning_from": str(tuning_from) if reused else None,
             "rerun_of": str(previous) if previous else None,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    write_json(meta, target / "meta.json")
-    rlsd_runs = sorted(p for p in runs_dir.glob("rlsd-s*") if (p / "final" / "config.json").exists())
-    if rlsd_runs and not (target / "credit_rlsd.png").exists():
-        from rlsd_harness.analysis.credit import draw, token_weights
+    # The report first, meta.json marked finished last: a study whose meta.json says finished is never written
+    # again (output_folder), so a kill anywhere in here must leave it unmarked, for the rerun to complete.
+    if not (target / "credit_rlsd.png").exists():
+        from rlsd_harness.analysis.credit import study_credit
 
-        picks_w = token_weights(rlsd_runs[0])
-        write_json(picks_w, target / "credit_rlsd.json")
-        if picks_w:  # none when no response of the probe batch was rewarded
-            draw(picks_w, target / "credit_rlsd.png")
+        said = study_credit(target)
+        if said:
+            log(said)
     if previous is not None:
         write_comparison(target, previous, exp)
     write_report(target, exp, meta)
+    kill_point("report")
+    write_json(meta, target / "meta.json")
     return target

@@ -2,11 +2,14 @@
 token coloured by its evidence weight w_t = exp(sign(A) * (log P_T(y_t) - log P_S(y_t))), clipped to
 [1 - eps_w, 1 + eps_w] as the objective uses it. Above 1 (red): more credit (A > 0) or more blame (A < 0).
 
-`rlsd-credit <run folder> [out.png]` — the run must be an RLSD run with a final policy.
+`rlsd-credit run=<a finished RLSD run with its final/ weights>` draws it from the policy; `rlsd-credit
+study=<a comparison folder>` redraws the study's recorded picture (credit_rlsd.json) when its runs keep no
+weights, as a committed study's do. `study_credit` is the comparison's (and rlsd-report's) step.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -19,9 +22,50 @@ from rlsd_harness.data import build_data
 from rlsd_harness.models import load_model, load_processor
 from rlsd_harness.rollout.hf import HFRolloutEngine, SamplingParams, encode_prompts, sample_seed
 from rlsd_harness.training import checkpoint
+from rlsd_harness.training.durable import atomic_path, atomic_write_text
 from rlsd_harness.training.teacher import reference_contexts
 from rlsd_harness.training.trainer import forward_head
 from rlsd_harness.verifier import build_verifier
+
+PICTURE, RECORD = "credit_rlsd.png", "credit_rlsd.json"
+
+
+def has_weights(run_dir: Path) -> bool:
+    """A run whose final policy is on disk (a packed, committed run keeps its records, not its weights)."""
+    final = Path(run_dir) / "final"
+    return (final / "config.json").is_file() and any(final.glob("*.safetensors"))
+
+
+def eps_w_of(run_dir: Path) -> float:
+    """The w clip of an RLSD run's config (the colour scale's range)."""
+    return float(OmegaConf.load(Path(run_dir) / "config.yaml").algorithm.params.eps_w)
+
+
+def study_credit(folder: Path) -> str | None:
+    """Write a comparison's credit picture, `<folder>/credit_rlsd.json` and `.png`, and say how in one line
+    (None for a study without RLSD runs). From the first RLSD run whose final weights exist; where no run keeps
+    its weights (a committed study), the png is redrawn from the recorded credit_rlsd.json; with neither, the
+    line says what is missing and nothing is written. The json goes first, the png last, each complete or
+    absent (a kill in between leaves the json, which the next call redraws from)."""
+    folder = Path(folder)
+    runs = sorted(p for p in (folder / "runs").glob("rlsd-s*") if (p / "config.yaml").is_file())
+    if not runs:
+        return None
+    weighted = [p for p in runs if has_weights(p)]
+    if weighted:
+        picks = token_weights(weighted[0])
+        atomic_write_text(folder / RECORD, json.dumps(picks, indent=1) + "\n")
+        source = f"drawn from {weighted[0].name}'s final policy"
+    elif (folder / RECORD).is_file():
+        picks = json.loads((folder / RECORD).read_text())
+        source = f"redrawn from the recorded {RECORD} (the runs keep no weights)"
+    else:
+        return (f"no credit picture: no RLSD run in {folder / 'runs'} keeps its final weights (final/*.safetensors) "
+                f"and there is no {folder / RECORD} to redraw from")
+    if not picks:  # none when no response of the probe batch was rewarded
+        return f"no credit picture: no rollout of the probe batch had a non-zero advantage ({source})"
+    draw(picks, folder / PICTURE, eps_w_of(weighted[0] if weighted else runs[0]))
+    return f"credit picture {folder / PICTURE}: {source}"
 
 
 @torch.no_grad()
@@ -82,5 +126,6 @@ def draw(picks: list[dict], out: Path, eps_w: float = 0.2) -> None:
                 x, y = 0.0, y - 0.4
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=axes[:, 0].tolist(), orientation="horizontal", fraction=0.05, pad=0.02, label="clipped w_t")
-    fig.savefig(out, dpi=120, bbox_inches="tight")
+    with atomic_path(out) as tmp:  # complete or absent: a study's rerun redraws a missing picture
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)

@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> None:
             write_comparison(folder, old, exp)
         if tuned_here:
             write_tuning(folder, exp, grid, table, picks, base=json.loads((folder / "picks.json").read_text()).get("base"))
+        from rlsd_harness.analysis.credit import study_credit
+
+        said = study_credit(folder)  # RLSD's credit picture: from the runs' weights, else the recorded json
+        if said:
+            print(said)
         write_report(folder, exp, meta)
         print(f"report in {folder}")
         if "pack" in own:

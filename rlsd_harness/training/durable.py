@@ -26,7 +26,7 @@ KILL_POINTS = {
     "prune": "inside retention's delete of an old checkpoint: renamed aside, its files not yet removed",
     "budget_policy": "inside a budget-point policy's write: its config.json is on disk, its weights are not",
     "matrix": "in the comparison matrix, after a run finished and before the next one starts",
-    "report": "inside the comparison's report, after its first table is written",
+    "report": "in the comparison's report: its tables and credit picture written, meta.json not yet marked finished",
 }
 _hits: dict[str, int] = {}
 
