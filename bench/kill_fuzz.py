@@ -6,7 +6,8 @@ teacher) it trains one uninterrupted reference run, then `kills` runs of the sam
 half at a random moment of the process's life (a delay past the run's end kills nothing; the table counts
 only real kills), half at each dangerous one in turn, named by HARNESS_KILL_AT
 (rlsd_harness/training/durable.py: inside a checkpoint's write, inside final/, inside a metrics line, between
-final/ and the completion marker). Each killed run is then continued the way a user would (run.resume=true
+final/ and the completion marker, inside retention's delete of an old checkpoint, inside a budget-point policy's
+write; every declared point but the matrix's own two, which `matrix=true` covers). Each killed run is then continued the way a user would (run.resume=true
 while it has a checkpoint, run.overwrite=true while it has none; a third of those continuations are killed
 again at random) until it is finished, and compared with the reference bit for bit: every metric but the
 wall-clock ones, the final weights, and the last checkpoint's weights, optimizer, teacher, RNG and counters
@@ -34,17 +35,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.warmup=null", "data.verifier=parity", "train.prompts_per_step=2", "train.group_size=4",
         "train.micro_batch_size=8", "rollout.max_new_tokens=8", "optim.lr=1e-3", "train.progress=false",
-        "train.save_every=2", "train.eval_every=3", "eval.n=4", "eval.max_new_tokens=8"]
+        "train.save_every=2", "train.eval_every=3", "eval.n=4", "eval.max_new_tokens=8",
+        # budget-point policies and retention (keep_last 2 of a checkpoint every 2 steps) are on, so that the
+        # "budget_policy" and "prune" kill points are reached
+        "train.save_budget_policies=true", "train.keep_last=2"]
 OBJECTIVES = {
     "grpo": ["algorithm=grpo", "train.steps=40", "train.budget.kind=flops"],  # the value: from a probe run
     "rlsd": ["algorithm=rlsd", "algorithm.teacher.sync_every=2", "train.steps=6"],
     "sdpo": ["algorithm=sdpo", "algorithm.lr=null", "train.steps=6"],
 }
-RUN_POINTS = ("checkpoint", "final", "metrics", "run_done")
-MATRIX_POINTS = ("checkpoint", "final", "metrics", "run_done", "matrix", "report")
+RUN_POINTS = ("checkpoint", "final", "metrics", "run_done", "prune", "budget_policy")
+MATRIX_POINTS = (*RUN_POINTS, "matrix", "report")
 MATRIX_ARGS = ["experiment=smoke", "model.warmup=null", "data.verifier=parity", "rollout.max_new_tokens=8",
                "train.prompts_per_step=2", "train.group_size=4", "train.micro_batch_size=8", "eval.n=4",
-               "train.steps=3", "train.save_every=1"]
+               "train.steps=3", "train.save_every=1", "train.save_budget_policies=true", "train.keep_last=2"]
 
 
 def child(argv: list[str]) -> None:
