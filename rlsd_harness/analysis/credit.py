@@ -41,30 +41,59 @@ def eps_w_of(run_dir: Path) -> float:
     return float(OmegaConf.load(Path(run_dir) / "config.yaml").algorithm.params.eps_w)
 
 
-def study_credit(folder: Path) -> str | None:
-    """Write a comparison's credit picture, `<folder>/credit_rlsd.json` and `.png`, and say how in one line
-    (None for a study without RLSD runs). From the first RLSD run whose final weights exist; where no run keeps
-    its weights (a committed study), the png is redrawn from the recorded credit_rlsd.json; with neither, the
-    line says what is missing and nothing is written. The json goes first, the png last, each complete or
-    absent (a kill in between leaves the json, which the next call redraws from)."""
+def run_picks(run_dir: Path) -> list[dict]:
+    """token_weights of one finished RLSD run, or a one-line error saying what it lacks."""
+    from rlsd_harness.config import ConfigError
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
+    algorithm = OmegaConf.load(run_dir / "config.yaml").algorithm.name
+    if algorithm != "rlsd":
+        raise ConfigError(f"{run_dir} is a {algorithm} run; the credit picture shows RLSD's evidence weights: give an "
+                          f"rlsd run")
+    if not has_weights(run_dir):
+        study = run_dir.parent.parent
+        hint = (f"; to redraw its study's recorded picture: rlsd-credit study={study}"
+                if (study / RECORD).is_file() else "")
+        raise FileNotFoundError(f"{run_dir} keeps no final weights (final/*.safetensors; a committed study's runs are "
+                                f"packed without them): the picture needs the trained policy{hint}")
+    return token_weights(run_dir)
+
+
+def study_picks(folder: Path) -> tuple[list[dict], float, str]:
+    """(picks, eps_w, where they come from) of a comparison folder: from the first RLSD run whose final weights
+    exist, else the recorded credit_rlsd.json (a committed study keeps no weights); a one-line error with
+    neither."""
     folder = Path(folder)
     runs = sorted(p for p in (folder / "runs").glob("rlsd-s*") if (p / "config.yaml").is_file())
-    if not runs:
-        return None
     weighted = [p for p in runs if has_weights(p)]
     if weighted:
-        picks = token_weights(weighted[0])
+        return token_weights(weighted[0]), eps_w_of(weighted[0]), f"drawn from {weighted[0].name}'s final policy"
+    if runs and (folder / RECORD).is_file():
+        return (json.loads((folder / RECORD).read_text()), eps_w_of(runs[0]),
+                f"redrawn from the recorded {RECORD} (the runs keep no weights)")
+    raise FileNotFoundError(f"no credit picture: no RLSD run in {folder / 'runs'} keeps its final weights "
+                            f"(final/*.safetensors) and there is no {folder / RECORD} to redraw from")
+
+
+def study_credit(folder: Path) -> str | None:
+    """Write a comparison's credit picture, `<folder>/credit_rlsd.json` and `.png` (study_picks), and say how
+    in one line (None for a study without RLSD runs; with neither weights nor a record, the line says what is
+    missing and nothing is written). The json goes first, the png last, each complete or absent (a kill in
+    between leaves the json, which the next call redraws from)."""
+    folder = Path(folder)
+    if not any((folder / "runs").glob("rlsd-s*/config.yaml")):
+        return None
+    try:
+        picks, eps_w, source = study_picks(folder)
+    except FileNotFoundError as e:
+        return str(e)
+    if source.startswith("drawn"):
         atomic_write_text(folder / RECORD, json.dumps(picks, indent=1) + "\n")
-        source = f"drawn from {weighted[0].name}'s final policy"
-    elif (folder / RECORD).is_file():
-        picks = json.loads((folder / RECORD).read_text())
-        source = f"redrawn from the recorded {RECORD} (the runs keep no weights)"
-    else:
-        return (f"no credit picture: no RLSD run in {folder / 'runs'} keeps its final weights (final/*.safetensors) "
-                f"and there is no {folder / RECORD} to redraw from")
     if not picks:  # none when no response of the probe batch was rewarded
         return f"no credit picture: no rollout of the probe batch had a non-zero advantage ({source})"
-    draw(picks, folder / PICTURE, eps_w_of(weighted[0] if weighted else runs[0]))
+    draw(picks, folder / PICTURE, eps_w)
     return f"credit picture {folder / PICTURE}: {source}"
 
 

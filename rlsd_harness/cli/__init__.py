@@ -25,6 +25,30 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return USER_ERRORS + ((extra,) if isinstance(extra, type) and not issubclass(extra, USER_ERRORS) else ())
 
 
+# Each command's examples, shown at the end of its --help, as (command line, what it does, cost). All of them run
+# in tests/test_help_examples.py from a scratch folder holding a copy of results/embedded: the "fast" ones in the
+# default suite, the "slow" ones (they train, warm up or evaluate a model) with `make test-slow`, in this order
+# (rlsd-credit's second example reads the run rlsd-train's first one trains).
+EXAMPLES: dict[str, list[tuple[str, str, str]]] = {
+    "rlsd-train": [("rlsd-train algorithm=rlsd train.steps=2 run.name=try-rlsd",
+                    "two RLSD steps from the shipped base policy, into results/runs/try-rlsd/", "slow")],
+    "rlsd-compare": [("rlsd-compare experiment=embedded dry_run=true",
+                      "check every run of `make demo`'s comparison and print its plan; trains nothing", "fast"),
+                     ("rlsd-compare experiment=smoke out=try-smoke",
+                      "the smoke comparison (GRPO and RLSD, 2 seeds, 3 steps): tables and plots in try-smoke/", "slow")],
+    "rlsd-evaluate": [("rlsd-evaluate checkpoint=rlsd_harness/bases/qwen2_5_vl_tiny_warmup200_level1 "
+                       "benchmarks=[embedded] limit=8",
+                       "score the studies' shipped base policy on 8 embedded test items", "slow")],
+    "rlsd-report": [("rlsd-report folder=results/embedded",
+                     "rebuild the committed demo study's tables, plots, README and RLSD credit picture", "fast")],
+    "rlsd-warmup": [("rlsd-warmup", "the default config's shipped base policy and its held-out pass@1", "slow")],
+    "rlsd-credit": [("rlsd-credit study=results/embedded out=credit.png",
+                     "redraw the committed demo study's credit picture (its runs keep no weights)", "fast"),
+                    ("rlsd-credit run=results/runs/try-rlsd",
+                     "draw it from a run trained here (rlsd-train's example), into that run's credit.png", "slow")],
+}
+
+
 def help_text(prog: str, summary: str, own: dict[str, str], takes_overrides: bool = True) -> str:
     lines = [f"usage: {prog} {' '.join(f'[{k}=...]' for k in own)}{' [config overrides ...]' if takes_overrides else ''}",
              "", summary.strip(), ""]
@@ -37,6 +61,10 @@ def help_text(prog: str, summary: str, own: dict[str, str], takes_overrides: boo
         groups = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and not p.name.startswith("_"))
         lines += [f"  {g}={{{','.join(group_choices(g))}}}" for g in groups]
         lines.append("  and any key of the composed config, e.g. train.steps=50 seed=1 (see docs/config.md)")
+    if EXAMPLES.get(prog):
+        lines += [*([""] if lines[-1] else []), "examples (from the repository root):"]
+        for command, what, _ in EXAMPLES[prog]:
+            lines += [f"  {command}", f"      {what}"]
     return "\n".join(lines)
 
 
