@@ -14,7 +14,8 @@ meta.json names the source.
 
 Runs land in <out>/runs/<method>-s<seed>/. Finished runs are not rerun; an interrupted run resumes from its
 last checkpoint; a run that fails is recorded (failed.json) and counted as failed in the tables. The report
-(tables, plots, README) is rebuilt from the run folders at the end (analysis/report.py).
+(tables, plots, README, RLSD's credit picture) is rebuilt from the run folders at the end (analysis/report.py),
+and only then is meta.json marked finished: a study killed while reporting is completed by a plain rerun.
 
 With `workers` > 1 the runs of each phase (tuning, then the test matrix) train `workers` at a time, each
 in its own process with torch limited to cores // workers threads: the tiny model's matmuls do not use two

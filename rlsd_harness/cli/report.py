@@ -1,5 +1,5 @@
-"""`rlsd-report folder=results/embedded`: rebuild a comparison's tables, plots and README from its run folders
-(nothing is trained), and its tuning.md / tuning.csv / picks.json from tuning/runs/ where the folder holds its
+"""`rlsd-report folder=results/embedded`: rebuild a comparison's tables, plots, README and RLSD's credit picture
+(from an RLSD run's final weights, else redrawn from credit_rlsd.json) from its run folders (nothing is trained), and its tuning.md / tuning.csv / picks.json from tuning/runs/ where the folder holds its
 own tuning runs (a committed study does not: its tuning runs are not kept); picks that would change are
 refused, since the test runs were trained at the recorded ones. `compare_with=<an earlier folder of the same
 experiment>` also writes compare_with.md / .csv: per method and budget point both studies' means, the
