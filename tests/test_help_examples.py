@@ -70,8 +70,8 @@ def run_examples(cost: str, scratch: Path, capsys) -> list[str]:
                 entry(prog)(argv)
             except SystemExit as e:
                 assert e.code in (0, None), f"{command} exited {e.code}: {capsys.readouterr().err[-2000:]}"
-            out = capsys.readouterr().out
-            assert out.strip(), f"{command} printed nothing"
+            said = capsys.readouterr()
+            assert (said.out + said.err).strip(), f"{command} printed nothing"  # rlsd-train logs to stderr
             ran.append(command)
     return ran
 
@@ -87,6 +87,8 @@ def test_the_fast_examples_run(scratch, capsys):
 def test_the_slow_examples_run(scratch, capsys):
     ran = run_examples("slow", scratch, capsys)
     assert ran and (scratch / "results" / "runs" / "try-rlsd" / "credit.png").stat().st_size > 0
+    assert "failed" not in (scratch / "try-smoke" / "table.md").read_text()
+    assert not (ROOT / "try-smoke").exists()  # a relative out= is the cwd's, runs included
 
 
 def test_rlsd_credit_on_a_committed_run_says_what_it_needs(scratch, capsys):

@@ -120,7 +120,8 @@ def output_folder(name: str, out: str | Path | None) -> tuple[Path, Path | None]
     """Where this invocation writes, and the finished study it is a rerun of (None if it is not one)."""
     default = REPO / "results" / name
     if out is not None:
-        target = Path(out)
+        # absolute: the runs' run.dir would otherwise resolve against the repository, the report against the cwd
+        target = Path(out).absolute()
         if finished_study(target):
             raise ConfigError(f"out={target} holds a finished study (meta.json finished); results are never "
                               f"overwritten: give a new out= folder, or leave out= unset for a fresh "
