@@ -301,17 +301,14 @@ def test_a_rerun_writes_a_fresh_folder_and_leaves_the_finished_one_untouched(off
         compare.compare(exp_file, out=first)
 
 
-def test_tuning_runs_with_eval_every_0_still_evaluate_their_budget_points(offline, tmp_path):
-    """train.eval_every=0 stops routine evaluations only: the tuning's validation records at the budget points,
-    which the picks read, are still written (it was refused while it turned those off too)."""
+def test_tuning_runs_that_would_evaluate_nothing_are_refused_before_any_compute(offline, tmp_path):
     fake, _ = offline
     silent = tmp_path / "silent.yaml"
     silent.write_text(EXPERIMENT.replace("overrides: [train.budget.value=2e11]",
                                          "overrides: [train.budget.value=2e11, train.eval_every=0]"))
-    compare.compare(str(silent), tuning_only=True)
-    tuning = [c for c in fake.configs if c.eval.get("budget_split") == "validation"]
-    assert tuning and all(c.train.eval_every == 0 and list(c.eval.budget_points) for c in tuning)
-    assert (tmp_path / "results" / "silent" / "picks.json").exists()
+    with pytest.raises(ConfigError, match="tuning runs would write no validation records"):
+        compare.compare(str(silent))
+    assert fake.configs == [] and not (tmp_path / "results" / "silent").exists()
     dry = compare.compare("reference", dry=True)  # the committed reference study's tuning runs do evaluate
     assert "tuning first: 5 methods x 4 grid points x 2 seeds" in dry
 

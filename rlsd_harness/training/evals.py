@@ -13,8 +13,7 @@ Two kinds, both with the decoding of `eval` (k samples, optionally a greedy resp
 The step-0 line evaluates the base policy at both sizes. Each of `train.eval_benchmarks` (the benchmark
 runner's suites, with their own prompts, scorers, `eval.sources` and `eval.benchmark_max_new_tokens`) is
 evaluated beside the held-out split, `eval.n` items at routine steps and `eval.budget_n` at budget points.
-`train.eval_every: 0` turns the routine evaluations off; the budget points still run (a study's tables read
-them), and `eval.budget_points: []` turns those off.
+`train.eval_every: 0` turns all held-out evaluation off.
 
 Each evaluation writes evals/<name>-step<rollout_step:06d>.jsonl (one line per item: id, correct = k 0/1
 verdicts, greedy = 0/1 or null) and adds eval/<name>/{mean@k, pass@1, pass@<k>, n, k, file, budget_point}
@@ -123,7 +122,7 @@ class RunEvaluator:
         self.sources: dict[str, _Source] = {}
         if not self.enabled:
             return
-        asked = [(self.split, self.n, "eval.split")] if self.every > 0 else []
+        asked = [(self.split, self.n, "eval.split")]
         if self.fractions:
             asked.append((self.budget_split, self.budget_n, "eval.budget_split"))
         sizes: dict[str, tuple[int, str]] = {}
@@ -133,23 +132,14 @@ class RunEvaluator:
             if split not in heldout.SPLITS:
                 raise ConfigError(f"unknown {key} {split!r}; valid: {', '.join(heldout.SPLITS)} (or null for none)")
             sizes[split] = (max(n, sizes.get(split, (0, key))[0]), key)
-        keep_policies = bool(cfg.train.get("save_budget_policies", False))
         for split, (n, key) in sizes.items():
-            if key == "eval.budget_split" and keep_policies and getattr(data, "test", True) is None:
-                # data=local without held-out rows (the paper preset): the budget points keep their policies for
-                # `rlsd-evaluate study=`, which scores them on the benchmarks as a job of its own
-                continue
             items = heldout.heldout_items(data, split, n, key)
             self.sources[split] = _Source(items, [str(it.id) for it in items], heldout.verifier_scorer(verifier),
                                           None, int(ecfg.max_new_tokens), DATA_BATCH, None)
         self._add_benchmarks()
-        if not self.sources and keep_policies:
-            self.every, self.fractions = 0, []  # nothing held out to score: the run only keeps its policies
-            return
         if not self.sources:
-            raise ConfigError("held-out evaluation is on (train.eval_every > 0 or eval.budget_points) but there is "
-                              "nothing to evaluate: eval.split and eval.budget_split are null and train.eval_benchmarks "
-                              "is empty (set train.eval_every=0 eval.budget_points=[] to evaluate nothing)")
+            raise ConfigError("train.eval_every > 0 but nothing to evaluate: eval.split and eval.budget_split are null "
+                              "and train.eval_benchmarks is empty (set train.eval_every=0 to evaluate nothing)")
 
     def place(self, run_dir: Path, rank: int, world: int) -> None:
         """Where records go and which shard this process evaluates."""
@@ -157,8 +147,7 @@ class RunEvaluator:
 
     @property
     def enabled(self) -> bool:
-        """Routine evaluations (train.eval_every > 0) or budget points (eval.budget_points) to run."""
-        return self.every > 0 or bool(self.fractions)
+        return self.every > 0
 
     def _add_benchmarks(self) -> None:
         if not self.benchmarks:
@@ -187,7 +176,7 @@ class RunEvaluator:
         the same arguments (see `step_targets`)."""
         if not self.enabled:
             return []
-        routine = self.every > 0 and (rollout_step == 0 or rollout_step % self.every == 0 or last)
+        routine = rollout_step == 0 or rollout_step % self.every == 0 or last
         point = 0.0 if rollout_step == 0 and self.fractions else budget_point_due(progress, self.fractions, self.done, last)
         if rollout_step > 0 and point is not None:
             self.done.update(f for f in self.fractions if progress >= f - 1e-9)
