@@ -218,7 +218,7 @@ def test_runner_args_are_split_from_config_overrides():
     args, overrides = evaluate.parse_args(["checkpoint=/m", "benchmarks=[mmmu, wemath]", "limit=3", "overwrite=true",
                                            "eval.decoding=paper", "eval.sources.mmmu=/data/mmmu"])
     assert args == {"checkpoint": "/m", "study": None, "benchmarks": ["mmmu", "wemath"], "limit": 3, "out": None,
-                    "overwrite": True, "allow_missing_images": False}
+                    "overwrite": True, "allow_missing_images": False, "compare_with": None}
     assert evaluate.parse_args(["study=/s"])[0]["study"] == "/s"
     with pytest.raises(ConfigError, match="out= is for checkpoint="):
         evaluate.parse_args(["study=/s", "out=/o"])
