@@ -61,13 +61,19 @@ def run_picks(run_dir: Path) -> list[dict]:
     return token_weights(run_dir)
 
 
+def _trained_rlsd(run_dir: Path) -> bool:
+    """The run's resolved config is an RLSD training run's (a folder of another shape has nothing to draw)."""
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    return OmegaConf.select(cfg, "algorithm.name", default=None) == "rlsd"
+
+
 def study_picks(folder: Path) -> tuple[list[dict], float, str]:
     """(picks, eps_w, where they come from) of a comparison folder: from the first RLSD run whose final weights
     exist, else the recorded credit_rlsd.json (a committed study keeps no weights); a one-line error with
     neither."""
     folder = Path(folder)
     runs = sorted(p for p in (folder / "runs").glob("rlsd-s*") if (p / "config.yaml").is_file())
-    weighted = [p for p in runs if has_weights(p)]
+    weighted = [p for p in runs if has_weights(p) and _trained_rlsd(p)]
     if weighted:
         return token_weights(weighted[0]), eps_w_of(weighted[0]), f"drawn from {weighted[0].name}'s final policy"
     if runs and (folder / RECORD).is_file():
