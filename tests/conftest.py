@@ -46,6 +46,19 @@ def tiny(tiny_dir):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def keep_the_process_group():
+    """Commands called in-process (`rlsd-train`'s main, `compare`) end with dist.shutdown(), which destroys the
+    one-rank process group every later in-process run of the session shares (DeepSpeed keeps the group object,
+    so later runs fail with "Group ... is not registered"). Subprocesses shut down as usual."""
+    from rlsd_harness import dist
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(dist, "shutdown", lambda: None)
+    yield
+    patch.undo()
+
+
+@pytest.fixture(scope="session", autouse=True)
 def parity_verifier():
     """A test-only verifier with mixed rewards even for an untrained model, so advantages are non-zero."""
     from rlsd_harness import verifier
