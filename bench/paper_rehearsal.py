@@ -166,13 +166,14 @@ def run(cmd: list[str], log, timeout: int = 900) -> float:
 
 
 def rehearse(assets: Assets, methods: list[str], seeds: list[int], benchmarks: list[str] | None = None,
-             limit: int | None = 8, multinode_for: str | None = None, log=print) -> dict[str, float]:
+             limit: int | None = 8, multinode_for: str | None = None, log=print, train: bool = True) -> dict[str, float]:
     """Run the README's blocks in order: train every (method, seed) (the several-nodes form for the runs of
-    `multinode_for`), evaluate the study, write the table. Returns the seconds per block."""
+    `multinode_for`; `train=False` goes on from a study whose runs are trained), evaluate the study, write the
+    table. Returns the seconds per block."""
     blocks = readme_blocks()
     seconds: dict[str, float] = {}
     port = 29611
-    for method in methods:
+    for method in methods if train else []:
         for seed in seeds:
             name = "train-multinode" if method == multinode_for else "train"
             (words,) = blocks[name]
@@ -193,14 +194,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--benchmarks", nargs="+", default=["mathvision", "wemath"])
     p.add_argument("--limit", type=int, default=40)
     p.add_argument("--sources", choices=("real", "fixtures"), default="real")
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="go on from --out's trained runs (an interrupted rehearsal): evaluate and write the table")
     args = p.parse_args(argv)
     out = (REPO / args.out).resolve()
-    if out.exists():
+    if out.exists() and not args.evaluate_only:
         raise SystemExit(f"{out} exists: results are never overwritten; choose another --out or move it aside")
+    if args.evaluate_only and not (out / "runs").is_dir():
+        raise SystemExit(f"--evaluate-only needs the trained runs of {out}/runs")
     work = REPO / ".cache" / "paper-rehearsal-assets"
     assets = make_assets(work, args.sources, study=out)
     seconds = rehearse(assets, args.methods, args.seeds, args.benchmarks, args.limit,
-                       multinode_for=None)
+                       multinode_for=None, train=not args.evaluate_only)
     cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | head -1"], capture_output=True, text=True).stdout
     (out / "rehearsal.json").write_text(json.dumps({
         "seconds": seconds, "methods": args.methods, "seeds": args.seeds, "benchmarks": args.benchmarks,

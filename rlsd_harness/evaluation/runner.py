@@ -667,6 +667,9 @@ def run_benchmarks(checkpoint: str | Path, names: list[str], cfg: Any, out: str 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     judge_slot: list[Callable[[str], str]] = []
     judge = (lambda text: judge_slot[0](text)) if cfg.eval.mathvista_judge == "self" else None
+    import torch
+
+    owns_group = not torch.distributed.is_initialized()  # a caller's group (rlsd-evaluate study=) outlives this call
     rank, world = _process_group()
     # Every rank reads the same arguments and data; the weights, the one costly check, are read by rank 0 alone.
     try:
@@ -732,7 +735,7 @@ def run_benchmarks(checkpoint: str | Path, names: list[str], cfg: Any, out: str 
     finally:
         if model is not None:
             model.train(was_training)
-    if world > 1:
+    if world > 1 and owns_group:
         from rlsd_harness.dist import shutdown
 
         shutdown()

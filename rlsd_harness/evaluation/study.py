@@ -79,12 +79,20 @@ def evaluate_study(study: str | Path, names: list[str], cfg: Any, limit: int | N
     import os
     import sys
 
-    from rlsd_harness.evaluation.runner import run_benchmarks
+    from rlsd_harness.dist import shutdown
+    from rlsd_harness.evaluation.runner import _process_group, run_benchmarks
 
     first = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"  # one progress line per policy
     log = log or (lambda msg: print(msg, file=sys.stderr) if first else None)
     policies = budget_policies(Path(study))
-    for n, bp in enumerate(policies, 1):
-        log(f"[{n}/{len(policies)}] {bp.run.name} at budget {bp.fraction}: {bp.policy} -> {bp.out}")
-        run_benchmarks(bp.policy, names, cfg, bp.out, limit, overwrite, allow_missing_images=allow_missing_images)
+    # One process group for the whole pass: tearing it down and rebuilding it on the launcher's rendezvous after
+    # every policy (what a single run_benchmarks call does) cost minutes per policy on CPU.
+    _, world = _process_group()
+    try:
+        for n, bp in enumerate(policies, 1):
+            log(f"[{n}/{len(policies)}] {bp.run.name} at budget {bp.fraction}: {bp.policy} -> {bp.out}")
+            run_benchmarks(bp.policy, names, cfg, bp.out, limit, overwrite, allow_missing_images=allow_missing_images)
+    finally:
+        if world > 1:
+            shutdown()
     return policies
