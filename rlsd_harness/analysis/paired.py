@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from rlsd_harness.analysis import stats
-from rlsd_harness.benchmarks import metadata
+from rlsd_harness.evaluation.runner import unit_scores as record_unit_scores
 
 DECODING_KEYS = ("decoding", "sampling")  # config.json keys that define how responses were drawn
 OUTPUTS = ("compare.md", "compare.csv")
@@ -53,16 +53,11 @@ def complete_benchmarks(folder: Path) -> dict[str, dict]:
 
 def unit_scores(folder: Path, key: str, name: str) -> tuple[dict[str, float], int]:
     """{unit: score} of benchmark `name` (results key `key`) in `folder`, and k (samples per item)."""
-    by_item: dict[str, dict[int, bool]] = {}
-    for line in (folder / f"{key}.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            r = json.loads(line)
-            by_item.setdefault(str(r["id"]), {})[int(r["sample"])] = bool(r["correct"])
-    ks = {len(v) for v in by_item.values()}
+    path = folder / f"{key}.jsonl"
+    scores, ks = record_unit_scores(path, name)
     if len(ks) != 1:
-        raise PairingError(f"{folder / (key + '.jsonl')}: items have different sample counts {sorted(ks)}")
-    flags = [[f[j] for j in sorted(f)] for f in by_item.values()]
-    return metadata(name).unit_scores(list(by_item), flags), ks.pop()
+        raise PairingError(f"{path}: items have different sample counts {sorted(ks)}")
+    return scores, ks.pop()
 
 
 def check_pair(a: Path, b: Path) -> list[str]:

@@ -20,7 +20,6 @@ setting (`PAPER_SETTING`); otherwise the output says which keys differ.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,8 +29,9 @@ import numpy as np
 import pandas as pd
 
 from rlsd_harness.analysis import stats
-from rlsd_harness.benchmarks import EVAL_BENCHMARK_NAMES, metadata
+from rlsd_harness.benchmarks import EVAL_BENCHMARK_NAMES
 from rlsd_harness.config import ConfigError
+from rlsd_harness.evaluation.runner import unit_scores
 from rlsd_harness.evaluation.study import RESULTS, RUN_LABEL
 
 COLUMNS = {"mmmu": "MMMU", "mathvista": "MathVista", "mathvision": "MathVision", "zerobench": "ZeroBench",
@@ -61,16 +61,9 @@ class Cell:
 
 def _unit_scores(folder: Path, name: str) -> dict[str, float] | None:
     """{unit: score} of one benchmark's records in an evaluation folder, None when it was not evaluated."""
-    path = folder / f"{name}.jsonl"
     if not (folder / f"{name}.metrics.json").exists():  # written once every item is in: a partial file is not read
         return None
-    by_item: dict[str, dict[int, bool]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            r = json.loads(line)
-            by_item.setdefault(str(r["id"]), {})[int(r["sample"])] = bool(r["correct"])
-    ids = list(by_item)
-    return metadata(name).unit_scores(ids, [[f[j] for j in sorted(f)] for f in by_item.values()])
+    return unit_scores(folder / f"{name}.jsonl", name)[0]
 
 
 def load_scores(study: Path) -> dict[tuple[str, str, str], dict[int, dict[str, float]]]:

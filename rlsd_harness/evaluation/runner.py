@@ -307,6 +307,14 @@ def read_records(path: Path) -> dict[str, list[dict]]:
     return {k: sorted(v, key=lambda r: r["sample"]) for k, v in out.items()}
 
 
+def unit_scores(path: Path, name: str) -> tuple[dict[str, float], set[int]]:
+    """{unit: score} of benchmark `name`'s records in `path` (its `Metadata.unit_scores`: whose mean is the
+    headline's mean@k), and the sample counts its items have (one value when every item has its k)."""
+    records = read_records(path)
+    flags = [[bool(r["correct"]) for r in recs] for recs in records.values()]
+    return metadata(name).unit_scores(list(records), flags), {len(f) for f in flags}
+
+
 # ----------------------------------------------------------------------------- generation and scoring
 
 
