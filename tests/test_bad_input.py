@@ -30,15 +30,6 @@ BASE = ["model.warmup=null", "train.steps=1", "train.prompts_per_step=2", "train
         "rollout.max_new_tokens=4"]
 
 
-@pytest.fixture(autouse=True)
-def keep_process_group(monkeypatch):
-    """A command that does train (a case the checks let through) must not tear down the process group the
-    next case in this process would need."""
-    from rlsd_harness import dist
-
-    monkeypatch.setattr(dist, "shutdown", lambda: None)
-
-
 def train_refuses(tmp_path: Path, capsys, *args: str) -> str:
     """Run rlsd-train; assert exit status 2, one short message, and nothing written under tmp_path/runs."""
     runs = tmp_path / "runs"

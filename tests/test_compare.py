@@ -7,18 +7,12 @@ import re
 import pandas as pd
 import pytest
 
-from rlsd_harness import dist
 from rlsd_harness.analysis import compare
 from rlsd_harness.cli.compare import main as compare_main
 from rlsd_harness.config import arms
 
 
-@pytest.fixture
-def no_shutdown(monkeypatch):
-    monkeypatch.setattr(dist, "shutdown", lambda: None)  # the test process keeps its process group
-
-
-def test_interrupted_matrix_resumes_without_redoing_finished_runs(tmp_path, tiny_dir, no_shutdown, monkeypatch):
+def test_interrupted_matrix_resumes_without_redoing_finished_runs(tmp_path, tiny_dir, monkeypatch):
     args = ["experiment=smoke", f"out={tmp_path / 'smoke'}", "model.warmup=null", "data.verifier=parity",
             "rollout.max_new_tokens=8", "train.prompts_per_step=2", "train.group_size=4", "train.micro_batch_size=8",
             "eval.n=8", "train.steps=2", "train.save_every=1"]
@@ -79,7 +73,7 @@ def test_unknown_experiment_lists_the_valid_ones(capsys):
 
 
 @pytest.mark.slow
-def test_matrix_recovers_from_kills_at_its_dangerous_moments(tmp_path, tiny_dir, no_shutdown, monkeypatch):
+def test_matrix_recovers_from_kills_at_its_dangerous_moments(tmp_path, tiny_dir, monkeypatch):
     """Run folders as kills leave them: one killed while writing its first checkpoint (a .tmp folder), one
     killed inside final/ (its config.json without the weights). A rerun of the matrix finishes both."""
     import shutil
@@ -117,7 +111,7 @@ def test_matrix_recovers_from_kills_at_its_dangerous_moments(tmp_path, tiny_dir,
 
 
 def test_parallel_workers_train_the_same_runs_as_one_process_at_the_same_thread_count(tmp_path, tiny_dir,
-                                                                                        no_shutdown, monkeypatch):
+                                                                                        monkeypatch):
     import torch
 
     # an empty cache, as on a fresh machine: the base is built once, before the workers start (two workers

@@ -81,10 +81,8 @@ def test_the_processor_refuses_what_the_check_refuses_and_takes_the_rest():
 
 
 def test_rlsd_train_refuses_before_writing_anything(tmp_path, capsys, monkeypatch):
-    from rlsd_harness import dist
     from rlsd_harness.cli import train as train_cli
 
-    monkeypatch.setattr(dist, "shutdown", lambda: None)  # the session's process group stays for later tests
     path = _rows(tmp_path / "data", [(32, 32), (4000, 3)])
     runs = tmp_path / "runs"
     with pytest.raises(SystemExit) as exit_info:

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from rlsd_harness import dist
 from rlsd_harness.analysis import compare, credit
 from rlsd_harness.cli import report as report_cli
 from tests.study_fixtures import write_run
@@ -50,7 +49,6 @@ def fake_run(cfg, log=None, **_):
 @pytest.fixture
 def offline(monkeypatch, tmp_path, tiny_dir):
     monkeypatch.setattr(compare, "run", fake_run)
-    monkeypatch.setattr(dist, "shutdown", lambda: None)
     drawn_from: list[Path] = []
     monkeypatch.setattr(credit, "token_weights", lambda run_dir: drawn_from.append(run_dir) or PICKS)
     monkeypatch.setattr(compare, "REPO", tmp_path)

@@ -51,9 +51,7 @@ def scratch(tmp_path, monkeypatch):
     shutil.copytree(ROOT / "results" / "embedded", tmp_path / "results" / "embedded")
     (tmp_path / "rlsd_harness").symlink_to(ROOT / "rlsd_harness")
     monkeypatch.chdir(tmp_path)
-    from rlsd_harness import dist
 
-    monkeypatch.setattr(dist, "shutdown", lambda: None)  # the session's process group stays for later tests
     return tmp_path
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlsd_harness import dist
 from rlsd_harness.config import ConfigError, compose_config
 from rlsd_harness.training import checkpoint
 from rlsd_harness.training import run as run_module
@@ -171,17 +170,12 @@ def test_run_states_come_from_completion_markers(tmp_path):
     assert run_module.run_state(d) == "finished"
 
 
-@pytest.fixture
-def no_shutdown(monkeypatch):
-    monkeypatch.setattr(dist, "shutdown", lambda: None)  # the test process keeps its process group
-
-
 class SignalEscaped(Exception):
     pass
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_finishes_the_step_saves_and_prints_the_resume_command(tmp_path, straight, no_shutdown, monkeypatch,
+def test_a_signal_finishes_the_step_saves_and_prints_the_resume_command(tmp_path, straight, monkeypatch,
                                                                         capsys, sig):
     from rlsd_harness.cli.train import main
 

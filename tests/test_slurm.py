@@ -124,7 +124,6 @@ def test_a_study_on_slurm_survives_a_requeue_and_matches_the_local_one(slurm, tm
     from rlsd_harness.cli.compare import main as compare_main
     from tests import slurm_helpers
 
-    monkeypatch.setattr(dist, "shutdown", lambda: None)  # the test process keeps its process group
     # the jobs' processes register the test-only parity verifier too (mixed rewards: a table worth comparing)
     monkeypatch.setattr(compare, "_train", slurm_helpers.train_with_parity)
     args = ["experiment=smoke", "model.warmup=null", "data.verifier=parity", "rollout.max_new_tokens=8",

@@ -19,9 +19,7 @@ BASE = ["model.warmup=null", "train.steps=1", "train.prompts_per_step=2", "train
 
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
 def test_missing_tracker_package_is_refused_before_the_run_folder(tmp_path, capsys, monkeypatch):
-    from rlsd_harness import dist
 
-    monkeypatch.setattr(dist, "shutdown", lambda: None)
     runs = tmp_path / "runs"
     with pytest.raises(SystemExit) as exit_info:
         train_cli.main([*BASE, f"run.dir={runs}", "run.trackers=[wandb]"])

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rlsd_harness import dist
 from rlsd_harness.analysis import compare, credit
 from rlsd_harness.config import ConfigError, load_experiment, tuning_grid
 from tests.study_fixtures import write_run
@@ -84,7 +83,6 @@ def offline(monkeypatch, tmp_path):
     """compare without training: the fake run, no process-group shutdown, no credit picture, results/ in tmp."""
     fake = FakeRun()
     monkeypatch.setattr(compare, "run", fake)
-    monkeypatch.setattr(dist, "shutdown", lambda: None)
     monkeypatch.setattr(credit, "token_weights", lambda run_dir: {})
     monkeypatch.setattr(credit, "draw", lambda picks, path: Path(path).write_bytes(b"png"))
     monkeypatch.setattr(compare, "REPO", tmp_path)

@@ -600,7 +600,7 @@ def launched_world(environ: Any = None) -> int:
     return int(env.get("SLURM_STEP_NUM_TASKS", 1))
 
 
-def _process_group() -> tuple[int, int]:
+def process_group() -> tuple[int, int]:
     """(rank, world size): a process group over the launched ranks (gloo on CPU, NCCL on GPUs), or (0, 1)."""
     world = launched_world()
     if world == 1:
@@ -678,7 +678,7 @@ def run_benchmarks(checkpoint: str | Path, names: list[str], cfg: Any, out: str 
     import torch
 
     owns_group = not torch.distributed.is_initialized()  # a caller's group (rlsd-evaluate study=) outlives this call
-    rank, world = _process_group()
+    rank, world = process_group()
     # Every rank reads the same arguments and data; the weights, the one costly check, are read by rank 0 alone.
     try:
         model_dir, decoding, suites = validate(checkpoint, names, cfg, limit, judge, allow_missing_images,

@@ -76,18 +76,16 @@ def evaluate_study(study: str | Path, names: list[str], cfg: Any, limit: int | N
                    log: Callable[[str], None] | None = None) -> list[BudgetPolicy]:
     """Evaluate every budget-point policy of `study` on the benchmarks `names` into its results folder (under
     a launcher, every rank walks the same list and shares each policy's items)."""
-    import os
     import sys
 
     from rlsd_harness.dist import shutdown
-    from rlsd_harness.evaluation.runner import _process_group, run_benchmarks
+    from rlsd_harness.evaluation.runner import process_group, run_benchmarks
 
-    first = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"  # one progress line per policy
-    log = log or (lambda msg: print(msg, file=sys.stderr) if first else None)
     policies = budget_policies(Path(study))
     # One process group for the whole pass: tearing it down and rebuilding it on the launcher's rendezvous after
     # every policy (what a single run_benchmarks call does) cost minutes per policy on CPU.
-    _, world = _process_group()
+    rank, world = process_group()
+    log = log or (lambda msg: print(msg, file=sys.stderr) if rank == 0 else None)  # one progress line per policy
     try:
         for n, bp in enumerate(policies, 1):
             log(f"[{n}/{len(policies)}] {bp.run.name} at budget {bp.fraction}: {bp.policy} -> {bp.out}")
