@@ -94,7 +94,8 @@ def test_carried_requirements_are_met_by_the_device_image_and_the_wheels():
 
 # The project's dependencies that the check never imports (and so does not carry), with why.
 NOT_NEEDED_ON_THE_DEVICE = {"lm-eval": "only rlsd_harness.evaluation.lm_eval_bridge imports it, and no step of the check does",
-                            "submitit": "imported only inside rlsd_harness.analysis.launch for launcher=slurm, which no step runs"}
+                            "submitit": "imported only inside rlsd_harness.analysis.launch for launcher=slurm, which no step runs",
+                            "optuna": "imported only by the tuner (rlsd-compare's tuning stage), which no step of the check runs"}
 
 
 def test_project_dependencies_are_on_the_device_or_carried():
