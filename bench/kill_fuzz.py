@@ -1,4 +1,4 @@
-"""`python -m bench.kill_fuzz [kills=20] [objectives=grpo,rlsd,sdpo] [matrix=true] [seed=0] [out=DIR]`:
+"""`python -m bench.kill_fuzz [kills=20] [objectives=grpo,rlsd,sdpo] [matrix=true] [matrix_rounds=1] [seed=0] [out=DIR]`:
 the kill-and-resume fuzzer.
 
 For each objective (GRPO with a FLOPs budget, RLSD with a teacher synced every 2 steps, SDPO with its EMA
@@ -13,11 +13,14 @@ again at random) until it is finished, and compared with the reference bit for b
 wall-clock ones, the final weights, and the last checkpoint's weights, optimizer, teacher, RNG and counters
 (tests/resume_helpers.py). With `matrix=true` it also kills the comparison matrix (`rlsd-compare
 experiment=smoke`, seed 0 only) at each dangerous moment, plus between two runs and inside the report, reruns
-it until it exits 0, and checks that every run of it is finished and identical to an uninterrupted matrix.
+it until it exits 0, and checks that every run of it is finished and identical to an uninterrupted matrix;
+`matrix_rounds=N` kills it N times at each point (round r at a later arrival where the point has more than one,
+e.g. inside the second run's final/), so the matrix's own two points are hit more than once too.
 
 Every process is `python -m bench.kill_fuzz child train|compare ...`: rlsd-train / rlsd-compare after
 registering the test-only parity verifier (mixed rewards from an untrained model, so every step updates).
-One torch thread per process. Prints a table and writes `out/kill_fuzz.json`.
+One torch thread per process. Prints a table per objective and one per kill point (kills that happened, how many
+of them resumed bit-identical, failures) and writes both to `out/kill_fuzz.json`.
 """
 
 from __future__ import annotations
@@ -155,7 +158,20 @@ def fuzz_objective(name: str, kills: int, out: Path, rng: random.Random) -> dict
             "trials": trials}
 
 
-def fuzz_matrix(out: Path) -> dict:
+# How many times the smoke matrix (two runs of 3 steps, a checkpoint every step, keep_last 2, budget points at
+# 0.5 and 1.0) arrives at each point, at least: a kill aimed at a later arrival still lands inside the matrix.
+MATRIX_ARRIVALS = {"checkpoint": 6, "metrics": 6, "final": 2, "run_done": 2, "prune": 2, "budget_policy": 4,
+                   "matrix": 1, "report": 1}
+
+
+def matrix_arrival(point: str, round_: int) -> int:
+    """The arrival a matrix kill aims at in round `round_` (0-based): the second run's checkpoint and metrics
+    line first (as before), then later ones; points reached once are killed at that one arrival every round."""
+    first = 2 if point in ("checkpoint", "metrics") else 1
+    return min(first + round_, MATRIX_ARRIVALS[point])
+
+
+def fuzz_matrix(out: Path, rounds: int = 1) -> dict:
     from rlsd_harness.training.run import run_state
     from tests.resume_helpers import differences
 
@@ -164,9 +180,9 @@ def fuzz_matrix(out: Path) -> dict:
     rc, _ = launch("compare", [*MATRIX_ARGS, f"out={reference}"], log=log)
     assert rc == 0, f"reference matrix failed, see {log}"
     results = []
-    for point in MATRIX_POINTS:
-        where = out / f"matrix-{point}"
-        n = 2 if point in ("checkpoint", "metrics") else 1  # inside the matrix's second run for those two
+    for round_, point in ((r, p) for r in range(rounds) for p in MATRIX_POINTS):
+        where = out / (f"matrix-{point}" if round_ == 0 else f"matrix-{point}-r{round_}")
+        n = matrix_arrival(point, round_)
         rc, _ = launch("compare", [*MATRIX_ARGS, f"out={where}"], kill_at=f"{point}:{n}", log=log)
         killed, reruns = rc == -signal.SIGKILL, 0
         while reruns < 4:
@@ -183,8 +199,62 @@ def fuzz_matrix(out: Path) -> dict:
         results.append({"kill": f"{point}:{n}", "killed": killed, "reruns": reruns, "exit": rc, "states": states,
                         "identical_runs": sum(not d for d in diff.values()), "runs": len(runs), "ok": ok,
                         "differences": {r: d[:3] for r, d in diff.items() if d}})
+        if ok:  # keep the disk small, as for the runs
+            shutil.rmtree(where)
         print(f"  matrix {point}:{n} killed={killed} reruns={reruns} exit={rc} states={states} ok={ok}", flush=True)
-    return {"args": MATRIX_ARGS, "kills": results}
+    return {"args": MATRIX_ARGS, "rounds": rounds, "kills": results}
+
+
+def per_point(report: dict) -> list[dict]:
+    """One row per declared kill point (and one for the random kills): kills that really happened (a kill aimed
+    past the run's end, or at an arrival that never came, kills nothing), how many of those ended bit-identical
+    with the uninterrupted reference after the user's continuation, and the failures (killed, not identical)."""
+    from rlsd_harness.training.durable import KILL_POINTS
+
+    rows = {p: {"point": p, "kills": 0, "identical": 0, "failures": [], "in_runs": 0, "in_matrix": 0}
+            for p in (*KILL_POINTS, "random", "continuation")}
+    for o in report["objectives"]:
+        for t in o["trials"]:
+            again = rows["continuation"]  # a continuation killed again at random: its trial's outcome counts
+            again["kills"] += t["kills_of_continuations"]
+            again["in_runs"] += t["kills_of_continuations"]
+            again["identical"] += t["kills_of_continuations"] * t["identical"]
+            if t["kills_of_continuations"] and not t["identical"]:
+                again["failures"].append(f"{o['objective']} {t['run']} (continuation killed)")
+            if not t["killed"]:
+                continue
+            row = rows["random" if t["kill"].startswith("random") else t["kill"].split(":")[0]]
+            row["kills"] += 1
+            row["in_runs"] += 1
+            row["identical"] += t["identical"]
+            if not t["identical"]:
+                row["failures"].append(f"{o['objective']} {t['run']} {t['kill']}: {t['differences'][:2]}")
+    for m in report.get("matrix", {}).get("kills", []):
+        if not m["killed"]:
+            continue
+        row = rows[m["kill"].split(":")[0]]
+        row["kills"] += 1
+        row["in_matrix"] += 1
+        row["identical"] += m["ok"]
+        if not m["ok"]:
+            row["failures"].append(f"matrix {m['kill']}: exit {m['exit']} states {m['states']} "
+                                   f"{m['differences']}")
+    return list(rows.values())
+
+
+def point_table(rows: list[dict]) -> str:
+    """The per-point rows as a markdown table."""
+    lines = ["| kill point | when | kills (runs + matrix) | resumed bit-identical | failures |",
+             "|---|---|---|---|---|"]
+    from rlsd_harness.training.durable import KILL_POINTS
+
+    for r in rows:
+        when = KILL_POINTS.get(r["point"], {
+            "random": "SIGKILL after a random delay within the reference run's duration",
+            "continuation": "a resume (or overwrite) of a killed run, itself SIGKILLed at random"}.get(r["point"]))
+        lines.append(f"| `{r['point']}` | {when} | {r['kills']} ({r['in_runs']} + {r['in_matrix']}) | "
+                     f"{r['identical']}/{r['kills']} | {'; '.join(r['failures']) or 'none'} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
@@ -199,13 +269,19 @@ def main(argv: list[str]) -> None:
     out.mkdir(parents=True)
     t0 = time.perf_counter()
     report = {"objectives": [], "machine": f"{os.cpu_count()} CPU cores", "seed": int(opts.get("seed", 0))}
+
+    def partial() -> None:  # what is done so far survives a fuzzer stopped midway (it runs for hours)
+        (out / "kill_fuzz.json").write_text(json.dumps({**report, "partial": True}, indent=1))
+
     for name in objectives:
         print(f"{name}: reference run, then {kills} killed runs", flush=True)
         report["objectives"].append(fuzz_objective(name, kills, out, rng))
+        partial()
     if opts.get("matrix", "true") == "true":
         print("comparison matrix: a reference, then a kill at each dangerous moment", flush=True)
-        report["matrix"] = fuzz_matrix(out)
+        report["matrix"] = fuzz_matrix(out, int(opts.get("matrix_rounds", 1)))
     report["seconds"] = time.perf_counter() - t0
+    report["per_point"] = per_point(report)
     (out / "kill_fuzz.json").write_text(json.dumps(report, indent=1))
     print("\nobjective  kills  (at a named point / at random / of continuations)  finished  bit-identical")
     for o in report["objectives"]:
@@ -218,6 +294,7 @@ def main(argv: list[str]) -> None:
     for m in report.get("matrix", {}).get("kills", []):
         print(f"matrix killed at {m['kill']:<13} killed={m['killed']} reruns={m['reruns']} "
               f"finished+identical runs {m['identical_runs']}/{m['runs']} ok={m['ok']}")
+    print("\n" + point_table(report["per_point"]))
     print(f"{report['seconds']:.0f} s; details in {out / 'kill_fuzz.json'}")
 
 
