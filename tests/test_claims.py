@@ -166,3 +166,22 @@ def test_a_rise_smaller_than_the_margin_is_not_a_rise_and_the_docstring_states_t
     assert "non-inferiority test with margin ``MARGIN_POINTS`` (1 point)" in doc and claims.MARGIN_POINTS == 1.0
     assert "``ENTROPY_MARGIN``\n     (0.01 nats/token" in doc and claims.ENTROPY_MARGIN == 0.01
     assert "Holm" not in doc  # the verdict follows the interval, never a corrected p
+
+
+def test_claims_whose_arms_are_absent_have_no_row():
+    """A 2 x 2 RLSD ablation (arms rlsd-eps_w0.1-sync_every1, ...) printed four claim rows of +nan; a control
+    study without opsd printed OPSD's claim as nan. Only the claims whose arms are present get a row."""
+    df, records = _runs(3, np.random.default_rng(5), rlsd_edge=0.02, opsd_fall=0.0, leak_rise=0.0,
+                        grpo_entropy_drop=0.02, w_clip=0.03)
+    labels = {"grpo": "rlsd-eps_w0.1-sync_every1", "rlsd": "rlsd-eps_w0.4-sync_every1",
+              "opsd": "rlsd-eps_w0.1-sync_every3"}
+    ablation_q = claims.run_quantities(df.replace({"method": labels}), records.replace({"method": labels}))
+    rows = claims.claim_rows(ablation_q, table=None)
+    assert rows.empty, rows
+    md = claims.markdown(claims.learning_rows(ablation_q, list(labels.values())), rows)
+    assert "nan" not in md and "None applies" in md
+    no_opsd = (df["method"] != "opsd"), (records["method"] != "opsd")
+    q = claims.run_quantities(df[no_opsd[0]], records[no_opsd[1]])
+    got = claims.claim_rows(q)
+    assert not any("opsd" in c for c in got["claim"]) and len(got) >= 3
+    assert np.isfinite(got[["mean", "ci_low", "ci_high"]].to_numpy(dtype=float)).all()

@@ -38,7 +38,8 @@ gives the same base policy, prompt stream and test items) with a paired t-test (
      identified by its budget points.
 
 A verdict is `held` or `did not hold` only when the interval decides it by the rule above; otherwise
-`cannot tell`.
+`cannot tell`. A claim whose arms are not in the study (OPSD's claim without an `opsd` arm, every claim in an
+ablation whose arms are `rlsd-eps_w0.1-...`) has no row at all: a row of NaNs would read as a result.
 """
 
 from __future__ import annotations
@@ -197,8 +198,11 @@ def claim_rows(q: pd.DataFrame, grpo: str = "grpo", rlsd: str = "rlsd", opsd: st
 
     With `table` (the report's comparison table, report.sections_frame) claim 1 states that table's own
     interval at the last budget point, so that the report gives one interval for one difference; without
-    it, the paired t-interval over seeds. Either way its verdict follows the interval and the margin."""
+    it, the paired t-interval over seeds. Either way its verdict follows the interval and the margin.
+    Only the claims whose arms the study has get a row (module docstring)."""
     rows = []
+    present = set(q["method"]) if "method" in q else set()
+    both = {grpo, rlsd} <= present
     first = f"{rlsd} >= {grpo} at matched compute"
     m = margin_points / 100
     compared = _table_comparison(table, rlsd, grpo)
@@ -209,10 +213,10 @@ def claim_rows(q: pd.DataFrame, grpo: str = "grpo", rlsd: str = "rlsd", opsd: st
              "n": compared["cmp_n_runs"]}
         source = ("the study's primary comparison: the table's interval over seeds and items, not corrected"
                   if compared.get("family") == "primary" else "the table's interval over seeds and items")
-    elif "test_last" in q:
+    elif "test_last" in q and both:
         d = paired_difference(_series(q, rlsd, "test_last"), _series(q, grpo, "test_last"))
         source = "paired t-interval over seeds"
-    if d is not None:
+    if d is not None and both:
         low, high = d["ci_low"], d["ci_high"]
         shows = [f"superior (> 0): {'yes' if low > 0 else 'no'}", f"behind (< 0): {'yes' if high < 0 else 'no'}",
                  f"equivalent (within +-{margin_points:g}): {'yes' if -m < low and high < m else 'no'}"]
@@ -224,7 +228,7 @@ def claim_rows(q: pd.DataFrame, grpo: str = "grpo", rlsd: str = "rlsd", opsd: st
                              f"-{margin_points:g}, did not hold if below -{margin_points:g}; p: one-sided against "
                              f"a deficit of {margin_points:g} or more",
                      "verdict": margin_verdict(low, high, "non-inferiority", m)})
-    if {"test_last", "test_first"} <= set(q):
+    if {"test_last", "test_first"} <= set(q) and opsd in present:
         sub = q[q["method"] == opsd]
         mean, low, high, n = t_interval(sub["test_last"] - sub["test_first"])
         lk = t_interval(sub["leakage_change"]) if "leakage_change" in sub else (float("nan"),) * 3 + (0,)
@@ -242,14 +246,14 @@ def claim_rows(q: pd.DataFrame, grpo: str = "grpo", rlsd: str = "rlsd", opsd: st
                              "below 0 and the leakage change's above 0; did not hold if either excludes every change "
                              "of at least its margin in the claimed direction",
                      "verdict": verdict})
-    if "entropy_change" in q:
+    if "entropy_change" in q and both:
         d = paired_difference(_series(q, grpo, "entropy_change"), _series(q, rlsd, "entropy_change"))
         rows.append({"claim": f"{grpo}'s entropy falls faster than {rlsd}'s", "quantity":
                      f"entropy change over the budget, {grpo} - {rlsd} (nats/token, x100)", **_points(d),
                      "rule": f"superiority, margin {100 * ENTROPY_MARGIN:g} (x100 nats/token): held if the interval "
                              f"lies below 0; did not hold if it lies above -{100 * ENTROPY_MARGIN:g}; p: paired t-test",
                      "verdict": margin_verdict(d["ci_low"], d["ci_high"], "superiority", ENTROPY_MARGIN, direction=-1.0)})
-    if "w_clip_frac" in q:
+    if "w_clip_frac" in q and rlsd in present:
         mean, low, high, n = t_interval(_series(q, rlsd, "w_clip_frac"))
         rows.append({"claim": f"{rlsd}'s w-clip fraction is a few percent", "quantity":
                      f"{rlsd} mean w-clip fraction over steps (percent of tokens)", "mean": 100 * mean,
@@ -257,7 +261,7 @@ def claim_rows(q: pd.DataFrame, grpo: str = "grpo", rlsd: str = "rlsd", opsd: st
                      "rule": f"equivalence with [{100 * FEW_PERCENT[0]:g}, {100 * FEW_PERCENT[1]:g}] %: held if the "
                              "interval lies inside, did not hold if it lies entirely outside",
                      "verdict": equivalence_verdict(low, high, FEW_PERCENT)})
-    if "ceiling" in q:
+    if "ceiling" in q and both:
         rows.append(ceiling_row(q, grpo, rlsd, margin_points))
     return pd.DataFrame(rows)
 
@@ -311,8 +315,11 @@ def markdown(learning: pd.DataFrame, claims: pd.DataFrame, criterion_points: flo
     for r in learning.itertuples(index=False):
         lines.append(f"| {r.method} | {r.measure} | {r.gain:+.1f} | [{r.ci_low:+.1f}, {r.ci_high:+.1f}] | {r.seeds} | "
                      f"{'yes' if r[-1] else 'no'} |")
-    lines += ["", "### The paper's claims", "", "| claim | quantity | mean | 95 % CI | p | seeds | rule | verdict |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "### The paper's claims", ""]
+    if claims.empty:
+        return "\n".join(lines + ["None applies: each claim reads arms by name (rlsd against grpo, opsd, rlsd), and "
+                                  "this study has none of them.", ""])
+    lines += ["| claim | quantity | mean | 95 % CI | p | seeds | rule | verdict |", "|---|---|---|---|---|---|---|---|"]
     for r in claims.itertuples(index=False):
         p = "-" if not np.isfinite(r.p) else f"{r.p:.3g}"
         n = "-" if not np.isfinite(r.n) else f"{r.n:.0f}"  # a column holding NaN is float
