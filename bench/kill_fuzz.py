@@ -1,4 +1,5 @@
-"""`python -m bench.kill_fuzz [kills=20] [objectives=grpo,rlsd,sdpo] [matrix=true] [matrix_rounds=1] [seed=0] [out=DIR]`:
+"""`python -m bench.kill_fuzz [kills=20] [objectives=grpo,rlsd,sdpo] [matrix=true] [matrix_rounds=1]
+[later_rounds_at=<point>,...] [seed=0] [out=DIR]`:
 the kill-and-resume fuzzer.
 
 For each objective (GRPO with a FLOPs budget, RLSD with a teacher synced every 2 steps, SDPO with its EMA
@@ -15,7 +16,9 @@ wall-clock ones, the final weights, and the last checkpoint's weights, optimizer
 experiment=smoke`, seed 0 only) at each dangerous moment, plus between two runs and inside the report, reruns
 it until it exits 0, and checks that every run of it is finished and identical to an uninterrupted matrix;
 `matrix_rounds=N` kills it N times at each point (round r at a later arrival where the point has more than one,
-e.g. inside the second run's final/), so the matrix's own two points are hit more than once too.
+e.g. inside the second run's final/), so the matrix's own two points are hit more than once too;
+`later_rounds_at=matrix,report` limits the rounds after the first to those points (a matrix kill costs about a
+whole matrix, so the run points are cheaper to cover through the objectives' runs).
 
 Every process is `python -m bench.kill_fuzz child train|compare ...`: rlsd-train / rlsd-compare after
 registering the test-only parity verifier (mixed rewards from an untrained model, so every step updates).
@@ -171,7 +174,7 @@ def matrix_arrival(point: str, round_: int) -> int:
     return min(first + round_, MATRIX_ARRIVALS[point])
 
 
-def fuzz_matrix(out: Path, rounds: int = 1) -> dict:
+def fuzz_matrix(out: Path, rounds: int = 1, later_at: tuple[str, ...] = MATRIX_POINTS) -> dict:
     from rlsd_harness.training.run import run_state
     from tests.resume_helpers import differences
 
@@ -180,7 +183,7 @@ def fuzz_matrix(out: Path, rounds: int = 1) -> dict:
     rc, _ = launch("compare", [*MATRIX_ARGS, f"out={reference}"], log=log)
     assert rc == 0, f"reference matrix failed, see {log}"
     results = []
-    for round_, point in ((r, p) for r in range(rounds) for p in MATRIX_POINTS):
+    for round_, point in ((r, p) for r in range(rounds) for p in MATRIX_POINTS if r == 0 or p in later_at):
         where = out / (f"matrix-{point}" if round_ == 0 else f"matrix-{point}-r{round_}")
         n = matrix_arrival(point, round_)
         rc, _ = launch("compare", [*MATRIX_ARGS, f"out={where}"], kill_at=f"{point}:{n}", log=log)
@@ -202,7 +205,7 @@ def fuzz_matrix(out: Path, rounds: int = 1) -> dict:
         if ok:  # keep the disk small, as for the runs
             shutil.rmtree(where)
         print(f"  matrix {point}:{n} killed={killed} reruns={reruns} exit={rc} states={states} ok={ok}", flush=True)
-    return {"args": MATRIX_ARGS, "rounds": rounds, "kills": results}
+    return {"args": MATRIX_ARGS, "rounds": rounds, "later_rounds_at": list(later_at), "kills": results}
 
 
 def per_point(report: dict) -> list[dict]:
@@ -265,6 +268,10 @@ def main(argv: list[str]) -> None:
     objectives = [o for o in opts.get("objectives", "grpo,rlsd,sdpo").split(",") if o not in ("", "none")]
     out = Path(opts.get("out", ROOT / "results" / "kill_fuzz"))
     rng = random.Random(int(opts.get("seed", 0)))
+    later_at = tuple(opts.get("later_rounds_at", ",".join(MATRIX_POINTS)).split(","))
+    unknown = sorted(set(later_at) - set(MATRIX_POINTS))
+    if unknown:  # before the output folder is cleared
+        sys.exit(f"error: later_rounds_at names {unknown}; valid: {', '.join(MATRIX_POINTS)}")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     t0 = time.perf_counter()
@@ -279,7 +286,7 @@ def main(argv: list[str]) -> None:
         partial()
     if opts.get("matrix", "true") == "true":
         print("comparison matrix: a reference, then a kill at each dangerous moment", flush=True)
-        report["matrix"] = fuzz_matrix(out, int(opts.get("matrix_rounds", 1)))
+        report["matrix"] = fuzz_matrix(out, int(opts.get("matrix_rounds", 1)), later_at)
     report["seconds"] = time.perf_counter() - t0
     report["per_point"] = per_point(report)
     (out / "kill_fuzz.json").write_text(json.dumps(report, indent=1))
