@@ -289,76 +289,110 @@ class Trainer:
 
     # ------------------------------------------------------------------ one RL step
     def step(self) -> dict[str, float]:
-        cfg, tcfg, obj, led = self.cfg, self.cfg.train, self.objective, self.ledger
+        """One RL step, a phase per line: generate and verify, the objective's preparation (teacher contexts,
+        advantages), rows onto ranks and device, the no-grad forwards, then per mini-batch the losses, DeepSpeed's
+        backward and optimizer step, and the teacher's update; last, the rollout engine's weights."""
         self.rollout_step += 1
-        step = self.rollout_step
-        prompts = self.data.prompts(step, tcfg.prompts_per_step)[self.rank :: self.world]
-        G = tcfg.group_size
+        prompts = self.data.prompts(self.rollout_step, self.cfg.train.prompts_per_step)[self.rank :: self.world]
+        batch = self._rollout(prompts)
+        metrics = self._prepare(batch, prompts)
+        batch = self._place(batch, metrics)
+        self._no_grad_forwards(batch)
+        self.engine.module.train()
+        sums: dict[str, tuple[float, float]] = {}
+        for mini in self._mini_batches(batch):
+            micro = self._micro_batches(mini, self.cfg.train.get("token_budget"))
+            for k, rows in enumerate(micro):
+                # the last micro-batch closes the accumulation (their number may vary with a token budget)
+                self.engine.set_gradient_accumulation_boundary(k == len(micro) - 1)
+                loss = self._micro_loss(mini.select(rows), sums)
+                with self.ledger.phase("update"):
+                    # The loss is already normalised by whole-mini-batch counts: undo DeepSpeed's 1/GAS and its
+                    # averaging over ranks, so that micro-batch and rank gradients add up to the full-batch gradient.
+                    self.engine.backward(loss * self.world, scale_wrt_gas=False)
+                    self.engine.step()  # DeepSpeed applies the optimizer at the accumulation boundary only
+            self.step_count += 1
+            self._update_teacher()
+        self._sync_rollout_weights()
+        return self._close_step({**metrics, **self._weighted_means(sums), "lr": self.engine.get_lr()[0],
+                                 "teacher_updates": float(self.teacher.updates) if self.teacher else 0.0})
 
+    def _rollout(self, prompts: list) -> RolloutBatch:
+        """G samples per prompt from the rollout engine, each verified: rows prompt-major, G per prompt."""
+        G, led = self.cfg.train.group_size, self.ledger
         self.engine.module.eval()
         with led.phase("rollout"):
-            seeds = [sample_seed(cfg.seed, step, str(p.id), j) for p in prompts for j in range(G)]
+            seeds = [sample_seed(self.cfg.seed, self.rollout_step, str(p.id), j) for p in prompts for j in range(G)]
             ro = self.rollout.generate(prompts, self.sampling, seeds)
         with led.phase("reward"):
             verdicts = [self.verifier(text, prompts[i // G].answer) for i, text in enumerate(ro.texts)]
             rewards = torch.tensor([v.reward for v in verdicts])
-
-        # rows are prompt-major, G per prompt; keys number prompts across ranks (unique after rows move)
+        # keys number prompts across ranks (unique after rows move)
         student = PromptInputs(ro.prompt.ids, ro.prompt.mask, (torch.arange(len(prompts) * G) // G) * self.world + self.rank)
-        batch = RolloutBatch(
+        return RolloutBatch(
             response_ids=ro.response_ids, response_mask=ro.response_mask, rewards=rewards, group_size=G,
             rollout_logp=ro.logp, student=student, vision=ro.vision, step=self.step_count + 1,
             extras={"texts": ro.texts, "parsed": [v.parsed for v in verdicts]},
         )
+
+    def _prepare(self, batch: RolloutBatch, prompts: list) -> dict[str, float]:
+        """The teacher's contexts (when an update of this batch reads the teacher), then the objective's own
+        preparation (advantages, RLSD's schedule ...); returns its metrics and the rollout's."""
+        tcfg = self.cfg.train
         updates = range(self.step_count + 1, self.step_count + 1 + tcfg.ppo_epochs * tcfg.mini_batches)
         if self.teacher_context and any(self._teacher_at(k) for k in updates):
-            with led.phase("probe" if self.probe else "teacher"):
+            with self.ledger.phase("probe" if self.probe else "teacher"):
                 self._attach_teacher_prompts(batch, prompts)
-        metrics = obj.prepare(batch)
+        metrics = self.objective.prepare(batch)
         metrics.update(self._rollout_metrics(batch, prompts))
-        if self.world > 1 and tcfg.balance_ranks:
+        return metrics
+
+    def _place(self, batch: RolloutBatch, metrics: dict[str, float]) -> RolloutBatch:
+        """Rows balanced over the ranks (their metrics into `metrics`), then onto this rank's device."""
+        if self.world > 1 and self.cfg.train.balance_ranks:
             batch, balance = self._balance_ranks(batch)
             metrics.update(balance)
-        batch = batch.to(self.device)
+        return batch.to(self.device)
+
+    def _no_grad_forwards(self, batch: RolloutBatch) -> None:
+        """The KL reference's log-probs, and the sampling policy's when it is not the one being updated."""
+        tcfg = self.cfg.train
         if self.ref is not None:
-            with led.phase("ref"):
+            with self.ledger.phase("ref"):
                 batch.ref_logp = self._logprobs_no_grad(self.ref.module(self.engine.module), batch, "ref")
         if tcfg.ppo_epochs > 1 or tcfg.mini_batches > 1:  # else the sampling policy is the current one
-            with led.phase("logprobs"):
+            with self.ledger.phase("logprobs"):
                 batch.old_logp = self._logprobs_no_grad(self.engine.module, batch, "policy")
 
-        self.engine.module.train()
-        sums: dict[str, tuple[float, float]] = {}
-        n = batch.batch_size
-        rows_per_mini = n // tcfg.mini_batches
+    def _mini_batches(self, batch: RolloutBatch):
+        """Each epoch's mini-batches in order, one optimizer step each, with their whole-mini-batch loss counts
+        summed over ranks (what every micro-batch's loss is normalised by)."""
+        tcfg = self.cfg.train
+        rows_per_mini = batch.batch_size // tcfg.mini_batches
         for _ in range(tcfg.ppo_epochs):
             for m in range(tcfg.mini_batches):
                 mini = batch.select(torch.arange(m * rows_per_mini, (m + 1) * rows_per_mini))
                 mini.step = self.step_count + 1  # schedules (RLSD's lambda) follow optimizer steps
                 mini.set_loss_counts(max_len=self.sampling.max_new_tokens)
                 mini.num_tokens, mini.num_seqs = dist.all_reduce_sum([mini.num_tokens, mini.num_seqs])
-                micro_batches = self._micro_batches(mini, tcfg.get("token_budget"))
-                for k, rows in enumerate(micro_batches):
-                    # the last micro-batch closes the accumulation (their number may vary with a token budget)
-                    self.engine.set_gradient_accumulation_boundary(k == len(micro_batches) - 1)
-                    self._micro_step(mini.select(rows), sums)
-                self.step_count += 1
-                if self.teacher is not None:
-                    with led.phase("sync"):
-                        self.teacher.after_step(self.step_count, self.engine.module, self.zero_stage)
+                yield mini
 
+    def _update_teacher(self) -> None:
+        if self.teacher is not None:
+            with self.ledger.phase("sync"):
+                self.teacher.after_step(self.step_count, self.engine.module, self.zero_stage)
+
+    def _sync_rollout_weights(self) -> None:
         if hasattr(self.rollout, "sync_weights"):  # a separate inference engine gets the new weights
-            with led.phase("sync"):
+            with self.ledger.phase("sync"):
                 self.rollout.sync_weights(self.engine.module, self.zero_stage)
 
-        # Metrics of this step (token-weighted means over micro-batches; rollout statistics over the batch).
-        # Weighted over the whole batch: the weighted sums and the weights are summed over ranks first.
+    @staticmethod
+    def _weighted_means(sums: dict[str, tuple[float, float]]) -> dict[str, float]:
+        """Token-weighted means over the micro-batches of every rank: weighted sums and weights summed first."""
         names = sorted(sums)
         flat = dist.all_reduce_sum([x for k in names for x in sums[k]])
-        metrics.update({k: flat[2 * i] / max(flat[2 * i + 1], 1.0) for i, k in enumerate(names)})
-        metrics["lr"] = self.engine.get_lr()[0]
-        metrics["teacher_updates"] = float(self.teacher.updates) if self.teacher else 0.0
-        return self._close_step(metrics)
+        return {k: flat[2 * i] / max(flat[2 * i + 1], 1.0) for i, k in enumerate(names)}
 
     def _balance_ranks(self, batch: RolloutBatch) -> tuple[RolloutBatch, dict[str, float]]:
         """Even out the tokens each rank trains on. Within each mini-batch (the same rows of the whole batch as
@@ -399,7 +433,9 @@ class Trainer:
         groups = pad_to_count(groups, dist.all_reduce_max(len(groups)))
         return [torch.tensor(sorted(g)) for g in groups]
 
-    def _micro_step(self, mb: RolloutBatch, sums: dict[str, tuple[float, float]]) -> None:
+    def _micro_loss(self, mb: RolloutBatch, sums: dict[str, tuple[float, float]]) -> torch.Tensor:
+        """The objective's loss on one micro-batch (the policy's forward and the teacher's signals first), its
+        metrics added to `sums` as (weighted sum, weight); the caller runs the backward."""
         if self.cfg.train.get("token_budget"):
             mb = mb.trim()
         obj, led = self.objective, self.ledger
@@ -428,10 +464,6 @@ class Trainer:
                 raise NonFiniteLoss(f"non-finite loss at step {self.step_count + 1} (this rank's: {loss.item()}) "
                                     f"(algorithm {self.cfg.algorithm.name}); metrics: "
                                     f"{ {k: float(v) for k, v in m.items()} }")
-            # The loss is already normalised by whole-mini-batch counts: undo DeepSpeed's 1/GAS and its
-            # averaging over ranks, so that micro-batch and rank gradients add up to the full-batch gradient.
-            self.engine.backward(loss * self.world, scale_wrt_gas=False)
-            self.engine.step()
         mask = mb.response_mask
         w = float(mask.sum())
         tokens, flops = self._forward_cost(mb, mb.student, self.share_in_update)
@@ -449,6 +481,7 @@ class Trainer:
         for k, v in m.items():  # (weighted sum, weight)
             total, weight = sums.get(k, (0.0, 0.0))
             sums[k] = (total + float(v) * weights[k], weight + weights[k])
+        return loss
 
     # ------------------------------------------------------------------ teacher
     def _teacher_at(self, step: int) -> bool:
