@@ -23,7 +23,8 @@ whole matrix, so the run points are cheaper to cover through the objectives' run
 Every process is `python -m bench.kill_fuzz child train|compare ...`: rlsd-train / rlsd-compare after
 registering the test-only parity verifier (mixed rewards from an untrained model, so every step updates).
 One torch thread per process. Prints a table per objective and one per kill point (kills that happened, how many
-of them resumed bit-identical, failures) and writes both to `out/kill_fuzz.json`.
+of them resumed bit-identical, failures) and writes both to `out/kill_fuzz.json`. `python -m bench.kill_fuzz table
+A.json B.json ...` prints the per-point table of several passes together.
 """
 
 from __future__ import annotations
@@ -260,9 +261,26 @@ def point_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merge(paths: list[Path]) -> dict:
+    """One report from several fuzzer outputs (e.g. a matrix-only and an objectives-only pass), per-point rows
+    recounted over all of them."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    merged = {"parts": [str(p) for p in paths], "objectives": [o for r in parts for o in r["objectives"]],
+              "seconds": sum(r.get("seconds", 0.0) for r in parts), "partial": any(r.get("partial") for r in parts),
+              "machine": parts[0].get("machine")}
+    matrices = [r["matrix"] for r in parts if "matrix" in r]
+    if matrices:
+        merged["matrix"] = {**matrices[0], "kills": [k for m in matrices for k in m["kills"]]}
+    merged["per_point"] = per_point(merged)
+    return merged
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] == ["child"]:
         return child(argv[1:])
+    if argv[:1] == ["table"]:  # `table <kill_fuzz.json>...`: the per-point markdown table of one or more passes
+        print(point_table(merge([Path(a) for a in argv[1:]])["per_point"]))
+        return None
     opts = dict(a.split("=", 1) for a in argv)
     kills = int(opts.get("kills", 20))
     objectives = [o for o in opts.get("objectives", "grpo,rlsd,sdpo").split(",") if o not in ("", "none")]

@@ -47,3 +47,15 @@ def test_matrix_rounds_aim_within_the_matrix_arrivals():
     assert kill_fuzz.matrix_arrival("final", 1) == 2 and kill_fuzz.matrix_arrival("report", 3) == 1
     assert all(1 <= kill_fuzz.matrix_arrival(p, r) <= kill_fuzz.MATRIX_ARRIVALS[p]
                for p in kill_fuzz.MATRIX_POINTS for r in range(5))
+
+
+def test_passes_merge_into_one_per_point_table(tmp_path):
+    import json
+
+    runs = {"objectives": [{"objective": "rlsd", "trials": [trial("report:1", killed=False), trial("prune:1")]}]}
+    matrix = {"objectives": [], "matrix": {"kills": [matrix_kill("report:1"), matrix_kill("prune:2")]}}
+    (tmp_path / "a.json").write_text(json.dumps(runs))
+    (tmp_path / "b.json").write_text(json.dumps(matrix))
+    rows = {r["point"]: r for r in kill_fuzz.merge([tmp_path / "a.json", tmp_path / "b.json"])["per_point"]}
+    assert (rows["prune"]["kills"], rows["prune"]["in_runs"], rows["prune"]["in_matrix"]) == (2, 1, 1)
+    assert (rows["report"]["kills"], rows["report"]["identical"]) == (1, 1)
