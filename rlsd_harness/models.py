@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -386,3 +387,163 @@ def resolve_model(cfg: Any) -> Path:
     if cfg.get("path"):
         return Path(cfg.path)
     return build_tiny(cfg.arch, cfg.size, cfg.seed, cfg.vocab_size, cfg.get("head_vocab"))
+
+
+# ----------------------------------------------------------------------------- LoRA (peft)
+
+LORA_TEACHERS = ("base", "adapters")
+TEACHER_ADAPTER = "teacher"  # the teacher's own adapter set when model.lora.teacher=adapters (student's: "default")
+VISION_MODULES = r".*\.visual\..*"  # Qwen2.5-VL's and Qwen3-VL's vision tower (transformers 5 names)
+
+
+def lora_config(lora: Any):
+    """peft's LoraConfig from the config's `model.lora` mapping (rank, alpha, dropout, target_modules, vision).
+    Modules named by `target_modules` (peft's suffix match) get adapters in the language model; in the vision
+    tower too only with `vision: true` (its MLPs share the language model's names)."""
+    from peft import LoraConfig
+
+    rank, alpha, dropout = int(lora.rank), float(lora.alpha), float(lora.dropout)
+    targets = list(lora.target_modules or [])
+    if rank < 1:
+        raise ConfigError(f"model.lora.rank={rank}; valid: an integer >= 1")
+    if not 0 <= dropout < 1:
+        raise ConfigError(f"model.lora.dropout={dropout}; valid: a number in [0, 1)")
+    if not targets:
+        raise ConfigError("model.lora.target_modules is empty; valid: module names such as q_proj, v_proj")
+    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
+                      exclude_modules=None if lora.get("vision", False) else VISION_MODULES)
+
+
+def apply_lora(model: torch.nn.Module, lora: Any, teacher_adapter: bool = False) -> torch.nn.Module:
+    """Inject LoRA adapters into `model` in place (peft's `inject_adapter_in_model`: the model keeps its class,
+    config and forward, so everything that runs a plain model runs this one) and freeze every other weight.
+    With `teacher_adapter` a second adapter set, `TEACHER_ADAPTER`, starts as a copy of the student's and never
+    trains (training/lora.py updates it on the teacher's schedule). Returns the model."""
+    from peft import inject_adapter_in_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    config = lora_config(lora)
+    model.requires_grad_(False)
+    try:
+        inject_adapter_in_model(config, model)
+    except ValueError as e:  # peft: "Target modules {...} not found in the base model"
+        raise ConfigError(f"model.lora.target_modules={list(config.target_modules)}: {e}") from None
+    for what, module in (("output head", model.get_output_embeddings()), ("embedding", model.get_input_embeddings())):
+        # the trainer computes the head's log-probs from its weight directly, which would skip an adapter there
+        if isinstance(module, BaseTunerLayer):
+            raise ConfigError(f"model.lora.target_modules={sorted(config.target_modules)} puts an adapter on the "
+                              f"{what}; valid: modules inside the transformer layers (q_proj, k_proj, v_proj, "
+                              "o_proj, gate_proj, up_proj, down_proj)")
+    if teacher_adapter:
+        with warnings.catch_warnings():  # peft warns that a second adapter set is one: here it is the point
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            inject_adapter_in_model(config, model, adapter_name=TEACHER_ADAPTER)
+        with torch.no_grad():
+            for layer in lora_layers(model):
+                for part in ("lora_A", "lora_B"):
+                    getattr(layer, part)[TEACHER_ADAPTER].load_state_dict(getattr(layer, part)["default"].state_dict())
+    for layer in lora_layers(model):  # only the student's adapters train, whatever peft marked on injection
+        layer.set_adapter("default")
+    return model
+
+
+def lora_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """peft's LoRA layers of `model` (empty for a model without adapters)."""
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+def has_lora(model: torch.nn.Module) -> bool:
+    return any(True for _ in lora_layers(model))
+
+
+@contextlib.contextmanager
+def adapters_as(model: torch.nn.Module, adapter: str | None) -> Iterator[None]:
+    """Run `model` as its base (`adapter=None`: every adapter off, peft's `enable_adapters(False)`, the same
+    switch `PeftModel.disable_adapter()` uses) or with adapter set `adapter` in place of the student's. No
+    weight is copied. The student's adapters are active (and trainable) again on exit."""
+    layers = lora_layers(model)
+    try:
+        for layer in layers:
+            if adapter is None:
+                layer.enable_adapters(False)
+            else:
+                layer.set_adapter(adapter, inference_mode=True)
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+            layer.set_adapter("default")
+
+
+class AdapterView:
+    """`model` run through `adapters_as(model, adapter)`: what the trainer's forward helpers take for a model.
+    They reach the model's own attributes (config, output head, rope deltas) through `.module`, as they reach
+    a DeepSpeed engine's."""
+
+    def __init__(self, model: torch.nn.Module, adapter: str | None) -> None:
+        self.module, self.adapter = model, adapter
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with adapters_as(self.module, self.adapter):
+            return self.module(*args, **kwargs)
+
+    @property
+    def training(self) -> bool:
+        return self.module.training
+
+    def eval(self) -> AdapterView:
+        self.module.eval()
+        return self
+
+    def train(self, mode: bool = True) -> AdapterView:
+        self.module.train(mode)
+        return self
+
+
+def merge_delta(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """W + scaling * B @ A (a Linear's LoRA merged into its weight, as peft's `merge` computes it), in fp32 and
+    cast back to W's dtype."""
+    return (weight.float() + scaling * (lora_b.float() @ lora_a.float())).to(weight.dtype)
+
+
+def lora_export_names(model: torch.nn.Module) -> dict[str, tuple[str, str, float] | None]:
+    """For every parameter name of `model`: None when the exported (merged, plain-model) weights leave it out
+    (an adapter's), else (its plain-model name, the LoRA layer's module prefix or "", scaling). A model
+    without adapters maps each name to itself."""
+    merged = {}
+    for prefix, module in model.named_modules():
+        scaling = getattr(module, "scaling", None)
+        if isinstance(scaling, dict) and "default" in scaling and hasattr(module, "lora_A"):
+            merged[prefix] = float(scaling["default"])
+    out: dict[str, tuple[str, str, float] | None] = {}
+    for name, _ in model.named_parameters():
+        if ".lora_" in name:
+            out[name] = None
+            continue
+        plain = name.replace(".base_layer.", ".")
+        prefix = name.split(".base_layer.")[0] if ".base_layer." in name else ""
+        is_weight = prefix and name == f"{prefix}.base_layer.weight"
+        out[name] = (plain, prefix if is_weight else "", merged.get(prefix, 0.0) if is_weight else 0.0)
+    return out
+
+
+def merged_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LoRA model's full state dict `state` (its own names) as the plain model's: each adapted weight merged
+    (`merge_delta` with the student's adapter), `.base_layer.` dropped from names, adapters left out. A state
+    without adapters comes back as it is. Tensors not in `state` (tied aliases) stay out."""
+    names = lora_export_names(model)
+    if all(v is None or v[0] == k for k, v in names.items()):
+        return state
+    out = {}
+    for name, tensor in state.items():
+        target = names.get(name, (name, "", 0.0))
+        if target is None:
+            continue
+        plain, prefix, scaling = target
+        if prefix:
+            tensor = merge_delta(tensor, state[f"{prefix}.lora_A.default.weight"], state[f"{prefix}.lora_B.default.weight"],
+                                 scaling)
+        out[plain] = tensor
+    return out

@@ -185,12 +185,6 @@ KEYS: list[Key] = [
     Key("train.budget.kind", "str", "stop once this much is spent (null: train.steps decides)",
         choices=tuple(BUDGET_KEYS), null=True),
     Key("train.budget.value", "float", "the budget in the kind's unit (FLOPs, tokens, steps, seconds)", gt=0, null=True),
-    Key("train.dynamic_sampling.enabled", "bool", "DAPO's dynamic sampling: drop groups whose rewards are all equal "
-        "and refill the batch with more rollouts (every rollout, kept or dropped, is charged to the ledger)"),
-    Key("train.dynamic_sampling.max_rounds", "int", "refill rounds per step at most, each sampling as many prompts as "
-        "the batch still lacks", ge=1),
-    Key("train.dynamic_sampling.on_short", "str", "when max_rounds leaves the batch short: fill (complete it with "
-        "dropped groups) or error (stop, as verl does)", choices=("fill", "error")),
     Key("optim.lr", "float", "AdamW learning rate (algorithm.lr overrides it when set)", gt=0),
     Key("optim.betas", "floats", "AdamW betas", ge=0, lt=1, length=2),
     Key("optim.eps", "float", "AdamW epsilon", gt=0),
@@ -254,6 +248,15 @@ KEYS: list[Key] = [
     Key("data.split", "str", "split of a folder or hub id (data.path)"),
     Key("data.test_split", "str", "the same for data.test_path"),
     Key("data.config", "str", "a hub dataset's config (its subfolder)", null=True),
+    Key("model.lora", "mapping", "LoRA adapters (peft) instead of full-parameter training (training/lora.py)"),
+    Key("model.lora.enabled", "bool", "train LoRA adapters only; every other weight stays frozen"),
+    Key("model.lora.rank", "int", "adapter rank r", ge=1),
+    Key("model.lora.alpha", "float", "scaling numerator: the update is (alpha / rank) * B A", gt=0),
+    Key("model.lora.dropout", "float", "dropout on the adapters' input", ge=0, lt=1),
+    Key("model.lora.target_modules", "strs", "module names that get adapters (peft's suffix match)"),
+    Key("model.lora.vision", "bool", "adapters in the vision tower too (else language model only)"),
+    Key("model.lora.teacher", "str", "teacher weights: adapters (its own adapters on algorithm.teacher.weights' "
+        "schedule) or base (the frozen base, adapters off); never a copy of the base", choices=("adapters", "base")),
     Key("data.revision", "str", "a hub dataset's cached revision", null=True),
     Key("data.cache_dir", "str", "where `datasets` keeps converted json/parquet", null=True),
     Key("data.image_root", "str", "where relative image paths start (default: the data file's folder)", null=True),

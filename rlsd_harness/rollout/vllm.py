@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from rlsd_harness.models import lora_export_names, merge_delta
 from rlsd_harness.rollout.hf import Rollout, SamplingParams, encode_prompts, response_mask, user_messages
 
 VLLM_VERSION = "0.33.0"  # keep equal to pyproject's `gpu` extra: the engine refuses any other installed version
@@ -155,18 +156,32 @@ def push_weights(module: torch.nn.Module, zero_stage: int, load: Callable[[list[
     default). Every name is checked before the first bucket goes, so a bad name leaves the engine untouched."""
     if zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"unknown ZeRO stage {zero_stage!r}; valid: 0, 1, 2, 3")
-    named = list(module.named_parameters())
-    names = {name: vllm_load_name(name) for name, _ in named}
+    # A LoRA policy goes as the plain model vLLM loads: each adapted weight merged (W + scaling * B A, computed
+    # per bucket with the adapter gathered beside its weight), under the plain name; adapters are not sent.
+    export = lora_export_names(module)
+    params = dict(module.named_parameters())
+    named = [(name, p) for name, p in params.items() if export[name] is not None]
+    names = {name: vllm_load_name(export[name][0]) for name, _ in named}
+    adapters = {name: [params[f"{export[name][1]}.lora_{part}.default.weight"] for part in "AB"]
+                for name, _ in named if export[name][1]}
     buckets = plan_buckets(named, bucket_bytes)
     if zero_stage == 3 and gather is None:
         gather = zero3_gather
     elif zero_stage != 3:
         gather = None  # parameters are whole on every rank below stage 3
+
+    def value(name: str, p: torch.Tensor) -> torch.Tensor:
+        if name not in adapters:
+            return p.data
+        a, b = adapters[name]
+        return merge_delta(p.data, a.data, b.data, export[name][2])
+
     for bucket in buckets:
         # the gather is left (and the full copies freed) before the next bucket is gathered, also when
         # `load` raises, so at most one bucket is ever held whole
-        with gather([p for _, p in bucket.params]) if gather is not None else contextlib.nullcontext():
-            load([(names[name], p.data) for name, p in bucket.params])
+        held = [p for _, p in bucket.params] + [t for name, _ in bucket.params for t in adapters.get(name, ())]
+        with gather(held) if gather is not None else contextlib.nullcontext():
+            load([(names[name], value(name, p)) for name, p in bucket.params])
     return SyncStats(len(named), len(buckets), sum(b.nbytes for b in buckets),
                      max((b.nbytes for b in buckets), default=0))
 

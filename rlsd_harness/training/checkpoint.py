@@ -227,6 +227,15 @@ def full_state_dict(engine) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in (state or {}).items() if k in names}
 
 
+def export_state_dict(engine) -> dict[str, torch.Tensor]:
+    """The policy's weights as a plain model folder holds them (final/, budget-point policies): the full state
+    dict, with LoRA adapters merged into their weights under the plain model's names (a collective under
+    ZeRO-3, like `full_state_dict`)."""
+    from rlsd_harness.models import merged_state_dict
+
+    return merged_state_dict(engine.module, full_state_dict(engine))
+
+
 def _copy_weights(holder) -> dict[str, torch.Tensor] | None:
     """A teacher's or reference's own weights (gathered one parameter at a time when partitioned: a collective,
     so every rank calls it), or None when there is no copy (no teacher, or a live one)."""
@@ -357,7 +366,7 @@ def write_policy(run_dir: Path, engine, processor, rank: int, fraction: float, s
     folder = policy_folder(run_dir, fraction)
     if all_gather_object(folder.is_dir())[0]:  # rank 0's file system decides for every rank
         return None
-    weights = full_state_dict(engine)  # every rank: a collective under ZeRO-3
+    weights = export_state_dict(engine)  # every rank: a collective under ZeRO-3
     if rank == 0:
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
