@@ -47,6 +47,13 @@ class EmbeddedData:
     def prompts(self, step: int, n: int) -> list:
         return embedded.generate("train", n, seed=stable_seed("train", self.seed, step), level=self.level)
 
+    def refill_prompts(self, step: int, start: int, n: int, rank: int = 0, world: int = 1) -> list:
+        """Prompts `start` .. `start + n - 1` of rank `rank`'s share of step `step`'s refill stream (dynamic
+        sampling's extra rollouts), rank r taking items r, r + world, ...: the prompt stream of a step key that
+        no training step has, so refilling changes no later step's prompts."""
+        items = self.prompts(f"refill/{step}", (start + n) * world)  # type: ignore[arg-type]  # a seed key
+        return [items[(start + j) * world + rank] for j in range(n)]
+
     def heldout_set(self, split: str, n: int | None = None) -> list:
         """The first `n` items of a held-out split: "validation" (to choose hyperparameters) or "test" (to
         report); a smaller n gives a prefix of a larger one."""
@@ -680,6 +687,13 @@ class LocalData:
     def prompts(self, step: int, n: int) -> list[Example]:
         """The `n` prompts of rollout step `step` (1-based): global prompts (step - 1) * n onward."""
         return self.at((step - 1) * n, n)
+
+    def refill_prompts(self, step: int, start: int, n: int, rank: int = 0, world: int = 1) -> list[Example]:
+        """Prompts `start` .. `start + n - 1` of rank `rank`'s share of step `step`'s refill stream (dynamic
+        sampling's extra rollouts): a permutation of all rows seeded by (seed, step), apart from the main stream
+        so that refilling changes no later step's prompts; rank r takes positions r, r + world, ..."""
+        order = np.random.default_rng(stable_seed("refill", self.seed, step)).permutation(self._len)
+        return [self[int(order[((start + j) * world + rank) % self._len])] for j in range(n)]
 
     def test_set(self, n: int | None = None) -> list[Example]:
         if self.test is None:

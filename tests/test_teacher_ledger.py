@@ -93,13 +93,13 @@ def test_teacher_config_has_no_feedback_option_and_names_unknown_keys():
 def test_ledger_counts_match_hand_counted_tokens(tmp_path, tiny_dir, share):
     trainer = make_trainer(tmp_path, "algorithm=rlsd", f"train.share_prompts={share}")
     seen = {}
-    original = trainer._micro_step
+    original = trainer._micro_loss
 
     def spy(mb, sums):
         seen.setdefault("mbs", []).append(mb)
-        original(mb, sums)
+        return original(mb, sums)
 
-    trainer._micro_step = spy
+    trainer._micro_loss = spy
     m = trainer.step()
     mbs = seen["mbs"]
     generated = sum(float(mb.response_mask.sum()) for mb in mbs)

@@ -69,13 +69,21 @@ def help_text(prog: str, summary: str, own: dict[str, str], takes_overrides: boo
 
 
 def _joined(args: list[str]) -> list[str]:
-    """Arguments with a list the shell split at its spaces (`seeds=[0, 1]` -> `seeds=[0,` `1]`) joined again."""
+    """Arguments with a list the shell split at its spaces (`seeds=[0, 1]` -> `seeds=[0,` `1]`) joined again. A
+    list that no later argument closes (`eval.budget_points=[0.5,1 train.steps=3`) is left alone, so its error
+    quotes it as typed rather than glued to the arguments after it."""
     out: list[str] = []
-    for a in args:
-        if out and out[-1].count("[") > out[-1].count("]"):
-            out[-1] += a
+    i = 0
+    while i < len(args):
+        group, j = args[i], i + 1
+        while group.count("[") > group.count("]") and j < len(args):
+            group, j = group + args[j], j + 1
+        if group.count("[") > group.count("]"):  # never closed: a typo, not the shell's split
+            out.append(args[i])
+            i += 1
         else:
-            out.append(a)
+            out.append(group)
+            i = j
     return out
 
 

@@ -34,6 +34,15 @@ GLOSSARY: dict[str, str] = {
     "rollout/response_length": "mean response length in tokens",
     "rollout/truncated": "fraction of responses that reached rollout.max_new_tokens",
     "rollout/leakage": "fraction of responses that mention privileged information or state the answer before any step",
+    # train.dynamic_sampling.enabled only (training/dynamic_sampling.py); counts over all ranks; every dropped and
+    # extra rollout is in ledger/step/tokens/generated and flops/rollout
+    "rollout/groups_dropped": "dynamic sampling: groups sampled this step whose rewards were all equal (dropped)",
+    "rollout/extra_rollouts": "dynamic sampling: responses sampled this step beyond the first rollout (refill rounds)",
+    "rollout/refill_rounds": "dynamic sampling: refill rounds this step (at most train.dynamic_sampling.max_rounds)",
+    "rollout/groups_short": "dynamic sampling: groups the batch still lacked after the last round, filled with "
+                            "dropped groups (on_short=fill)",
+    "rollout/groups_surplus": "dynamic sampling: groups with unequal rewards sampled beyond what the batch needed "
+                              "(discarded; a full rank's share of a synced ZeRO-3 round)",
     "actor/loss": "the objective's loss (token-weighted over micro-batches)",
     "actor/entropy": "policy entropy on the sampled responses (nats per token)",
     "actor/lr": "learning rate after the step",

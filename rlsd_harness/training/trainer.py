@@ -26,6 +26,7 @@ from rlsd_harness.rollout.hf import (
     vision_token_ids,
 )
 from rlsd_harness.training import lora
+from rlsd_harness.training.dynamic_sampling import DynamicSamplingConfig, fill_batch
 from rlsd_harness.training.dynamics import leakage_flags
 from rlsd_harness.training.ledger import Ledger, ModelShape
 from rlsd_harness.training.metrics import namespaced
@@ -245,6 +246,10 @@ class Trainer:
             self.rollout.sleep()
         else:
             raise ValueError(f"unknown rollout.engine {cfg.rollout.engine!r}; valid: hf, vllm")
+        self.dynamic_sampling = DynamicSamplingConfig.from_config(tcfg.get("dynamic_sampling"))
+        if self.dynamic_sampling.enabled and not hasattr(data, "refill_prompts"):
+            raise ValueError(f"train.dynamic_sampling.enabled=true needs a prompt source with refill_prompts; "
+                             f"{type(data).__name__} has none (valid: data=embedded, data=local)")
         self.ledger = Ledger()
         self.step_count = 0  # optimizer steps done
         self.rollout_step = 0  # rollout batches done
@@ -297,7 +302,8 @@ class Trainer:
         self.rollout_step += 1
         prompts = self.data.prompts(self.rollout_step, self.cfg.train.prompts_per_step)[self.rank :: self.world]
         batch = self._rollout(prompts)
-        metrics = self._prepare(batch, prompts)
+        batch, prompts, refill = self._dynamic_sampling(batch, prompts)  # off by default: unchanged
+        metrics = {**self._prepare(batch, prompts), **refill}
         batch = self._place(batch, metrics)
         self._no_grad_forwards(batch)
         self.engine.module.train()
@@ -319,13 +325,22 @@ class Trainer:
         return self._close_step({**metrics, **self._weighted_means(sums), "lr": self.engine.get_lr()[0],
                                  "teacher_updates": float(self.teacher.updates) if self.teacher else 0.0})
 
-    def _rollout(self, prompts: list) -> RolloutBatch:
-        """G samples per prompt from the rollout engine, each verified: rows prompt-major, G per prompt."""
+    def _rollout(self, prompts: list, round_: int = 0) -> RolloutBatch:
+        """G samples per prompt from the rollout engine, each verified: rows prompt-major, G per prompt. Every
+        sample is charged to the ledger here, as it is generated, so dynamic sampling's dropped ones are too;
+        `round_` > 0 is a refill round of dynamic sampling, whose samples draw from seeds of their own."""
         G, led = self.cfg.train.group_size, self.ledger
         self.engine.module.eval()
+        tag = f"/refill{round_}" if round_ else ""
         with led.phase("rollout"):
-            seeds = [sample_seed(self.cfg.seed, self.rollout_step, str(p.id), j) for p in prompts for j in range(G)]
+            seeds = [sample_seed(self.cfg.seed, self.rollout_step, f"{p.id}{tag}", j) for p in prompts for j in range(G)]
             ro = self.rollout.generate(prompts, self.sampling, seeds)
+            lengths = ro.response_mask.sum(-1).cpu()
+            led.add(**{
+                "prompts": len(prompts), "tokens/generated": float(lengths.sum()),
+                "flops/rollout": self.shape.generate_flops(ro.prompt.mask.sum(-1).cpu(), lengths)
+                + self.shape.forward_flops(torch.zeros(0), None if ro.vision is None else ro.vision.image_grid_thw.prod(-1)),
+            })
         with led.phase("reward"):
             verdicts = [self.verifier(text, prompts[i // G].answer) for i, text in enumerate(ro.texts)]
             rewards = torch.tensor([v.reward for v in verdicts])
@@ -336,6 +351,25 @@ class Trainer:
             rollout_logp=ro.logp, student=student, vision=ro.vision, step=self.step_count + 1,
             extras={"texts": ro.texts, "parsed": [v.parsed for v in verdicts]},
         )
+
+    def _dynamic_sampling(self, batch: RolloutBatch, prompts: list) -> tuple[RolloutBatch, list, dict[str, float]]:
+        """With train.dynamic_sampling.enabled, DAPO's: groups whose rewards are all equal are dropped and the
+        batch is refilled from the step's refill stream (training/dynamic_sampling.py); else the batch as it is."""
+        if not self.dynamic_sampling.enabled:
+            return batch, prompts, {}
+        drawn = 0
+
+        def sample(round_: int, n: int) -> tuple[RolloutBatch, list]:
+            nonlocal drawn
+            extra = self.data.refill_prompts(self.rollout_step, drawn, n, self.rank, self.world)
+            drawn += n
+            return self._rollout(extra, round_), extra
+
+        batch, prompts, metrics = fill_batch(batch, prompts, sample, self.dynamic_sampling, self.synced_generation,
+                                             dist.all_reduce_max, dist.all_reduce_sum)
+        G = self.cfg.train.group_size  # the groups come from several rollouts: number them again
+        batch.student.key = (torch.arange(len(prompts) * G) // G) * self.world + self.rank
+        return batch, prompts, metrics
 
     def _prepare(self, batch: RolloutBatch, prompts: list) -> dict[str, float]:
         """The teacher's contexts (when an update of this batch reads the teacher), then the objective's own
@@ -582,13 +616,7 @@ class Trainer:
         return float(prompt_lens[first].sum() + response_lens.sum()), flops
 
     def _rollout_metrics(self, batch: RolloutBatch, prompts: list) -> dict[str, float]:
-        lengths = batch.response_mask.sum(-1).cpu()
-        prompt_lens = batch.student.mask.sum(-1).cpu()
-        self.ledger.add(**{
-            "prompts": len(prompts), "tokens/generated": float(lengths.sum()),
-            "flops/rollout": self.shape.generate_flops(prompt_lens, lengths)
-            + self.shape.forward_flops(torch.zeros(0), self._patches(batch)),
-        })
+        lengths = batch.response_mask.sum(-1).cpu()  # (the ledger charged every sample in _rollout)
         groups = batch.rewards.view(-1, batch.group_size)
         leak = leakage_flags(batch.extras["texts"])
         return {
