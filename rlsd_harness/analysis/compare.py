@@ -49,6 +49,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlsd_harness.analysis import launch
+from rlsd_harness.analysis.tuning import is_optuna, plan_text, settings_of
 from rlsd_harness.config import (
     CONFIG_DIR,
     REPO,
@@ -80,6 +81,8 @@ def dry_run(exp, name: str, runs_dir: Path, extra: list[str]) -> str:
         missing |= {f"{group}.path" for group in ("model", "data") if OmegaConf.is_missing(cfg[group], "path")}
     grid = tuning_grid(exp, name)
     lines = [f"experiment {name}: {len(arms(exp))} arms x {len(exp.seeds)} seeds -> {runs_dir}", ""]
+    if is_optuna(exp):
+        lines += [plan_text(exp, name, float(next(iter(cfgs.values())).train.budget.value)), ""]
     if grid:
         size = len(next(iter(grid.values())))
         lines += [f"tuning first: {len(grid)} methods x {size} grid points x {len(exp.tuning.seeds)} seeds = "
@@ -132,11 +135,23 @@ def output_folder(name: str, out: str | Path | None) -> tuple[Path, Path | None]
     return default, None
 
 
+def _stopped_short(run_dir: Path, cfg: DictConfig) -> bool:
+    """A finished run that stopped at a tuning rung (train.budget.stop_at) before the one `cfg` asks for."""
+    try:
+        was = json.loads((run_dir / "finished.json").read_text()).get("stop_at")
+    except (OSError, json.JSONDecodeError):
+        return False
+    now = (cfg.train.get("budget") or {}).get("stop_at")
+    return was is not None and float(now if now is not None else 1.0) > float(was) + 1e-9
+
+
 def _train(run_dir: Path, cfg: DictConfig, log: Callable[[str], None], command: str) -> None:
     """One run of the matrix from its composed config. Its state comes from its completion markers
     (training/run.py: run_state): a finished run is skipped; a partial or failed one resumes from its newest
     good checkpoint, or starts over when it has none; a failure is recorded and the matrix goes on."""
     state = run_state(run_dir)
+    if state == "finished" and _stopped_short(run_dir, cfg):
+        state = "partial"  # a tuning rung's run promoted to a later rung: it continues from its checkpoint
     if state == "finished" or ((run_dir / "finished.json").is_file() and (run_dir / "metrics.jsonl.gz").is_file()):
         return  # the second: a packed copy of a finished run (analysis/pack.py), its records kept, its weights not
     good = checkpoint.latest_good(run_dir, log) if state in ("partial", "failed") else None
@@ -299,9 +314,15 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     path = experiment_path(name)  # an experiment file outside config/experiment/ is recorded for rlsd-report
     source, name = (None if path.parent == CONFIG_DIR / "experiment" else str(path.resolve())), path.stem
     grid = tuning_grid(exp, name)
+    optuna_mode = is_optuna(exp)
+    if optuna_mode:
+        settings_of(exp, name)  # checked before anything runs
+        if tuning_from is not None:
+            raise ConfigError(f"tuning_from={tuning_from}: experiment {name} tunes with tuning.mode optuna, whose picks "
+                              f"come from its own tuning/optuna.journal (rerun the same out= to continue a tuning)")
     if tuning_from is not None and not grid:
         raise ConfigError(f"tuning_from={tuning_from}: experiment {name} has no tuning section to take picks for")
-    if tuning_only and (not grid or tuning_from is not None):
+    if tuning_only and (not (grid or optuna_mode) or tuning_from is not None):
         raise ConfigError(f"tuning_only=true runs the tuning phase, which experiment {name} "
                           + ("does not have (no tuning section)" if not grid else f"skips with tuning_from={tuning_from}"))
     target, previous = output_folder(name, out)
@@ -360,7 +381,11 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
                         *([f"workers={workers}"] if workers > 1 else []), *launch.arguments(launcher, slurm),
                         *([f"tuning_from={tuning_from}"] if reused else []), *map(shlex.quote, extra)])
     tuning = grid and not reused
-    bar = tqdm(total=(len(tuning_jobs) if tuning else 0) + (0 if tuning_only else len(jobs)),
+    planned = 0
+    if optuna_mode:  # run visits: every trial's seeds at every rung it reaches
+        opt = settings_of(exp, name)
+        planned = len(exp.methods) * opt.brackets * sum(opt.sizes()) * len(opt.seeds)
+    bar = tqdm(total=(len(tuning_jobs) if tuning else 0) + planned + (0 if tuning_only else len(jobs)),
                desc=f"{name}: {'tuning + ' if tuning else ''}methods x seeds", unit="run", position=0, dynamic_ncols=True)
     queued = f"Slurm jobs queued, recorded in {target / 'jobs.json'}; rerun `{command}` to wait for them and report"
     on_slurm = (slurm, target) if slurm is not None else None
@@ -370,6 +395,24 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
             bar.close()
             return queued
     picks: dict[str, dict] = {}
+    if optuna_mode:
+        from rlsd_harness.analysis.tuning import run_tuning
+
+        def refuse_changed(new: dict[str, dict]) -> None:
+            changed = changed_picks(target, new)
+            if changed and runs_dir.is_dir() and any(runs_dir.iterdir()):
+                raise ConfigError(f"the tuning picks changed ({changed}) but {runs_dir} holds runs trained at the old "
+                                  f"picks; give a fresh out= folder")
+
+        found = run_tuning(target, exp, name, extra, lambda batch: _train_all(batch, workers, log, command, bar, on_slurm),
+                           log, base, checked, refuse_changed)
+        if found is None:
+            bar.close()
+            return queued
+        picks = found
+        for m, p in picks.items():
+            log(f"tuning pick for {m}: {' '.join(p['overrides'])} (validation mean@k {p['validation_mean']:.3f}"
+                + (f"; {'; '.join(p['edges'])}" if p["edges"] else "") + ")")
     if grid:
         if reused:
             picks = reused
@@ -394,7 +437,7 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
         bar.close()
         dist.shutdown()
         return target / "tuning.md"
-    if grid:
+    if grid or optuna_mode:
         test_cfgs = [checked(run_overrides(exp, m, s, runs_dir, extra, picks[arms(exp)[m][0]]["overrides"]))
                      for m, s in jobs]
     if not _train_all([(f"{m}-s{s}", runs_dir / f"{m}-s{s}", cfg) for (m, s), cfg in zip(jobs, test_cfgs)],
@@ -408,7 +451,7 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
             else f"{platform.platform()}, {torch.cuda.get_device_name()}",
             "workers": workers, "threads_per_run": slurm.cpus_per_task if slurm else _threads_per_run(workers),
             **({"launcher": f"slurm: {slurm.describe()}"} if slurm else {}),
-            "base": base, "tuning": bool(grid), "tuning_from": str(tuning_from) if reused else None,
+            "base": base, "tuning": bool(grid) or optuna_mode, "tuning_from": str(tuning_from) if reused else None,
             "rerun_of": str(previous) if previous else None,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     # The report first, meta.json marked finished last: a study whose meta.json says finished is never written

@@ -299,6 +299,8 @@ TUNING_KEYS = {
     "split": "the split the picks read (validation: the test split never picks)",
     "overrides": "training overrides of the tuning runs only (the short budget)",
     "grid": "per method: {lr: [values], <one more config key>: [values]}, the same number of points for every method",
+    "mode": "grid (the grid above) | optuna (multi-fidelity search of each method's search_space, analysis/tuning.py)",
+    "optuna": "tuning.mode optuna: trials, reduction_factor, rungs, brackets, sampler, sampler_seed (analysis/tuning.py)",
 }
 PICK_RULE = ("highest mean validation mean@k over the tuning seeds at the last budget point; ties go to the "
              "smaller learning rate, then to the earlier grid point")
@@ -418,6 +420,14 @@ def tuning_grid(exp: DictConfig, name: str = "experiment") -> dict[str, list[Tun
         raise ConfigError(f"{where}.split must be validation (the test split reports, it never picks); got {t.split!r}")
     if not list(t.get("seeds") or []):
         raise ConfigError(f"{where}.seeds: give at least one seed")
+    mode = str(t.get("mode", "grid"))
+    if mode not in ("grid", "optuna"):
+        raise ConfigError(f"{where}.mode={mode!r}; valid: grid, optuna")
+    if (mode == "optuna") == bool(t.get("grid")) or (mode == "grid" and t.get("optuna")):
+        raise ConfigError(f"{where}: mode {mode} takes " + ("an optuna: section and no grid" if mode == "optuna"
+                                                           else "a grid: section and no optuna"))
+    if mode == "optuna":  # no grid: the search spaces are the objectives' own (analysis/tuning.py)
+        return {}
     grid = t.get("grid") or {}
     methods = [str(m) for m in exp.methods]
     if sorted(grid) != sorted(methods):
@@ -533,4 +543,5 @@ def budget_spent(budget: Any, metrics: dict[str, float]) -> bool:
         return False
     if budget.kind not in BUDGET_KEYS:
         raise ConfigError(f"unknown train.budget.kind {budget.kind!r}; valid: {', '.join(BUDGET_KEYS)}")
-    return metrics[BUDGET_KEYS[budget.kind]] >= float(budget.value)
+    # stop_at: a tuning rung (a fraction of the budget): the run stops there and a resume continues it
+    return metrics[BUDGET_KEYS[budget.kind]] >= float(budget.value) * float(budget.get("stop_at") or 1.0)

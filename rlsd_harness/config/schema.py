@@ -185,6 +185,8 @@ KEYS: list[Key] = [
     Key("train.budget.kind", "str", "stop once this much is spent (null: train.steps decides)",
         choices=tuple(BUDGET_KEYS), null=True),
     Key("train.budget.value", "float", "the budget in the kind's unit (FLOPs, tokens, steps, seconds)", gt=0, null=True),
+    Key("train.budget.stop_at", "float", "stop at this fraction of train.budget.value (a tuning rung; a resume with a "
+        "larger one continues; null: the whole budget)", gt=0, le=1, null=True),
     Key("optim.lr", "float", "AdamW learning rate (algorithm.lr overrides it when set)", gt=0),
     Key("optim.betas", "floats", "AdamW betas", ge=0, lt=1, length=2),
     Key("optim.eps", "float", "AdamW epsilon", gt=0),
@@ -224,6 +226,8 @@ KEYS: list[Key] = [
     Key("algorithm.params", "mapping", "the objective's parameters (its Config dataclass; see below)", open=True),
     Key("algorithm.teacher", "mapping", "the teacher (TeacherConfig; see below)", open=True),
     Key("algorithm.lr", "float", "this objective's learning rate (null: optim.lr)", gt=0, null=True),
+    Key("algorithm.search_space", "mapping", "the tuner's ranges for this objective (analysis/tuning.py: "
+        "key -> {low, high, log, int} or {choices}); training ignores it", open=True),
     Key("model.arch", "str", "model architecture", choices="model arch"),
     Key("model.size", "str", "a project-built size (null: load model.path)", choices="model size", null=True),
     Key("model.seed", "int", "initialisation seed of a project-built model", ge=0),

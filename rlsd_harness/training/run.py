@@ -46,6 +46,7 @@ from rlsd_harness.training.durable import atomic_write_text, kill_point, replace
 # checkpoints and progress output. A key ending in "." covers everything under it.
 RESUMABLE_KEYS = ("run.", "train.steps", "train.budget.", "train.eval_every", "train.save_every",
                   "train.progress", "eval.progress", "train.keep_last", "train.keep_budget_points",
+                  "algorithm.search_space.",  # the tuner's ranges: training never reads them
                   "train.save_budget_policies")
 
 
@@ -478,6 +479,8 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
             atomic_write_text(run_dir / "finished.json", json.dumps(
                 {"rollout_step": trainer.rollout_step, "step": trainer.step_count,
                  "stopped_by": "train.steps" if trainer.rollout_step >= cfg.train.steps else "train.budget",
+                 # a tuning rung short of the budget: compare._train resumes the run when asked for more
+                 "stop_at": (cfg.train.get("budget") or {}).get("stop_at"),
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
             release_old_run()
     except NonFiniteLoss as e:
