@@ -38,14 +38,21 @@ class Example:
     answer: str
     solution: str
     meta: dict = field(default_factory=dict)
+    # Images only the teacher sees (the privileged context), after the student's; the student's prompt never holds them.
+    teacher_images: list = field(default_factory=list)
 
 
 class EmbeddedData:
-    def __init__(self, level: int = 2, seed: int = 0, test_size: int = 256, test_seed: int = 0) -> None:
+    def __init__(self, level: int = 2, seed: int = 0, test_size: int = 256, test_seed: int = 0,
+                 privileged: str = "text") -> None:
+        if privileged not in embedded.PRIVILEGED:
+            raise ConfigError(f"data.privileged={privileged!r}; valid: {', '.join(embedded.PRIVILEGED)}")
         self.level, self.seed, self.test_size, self.test_seed = level, seed, test_size, test_seed
+        self.privileged = privileged
 
     def prompts(self, step: int, n: int) -> list:
-        return embedded.generate("train", n, seed=stable_seed("train", self.seed, step), level=self.level)
+        return embedded.generate("train", n, seed=stable_seed("train", self.seed, step), level=self.level,
+                                 privileged=self.privileged)
 
     def refill_prompts(self, step: int, start: int, n: int, rank: int = 0, world: int = 1) -> list:
         """Prompts `start` .. `start + n - 1` of rank `rank`'s share of step `step`'s refill stream (dynamic
@@ -59,7 +66,8 @@ class EmbeddedData:
         report); a smaller n gives a prefix of a larger one."""
         if split not in ("validation", "test"):
             raise ValueError(f"embedded: unknown held-out split {split!r}; valid: validation, test")
-        return embedded.generate(split, n or self.test_size, seed=self.test_seed, level=self.level)
+        return embedded.generate(split, n or self.test_size, seed=self.test_seed, level=self.level,
+                                 privileged=self.privileged)
 
     def test_set(self, n: int | None = None) -> list:
         return self.heldout_set("test", n)
@@ -71,8 +79,12 @@ class DataError(ConfigError):
 
 # ----------------------------------------------------------------------------- field mapping
 
-FIELDS = ("id", "question", "images", "answer", "solution", "options")
+FIELDS = ("id", "question", "images", "answer", "solution", "options", "teacher_images")
 REQUIRED = ("question", "answer")
+IMAGE_FIELDS = ("images", "teacher_images")
+# Columns every schema takes when present: `teacher_images` holds images only the teacher sees (the visual
+# privileged context: an annotated figure, a hint image), one cell or a list per row, like `images`.
+DEFAULT_COLUMNS: dict[str, Any] = {"teacher_images": "teacher_images"}
 
 # Which columns hold each field, per row schema. "a|b" takes the first column that exists; a list of
 # columns (images only) takes every listed column that exists, in order, skipping empty cells. A schema
@@ -122,7 +134,7 @@ def _resolve_fields(columns: list[str], schema: str, overrides: dict[str, Any], 
 
     problems = []
     for alt in SCHEMAS[schema]:
-        spec = {**alt, **{k: v for k, v in overrides.items() if v is not None}}
+        spec = {**DEFAULT_COLUMNS, **alt, **{k: v for k, v in overrides.items() if v is not None}}
         fields = {k: pick(spec[k]) for k in FIELDS}
         if fields["id"] is None and KEY_COLUMN in have:
             fields["id"] = KEY_COLUMN
@@ -525,9 +537,10 @@ class LocalData:
     `path`: a .jsonl / .json / .parquet / .arrow file, a folder of them (only those of `split` when they are
     named for splits), a `save_to_disk` folder, a hub id `owner/name` already in the local Hugging Face cache
     (never downloaded), or a `datasets.Dataset`. `schema` names which columns hold each field (see SCHEMAS)
-    and `fields` overrides single ones. Every row's question, answer and image paths are checked when the
-    data is opened, and every bad row is reported with its index, id and field; images are decoded only
-    when a row is read. Epoch e visits every row once, in a permutation seeded by (seed, e)."""
+    and `fields` overrides single ones; a `teacher_images` column (or data.fields.teacher_images), when present,
+    holds images only the teacher sees (Example.teacher_images). Every row's question, answer and image paths
+    (the teacher's too) are checked when the data is opened, and every bad row is reported with its index, id
+    and field; images are decoded only when a row is read. Epoch e visits every row once, in a permutation seeded by (seed, e)."""
 
     def __init__(self, path: Any, seed: int = 0, test_path: Any = None, require_image: bool = True, *,
                  schema: str = "mmfinereason", fields: dict[str, Any] | None = None, split: str = "train",
@@ -551,11 +564,17 @@ class LocalData:
             raise DataError(f"{where} {parts[0].label}: no image column ({SCHEMAS[schema][0]['images']!r}) and "
                             f"data.require_image=true; name it with data.fields.images=<column>, or set "
                             f"data.require_image=false for text-only rows")
+        shared = sorted(set(_image_list(self.fields["images"])) & set(_image_list(self.fields["teacher_images"])))
+        if shared:
+            raise DataError(f"{where} {parts[0].label}: column(s) {shared} hold both the student's images and the "
+                            f"teacher's (data.fields.images / data.fields.teacher_images): the teacher's privileged "
+                            f"images must be columns the student does not see")
         used = [c for k in FIELDS for c in _image_list(self.fields[k])]
         self._parts = [_Part(p.ds.select_columns(list(dict.fromkeys(used))), p.base, p.label, p.start) for p in parts]
         # Image columns holding encoded bytes are read from the mapped arrow table, one row at a time (never
         # through `datasets`' Image decoding); path-only columns are small and read through `datasets`.
-        self._raw = {c for c in _image_list(self.fields["images"]) if _has_binary(parts[0].ds.data.schema.field(c).type)}
+        self._raw = {c for k in IMAGE_FIELDS for c in _image_list(self.fields[k])
+                     if _has_binary(parts[0].ds.data.schema.field(c).type)}
         self._views = [p.ds.select_columns([c for c in p.ds.column_names if c not in self._raw]) for p in self._parts]
         self._starts = np.array([p.start for p in self._parts])
         self._len = sum(len(p.ds) for p in self._parts)
@@ -587,10 +606,10 @@ class LocalData:
             nonlocal total
             total += 1
             if len(problems) < 100 * max_listed:
-                column = "" if field_ == "images" else f" (column {f[field_]!r})"
+                column = "" if field_ in IMAGE_FIELDS else f" (column {f[field_]!r})"
                 problems.append((index, f"row {index} (id {rid!r}, {label}): {field_}{column} {what}"))
 
-        img_cols = _image_list(f["images"])
+        img_cols = [(k, c) for k in IMAGE_FIELDS for c in _image_list(f[k])]
         for part in self._parts:
             text_cols = [c for c in dict.fromkeys([f["id"], f["question"], f["answer"]]) if c is not None]
             ids: list = []
@@ -616,20 +635,21 @@ class LocalData:
                             what = f"is a {type(a).__name__} ({a!r}), not a text or number answer"
                         bad(part.start + i, rid, "answer", what, part.label)
             n_images = np.zeros(len(part.ds), int)
-            for col in img_cols:
+            for field_, col in img_cols:
                 for i, count, path, problem in _scan_images(part, col):
                     if count >= 0:
-                        n_images[i] += count
+                        if field_ == "images":  # require_image asks for an image the student sees
+                            n_images[i] += count
                     elif problem:
-                        bad(part.start + i, ids[i], "images", f"(column {col!r}): {problem}", part.label)
+                        bad(part.start + i, ids[i], field_, f"(column {col!r}): {problem}", part.label)
                     elif path is not None:
                         full = Path(path) if part.base is None or os.path.isabs(path) else part.base / path
                         if not full.is_file():
                             missing_files += 1
-                            bad(part.start + i, ids[i], "images", f"(column {col!r}): image file {full} does not exist", part.label)
+                            bad(part.start + i, ids[i], field_, f"(column {col!r}): image file {full} does not exist", part.label)
                         elif size_problem := _header_size_problem(full):
-                            bad(part.start + i, ids[i], "images", f"(column {col!r}): {full.name}: {size_problem}", part.label)
-            if self.require_image and img_cols:
+                            bad(part.start + i, ids[i], field_, f"(column {col!r}): {full.name}: {size_problem}", part.label)
+            if self.require_image and f["images"] is not None:
                 for i in np.flatnonzero(n_images == 0):
                     bad(part.start + int(i), ids[i], "images", "has no image (data.require_image=true)", part.label)
         if total:
@@ -656,16 +676,18 @@ class LocalData:
             question += _format_options(row[f["options"]])
         answer = _answer_text(row[f["answer"]])
         solution = row.get(f["solution"]) if f["solution"] else None
-        images = []
-        for col in _image_list(f["images"]):
-            for cell in _image_list(row[col]):
-                try:
-                    images.append(decode_image(cell, part.base))
-                except Exception as exc:  # PIL raises several unrelated types for bad data
-                    raise DataError(f"{self.where}: row {index} (id {rid!r}, {part.label}): images (column "
-                                    f"{col!r}) cannot be decoded: {exc}") from None
-        return Example(rid, question, images, answer, str(solution) if solution not in (None, "") else answer,
-                       {"index": index, "source": part.label})
+        decoded: dict[str, list] = {}
+        for field_ in IMAGE_FIELDS:
+            decoded[field_] = []
+            for col in _image_list(f[field_]):
+                for cell in _image_list(row[col]):
+                    try:
+                        decoded[field_].append(decode_image(cell, part.base))
+                    except Exception as exc:  # PIL raises several unrelated types for bad data
+                        raise DataError(f"{self.where}: row {index} (id {rid!r}, {part.label}): {field_} (column "
+                                        f"{col!r}) cannot be decoded: {exc}") from None
+        return Example(rid, question, decoded["images"], answer, str(solution) if solution not in (None, "") else answer,
+                       {"index": index, "source": part.label}, teacher_images=decoded["teacher_images"])
 
     def order(self, epoch: int) -> np.ndarray:
         """The row order of `epoch`: a permutation of all rows, seeded by (seed, epoch) alone."""
@@ -703,7 +725,8 @@ class LocalData:
 
 def build_data(cfg: Any, seed: int):
     if cfg.name == "embedded":
-        return EmbeddedData(level=cfg.level, seed=seed, test_size=cfg.test_size)
+        return EmbeddedData(level=cfg.level, seed=seed, test_size=cfg.test_size,
+                            privileged=cfg.get("privileged") or "text")
     if cfg.name == "local":
         fields = cfg.get("fields") or {}
         if hasattr(fields, "items"):

@@ -13,3 +13,9 @@ REFERENCE_TEMPLATE = (
 # SDPO's reprompt templates (the SDPO paper's released code): a successful sibling shown as the solution.
 SIBLING_TEMPLATE = "{question}{solution}\n\nCorrectly solve the original question."
 SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{attempt}\n\n"
+# The visual privileged context (data.privileged=image_hint): the reference is an image the teacher sees after the
+# student's images, so the text names where it is and carries no answer itself.
+IMAGE_HINT_TEMPLATE = (
+    "{question}\n\nThe last image shows a reference answer.\n\n"
+    "After understanding the reference answer, please try to solve this problem using your own approach below."
+)

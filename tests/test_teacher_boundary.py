@@ -5,7 +5,10 @@ micro-batches a real training step hands the teacher (left-padded prompts of une
 responses), with shared prompts on and off, in one micro-batch, in micro-batches that split groups and in
 token-budget micro-batches; and on a batch re-padded by hand (extra padding on both sides, uneven response
 lengths). A hidden state shifted by one position, everywhere or at the first response token only, must fail
-the same check: the last three tests patch such a shift into the trainer and see the error exceed 1e-3."""
+the same check: the last three tests patch such a shift into the trainer and see the error exceed 1e-3.
+With a visual privileged context (data.privileged=image_hint: the teacher's prompt holds one more image than the
+student's, so its image tokens and multimodal positions differ from the student's), the same checks hold on the
+teacher's own images."""
 
 import pytest
 import torch
@@ -23,8 +26,9 @@ MICRO_BATCHING = {
 }
 
 
-def _step_capturing_teacher_batches(tmp_path, share: bool, micro_batching: str):
-    trainer = make_trainer(tmp_path, "algorithm=rlsd", f"train.share_prompts={share}", *MICRO_BATCHING[micro_batching])
+def _step_capturing_teacher_batches(tmp_path, share: bool, micro_batching: str, *extra: str):
+    trainer = make_trainer(tmp_path, "algorithm=rlsd", f"train.share_prompts={share}", *MICRO_BATCHING[micro_batching],
+                           *extra)
     seen = []
     original = trainer._teacher_signals
 
@@ -48,7 +52,7 @@ def _unpadded_teacher_logp(trainer, mb, row: int) -> torch.Tensor:
     assert torch.equal(mb.response_mask[row, :length], torch.ones(length)), "responses are right-padded"
     response = mb.response_ids[row, :length]
     ids = torch.cat([prompt, response])[None]
-    vision = mb.vision.select(torch.tensor([row]))
+    vision = (mb.teacher_vision if mb.teacher_vision is not None else mb.vision).select(torch.tensor([row]))
     was_training = model.training
     model.eval()
     logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=(ids == trainer.image_token_id).int(),
@@ -99,6 +103,51 @@ def test_teacher_logp_of_every_response_token_matches_an_unpadded_forward(tmp_pa
     assert worst < TOLERANCE, f"teacher log-prob off by {worst:.2e}"
 
 
+IMAGE_HINT = "data.privileged=image_hint"
+
+
+def _teacher_image_source(source: str, tmp_path, monkeypatch) -> tuple[str, ...]:
+    """Overrides for a teacher prompt with images the student's lacks. "image_hint": every row's teacher sees one
+    more image (level 1 questions all tokenize alike, so every prompt has one length). "local": data=local rows of
+    uneven question lengths where every other row has a teacher image: rows of 1 and 2 teacher images and
+    uneven left padding in one batch."""
+    if source == "image_hint":
+        return (IMAGE_HINT,)
+    import datasets
+
+    from tests.test_visual_privileged import write_local_rows
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")
+    path = write_local_rows(tmp_path / "data", 8, hint_every=2)
+    return ("data=local", f"data.path={path}", "data.verifier=parity")
+
+
+@pytest.mark.parametrize(
+    "source,share,micro_batching",
+    [
+        ("image_hint", True, "split-groups"),
+        ("local", True, "split-groups"),
+        ("local", False, "token-budget"),
+        pytest.param("image_hint", False, "whole", marks=pytest.mark.slow),
+        pytest.param("local", False, "whole", marks=pytest.mark.slow),
+    ],
+)
+def test_with_teacher_only_images_the_teacher_logp_matches_an_unpadded_forward(tmp_path, tiny_dir, monkeypatch, source,
+                                                                               share, micro_batching):
+    extra = _teacher_image_source(source, tmp_path, monkeypatch)
+    trainer, mbs = _step_capturing_teacher_batches(tmp_path, share, micro_batching, *extra)
+    teacher_images = [n for mb in mbs for n in mb.teacher_vision.images_per_row.tolist()]
+    assert all(n == 1 for mb in mbs for n in mb.vision.images_per_row.tolist())
+    if source == "local":
+        assert set(teacher_images) == {1, 2}, "rows with and without a teacher image in one step"
+        assert len(_prompt_lengths(mbs)) > 1, "the teacher prompts were meant to differ in length (left padding)"
+    else:
+        assert set(teacher_images) == {2}
+    worst, worst_first = _boundary_errors(trainer, mbs)
+    assert worst_first < TOLERANCE, f"first response token: teacher log-prob off by {worst_first:.2e}"
+    assert worst < TOLERANCE, f"teacher log-prob off by {worst:.2e}"
+
+
 def _repadded(mb, extra_left: int, extra_right: int):
     """The micro-batch with `extra_left` more padding columns before every prompt, `extra_right` more after
     every response, and row r's response cut to 1 + (r mod T) tokens (uneven right padding)."""
@@ -141,17 +190,18 @@ def _shift(kind: str):
 
 
 @pytest.mark.parametrize(
-    "kind,share",
+    "kind,share,extra",
     [
-        ("first-only", True),
-        pytest.param("first-only", False, marks=pytest.mark.slow),
-        pytest.param("later", True, marks=pytest.mark.slow),
-        pytest.param("earlier", False, marks=pytest.mark.slow),
+        ("first-only", True, ()),
+        ("first-only", True, (IMAGE_HINT,)),  # a prompt with the teacher's extra image
+        pytest.param("first-only", False, (), marks=pytest.mark.slow),
+        pytest.param("later", True, (), marks=pytest.mark.slow),
+        pytest.param("earlier", False, (), marks=pytest.mark.slow),
     ],
 )
-def test_a_position_shifted_by_one_fails_the_check(tmp_path, tiny_dir, monkeypatch, kind, share):
+def test_a_position_shifted_by_one_fails_the_check(tmp_path, tiny_dir, monkeypatch, kind, share, extra):
     monkeypatch.setattr(trainer_module, "response_hidden", _shift(kind))
-    trainer, mbs = _step_capturing_teacher_batches(tmp_path, share, "split-groups")
+    trainer, mbs = _step_capturing_teacher_batches(tmp_path, share, "split-groups", *extra)
     worst, worst_first = _boundary_errors(trainer, mbs)
     assert worst_first > 1e-3, f"a {kind} shift went unseen at the first response token ({worst_first:.2e})"
     assert worst > 1e-3

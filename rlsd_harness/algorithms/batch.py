@@ -84,6 +84,9 @@ class RolloutBatch:
     # Teacher: privileged prompt per row, and which rows have one (SDPO rows without a successful sibling do not).
     teacher: PromptInputs | None = None
     teacher_mask: torch.Tensor | None = None  # (B,) float 0/1
+    # The teacher's images when its prompt holds images the student's does not (visual privileged context: the
+    # student's images, then the teacher's own, per row); None: the teacher reads `vision`, as the student does.
+    teacher_vision: VisionInputs | None = None
     # Teacher signals, filled per micro-batch by the backbone, only those the objective declared:
     teacher_logp: torch.Tensor | None = None  # (B, T) sampled-token log-probs
     teacher_topk_logp: torch.Tensor | None = None  # (B, T, k) on the student's top-k support
@@ -149,9 +152,11 @@ class RolloutBatch:
                 v = PromptInputs(ids=torch.cat([_pad(x.ids, width, left=True) for x in values]),
                                  mask=torch.cat([_pad(x.mask, width, left=True) for x in values]),
                                  key=None if v.key is None else torch.cat([x.key for x in values]))
+            elif f.name == "teacher_vision" and any(x is not None for x in values):
+                # shards with no privileged image: their teacher reads the student's images (or none)
+                v = _concat_vision([x if x is not None else b.vision for x, b in zip(values, batches)], batches)
             elif isinstance(v, VisionInputs):
-                v = VisionInputs(*(torch.cat([getattr(x, k) for x in values])
-                                   for k in ("pixel_values", "image_grid_thw", "images_per_row")))
+                v = _concat_vision(values, batches)
             elif f.name == "extras":
                 v = {}
                 for k, x in first.extras.items():
@@ -188,6 +193,16 @@ class RolloutBatch:
                 v = VisionInputs(v.pixel_values.to(device), v.image_grid_thw.to(device), v.images_per_row.to(device))
             out[f.name] = v
         return replace(self, **out)
+
+
+def _concat_vision(values: list[VisionInputs | None], batches: list[RolloutBatch]) -> VisionInputs:
+    """The images of shards one after the other; a shard without images (None) adds rows that hold none."""
+    ref = next(x for x in values if x is not None)
+    values = [x if x is not None else VisionInputs(ref.pixel_values[:0], ref.image_grid_thw[:0],
+                                                   torch.zeros(b.batch_size, dtype=torch.long))
+              for x, b in zip(values, batches)]
+    return VisionInputs(*(torch.cat([getattr(x, k) for x in values])
+                          for k in ("pixel_values", "image_grid_thw", "images_per_row")))
 
 
 def _pad(x: torch.Tensor, width: int, left: bool) -> torch.Tensor:

@@ -23,7 +23,7 @@ from rlsd_harness.models import load_model, load_processor
 from rlsd_harness.rollout.hf import HFRolloutEngine, SamplingParams, encode_prompts, sample_seed
 from rlsd_harness.training import checkpoint
 from rlsd_harness.training.durable import atomic_path, atomic_write_text
-from rlsd_harness.training.teacher import reference_contexts
+from rlsd_harness.training.teacher import context_images, reference_contexts
 from rlsd_harness.training.trainer import forward_head
 from rlsd_harness.verifier import build_verifier
 
@@ -120,10 +120,12 @@ def token_weights(run_dir: Path, n_prompts: int = 16, group: int = 8) -> list[di
     verifier = build_verifier(cfg.data.verifier)
     rewards = torch.tensor([verifier(t, items[i // group].answer).reward for i, t in enumerate(ro.texts)])
     adv = group_advantages(rewards, group)
-    tprompt, _ = encode_prompts(processor, reference_contexts(items, group, "answer"), [it.images for it in items for _ in range(group)])
+    # the teacher's images: the student's, then any only the teacher sees (data.privileged=image_hint, teacher_images)
+    tprompt, tvision = encode_prompts(processor, reference_contexts(items, group, "answer"),
+                                      [context_images(it) for it in items for _ in range(group)])
     tok_id = student.config.image_token_id
     s_lp = forward_head(student, ro.prompt, ro.vision, ro.response_ids, ro.response_mask, 1.0, tok_id).logp
-    t_lp = forward_head(teacher, tprompt, ro.vision, ro.response_ids, ro.response_mask, 1.0, tok_id).logp
+    t_lp = forward_head(teacher, tprompt, tvision, ro.response_ids, ro.response_mask, 1.0, tok_id).logp
     _, w = evidence_weights(adv, s_lp, t_lp, ro.response_mask)
     w = w.clamp(1 - eps_w, 1 + eps_w)
     picks = []

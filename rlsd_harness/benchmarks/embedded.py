@@ -29,6 +29,11 @@ held-out set of more than a few hundred items holds fewer of those than the trai
 80 one-shape items where the generating distribution gives 150 (validation 75); level 2 test holds no
 empty picture where it gives 40 (validation 5). Those are the easiest items, so a large held-out set is
 slightly harder than the prompts trained on.
+
+Privileged context (`privileged`, data.privileged): "text" (the default) gives the teacher the reference in
+words; "image_hint" gives it instead one more image, after the student's, that shows the answer in
+seven-segment digits (`render_hint`), with a text that names the image and holds no answer. The student's
+prompt is the same in both: `Item.images` never holds the hint; `Item.teacher_images` does.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (30, 160, 60)}
 SHAPES = ("square", "circle")
 LEVELS = (1, 2, 3)
 SPLITS = ("train", "validation", "test")
+PRIVILEGED = ("text", "image_hint")
 HELDOUT_MODULUS = 10  # hash % 10: 0 -> test, 5 -> validation, the rest -> train
 _HELDOUT = {0: "test", HELDOUT_MODULUS // 2: "validation"}
 
@@ -66,10 +72,16 @@ class Item:
     solution: str
     count: int
     meta: dict = field(default_factory=dict)
+    privileged: str = "text"  # one of PRIVILEGED: where the teacher's reference is (text or an extra image)
 
     @property
     def images(self) -> list[Image.Image]:
         return [render(self.cells)]
+
+    @property
+    def teacher_images(self) -> list[Image.Image]:
+        """Images only the teacher sees, after the student's: the answer, under privileged="image_hint"."""
+        return [render_hint(str(self.answer))] if self.privileged == "image_hint" else []
 
 
 def render(cells: tuple) -> Image.Image:
@@ -84,6 +96,35 @@ def render(cells: tuple) -> Image.Image:
         r, c = divmod(cell, GRID)
         patch = img[r * CELL : (r + 1) * CELL, c * CELL : (c + 1) * CELL]
         patch[circle if shape == "circle" else square] = COLOURS[colour]
+    return Image.fromarray(img)
+
+
+# Seven-segment digits (a b c d e f g: top, upper right, lower right, bottom, lower left, upper left, middle),
+# drawn with numpy rather than a font, so the hint image is the same bytes on every machine and Pillow version.
+_SEGMENTS = {"0": "abcdef", "1": "bc", "2": "abdeg", "3": "abcdg", "4": "bcfg", "5": "acdfg", "6": "acdefg",
+             "7": "abc", "8": "abcdefg", "9": "abcdfg", "-": "g"}
+_DIGIT_W, _DIGIT_H, _STROKE = 12, 24, 3
+
+
+def render_hint(text: str) -> Image.Image:
+    """A 56x56 picture of `text` (digits and '-', at most 4) in black seven-segment digits on white, centred:
+    the hint image of privileged="image_hint". The size of a task picture, so the processor treats it alike."""
+    bad = sorted(set(text) - set(_SEGMENTS))
+    if bad or not 0 < len(text) <= 4:
+        raise ValueError(f"render_hint: {text!r} must be 1 to 4 characters of {''.join(_SEGMENTS)}")
+    img = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 255, np.uint8)
+    w, h, s, gap = _DIGIT_W, _DIGIT_H, _STROKE, 2
+    x0 = (IMAGE_SIZE - (len(text) * (w + gap) - gap)) // 2
+    y0 = (IMAGE_SIZE - h) // 2
+    mid = y0 + (h - s) // 2
+    for k, ch in enumerate(text):
+        x = x0 + k * (w + gap)
+        boxes = {"a": (y0, y0 + s, x, x + w), "d": (y0 + h - s, y0 + h, x, x + w), "g": (mid, mid + s, x, x + w),
+                 "f": (y0, mid + s, x, x + s), "b": (y0, mid + s, x + w - s, x + w),
+                 "e": (mid, y0 + h, x, x + s), "c": (mid, y0 + h, x + w - s, x + w)}
+        for seg in _SEGMENTS[ch]:
+            top, bottom, left, right = boxes[seg]
+            img[top:bottom, left:right] = 0
     return Image.fromarray(img)
 
 
@@ -157,18 +198,22 @@ def _draw(rng: random.Random, level: int) -> Item:
     )
 
 
-def generate(split: str, n: int, seed: int, level: int = 2) -> list[Item]:
-    """`n` distinct items of one split, reproducible from (split, seed, level)."""
+def generate(split: str, n: int, seed: int, level: int = 2, privileged: str = "text") -> list[Item]:
+    """`n` distinct items of one split, reproducible from (split, seed, level); `privileged` (one of PRIVILEGED)
+    says where the teacher's reference is and changes neither the items nor what the student sees."""
     if split not in SPLITS:
         raise ValueError(f"embedded: unknown split {split!r}; valid: {', '.join(SPLITS)}")
     if level not in LEVELS:
         raise ValueError(f"embedded: unknown level {level!r}; valid: {', '.join(map(str, LEVELS))}")
+    if privileged not in PRIVILEGED:
+        raise ValueError(f"embedded: unknown privileged context {privileged!r}; valid: {', '.join(PRIVILEGED)}")
     rng = random.Random(f"{split}/{seed}/{level}")
     items, seen = [], set()
     while len(items) < n:
         item = _draw(rng, level)
         if split_of(item) == split and item.id not in seen:
             seen.add(item.id)
+            item.privileged = privileged
             items.append(item)
     return items
 

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlsd_harness.algorithms import build_objective, get_objective_class, objective_names
 from rlsd_harness.benchmarks import EVAL_BENCHMARK_NAMES
-from rlsd_harness.benchmarks.embedded import LEVELS
+from rlsd_harness.benchmarks.embedded import LEVELS, PRIVILEGED
 from rlsd_harness.config import BUDGET_KEYS, ConfigError, provenance, source_of
 
 TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
@@ -244,6 +244,8 @@ KEYS: list[Key] = [
     Key("data.name", "str", "embedded (generated) or local (files)", choices=("embedded", "local")),
     Key("data.level", "int", "embedded task difficulty", choices=LEVELS),
     Key("data.test_size", "int", "embedded held-out set size", ge=1),
+    Key("data.privileged", "str", "embedded: the teacher's privileged context, text (the reference in words) or "
+        "image_hint (an extra image showing the answer, which the student does not see)", choices=PRIVILEGED),
     Key("data.verifier", "str", "reward verifier", choices="verifier"),
     Key("data.path", "str", "training rows: a .jsonl/.json/.parquet/.arrow file, a folder of them, a save_to_disk "
         "folder, or a hub id in the local cache", placeholder="<file>"),
@@ -265,7 +267,8 @@ KEYS: list[Key] = [
     Key("data.cache_dir", "str", "where `datasets` keeps converted json/parquet", null=True),
     Key("data.image_root", "str", "where relative image paths start (default: the data file's folder)", null=True),
     Key("data.schema", "str", "which columns hold each field", choices="data schema"),
-    Key("data.fields", "mapping", "per-field column overrides (id, question, images, answer, solution, options)",
+    Key("data.fields", "mapping", "per-field column overrides (id, question, images, answer, solution, options, "
+        "teacher_images: images only the teacher sees)",
         open=True),
     Key("data.require_image", "bool", "refuse rows without an image"),
     Key("rollout.engine", "str", "rollout engine", choices=("hf", "vllm")),

@@ -7,8 +7,10 @@ Weight sources:
   ema     theta_T <- (1 - tau) theta_T + tau theta_S after every optimizer step (SDPO: tau = 0.05);
   live    the current student itself (no copy, no extra memory).
 
-Context builders (one conversation per response row, same images as the student's prompt):
-  reference  the question plus a reference ("Here is a reference solution: ...", RLSD / OPSD);
+Context builders (one conversation per response row; its images are the student's prompt's, then the example's
+`teacher_images`, which only the teacher sees: see `context_images`):
+  reference  the question plus a reference ("Here is a reference solution: ...", RLSD / OPSD); when the example's
+             reference is an image (the embedded task's privileged="image_hint"), a text naming that image instead;
   sibling    the question plus a successful sibling response of the same group (SDPO); rows without one get
              teacher_mask = 0 and no distillation loss. (The SDPO paper can also show a failed attempt the
              environment's feedback on it; the verifiers here return a reward and a parsed answer, no such text.)
@@ -26,7 +28,7 @@ import torch
 
 from rlsd_harness import dist
 from rlsd_harness.algorithms.registry import make_config
-from rlsd_harness.prompts import REFERENCE_TEMPLATE, SIBLING_TEMPLATE, SOLUTION_TEMPLATE
+from rlsd_harness.prompts import IMAGE_HINT_TEMPLATE, REFERENCE_TEMPLATE, SIBLING_TEMPLATE, SOLUTION_TEMPLATE
 from rlsd_harness.rollout.hf import user_messages
 
 WEIGHT_SOURCES = ("none", "frozen", "sync", "ema", "live")
@@ -57,12 +59,21 @@ def teacher_config(params: Mapping[str, Any] | None) -> TeacherConfig:
     return make_config(TeacherConfig, params, "algorithm.teacher")
 
 
+def context_images(example: Any) -> list:
+    """The images of the teacher's conversation for `example`: the student's, then those only the teacher sees
+    (`example.teacher_images`, when it has any), in the order the conversation's image placeholders take them."""
+    return [*example.images, *getattr(example, "teacher_images", [])]
+
+
 def reference_contexts(examples: list, group_size: int, hint: str) -> list[list[dict]]:
     """One privileged conversation per response row (rows group by group)."""
     convs = []
     for ex in examples:
-        text = REFERENCE_TEMPLATE.format(question=ex.question, hint=getattr(ex, hint))
-        convs += [user_messages(text, len(ex.images))] * group_size
+        if getattr(ex, "privileged", "text") == "image_hint":  # the reference is the last image, not text
+            text = IMAGE_HINT_TEMPLATE.format(question=ex.question)
+        else:
+            text = REFERENCE_TEMPLATE.format(question=ex.question, hint=getattr(ex, hint))
+        convs += [user_messages(text, len(context_images(ex)))] * group_size
     return convs
 
 
@@ -79,7 +90,7 @@ def sibling_contexts(
             demo = next((w for w in winners if w != r or cfg.include_own_success), None)
             solution = SOLUTION_TEMPLATE.format(attempt=texts[demo]) if demo is not None else ""
             text = SIBLING_TEMPLATE.format(question=ex.question, solution=solution)
-            convs.append(user_messages(text, len(ex.images)))
+            convs.append(user_messages(text, len(context_images(ex))))
             mask.append(float(demo is not None))
     return convs, torch.tensor(mask)
 

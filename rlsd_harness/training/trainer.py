@@ -33,6 +33,7 @@ from rlsd_harness.training.metrics import namespaced
 from rlsd_harness.training.microbatch import balance_rows, pad_to_count, partition_by_tokens
 from rlsd_harness.training.teacher import (
     TeacherConfig,
+    context_images,
     reference_contexts,
     sibling_contexts,
     teacher_config,
@@ -536,7 +537,8 @@ class Trainer:
         # Encode each distinct (prompt, context) once and index rows into it: with a reference context the G
         # rows of a group share one conversation, and the processor (image resize/patching) and image rendering
         # then run once per prompt instead of once per row. Left-padding to the longest is the same either way.
-        # (Only ids/mask are kept: the teacher reads the student's pixel values.)
+        # (Only ids/mask are kept, and the teacher reads the student's pixel values, unless some prompt holds images
+        # only the teacher sees: then the teacher's own images ride in batch.teacher_vision.)
         # Rows with the same conversation also share a key (their group's student key, times G, plus the first
         # such row within the group), so that the teacher's forward can run each distinct prompt once.
         index, uniq_convs, uniq_images, seen, keys = [], [], [], {}, []
@@ -545,11 +547,13 @@ class Trainer:
             if key not in seen:
                 seen[key] = (len(uniq_convs), r % G)
                 uniq_convs.append(conv)
-                uniq_images.append(prompts[r // G].images)
+                uniq_images.append(context_images(prompts[r // G]))
             index.append(seen[key][0])
             keys.append(int(batch.student.key[r]) * G + seen[key][1])
-        enc, _ = encode_prompts(self.processor, uniq_convs, uniq_images)
+        enc, vision = encode_prompts(self.processor, uniq_convs, uniq_images)
         idx = torch.tensor(index, dtype=torch.long)
+        if any(getattr(p, "teacher_images", None) for p in prompts):
+            batch.teacher_vision = vision.select(idx)
         batch.teacher = PromptInputs(ids=enc.ids[idx], mask=enc.mask[idx], key=torch.tensor(keys))
         batch.teacher_mask = mask
 
@@ -569,7 +573,8 @@ class Trainer:
             signals["full"] = True
         elif obj.teacher_signal == "topk":
             signals["gather_ids"] = topk_ids
-        out = forward_head(model, mb.teacher, mb.vision, mb.response_ids, mb.response_mask, self.sampling.temperature,
+        vision = mb.teacher_vision if mb.teacher_vision is not None else mb.vision
+        out = forward_head(model, mb.teacher, vision, mb.response_ids, mb.response_mask, self.sampling.temperature,
                            self.image_token_id, share_prompts=share, head=self.head, **signals)
         model.train(was_training)
         mb.teacher_logp = out.logp
@@ -578,7 +583,7 @@ class Trainer:
         elif obj.teacher_signal == "topk":
             mb.topk_idx, mb.teacher_topk_logp = topk_ids, out.gathered
         role = "probe" if self.probe else "teacher"
-        tokens, flops = self._forward_cost(mb, mb.teacher, share)
+        tokens, flops = self._forward_cost(mb, mb.teacher, share, vision)
         self.ledger.add(**{f"tokens/fwd_{role}": tokens, f"flops/{role}": flops})
 
     @torch.no_grad()
@@ -599,19 +604,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ accounting
     @staticmethod
-    def _patches(mb: RolloutBatch) -> torch.Tensor | None:
-        return None if mb.vision is None else mb.vision.image_grid_thw.prod(-1)
+    def _patches(mb: RolloutBatch, vision: VisionInputs | None = None) -> torch.Tensor | None:
+        vision = mb.vision if vision is None else vision
+        return None if vision is None else vision.image_grid_thw.prod(-1)
 
-    def _forward_cost(self, mb: RolloutBatch, prompt: PromptInputs, shared: bool) -> tuple[float, float]:
-        """(tokens, FLOPs) of a forward over `prompt` + the responses. With shared prompts, each distinct prompt
-        (and its images) once, then every response over its cached prompt, as in generation."""
+    def _forward_cost(self, mb: RolloutBatch, prompt: PromptInputs, shared: bool,
+                      vision: VisionInputs | None = None) -> tuple[float, float]:
+        """(tokens, FLOPs) of a forward over `prompt` + the responses, with `vision`'s images (default the
+        student's). With shared prompts, each distinct prompt (and its images) once, then every response over its
+        cached prompt, as in generation."""
+        vision = mb.vision if vision is None else vision
         prompt_lens, response_lens = prompt.mask.sum(-1), mb.response_mask.sum(-1)
         distinct = distinct_prompts(prompt) if shared else None
         if distinct is None:
             seq = prompt_lens + response_lens
-            return float(seq.sum()), self.shape.forward_flops(seq, self._patches(mb))
+            return float(seq.sum()), self.shape.forward_flops(seq, self._patches(mb, vision))
         first = distinct[0]
-        head_patches = None if mb.vision is None else mb.vision.select(first).image_grid_thw.prod(-1)
+        head_patches = None if vision is None else vision.select(first).image_grid_thw.prod(-1)
         flops = self.shape.forward_flops(prompt_lens[first], head_patches) + self.shape.generate_flops(prompt_lens, response_lens)
         return float(prompt_lens[first].sum() + response_lens.sum()), flops
 
