@@ -185,6 +185,12 @@ KEYS: list[Key] = [
     Key("train.budget.kind", "str", "stop once this much is spent (null: train.steps decides)",
         choices=tuple(BUDGET_KEYS), null=True),
     Key("train.budget.value", "float", "the budget in the kind's unit (FLOPs, tokens, steps, seconds)", gt=0, null=True),
+    Key("train.dynamic_sampling.enabled", "bool", "DAPO's dynamic sampling: drop groups whose rewards are all equal "
+        "and refill the batch with more rollouts (every rollout, kept or dropped, is charged to the ledger)"),
+    Key("train.dynamic_sampling.max_rounds", "int", "refill rounds per step at most, each sampling as many prompts as "
+        "the batch still lacks", ge=1),
+    Key("train.dynamic_sampling.on_short", "str", "when max_rounds leaves the batch short: fill (complete it with "
+        "dropped groups) or error (stop, as verl does)", choices=("fill", "error")),
     Key("train.budget.stop_at", "float", "stop at this fraction of train.budget.value (a tuning rung; a resume with a "
         "larger one continues; null: the whole budget)", gt=0, le=1, null=True),
     Key("optim.lr", "float", "AdamW learning rate (algorithm.lr overrides it when set)", gt=0),
