@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rlsd_harness.analysis import claims, stats
+from rlsd_harness.analysis import claims, factorial, stats
 from rlsd_harness.config import (
     BUDGET_KEYS,
     PICK_RULE,
@@ -46,6 +46,7 @@ from rlsd_harness.config import (
     arms,
     baseline_of,
     budget_points_of,
+    factor_levels,
     pairs_of,
 )
 
@@ -741,6 +742,12 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
         write_csv(pd.concat([learning.assign(table="learning"), claim_table.assign(table="claims")]), out / "claims.csv")
         claims_md = claims.markdown(learning, claim_table)
         write_text(out / "claims.md", claims_md)
+    factorial_md, effects = "", pd.DataFrame()
+    levels = factor_levels(exp)
+    if levels and study.mode == "items":  # a factorial experiment: effects, not arms against the first one
+        factorial_md, effects = factorial.factorial_section(levels, study.records, df, cfg["fractions"], measure)
+        write_text(out / "factorial.md", factorial_md)
+        write_csv(effects, out / "factorial.csv")
     if plots:
         plot_accuracy(study, order, cfg["kind"], out / "accuracy_vs_compute.png", summaries)
         plot_dynamics(df, order, out / "dynamics.png")
@@ -771,15 +778,20 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
         lines += ["## Tuning", "", *([f"The picks were taken from the tuned study in `{source}` ({same}, seeds "
                                       f"and tuning overrides; its tuning runs are not repeated here).", ""] if source else []),
                   (out / "tuning.md").read_text(), ""]
+    if factorial_md:
+        lines += ["## Factorial analysis", "", factorial_md, ""]
     lines += ["## Tables", "", (out / "table.md").read_text(), ""]
     if claims_md:
         lines += ["## Learning signal and the paper's claims", "", claims.__doc__.split("\n\n")[1].strip(), "",
                   claims_md, ""]
     unresolved = _cannot_resolve(sections, cfg["delta"])
+    if factorial_md:  # a factorial study asks about its factors, not about each arm against the first one
+        unresolved = factorial.unresolved(effects, max(cfg["fractions"]))
     if unresolved:
         lines += ["## What this study cannot resolve", "",
-                  "Comparisons at the last budget point whose difference is not significant after correction:", "",
-                  *unresolved, ""]
+                  ("Effects on the test score at the last budget point whose 95 % interval includes 0:" if factorial_md
+                   else "Comparisons at the last budget point whose difference is not significant after correction:"),
+                  "", *unresolved, ""]
     lines += ["## Plots", "", "Test accuracy against the compute spent (band: the table's 95 % interval at each "
               "budget point):", "", "![accuracy](accuracy_vs_compute.png)", "",
               "Training dynamics (mean over finished seeds, band: 95 % t-interval over seeds):", "",
@@ -797,7 +809,8 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
     lines += ["Files: table.md / table.csv (every table; the csv in fractions, as analysis/stats.py returns them), "
               "per_seed.md / per_seed.csv, claims.md / claims.csv / per_run_dynamics.csv, accuracy_vs_compute.png, "
               "dynamics.png"
-              + (", tuning.md / tuning.csv / picks.json" if (out / "tuning.md").exists() else "") + "."]
+              + (", tuning.md / tuning.csv / picks.json" if (out / "tuning.md").exists() else "")
+              + (", factorial.md / factorial.csv (effects in fractions)" if factorial_md else "") + "."]
     write_text(out / "README.md", "\n".join(lines) + "\n")
     return sections
 

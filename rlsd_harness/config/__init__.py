@@ -284,6 +284,8 @@ EXPERIMENT_KEYS = {
     "overrides": "training overrides every run shares",
     "method_overrides": "per-method training overrides ({method: [key=value, ...]})",
     "grid": "an ablation grid ({key: [values]}); every method runs at every point",
+    "factors": "a factorial ablation ({key: [levels]}): arms as `grid`, and the report gives each factor's main "
+               "effect and their interactions (analysis/factorial.py); not with `grid`",
     "budget_kind": "flops | tokens | steps | seconds: what the budget points are fractions of",
     "budget_points": "fractions of train.budget.value where the large test evaluations happen and the tables read",
     "baseline": "the arm every other arm is compared with (default grpo, else the first arm)",
@@ -343,8 +345,61 @@ def _origin(exp: DictConfig) -> str:
     return f"experiment {_EXPERIMENT_NAMES.get(id(exp), 'of the comparison')}"
 
 
+def _check_arm_sections(exp: DictConfig, name: str) -> None:
+    """The shape of `method_overrides`, `grid` and `factors`: one line naming the bad entry."""
+    methods = [str(m) for m in exp.methods]
+    per_method = exp.get("method_overrides") or {}
+    if not OmegaConf.is_dict(per_method) and not isinstance(per_method, dict):
+        raise ConfigError(f"experiment {name}: method_overrides must be {{method: [key=value, ...]}}; got {per_method!r}")
+    for m, overrides in per_method.items():
+        if str(m) not in methods:
+            raise ConfigError(f"experiment {name}: method_overrides: " + unknown_message("method", str(m), methods))
+        if not OmegaConf.is_list(overrides) or any(not isinstance(o, str) or "=" not in o for o in overrides):
+            raise ConfigError(f"experiment {name}: method_overrides.{m} must be a list of key=value overrides; "
+                              f"got {overrides}")
+    if exp.get("grid") and exp.get("factors"):
+        raise ConfigError(f"experiment {name}: grid and factors cannot be combined (factors is a grid whose report "
+                          f"is factorial); keep one of them")
+    for section in ("grid", "factors"):
+        spec = exp.get(section)
+        if spec is None:
+            continue
+        if not OmegaConf.is_dict(spec) or not spec:
+            raise ConfigError(f"experiment {name}: {section} must be {{config key: [values]}} with at least one key; "
+                              f"got {spec!r}")
+        for key, values in spec.items():
+            if "." not in str(key):
+                raise ConfigError(f"experiment {name}: {section} key {key!r} must be a dotted config key, e.g. "
+                                  f"algorithm.params.eps_w")
+            values = list(values) if OmegaConf.is_list(values) else None
+            least = 2 if section == "factors" else 1
+            if (values is None or len(values) < least or len(set(map(str, values))) != len(values)
+                    or any(OmegaConf.is_config(v) for v in values)):
+                raise ConfigError(f"experiment {name}: {section}.{key} must be a list of at least {least} distinct "
+                                  f"scalar values; got {spec[key]!r}")
+
+
+def factor_levels(exp: DictConfig) -> dict[str, dict[str, Any]]:
+    """label -> {factor: level} of a factorial experiment's arms (`factors`), the labels those of `arms`;
+    `algorithm` is a factor too when the experiment has more than one method. {} without `factors`."""
+    factors = dict(exp.get("factors") or {})
+    if not factors:
+        return {}
+    out = {}
+    for m in exp.methods:
+        for point in itertools.product(*factors.values()):
+            levels = {str(k): v for k, v in zip(factors, point)}
+            out[_arm_label(str(m), factors, point)] = ({"algorithm": str(m)} if len(exp.methods) > 1 else {}) | levels
+    return out
+
+
+def _arm_label(method: str, grid: dict, point: tuple) -> str:
+    return method + "".join(f"-{k.rsplit('.', 1)[-1]}{v}" for k, v in zip(grid, point))
+
+
 def check_experiment(exp: DictConfig, name: str = "experiment") -> None:
     """The report and tuning keys of an experiment, checked before any compute is spent."""
+    _check_arm_sections(exp, name)
     labels = list(arms(exp))
     baseline_of(exp, name)
     for pair in exp.get("pairs") or []:
@@ -414,8 +469,9 @@ def tuning_grid(exp: DictConfig, name: str = "experiment") -> dict[str, list[Tun
     unknown = sorted(set(t.keys()) - set(TUNING_KEYS))
     if unknown:
         raise ConfigError(f"{where}: " + unknown_message("key", str(unknown[0]), TUNING_KEYS))
-    if exp.get("grid"):
-        raise ConfigError(f"experiment {name}: tuning and an ablation grid cannot be combined; drop one of them")
+    if exp.get("grid") or exp.get("factors"):
+        raise ConfigError(f"experiment {name}: tuning and an ablation grid (grid or factors) cannot be combined; drop "
+                          f"one of them")
     if str(t.get("split", "validation")) != "validation":
         raise ConfigError(f"{where}.split must be validation (the test split reports, it never picks); got {t.split!r}")
     if not list(t.get("seeds") or []):
@@ -485,10 +541,11 @@ def tuning_run_overrides(exp: DictConfig, point: TuningPoint, seed: int, runs_di
 
 
 def arms(exp: DictConfig) -> dict[str, tuple[str, list[str]]]:
-    """label -> (algorithm, overrides). Without a `grid`, one arm per method; with one (an ablation), one arm
-    per method and grid point, e.g. {algorithm.params.eps_w: [0.1, 0.2]} -> rlsd-eps_w0.1, rlsd-eps_w0.2."""
+    """label -> (algorithm, overrides). Without a `grid` (or `factors`), one arm per method; with one (an
+    ablation), one arm per method and grid point, e.g. {algorithm.params.eps_w: [0.1, 0.2]} -> rlsd-eps_w0.1,
+    rlsd-eps_w0.2."""
     per_method = exp.get("method_overrides") or {}
-    grid = dict(exp.get("grid") or {})
+    grid = dict(exp.get("grid") or exp.get("factors") or {})
     out = {}
     for m in exp.methods:
         base = list(per_method.get(m, []))
@@ -496,7 +553,10 @@ def arms(exp: DictConfig) -> dict[str, tuple[str, list[str]]]:
             out[m] = (m, base)
             continue
         for point in itertools.product(*grid.values()):
-            label = m + "".join(f"-{k.rsplit('.', 1)[-1]}{v}" for k, v in zip(grid, point))
+            label = _arm_label(str(m), grid, point)
+            if label in out:
+                raise ConfigError(f"two arms share the label {label!r}: two grid keys end in the same name with the "
+                                  f"same values; {list(grid)}")
             out[label] = (m, base + [f"{k}={v}" for k, v in zip(grid, point)])
     return out
 
