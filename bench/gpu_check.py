@@ -56,6 +56,7 @@ NAMES = {
     "parity": "tests.ds_worker:Parity",  # test-only verifier: mixed rewards even for a random model
     "small_overrides": "tests.conftest:small_overrides",
     "objective_registry": "rlsd_harness.algorithms.registry:get_objective_class",
+    "read_jsonl": "rlsd_harness.io:read_jsonl",
 }
 PYTEST = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts="]
 TESTS = {
@@ -378,8 +379,8 @@ def w_train(stage: int, result: Path, dry: bool, work: Path) -> None:
     for obj in names:
         t0 = time.perf_counter()
         dirs = {k: run(cfgs[(obj, k)], log=lambda m: None) for k in ("straight", "split", "resume")}
-        read = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-        straight, split = read(dirs["straight"]), read(dirs["resume"])
+        read_jsonl = resolve("read_jsonl")
+        straight, split = read_jsonl(dirs["straight"] / "metrics.jsonl"), read_jsonl(dirs["resume"] / "metrics.jsonl")
         losses = [m["actor/loss"] for m in straight[1:] + split[1:] if "actor/loss" in m]
         finite = bool(losses) and all(math.isfinite(x) for x in losses)
         keys = [k for k in straight[-1] if isinstance(straight[-1][k], float) and "time" not in k and "seconds" not in k

@@ -27,6 +27,7 @@ from PIL import Image
 
 from rlsd_harness.benchmarks import embedded
 from rlsd_harness.config import ConfigError
+from rlsd_harness.io import atomic_path
 from rlsd_harness.rollout.hf import stable_seed
 
 
@@ -220,16 +221,15 @@ def _parquet_as_arrow(path: Path, where: str, cache_dir: str | None) -> Path:
     out = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "local-parquet" / f"{path.stem}-{key}.arrow"
     if out.is_file():
         return out
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     try:
         pf = pq.ParquetFile(path, pre_buffer=False)  # reads the footer: a cut or foreign file fails here, named
         out.parent.mkdir(parents=True, exist_ok=True)
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, pf.schema_arrow) as writer:
+        # atomic: a killed conversion leaves a hidden temporary file, never a cut cache file
+        with atomic_path(out) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
+                pa.ipc.new_stream(sink, pf.schema_arrow) as writer:
             for batch in pf.iter_batches(batch_size=256, use_threads=False):
                 writer.write_batch(batch)
-        os.replace(tmp, out)  # a killed conversion leaves a .tmp, never a cut cache file
     except Exception as exc:  # pyarrow raises several types for a bad file
-        tmp.unlink(missing_ok=True)
         raise DataError(f"{where}: {path} is not a readable parquet file ({exc})") from None
     return out
 

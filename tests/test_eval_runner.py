@@ -236,9 +236,25 @@ def test_runner_args_are_split_from_config_overrides():
 def test_a_line_cut_short_by_a_crash_is_dropped(tmp_path):
     path = tmp_path / "x.jsonl"
     good = [{"id": "a", "sample": 1, "correct": True}, {"id": "a", "sample": 0, "correct": False}]
-    path.write_text("".join(json.dumps(r) + "\n" for r in good) + '{"id": "b", "sam')
+    text = "".join(json.dumps(r) + "\n" for r in good) + '{"id": "b", "sam'
+    path.write_text(text)
     assert read_records(path) == {"a": [good[1], good[0]]}
-    assert path.read_text().count("\n") == 2 and '"b"' not in path.read_text()
+    assert path.read_text() == text  # reading never writes; the runner repairs the file before it appends
+
+
+def test_a_run_resumed_after_a_cut_line_equals_an_uninterrupted_run(tiny, tiny_dir, sources, tmp_path):
+    """The runner appends after a line a kill cut short only once it has cut that line off
+    (io.drop_cut_last_line): its new lines do not run on from the cut one."""
+    cfg = config(sources)
+    out, fresh = tmp_path / "cut", tmp_path / "fresh"
+    run(tiny, tiny_dir, cfg, out, ["embedded"], limit=2)
+    records = out / "embedded.jsonl"
+    text = records.read_text()
+    last = text.rstrip("\n").rsplit("\n", 1)[-1]
+    records.write_text(text[:len(text) - 1 - len(last) // 2])  # the last line cut in half, as a kill leaves it
+    run(tiny, tiny_dir, cfg, out, ["embedded"], limit=3)
+    run(tiny, tiny_dir, cfg, fresh, ["embedded"], limit=3)
+    assert records.read_text() == (fresh / "embedded.jsonl").read_text()
 
 
 def test_mathvista_judge_self_is_recorded(tiny, tiny_dir, sources, tmp_path):

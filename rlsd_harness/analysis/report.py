@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +47,7 @@ from rlsd_harness.config import (
     factor_levels,
     pairs_of,
 )
+from rlsd_harness.io import atomic_path, atomic_write_text, parse_jsonl
 
 LEGACY_ACCURACY = "eval/pass@1"  # runs written before per-item records: greedy accuracy of the whole set
 AGGREGATE_ITEM = "(whole set)"  # the one "item" of a run read from its aggregate accuracy
@@ -66,17 +65,10 @@ DYNAMICS = [
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and a rename."""
+    """Write `text` to `path` atomically (rlsd_harness.io), creating its folder first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -88,14 +80,8 @@ def write_json(obj: Any, path: Path) -> None:
 
 
 def _save_figure(fig: Any, path: Path, dpi: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- reading run folders
@@ -124,14 +110,8 @@ def metrics_lines(run_dir: Path) -> list[dict]:
     text = record_text(run_dir / "metrics.jsonl")
     if text is None:
         return []
-    lines = []
-    for raw in text.splitlines():
-        if raw.strip():
-            try:
-                lines.append(namespaced(json.loads(raw)))  # older runs wrote flat names; the mapping is idempotent
-            except json.JSONDecodeError:
-                break  # a line cut by a kill mid-write ends the readable part
-    return lines
+    # older runs wrote flat names (the mapping is idempotent); a line cut by a kill is dropped (io's policy)
+    return [namespaced(m) for m in parse_jsonl(text, run_dir / "metrics.jsonl")]
 
 
 def _finished(run_dir: Path, lines: list[dict]) -> bool:
@@ -225,10 +205,7 @@ def run_records(run_dir: Path, split: str, points: Sequence[float], budget_key: 
         if text is None:
             raise FileNotFoundError(f"{run_dir.name}: metrics.jsonl names the records {path} of budget point "
                                     f"{budget:g}, but the file is missing")
-        for raw in text.splitlines():
-            if not raw.strip():
-                continue
-            item = json.loads(raw)
+        for item in parse_jsonl(text, path):
             correct = [float(c) for c in item["correct"]]
             rows.append({"budget": budget, "item": str(item["id"]), "score": float(np.mean(correct)),
                          "greedy": item.get("greedy"), "k": len(correct), "spend": line.get(budget_key)})

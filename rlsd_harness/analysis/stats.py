@@ -92,6 +92,8 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower, TTestPower
 
+from rlsd_harness.benchmarks import pass_at_k  # noqa: F401  (the package's one pass@k, part of this API)
+
 N_RESAMPLES = 9999
 MIN_RELIABLE_RUNS = 5
 CONFIDENCE = 0.95
@@ -140,17 +142,6 @@ class Comparison:
 
 
 # ---------------------------------------------------------------- per-sample and sizing estimators
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k = 1 - C(n-c, k) / C(n, k) from n samples with c correct (Chen et al. 2021,
-    "Evaluating Large Language Models Trained on Code"), in the product form 1 - prod_{j=n-c+1}^{n} (1 - k/j),
-    which never forms the large binomials."""
-    if not (n >= 1 and 0 <= c <= n and 1 <= k <= n):
-        raise ValueError(f"pass_at_k needs n >= 1, 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
 def mean_at_k(correct: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ imported on first use so that importing this package stays cheap."""
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -24,6 +25,18 @@ def item_scores(ids: list[str], flags: list[list[bool]]) -> dict[str, float]:
     """Each item's fraction of its k samples scored correct. For a headline that is a mean over items of a
     per-sample 0/1 verdict (accuracy, pass@1), the mean of these over the items is the headline's mean@k."""
     return {i: sum(map(bool, f)) / len(f) for i, f in zip(ids, flags)}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k = 1 - C(n-c, k) / C(n, k) from n samples of which c are correct (Chen et al. 2021,
+    "Evaluating Large Language Models Trained on Code"), as 1 - prod_{j=n-c+1}^{n} (1 - k/j), which never
+    forms the large binomials. The package's one pass@k: ZeroBench's metrics, held-out evaluation and the
+    statistics module all use it."""
+    if not (n >= 1 and 0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"pass_at_k needs n >= 1, 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / j for j in range(n - c + 1, n + 1))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from math import comb
 from typing import Any
 
-from rlsd_harness.benchmarks import Metadata, options_scorer
+from rlsd_harness.benchmarks import Metadata, options_scorer, pass_at_k
 from rlsd_harness.benchmarks._common import (
     check_aligned,
     check_variant,
@@ -103,12 +103,6 @@ def score(response: str, row: dict, *, mode: str = "official") -> dict:
     return {"parsed": parsed, "correct": bool(correct)}
 
 
-def _pass_at_k(n: int, c: int, k: int) -> float:
-    if n - c < k:
-        return 1.0
-    return 1.0 - comb(n - c, k) / comb(n, k)
-
-
 def _all_k(n: int, c: int, k: int) -> float:
     return comb(c, k) / comb(n, k)
 
@@ -155,7 +149,7 @@ def _summarise(groups: dict[str, list[bool]], k: int | None) -> dict[str, Any]:
         "samples_per_question": n_min if all(n == n_min for n, _ in counts) else [n for n, _ in counts],
         "k": k,
         "pass@1": sum(c / n for n, c in counts) / q,
-        "pass@k": sum(_pass_at_k(n, c, k) for n, c in counts) / q,
+        "pass@k": sum(pass_at_k(n, c, k) for n, c in counts) / q,
         "k/k": sum(_all_k(n, c, k) for n, c in counts) / q,
         "correct_questions_any": sum(1 for _, c in counts if c > 0),
         "correct_questions_all": sum(1 for n, c in counts if c == n),

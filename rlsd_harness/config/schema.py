@@ -29,6 +29,7 @@ from rlsd_harness.algorithms import build_objective, get_objective_class, object
 from rlsd_harness.benchmarks import EVAL_BENCHMARK_NAMES
 from rlsd_harness.benchmarks.embedded import LEVELS, PRIVILEGED
 from rlsd_harness.config import BUDGET_KEYS, ConfigError, provenance, source_of
+from rlsd_harness.trees import flatten
 
 TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
               "floats": "a list of numbers", "strs": "a list", "mapping": "a mapping"}
@@ -439,15 +440,6 @@ def check_dataclass(cfg: Any, errors: _Errors, section: str, cls: type, raw: Map
     return ok
 
 
-def _flat(prefix: str, m: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in m.items():
-        out[f"{prefix}.{k}"] = v
-        if isinstance(v, Mapping):
-            out.update(_flat(f"{prefix}.{k}", v))
-    return out
-
-
 def build_section(cfg: Any, errors: _Errors, section: str, raw: Mapping[str, Any], build: Callable[[], Any]) -> Any:
     """Build a section's dataclass; its own range checks become lines naming the key (the longest field name
     the dataclass's message mentions), the value and its source."""
@@ -455,7 +447,7 @@ def build_section(cfg: Any, errors: _Errors, section: str, raw: Mapping[str, Any
         return build()
     except (ValueError, TypeError, KeyError) as e:
         message = str(e.args[0]) if e.args else str(e)
-        flat = _flat(section, raw)
+        flat = flatten(raw, f"{section}.")
         named = [k for k in flat if k.rsplit(".", 1)[-1] in message and not isinstance(flat[k], Mapping)]
         if named:
             key = max(named, key=lambda k: len(k.rsplit(".", 1)[-1]))

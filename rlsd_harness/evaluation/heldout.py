@@ -22,7 +22,6 @@ teacher's privileged context, `blank` a white image, `shuffled` another item's p
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,9 +30,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from rlsd_harness.benchmarks import embedded
+from rlsd_harness.benchmarks import embedded, pass_at_k
 from rlsd_harness.config import ConfigError
 from rlsd_harness.data import Example
+from rlsd_harness.io import atomic_write_text, read_jsonl
 from rlsd_harness.prompts import REFERENCE_TEMPLATE
 from rlsd_harness.rollout.hf import HFRolloutEngine, SamplingParams, sample_seed
 
@@ -53,17 +53,6 @@ Record = dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- estimators
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k = 1 - C(n-c, k) / C(n, k) from n samples of which c are correct (Chen et al. 2021,
-    "Evaluating Large Language Models Trained on Code"), as 1 - prod_{j=n-c+1}^{n} (1 - k/j), which never
-    forms the large binomials."""
-    if not (n >= 1 and 0 <= c <= n and 1 <= k <= n):
-        raise ValueError(f"pass_at_k needs n >= 1, 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / j for j in range(n - c + 1, n + 1))
 
 
 def summarise(records: Sequence[Record]) -> dict[str, float]:
@@ -226,14 +215,12 @@ def metric_entries(name: str, summary: dict[str, float], file: str | None = None
 def write_records(path: Path, records: Sequence[Record]) -> None:
     """One JSON line per item; written whole, so a reader never sees half an evaluation."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps({"id": r["id"], "correct": r["correct"], "greedy": r["greedy"]}) + "\n"
-                           for r in records))
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps({"id": r["id"], "correct": r["correct"], "greedy": r["greedy"]})
+                                    + "\n" for r in records))
 
 
 def read_records(path: Path) -> list[Record]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 # ----------------------------------------------------------------------------- prompt variants (per response)

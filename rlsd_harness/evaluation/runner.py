@@ -50,7 +50,9 @@ from rlsd_harness.benchmarks import (
 )
 from rlsd_harness.benchmarks._common import MissingImagesError, SplitNotFoundError
 from rlsd_harness.evaluation.heldout import Decoding, _variant, decoding_from_config
+from rlsd_harness.io import atomic_write_text, drop_cut_last_line, read_jsonl
 from rlsd_harness.rollout.hf import HFRolloutEngine, SamplingParams, sample_seed
+from rlsd_harness.trees import flatten
 
 # ----------------------------------------------------------------------------- the benchmark runner
 
@@ -231,14 +233,8 @@ def build_suite(spec: str, cfg: Any, limit: int | None = None, judge: Callable[[
 # ----------------------------------------------------------------------------- the output folder
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict) and d:
-        return {k: v for key, sub in d.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): d}
-
-
 def _differences(old: dict, new: dict) -> list[str]:
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in sorted(set(a) | set(b))
             if a.get(k, "<absent>") != b.get(k, "<absent>")]
 
@@ -287,22 +283,10 @@ def prepare_out(out: Path, common: dict, suites: dict[str, dict], overwrite: boo
 
 
 def read_records(path: Path) -> dict[str, list[dict]]:
-    """{item id: its sample records in sample order}. A last line cut short by a crash is dropped."""
-    if not path.exists():
-        return {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:
-                raise ValueError(f"{path}: line {i + 1} is not JSON") from None
-            path.write_text("".join(ln + "\n" for ln in lines[:i]), encoding="utf-8")
+    """{item id: its sample records in sample order}; {} for a missing file. A last line cut short by a crash
+    is dropped (rlsd_harness.io's policy); reading never writes, the appenders repair the file first."""
     out: dict[str, list[dict]] = {}
-    for r in records:
+    for r in read_jsonl(path, missing_ok=True):
         out.setdefault(str(r["id"]), []).append(r)
     return {k: sorted(v, key=lambda r: r["sample"]) for k, v in out.items()}
 
@@ -371,6 +355,7 @@ def run_suite(suite: Suite, engine: Any, decoding: Decoding, seed: int, out: Pat
         if len(recs) != k:
             raise ValueError(f"{merged_path}: item {item_id} has {len(recs)} samples, the decoding asks for {k}")
     path = shard_path(out, suite.key, rank) if sharded else merged_path
+    drop_cut_last_line(path)  # this process appends below: its lines must not run on from a cut one
     mine = [i for i in range(len(suite.ids)) if i % world == rank]
     scorers = [suite.new_scorer() for _ in range(k)]
     variant = suite.identity["variant"]
@@ -424,6 +409,7 @@ def merge_shards(suite: Suite, decoding: Decoding, out: Path) -> dict[str, list[
     the suite's records. A stateful scorer (MMMU's random fallback) scores every response again in dataset order,
     replaying the records already merged, so the records equal one process's byte for byte."""
     merged_path = out / f"{suite.key}.jsonl"
+    drop_cut_last_line(merged_path)  # its text is kept below, and the new records follow it
     merged = read_records(merged_path)
     shards = _shard_records(out, suite.key, merged)
     missing = [i for i in suite.ids if i not in merged and i not in shards]
@@ -445,9 +431,8 @@ def merge_shards(suite: Suite, decoding: Decoding, out: Path) -> dict[str, list[
             new += recs
     if new:
         text = merged_path.read_text(encoding="utf-8") if merged_path.exists() else ""
-        tmp = merged_path.with_name(merged_path.name + ".tmp")
-        tmp.write_text(text + "".join(json.dumps(r, default=str) + "\n" for r in new), encoding="utf-8")
-        tmp.replace(merged_path)  # atomic: a kill leaves the old file and the shards, or the new file
+        # atomic: a kill leaves the old file and the shards, or the new file
+        atomic_write_text(merged_path, text + "".join(json.dumps(r, default=str) + "\n" for r in new), "utf-8")
     for f in _shard_files(out, suite.key):
         f.unlink()
     return merged

@@ -1,8 +1,7 @@
 """Files that are either complete or absent, and the named kill points the kill-and-resume fuzzer uses.
 
-Every file a later step trusts (a run's config, its final/ folder, result tables, completion markers) is written
-under a temporary name in the same folder and renamed over the target: a rename within one filesystem is
-atomic (POSIX rename(2)), so a process killed at any moment leaves either the old file or the new one.
+The atomic writes live in `rlsd_harness.io` (the lowest layer, so that evaluation writes its records the same
+way); they are re-exported here for the training code that imports them from this module.
 
 `HARNESS_KILL_AT=<point>:<n>` makes the process SIGKILL itself the n-th time (1-based) it reaches the named
 point. It exists only to test recovery from kills at the dangerous moments (bench/kill_fuzz.py); unset, it
@@ -12,11 +11,12 @@ costs one dictionary lookup per point.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
+
+from rlsd_harness.io import atomic_path, atomic_write_text, replace_folder
+
+__all__ = ["KILL_POINTS", "atomic_path", "atomic_write_text", "kill_point", "replace_folder"]
 
 KILL_POINTS = {
     "checkpoint": "inside a checkpoint's write: its weights are on disk, its manifest is not",
@@ -45,36 +45,3 @@ def kill_point(name: str, before: Callable[[], None] | None = None) -> None:
         if before is not None:
             before()
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _tmp_name(path: Path) -> Path:
-    # the suffix stays last: writers that pick a format by it (matplotlib's savefig) still can
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary path beside `path`; when the block ends without an error, it replaces `path`."""
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def replace_folder(tmp: Path, folder: Path) -> None:
-    """Move the complete folder `tmp` to `folder`, replacing an older one (whose removal comes first: a
-    kill between the two leaves no `folder`, never a half-written one)."""
-    if folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        os.replace(folder, old)
-        shutil.rmtree(old)
-    os.replace(tmp, folder)

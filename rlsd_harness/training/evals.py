@@ -253,5 +253,3 @@ class RunEvaluator:
         return cache_root() / "evals" / f"{digest.hexdigest()[:20]}.jsonl"
 
 
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()] if Path(path).exists() else []

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rlsd_harness.training.durable import kill_point
+from rlsd_harness.trees import flatten
 
 ROLLOUT = ("reward", "reward_std_in_group", "mixed_groups", "response_length", "truncated", "leakage")
 TEACHER = {"teacher_kl": "kl", "teacher_updates": "updates"}
@@ -194,7 +195,7 @@ class MlflowSink:
         mlflow.set_tracking_uri((run_dir / "mlruns").resolve().as_uri())
         self.mlflow = mlflow
         self.run = mlflow.start_run(run_name=name)
-        mlflow.log_params({k: str(v)[:250] for k, v in _flat(config).items()})
+        mlflow.log_params({k: str(v)[:250] for k, v in flatten(config, keep_empty=False).items()})
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.mlflow.log_metrics({k.replace("@", "_at_"): v for k, v in _scalars(metrics).items()}, step=step)
@@ -237,14 +238,6 @@ def check_trackers(trackers: list[str]) -> None:
                               f"installed: pip install {TRACKER_PACKAGES[name]} (or drop {name} from run.trackers)")
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def open_sinks(run_dir: Path, trackers: list[str], config: dict) -> list[Sink]:

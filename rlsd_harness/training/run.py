@@ -40,7 +40,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from rlsd_harness.config import REPO, ConfigError, budget_spent
+from rlsd_harness.io import read_jsonl
 from rlsd_harness.training.durable import atomic_write_text, kill_point, replace_folder
+from rlsd_harness.trees import flatten
 
 # Keys a resumed run may change: the length of training (steps and budget) and the cadence of evaluation,
 # checkpoints and progress output. A key ending in "." covers everything under it.
@@ -123,19 +125,10 @@ def kept_run_note(run_dir: Path) -> str:
             f"{shlex.quote(str(run_dir))}; run.overwrite=true deletes it once the new run's first checkpoint is written)")
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out or {prefix[:-1]: {}}
-    return {prefix[:-1]: tree}
-
-
 def config_changes(old: DictConfig, new: DictConfig) -> dict[str, tuple[Any, Any]]:
     """Dotted key -> (old, new) for every leaf that differs (a key only one side has counts as changed)."""
-    a = _flat(OmegaConf.to_container(old, resolve=True, throw_on_missing=False))
-    b = _flat(OmegaConf.to_container(new, resolve=True, throw_on_missing=False))
+    a = flatten(OmegaConf.to_container(old, resolve=True, throw_on_missing=False))
+    b = flatten(OmegaConf.to_container(new, resolve=True, throw_on_missing=False))
     missing = "<absent>"
     return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)}
 
@@ -207,28 +200,10 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
     return run_dir
 
 
-def read_metrics(path: Path, log=None) -> list[dict[str, Any]]:
-    """The lines of a metrics.jsonl. A cut last line (a kill mid-write) is dropped, with a warning to `log`;
-    an unreadable line anywhere else is an error naming it."""
-    lines = Path(path).read_text().split("\n")
-    out = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if any(x.strip() for x in lines[i + 1:]):
-                raise ValueError(f"{path}: line {i + 1} is not JSON ({e}); only a cut last line is repaired") from None
-            if log is not None:
-                log(f"warning: {path}: dropped its cut last line ({len(line)} characters, a write that was killed)")
-    return out
-
-
 def _resume_metrics(metrics_file: Path, step: int, log) -> None:
     """Keep the lines up to the checkpoint's step (the steps after it are redone identically); each step
     0..step must be there once."""
-    lines = [m for m in read_metrics(metrics_file, log) if m["rollout_step"] <= step]
+    lines = [m for m in read_jsonl(metrics_file, warn=log) if m["rollout_step"] <= step]
     if [m["rollout_step"] for m in lines] != list(range(step + 1)):
         raise ValueError(f"{metrics_file} does not hold one line per step 0..{step} (it has "
                          f"{[m['rollout_step'] for m in lines]}); the run cannot be resumed exactly")
@@ -362,7 +337,7 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
             aside = None
 
     if cfg.run.resume and rank == 0:  # only rank 0 decides budget points (RunEvaluator.step_targets)
-        evaluator.resume(read_metrics(metrics_file))
+        evaluator.resume(read_jsonl(metrics_file))
 
     # Budget points, decided like the evaluator's (training/evals.py) but also when no evaluation runs: they
     # mark the checkpoints retention keeps and the steps whose policy goes to budget_policies/. The points
