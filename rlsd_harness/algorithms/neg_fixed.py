@@ -1,17 +1,28 @@
 """`neg_fixed`: a teacher-free control arm, GRPO whose advantage is shifted (or replaced) by a fixed negative
 constant, after the "fixed negative advantage" of arXiv 2608.31046.
 
-NOT CHECKED AGAINST THE PAPER: the paper could not be read where this was written (no network), so this is the
-plainest teacher-free form of the idea, not a reproduction. What is implemented, exactly:
+What the paper says (its abstract only; the body was not read): its authors ("Does On-Policy Distillation
+Really Distill? From Noisy Teacher to Self-Improvement", arXiv 2608.31046, huggingface.co/papers/2608.31046)
+study on-policy distillation (OPD: a teacher scores the student's own samples token by token, and those per-token
+scores are the advantages). They find that learning concentrates on low log-probability tokens and that "a
+single fixed negative advantage matches the performance of teacher-provided ones", i.e. the teacher's per-token
+advantages replaced by one negative constant on every sampled token, with no teacher and no reward; and they
+propose OPSA, which makes that negative advantage entropy-adaptive (stronger on high-entropy tokens). The
+abstract gives neither the constant's value nor the surrogate it goes through.
 
-    mode "add"      Ã_i = A_i − c        (A_i GRPO's group-normalised advantage; every response, groups whose
-                                          rewards are all equal included, so those get −c)
-    mode "replace"  Ã_i = −c             (the reward plays no part)
+What is implemented, exactly:
+
+    mode "replace"  Ã_i = −c             every token of every response, the reward unused: the abstract's
+                                          form (a fixed negative advantage in place of the per-token ones)
+    mode "add"      Ã_i = A_i − c        A_i GRPO's group-normalised advantage; every response, groups whose
+                                          rewards are all equal included (those get −c). NOT the paper's: this
+                                          harness's RL-anchored variant, the default and what experiment=controls
+                                          runs, because its question is whether a uniform push-down on top of
+                                          GRPO explains RLSD's gain over GRPO
 
 Ã_i then goes through GRPO's clipped surrogate, dual clip, rollout IS correction, KL term and aggregation
-unchanged (`neg_adv` is c > 0, `mode` picks the form). The control's question: how much of a method's effect a
-uniform push-down of every sampled token (a bias towards higher entropy) explains, with no teacher and no
-token-level information.
+unchanged (`neg_adv` is c > 0, default 0.1, a tenth of the group advantage's unit std: this harness's choice).
+OPSA's entropy-adaptive form is not implemented.
 """
 
 from __future__ import annotations
