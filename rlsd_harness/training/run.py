@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -254,223 +254,308 @@ class _StopRequests:
         self.log(f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
                  f"(send it again to stop at once, without one)")
 
+    def agreed(self, world: int) -> bool:
+        """Whether to stop after this step: every rank stops at the same step (the checkpoint is a collective)."""
+        from rlsd_harness import dist
+
+        stopping = self.signum is not None
+        return bool(dist.all_reduce_max(int(stopping))) if world > 1 else stopping
+
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
 
+class OldRun:
+    """The overwrite protocol, in one place. With `replace` (run.overwrite=true, not a resume) rank 0 moves an
+    existing run aside once everything that can refuse the new config has run; the old run is deleted once the
+    new one stands on its own (its first checkpoint, or its end when it saves none) and moved back if the new one
+    fails before then. A non-finite loss keeps it aside, and says where."""
+
+    def __init__(self, run_dir: Path, replace: bool, rank: int, log) -> None:
+        self.run_dir, self.log = run_dir, log
+        self.aside = _take_run_dir(run_dir, replace, log) if rank == 0 else None
+
+    def release(self) -> None:
+        if self.aside is not None:
+            shutil.rmtree(self.aside)
+            self.log(f"deleted the overwritten run (kept aside at {self.aside} until this run's first checkpoint)")
+            self.aside = None
+
+    def restore(self) -> None:
+        if self.aside is not None:
+            shutil.rmtree(self.run_dir)
+            os.replace(self.aside, self.run_dir)
+            self.log(f"the new run failed before its first checkpoint; the run it was to replace is back at {self.run_dir}")
+
+    def note(self) -> str:
+        return f"; the run this one was to replace is kept at {self.aside}" if self.aside is not None else ""
+
+
+class RunFiles:
+    """What rank 0 writes as the run goes (on every other rank each call does nothing): the config and manifest
+    (or, on a resume, the metrics cut back to its checkpoint and the changed keys recorded), a line per step in
+    metrics.jsonl and the trackers, and the end's markers, finished.json or failed.json."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, rank: int, log) -> None:
+        self.cfg, self.run_dir, self.rank, self.log = cfg, run_dir, rank, log
+        self.metrics = run_dir / "metrics.jsonl"
+        self.sinks: list = []
+
+    def start(self, step: int, changes: dict[str, tuple[Any, Any]], device: str) -> None:
+        if self.rank != 0:
+            return
+        (self.run_dir / "finished.json").unlink(missing_ok=True)
+        if self.cfg.run.resume:
+            _resume_metrics(self.metrics, step, self.log)
+            if changes:
+                _record_changes(self.run_dir, self.cfg, changes, step)
+                self.log(f"resumed with changed keys: {', '.join(changes)} (recorded in config_history.yaml)")
+        else:
+            atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+            atomic_write_text(self.run_dir / "manifest.json", json.dumps(manifest(self.cfg, device), indent=1))
+
+    def open(self) -> None:
+        """The trackers: one that cannot start fails the run before its first checkpoint (the old run comes back)."""
+        from rlsd_harness.training.metrics import open_sinks
+
+        if self.rank == 0:
+            self.sinks = open_sinks(self.run_dir, list(self.cfg.run.get("trackers") or []),
+                                    OmegaConf.to_container(self.cfg, resolve=True))
+
+    def log_step(self, metrics: dict[str, Any], step: int, first: bool = False) -> None:
+        if self.rank == 0:
+            if first:
+                atomic_write_text(self.metrics, "")
+            for sink in self.sinks:
+                sink.log(metrics, step)
+
+    def finished(self, trainer: Any) -> None:
+        if self.rank == 0:
+            atomic_write_text(self.run_dir / "finished.json", json.dumps(
+                {"rollout_step": trainer.rollout_step, "step": trainer.step_count,
+                 "stopped_by": "train.steps" if trainer.rollout_step >= self.cfg.train.steps else "train.budget",
+                 # a tuning rung short of the budget: compare._train resumes the run when asked for more
+                 "stop_at": (self.cfg.train.get("budget") or {}).get("stop_at"),
+                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
+
+    def failed(self, error: Exception, step: int) -> None:
+        if self.rank == 0:
+            atomic_write_text(self.run_dir / "failed.json", json.dumps({"error": str(error), "step": step}))
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+def _to_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
 def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
     """Train one run to `train.steps` or its budget; returns its folder. `resume_command` is what an
     interrupted run prints as the way to continue it (default: this process's command line, resumed)."""
-    import torch
-    from tqdm.auto import tqdm
-
     from rlsd_harness import dist
-    from rlsd_harness.data import build_data
-    from rlsd_harness.models import load_model, load_processor, save_model
     from rlsd_harness.training import checkpoint
-    from rlsd_harness.training.evals import (
-        RunEvaluator,
-        budget_point_due,
-        budget_progress,
-        validate_fractions,
-    )
-    from rlsd_harness.training.metrics import check_trackers, open_sinks
-    from rlsd_harness.training.preflight import check_run
-    from rlsd_harness.training.trainer import NonFiniteLoss, Trainer
-    from rlsd_harness.training.warmup import policy_path
-    from rlsd_harness.verifier import build_verifier
+    from rlsd_harness.training.budget_points import BudgetPoints
+    from rlsd_harness.training.trainer import NonFiniteLoss
 
-    check_run(cfg)  # config, model folder and data, before anything is written
-    check_trackers(list(cfg.run.get("trackers") or []))  # a missing tracker package, before the run folder exists
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    init_path = policy_path(cfg.model, cfg.data, log)  # a bad model or data path fails before the run folder exists
-    data = build_data(cfg.data, cfg.seed)
-    # Held-out evaluation with the run's verifier (training/evals.py); a bad eval key fails here too.
-    evaluator = RunEvaluator(cfg, data, build_verifier(cfg.data.verifier))
-    # Everything that can refuse this config runs before anything is written or moved: the run folder's checks
-    # (an existing run, a resume's changed keys), the trainer (batch geometry, the objective's needs), the
-    # checkpoint a resume starts from.
-    run_dir, changes = check_run_dir(cfg)
-    rank, world = dist.init_distributed()
-    # every generator a checkpoint restores starts from the seed: two runs of one config are the same run
-    import random
-
-    import numpy as np
-
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    evaluator.place(run_dir, rank, world)
-    torch.manual_seed(cfg.seed)
-    processor = load_processor(init_path)
-    trainer = Trainer(cfg, load_model(init_path), processor, data, log, model_path=str(init_path))
-    ckpt = None
-    if cfg.run.resume:
-        ckpt = checkpoint.latest_good(run_dir, log)
-        if ckpt is None:
-            raise checkpoint.CheckpointError(f"run.resume=true but every checkpoint of {run_dir} is damaged (named "
-                                             f"above); start it again with run.overwrite=true" + kept_run_note(run_dir))
-        trainer.load_state_dict(checkpoint.load(ckpt, trainer, rank))
-    aside = None
-    if rank == 0:
-        aside = _take_run_dir(run_dir, bool(cfg.run.overwrite) and not cfg.run.resume, log)
+    log = log or _to_stderr
+    setup = _refusals(cfg, log)  # everything that can refuse this config; nothing written or moved yet
+    trainer, processor, ckpt = _start(cfg, setup, log)
+    rank, world, run_dir, evaluator = trainer.rank, trainer.world, setup.run_dir, setup.evaluator
+    old, files = OldRun(run_dir, bool(cfg.run.overwrite) and not cfg.run.resume, rank, log), RunFiles(cfg, run_dir, rank, log)
     checkpoint._barrier()
-    metrics_file = run_dir / "metrics.jsonl"
-    if rank == 0:
-        (run_dir / "finished.json").unlink(missing_ok=True)
-        if cfg.run.resume:
-            _resume_metrics(metrics_file, trainer.rollout_step, log)
-            if changes:
-                _record_changes(run_dir, cfg, changes, trainer.rollout_step)
-                log(f"resumed with changed keys: {', '.join(changes)} (recorded in config_history.yaml)")
-        else:
-            atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-            atomic_write_text(run_dir / "manifest.json", json.dumps(manifest(cfg, str(dist.device())), indent=1))
+    files.start(trainer.rollout_step, setup.changes, str(dist.device()))
     if ckpt is not None:
         log(f"resumed {run_dir.name} at step {trainer.rollout_step} from {ckpt.name}")
-
-    def release_old_run() -> None:
-        nonlocal aside
-        if aside is not None:  # the new run now stands on its own: the one it replaces can go
-            shutil.rmtree(aside)
-            log(f"deleted the overwritten run (kept aside at {aside} until this run's first checkpoint)")
-            aside = None
-
     if cfg.run.resume and rank == 0:  # only rank 0 decides budget points (RunEvaluator.step_targets)
-        evaluator.resume(read_jsonl(metrics_file))
-
-    # Budget points, decided like the evaluator's (training/evals.py) but also when no evaluation runs: they
-    # mark the checkpoints retention keeps and the steps whose policy goes to budget_policies/. The points
-    # reached are recorded in <run>/budget_points.json; a resume keeps those up to its checkpoint's step.
-    fractions = validate_fractions(cfg.eval.get("budget_points"))
-    keep_last, keep_points = cfg.train.get("keep_last", None), bool(cfg.train.get("keep_budget_points", True))
-    reached = [e for e in checkpoint.read_budget_record(run_dir) if e["step"] <= trainer.rollout_step] \
-        if cfg.run.resume else []
-    if rank == 0:
-        checkpoint.write_budget_record(run_dir, reached)
-    points_done = {f for f in fractions if reached and f <= max(e["fraction"] for e in reached) + 1e-9}
-
-    def budget_point(metrics: dict[str, Any], last: bool, base: bool = False) -> float | None:
-        point = 0.0 if base else None
-        if rank == 0 and not base:  # a seconds budget differs between ranks: rank 0 decides for all
-            point = budget_point_due(budget_progress(cfg, metrics, trainer.rollout_step), fractions, points_done, last)
-        point = dist.all_gather_object(point)[0]
-        if point is not None:
-            if not base:
-                points_done.update(f for f in fractions if f <= point + 1e-9)
-            entry = {"fraction": point, "step": trainer.rollout_step,
-                     "flops": float(metrics.get("ledger/cum/flops/total", 0.0))}
-            reached.append(entry)
-            if rank == 0:
-                checkpoint.write_budget_record(run_dir, reached)
-            if cfg.train.get("save_budget_policies", False):
-                recipe = init_path / "recipe.json"
-                checkpoint.write_policy(run_dir, trainer.engine, processor, rank, point, entry["step"], entry["flops"],
-                                        recipe if recipe.exists() else None)
-        return point
+        evaluator.resume(read_jsonl(files.metrics))
+    points = BudgetPoints(cfg, run_dir, trainer, processor, setup.init_path, rank)
 
     def evaluate(metrics: dict[str, float] | None = None, last: bool = False) -> dict[str, float]:
         step = trainer.rollout_step
         targets = evaluator.targets(0) if metrics is None else evaluator.step_targets(step, metrics, last)
         return evaluator.run(trainer.engine.module, processor, targets, step, synced=trainer.synced_generation)
 
-    def save() -> Path:
-        folder = checkpoint.save(run_dir / "checkpoints" / f"step-{trainer.rollout_step:06d}", trainer, rank,
-                                 {**trainer.state_dict(), "algorithm": cfg.algorithm.name})
-        if rank == 0:
-            release_old_run()
-            # older checkpoints go only now that this one is complete and verified (train.keep_last)
-            checkpoint.prune(run_dir, folder, keep_last, keep_points, log)
-        return folder
-
-    def finished(metrics: dict[str, Any]) -> bool:
-        return trainer.rollout_step >= cfg.train.steps or budget_spent(cfg.train.budget, metrics)
-
-    sinks = []
     try:
-        if rank == 0:  # a tracker that cannot start is a failure before the first checkpoint: the old run comes back
-            sinks = open_sinks(run_dir, list(cfg.run.get("trackers") or []), OmegaConf.to_container(cfg, resolve=True))
-        if trainer.rollout_step == 0:
-            first = {"rollout_step": 0, "step": 0.0, **evaluate()}
-            first.update({f"ledger/cum/{k}": 0.0 for k in ("flops/total", "tokens/generated", "time/step")})
-            if rank == 0:
-                atomic_write_text(metrics_file, "")
-                for sink in sinks:
-                    sink.log(first, 0)
-            if fractions:  # the base policy is budget point 0, as in the evaluator
-                budget_point(first, False, base=True)
-        # a resumed run that had already reached its length or budget trains no further step
-        done = finished(trainer.cumulative())
-        if done and ckpt is not None:
-            log(f"{run_dir.name} had already reached train.steps={cfg.train.steps} or its budget at step "
-                f"{trainer.rollout_step}: nothing to train")
-        bar = tqdm(total=cfg.train.steps, initial=trainer.rollout_step, desc=f"{run_dir.name}",
-                   disable=not cfg.train.progress or rank != 0, dynamic_ncols=True)
-        with _StopRequests(log) as stop:
-            try:
-                while not done:
-                    metrics = trainer.step()
-                    metrics["rollout_step"] = trainer.rollout_step
-                    done = finished(metrics)
-                    metrics.update(evaluate(metrics, done))
-                    point = budget_point(metrics, done)
-                    if rank == 0:
-                        for sink in sinks:
-                            sink.log(metrics, trainer.rollout_step)
-                    stopping = stop.signum is not None
-                    if world > 1:  # every rank stops at the same step (the checkpoint is a collective)
-                        stopping = bool(dist.all_reduce_max(int(stopping)))
-                    # a budget point's checkpoint is saved even off the save_every grid when retention keeps it
-                    at_point = point is not None and keep_points
-                    if stopping or (cfg.train.save_every and (trainer.rollout_step % cfg.train.save_every == 0 or done
-                                                              or at_point)):
-                        folder = save()
-                    if stopping:
-                        command = resume_command or default_resume_command()
-                        signum = stop.signum or signal.SIGTERM
-                        log(f"stopped by {signal.Signals(signum).name} after step {trainer.rollout_step}; "
-                            f"checkpoint {folder}. Resume with:\n  {command}")
-                        raise Interrupted(signum, folder, command)
-                    bar.update(1)
-                    if not done:
-                        shown = f"eval/{evaluator.split}/mean@k"
-                        bar.set_postfix(reward=f"{metrics['rollout/reward']:.2f}", loss=f"{metrics.get('actor/loss', 0.0):.3f}",
-                                        **({"acc": f"{metrics[shown]:.2f}"} if shown in metrics else {}))
-            finally:
-                bar.close()
-        weights = checkpoint.export_state_dict(trainer.engine)  # every rank: a collective under ZeRO-3; LoRA merged
-        if rank == 0:
-            # final/ is complete or absent: written beside, renamed, and only then marked finished
-            tmp = run_dir / "final.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            trainer.engine.module.config.save_pretrained(tmp)
-            kill_point("final")
-            save_model(trainer.engine.module, processor, tmp, state_dict=weights)
-            recipe = init_path / "recipe.json"
-            if recipe.exists():
-                (tmp / "recipe.json").write_text(recipe.read_text())
-            replace_folder(tmp, run_dir / "final")
-            kill_point("run_done")
-            atomic_write_text(run_dir / "finished.json", json.dumps(
-                {"rollout_step": trainer.rollout_step, "step": trainer.step_count,
-                 "stopped_by": "train.steps" if trainer.rollout_step >= cfg.train.steps else "train.budget",
-                 # a tuning rung short of the budget: compare._train resumes the run when asked for more
-                 "stop_at": (cfg.train.get("budget") or {}).get("stop_at"),
-                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
-            release_old_run()
+        files.open()
+        if trainer.rollout_step == 0:  # the base policy: step 0's evaluation, and budget point 0
+            _record_base(evaluate(), files, points)
+        done = _nothing_left(cfg, trainer, ckpt is not None, run_dir, log)
+        with _Progress(cfg, trainer, evaluator, rank) as bar, _StopRequests(log) as stop:
+            while not done:
+                metrics = {**trainer.step(), "rollout_step": trainer.rollout_step}
+                done = _finished(cfg, trainer, metrics)
+                metrics.update(evaluate(metrics, done))
+                point = points.reach(metrics, done)
+                files.log_step(metrics, trainer.rollout_step)
+                stopping = stop.agreed(world)
+                if stopping or _checkpoint_due(cfg, trainer.rollout_step, done, point):
+                    folder = _save(cfg, run_dir, trainer, rank, old, log)
+                if stopping:
+                    raise _interrupted(stop, folder, resume_command, trainer.rollout_step, log)
+                bar.advance(metrics, done)
+        _write_final(run_dir, trainer, processor, setup.init_path, rank)
+        files.finished(trainer)
+        old.release()
     except NonFiniteLoss as e:
-        if rank == 0:
-            atomic_write_text(run_dir / "failed.json", json.dumps({"error": str(e), "step": trainer.rollout_step}))
-        log(f"stopped: {e}. Last good checkpoint: {checkpoint.latest(run_dir) or 'none'}"
-            + (f"; the run this one was to replace is kept at {aside}" if aside is not None else ""))
+        files.failed(e, trainer.rollout_step)
+        log(f"stopped: {e}. Last good checkpoint: {checkpoint.latest(run_dir) or 'none'}{old.note()}")
         raise
     except Exception:
-        if rank == 0 and aside is not None:  # failed before its first checkpoint: the overwritten run comes back
-            shutil.rmtree(run_dir)
-            os.replace(aside, run_dir)
-            log(f"the new run failed before its first checkpoint; the run it was to replace is back at {run_dir}")
+        old.restore()  # (only rank 0 holds one)
         raise
     finally:
-        for sink in sinks:
-            sink.close()
+        files.close()
     return run_dir
+
+
+class _Setup(NamedTuple):
+    init_path: Path
+    data: Any
+    evaluator: Any
+    run_dir: Path
+    changes: dict[str, tuple[Any, Any]]
+
+
+def _refusals(cfg: DictConfig, log) -> _Setup:
+    """Every check that can refuse this config, in the order a user meets them, before anything is written or
+    moved: the config, model folder and data; the trackers' packages; the base policy; the held-out evaluation
+    (a bad eval key); the run folder (an existing run, a resume's changed keys)."""
+    from rlsd_harness.data import build_data
+    from rlsd_harness.training.evals import RunEvaluator
+    from rlsd_harness.training.metrics import check_trackers
+    from rlsd_harness.training.preflight import check_run
+    from rlsd_harness.training.warmup import policy_path
+    from rlsd_harness.verifier import build_verifier
+
+    check_run(cfg)
+    check_trackers(list(cfg.run.get("trackers") or []))
+    init_path = policy_path(cfg.model, cfg.data, log)
+    data = build_data(cfg.data, cfg.seed)
+    evaluator = RunEvaluator(cfg, data, build_verifier(cfg.data.verifier))
+    run_dir, changes = check_run_dir(cfg)
+    return _Setup(init_path, data, evaluator, run_dir, changes)
+
+
+def _start(cfg: DictConfig, setup: _Setup, log):
+    """The process group, every generator seeded (two runs of one config are the same run), the trainer on the
+    base policy and, on a resume, its newest good checkpoint loaded. The trainer's own checks (batch geometry,
+    the objective's needs) and the checkpoint's run before the run folder is touched."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from rlsd_harness import dist
+    from rlsd_harness.models import load_model, load_processor
+    from rlsd_harness.training import checkpoint
+    from rlsd_harness.training.trainer import Trainer
+
+    rank, world = dist.init_distributed()
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    setup.evaluator.place(setup.run_dir, rank, world)
+    torch.manual_seed(cfg.seed)
+    processor = load_processor(setup.init_path)
+    trainer = Trainer(cfg, load_model(setup.init_path), processor, setup.data, log, model_path=str(setup.init_path))
+    ckpt = None
+    if cfg.run.resume:
+        ckpt = checkpoint.latest_good(setup.run_dir, log)
+        if ckpt is None:
+            raise checkpoint.CheckpointError(f"run.resume=true but every checkpoint of {setup.run_dir} is damaged (named "
+                                             f"above); start it again with run.overwrite=true" + kept_run_note(setup.run_dir))
+        trainer.load_state_dict(checkpoint.load(ckpt, trainer, rank))
+    return trainer, processor, ckpt
+
+
+def _record_base(evaluation: dict[str, float], files: RunFiles, points: Any) -> None:
+    first = {"rollout_step": 0, "step": 0.0, **evaluation,
+             **{f"ledger/cum/{k}": 0.0 for k in ("flops/total", "tokens/generated", "time/step")}}
+    files.log_step(first, 0, first=True)
+    if points.fractions:
+        points.reach(first, False, base=True)
+
+
+def _nothing_left(cfg: DictConfig, trainer: Any, resumed: bool, run_dir: Path, log) -> bool:
+    """Whether the run is at its end before its first step: a resumed run may have reached it already."""
+    done = _finished(cfg, trainer, trainer.cumulative())  # (a collective: every rank)
+    if done and resumed:
+        log(f"{run_dir.name} had already reached train.steps={cfg.train.steps} or its budget at step "
+            f"{trainer.rollout_step}: nothing to train")
+    return done
+
+
+def _finished(cfg: DictConfig, trainer: Any, metrics: dict[str, Any]) -> bool:
+    return trainer.rollout_step >= cfg.train.steps or budget_spent(cfg.train.budget, metrics)
+
+
+def _checkpoint_due(cfg: DictConfig, step: int, done: bool, point: float | None) -> bool:
+    """On the save_every grid, at the end, and at a budget point that retention keeps (even off the grid)."""
+    at_point = point is not None and bool(cfg.train.get("keep_budget_points", True))
+    return bool(cfg.train.save_every) and (step % cfg.train.save_every == 0 or done or at_point)
+
+
+def _save(cfg: DictConfig, run_dir: Path, trainer: Any, rank: int, old: OldRun, log) -> Path:
+    """A checkpoint (a collective); then, on rank 0, the overwritten run goes and, now that this checkpoint is
+    complete and verified, the older ones retention does not keep (train.keep_last)."""
+    from rlsd_harness.training import checkpoint
+
+    folder = checkpoint.save(run_dir / "checkpoints" / f"step-{trainer.rollout_step:06d}", trainer, rank,
+                             {**trainer.state_dict(), "algorithm": cfg.algorithm.name})
+    if rank == 0:
+        old.release()
+        checkpoint.prune(run_dir, folder, cfg.train.get("keep_last", None),
+                         bool(cfg.train.get("keep_budget_points", True)), log)
+    return folder
+
+
+def _interrupted(stop: _StopRequests, folder: Path, resume_command: str | None, step: int, log) -> Interrupted:
+    command = resume_command or default_resume_command()
+    signum = stop.signum or signal.SIGTERM
+    log(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {folder}. Resume with:\n  {command}")
+    return Interrupted(signum, folder, command)
+
+
+def _write_final(run_dir: Path, trainer: Any, processor: Any, init_path: Path, rank: int) -> None:
+    """final/, the last policy as a Hugging Face folder: complete or absent (written beside, then renamed)."""
+    from rlsd_harness.models import save_model
+    from rlsd_harness.training import checkpoint
+
+    weights = checkpoint.export_state_dict(trainer.engine)  # every rank: a collective under ZeRO-3; LoRA merged
+    if rank != 0:
+        return
+    tmp = run_dir / "final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.engine.module.config.save_pretrained(tmp)
+    kill_point("final")
+    save_model(trainer.engine.module, processor, tmp, state_dict=weights)
+    recipe = init_path / "recipe.json"
+    if recipe.exists():
+        (tmp / "recipe.json").write_text(recipe.read_text())
+    replace_folder(tmp, run_dir / "final")
+    kill_point("run_done")
+
+
+class _Progress:
+    """The progress bar of rank 0 (train.progress): steps, with the reward, loss and held-out accuracy."""
+
+    def __init__(self, cfg: DictConfig, trainer: Any, evaluator: Any, rank: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.shown = f"eval/{evaluator.split}/mean@k"
+        self.bar = tqdm(total=cfg.train.steps, initial=trainer.rollout_step, desc=evaluator.run_dir.name,
+                        disable=not cfg.train.progress or rank != 0, dynamic_ncols=True)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def advance(self, metrics: dict[str, Any], done: bool) -> None:
+        self.bar.update(1)
+        if not done:
+            self.bar.set_postfix(reward=f"{metrics['rollout/reward']:.2f}", loss=f"{metrics.get('actor/loss', 0.0):.3f}",
+                                 **({"acc": f"{metrics[self.shown]:.2f}"} if self.shown in metrics else {}))
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
