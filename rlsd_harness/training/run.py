@@ -421,8 +421,9 @@ class _Setup(NamedTuple):
 
 def _refusals(cfg: DictConfig, log) -> _Setup:
     """Every check that can refuse this config, in the order a user meets them, before anything is written or
-    moved: the config, model folder and data; the trackers' packages; the base policy; the held-out evaluation
-    (a bad eval key); the run folder (an existing run, a resume's changed keys)."""
+    moved: the config, model folder and data; the trackers' packages; the run folder (an existing run, a resume's
+    changed keys: before the base policy, whose lookup warms one up for a recipe that does not ship); the base
+    policy; the held-out evaluation (a bad eval key)."""
     from rlsd_harness.data import build_data
     from rlsd_harness.training.evals import RunEvaluator
     from rlsd_harness.training.metrics import check_trackers
@@ -432,10 +433,10 @@ def _refusals(cfg: DictConfig, log) -> _Setup:
 
     check_run(cfg)
     check_trackers(list(cfg.run.get("trackers") or []))
+    run_dir, changes = check_run_dir(cfg)
     init_path = policy_path(cfg.model, cfg.data, log)
     data = build_data(cfg.data, cfg.seed)
     evaluator = RunEvaluator(cfg, data, build_verifier(cfg.data.verifier))
-    run_dir, changes = check_run_dir(cfg)
     return _Setup(init_path, data, evaluator, run_dir, changes)
 
 
