@@ -23,6 +23,11 @@ under their Hugging Face checkpoint names (transformers 5: `model.language_model
 `hf_to_vllm_mapper` (tables below, copied as data from vLLM 0.33.0's `model_executor/models/qwen2_5_vl.py`
 and `qwen3_vl.py`).
 
+A LoRA policy (`model.lora.enabled`) is sent as the plain model vLLM was built from: each adapted weight merged
+on the fly, W + (alpha / r) * B A, in the bucket that holds W (its adapter gathered beside it under ZeRO-3),
+under W's plain name; the adapters themselves are not sent, and vLLM's own LoRA support is not used. The
+merged names and values are tested against the stand-in engine on CPU; on a GPU with vLLM it has not run.
+
 vLLM 0.33.0 requires torch 2.14.0 and transformers >=5.16.1,<5.21, so a GPU install resolves transformers 5.20.x
 (the project asks for >=5.20; the CPU install's constraints.txt pins 5.24.0 and torch 2.13.0, without vLLM).
 vLLM is imported lazily: this module imports on a CPU machine, where the bucketing, the names and the sync
