@@ -42,6 +42,10 @@ EXAMPLES: dict[str, list[tuple[str, str, str]]] = {
     "rlsd-report": [("rlsd-report folder=results/embedded",
                      "rebuild the committed demo study's tables, plots, README and RLSD credit picture", "fast")],
     "rlsd-warmup": [("rlsd-warmup", "the default config's shipped base policy and its held-out pass@1", "slow")],
+    "rlsd-filter": [("rlsd-filter checkpoint=rlsd_harness/bases/qwen2_5_vl_tiny_warmup200_level1 data=embedded limit=8 "
+                     "k=4 out=try-filter",
+                     "sample the shipped base 4 times on 8 embedded items; those it fails 4 of 4 go to "
+                     "try-filter/embedded.jsonl", "fast")],
     "rlsd-credit": [("rlsd-credit study=results/embedded out=credit.png",
                      "redraw the committed demo study's credit picture (its runs keep no weights)", "fast"),
                     ("rlsd-credit run=results/runs/try-rlsd",
