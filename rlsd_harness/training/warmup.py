@@ -219,12 +219,12 @@ class Progress:
     """A long loop's progress: a tqdm bar on a terminal; elsewhere (a log file, CI, a study's worker) one
     line every `every` seconds and at the end, with the same elapsed time, ETA and rate as the bar."""
 
-    def __init__(self, total: int, desc: str, log=print, every: float = 10.0, stream=None) -> None:
+    def __init__(self, total: int, desc: str, log=print, every: float = 10.0, stream=None, unit: str = "step") -> None:
         from tqdm.auto import tqdm
 
-        self.tqdm, self.total, self.desc, self.log, self.every = tqdm, total, desc, log, every
+        self.tqdm, self.total, self.desc, self.log, self.every, self.unit = tqdm, total, desc, log, every, unit
         stream = stream or sys.stderr
-        self.bar = tqdm(total=total, desc=desc, unit="step", file=stream, dynamic_ncols=True) if stream.isatty() else None
+        self.bar = tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True) if stream.isatty() else None
         self.t0 = self.last = time.perf_counter()
 
     def update(self, n: int, **postfix: str) -> None:
@@ -237,8 +237,8 @@ class Progress:
             self.last = now
             text = ", ".join(f"{k} {v}" for k, v in postfix.items())
             self.log(self.tqdm.format_meter(
-                n, self.total, now - self.t0, prefix=self.desc, unit="step",
-                bar_format="{desc} step {n_fmt}/{total_fmt}, {elapsed} elapsed, ETA {remaining} ({rate_fmt})")
+                n, self.total, now - self.t0, prefix=self.desc, unit=self.unit,
+                bar_format="{desc} " + self.unit + " {n_fmt}/{total_fmt}, {elapsed} elapsed, ETA {remaining} ({rate_fmt})")
                 + (f", {text}" if text else ""))
 
     def close(self) -> None:
