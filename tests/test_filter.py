@@ -13,6 +13,7 @@ from rlsd_harness.cli import filter as filter_cli
 from rlsd_harness.data import LocalData
 from rlsd_harness.evaluation import difficulty
 from rlsd_harness.evaluation.difficulty import KeepRule, read_records
+from rlsd_harness.io import drop_cut_last_line
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "rlsd_harness" / "bases" / "qwen2_5_vl_tiny_warmup200_level1"
@@ -45,6 +46,8 @@ def test_records_survive_a_kill_mid_line(tmp_path):
     path.write_text(good[0] + "\n" + good[1] + "\n" + good[0][:17])
     records = read_records(path)
     assert sorted(records) == [0, 1] and records[1]["passes"] == 1 and records[1]["pass_rate"] == 0.5
+    assert path.read_text().endswith(good[0][:17])  # reading never writes
+    drop_cut_last_line(path)  # what sample_items does before it appends
     assert path.read_text() == good[0] + "\n" + good[1] + "\n"  # the cut line is gone; appends start clean
 
 

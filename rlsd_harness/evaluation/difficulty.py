@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlsd_harness.io import atomic_path, atomic_write_text, drop_cut_last_line, read_jsonl
+
 RULE_FIELDS = ("pass_rate", "passes", "fails")
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt,
@@ -68,26 +70,9 @@ def item_record(index: int, item_id: str, rewards: Sequence[float], responses: S
 
 
 def read_records(path: Path) -> dict[int, dict[str, Any]]:
-    """Records by item index. A last line cut by a kill is removed from the file (it is sampled again)."""
-    if not path.is_file():
-        return {}
-    raw = path.read_bytes()
-    good_end, records = 0, {}
-    for line in raw.splitlines(keepends=True):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if not line.endswith(b"\n"):
-                break  # the cut last line
-            raise ValueError(f"{path}: a broken line in the middle of the records; delete the file to start again") from None
-        if not line.endswith(b"\n"):
-            break
-        records[int(rec["index"])] = rec
-        good_end += len(line)
-    if good_end < len(raw):
-        with path.open("r+b") as f:
-            f.truncate(good_end)
-    return records
+    """Records by item index; {} for a missing file. A last line cut by a kill is dropped (rlsd_harness.io's
+    policy: the item is sampled again); reading never writes, `sample_items` repairs the file before it appends."""
+    return {int(rec["index"]): rec for rec in read_jsonl(path, missing_ok=True)}
 
 
 def histogram(records: Iterable[dict[str, Any]], k: int) -> list[int]:
@@ -145,32 +130,31 @@ def _copy_image(cell: Any, base: Path | None, dest_dir: Path) -> None:
 def _write_rows(src: Path, rows: list[int], dest: Path) -> None:
     """The given rows (0-based, in file order) of data file `src`, in its format, to `dest`."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    if src.suffix == ".jsonl":
-        lines = [ln for ln in src.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        tmp.write_text("".join(lines[i] + "\n" for i in rows), encoding="utf-8")
-    elif src.suffix == ".json":
-        data = json.loads(src.read_text(encoding="utf-8"))
-        keep = set(rows)
-        if isinstance(data, dict):  # {id: row} (MathVista): same keys, same order
-            out: Any = {key: v for i, (key, v) in enumerate(data.items()) if i in keep}
+    with atomic_path(dest) as tmp:  # a kill leaves the old file or the new one, never a part
+        if src.suffix == ".jsonl":
+            lines = [ln for ln in src.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            tmp.write_text("".join(lines[i] + "\n" for i in rows), encoding="utf-8")
+        elif src.suffix == ".json":
+            data = json.loads(src.read_text(encoding="utf-8"))
+            keep = set(rows)
+            if isinstance(data, dict):  # {id: row} (MathVista): same keys, same order
+                out: Any = {key: v for i, (key, v) in enumerate(data.items()) if i in keep}
+            else:
+                out = [data[i] for i in rows]
+            tmp.write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        elif src.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(pq.read_table(src).take(rows), tmp)
+        elif src.suffix == ".arrow":
+            import pyarrow as pa
+
+            with pa.memory_map(str(src)) as source:
+                table = pa.ipc.open_stream(source).read_all().take(rows)
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
         else:
-            out = [data[i] for i in rows]
-        tmp.write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    elif src.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        pq.write_table(pq.read_table(src).take(rows), tmp)
-    elif src.suffix == ".arrow":
-        import pyarrow as pa
-
-        with pa.memory_map(str(src)) as source:
-            table = pa.ipc.open_stream(source).read_all().take(rows)
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-    else:
-        raise ValueError(f"{src}: no writer for {src.suffix!r} files")
-    tmp.replace(dest)
+            raise ValueError(f"{src}: no writer for {src.suffix!r} files")
 
 
 def _relative(path: Path, root: Path) -> Path | None:
@@ -229,9 +213,7 @@ def write_embedded(items: Sequence[Any], kept: Sequence[int], out: Path) -> list
             names.append(name)
         lines.append(json.dumps({"id": str(item.id), "question": item.question, "images": names,
                                  "answer": str(item.answer), "solution": str(item.solution)}))
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
-    tmp.replace(dest)
+    atomic_write_text(dest, "".join(ln + "\n" for ln in lines), "utf-8")
     return [dest]
 
 
@@ -251,6 +233,7 @@ def sample_items(engine: Any, items: Sequence[Any], todo: Sequence[int], verifie
     from rlsd_harness.rollout.hf import sample_seed
 
     k = params.n
+    drop_cut_last_line(records_path)  # appended below: the new lines must not run on from one a kill cut short
     for start in range(0, len(todo), batch):
         chunk = list(todo[start:start + batch])
         prompts = [items[i] for i in chunk]
