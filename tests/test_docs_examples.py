@@ -178,12 +178,12 @@ def test_following_the_objective_guide_on_a_throwaway_objective_ends_green(tmp_p
     assert Path(where.strip()).is_relative_to(copy), f"the copy must import its own package, not {where}"
     before = (copy / "docs" / "config.md").read_text()
     for command in step_commands(text):
-        argv = shlex.split(command)
-        if argv[:2] == ["make", "config-docs"]:
-            argv = ["make", "-o", ".venv/.installed", *argv[1:]]
-        if "pytest" in argv:
-            argv.append(f"--basetemp={tmp_path / 'pt'}")
-        done = subprocess.run(argv, cwd=copy, env=env, capture_output=True, text=True, timeout=1800)
+        run = command  # a shell command, as a reader types it (globs expand)
+        if command.startswith("make "):
+            run = command.replace("make ", "make -o .venv/.installed ", 1)
+        if " pytest " in command:
+            run += f" --basetemp={shlex.quote(str(tmp_path / 'pt'))}"
+        done = subprocess.run(["bash", "-c", run], cwd=copy, env=env, capture_output=True, text=True, timeout=1800)
         assert done.returncode == 0, f"{command} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     after = (copy / "docs" / "config.md").read_text()
     assert f"'{THROWAWAY}'" in after and f"'{THROWAWAY}'" not in before  # make config-docs listed the new choice
