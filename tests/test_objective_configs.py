@@ -25,7 +25,7 @@ def test_all_expected_configs_exist():
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
 def test_config_shape_and_objective_builds(path):
     cfg = OmegaConf.to_container(OmegaConf.load(path))
-    assert set(cfg) == {"name", "params", "teacher", "lr"}
+    assert set(cfg) == {"name", "params", "teacher", "lr", "search_space"}  # search_space: the tuner's ranges
     teacher = teacher_config(cfg["teacher"])  # the backbone's teacher config accepts every key and value
     obj = build_objective(cfg["name"], cfg["params"])
     weights = cfg["teacher"]["weights"]
