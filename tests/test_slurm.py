@@ -167,6 +167,52 @@ def test_a_study_on_slurm_survives_a_requeue_and_matches_the_local_one(slurm, tm
 
 
 @pytest.mark.cluster
+def test_a_preemption_signal_requeues_the_job_and_the_run_resumes_bit_identical(slurm, tmp_path, tiny_dir):
+    """The path a time limit or a preemption notice takes: Slurm sends SIGUSR2 to the job's tasks (here at once,
+    with `scancel --signal=USR2`, instead of `launcher.signal_delay_s` before the limit); submitit's handler calls
+    SlurmRun.checkpoint, requeues the job (`scontrol requeue`) and exits the task mid-step. The requeued job
+    resumes the run from its newest good checkpoint, and the run ends as the same run trained uninterrupted."""
+    from rlsd_harness.analysis import compare
+    from rlsd_harness.config import compose_config
+    from tests import resume_helpers, slurm_helpers
+
+    def cfg(name: str):
+        return compose_config(small_overrides(tmp_path, f"run.name={name}", "train.steps=4", "train.save_every=1",
+                                              "train.prompts_per_step=2", "train.micro_batch_size=8"))
+
+    compare._train(tmp_path / "local", cfg("local"), lambda msg: None, "cmd")  # the uninterrupted run, in-process
+
+    victim, messages = tmp_path / "slurm", []
+    opts = launch.parse_options({"launcher": "slurm", "launcher.wait": "false", "launcher.poll_s": "1",
+                                 "launcher.time": "30"})[1]
+    study = tmp_path / "study"
+    launch.train_slurm([("slurm", victim, cfg("slurm"))], opts, study, slurm_helpers.train_with_parity,
+                       messages.append, "cmd", _Bar())
+    job_id = json.loads((study / "jobs.json").read_text())["slurm"]["job_id"]
+    _wait_for(lambda: (victim / "checkpoints" / "step-000001" / "manifest.json").exists(), 900, "the first checkpoint")
+    assert not (victim / "finished.json").exists(), "the run finished before it could be signalled mid-run"
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=60)
+
+    def show() -> str:
+        return subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=60).stdout
+
+    # Slurm holds a requeued batch job for a while (its EligibleTime); a test need not wait for that
+    _wait_for(lambda: "Reason=BeginTime" in show(), 120, "the job to requeue itself")
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=60)
+    opts.wait = True
+    assert launch.train_slurm([("slurm", victim, cfg("slurm"))], opts, study, slurm_helpers.train_with_parity,
+                              messages.append, "cmd", _Bar())
+    rec = json.loads((study / "jobs.json").read_text())["slurm"]
+    assert rec["state"] == "finished" and rec["job_id"] == job_id and "Restarts=1" in show()
+    log = "".join((study / "slurm" / f"{job_id}_0_log.{ext}").read_text() for ext in ("out", "err"))
+    # submitit's handler ran: the signal was caught, the run's checkpoint hook called, the job requeued by itself
+    for line in ("Caught signal SIGUSR2", "this job is preempted", "Calling checkpoint method", f"Requeued job {job_id}"):
+        assert line in log, line
+    assert log.count("Starting with JobEnvironment") == 2
+    assert resume_helpers.differences(tmp_path / "local", victim) == []
+
+
+@pytest.mark.cluster
 def test_one_run_across_two_srun_tasks_matches_the_deepspeed_launcher(slurm, tmp_path, tiny_dir):
     """ZeRO-2 on gloo: two tasks of one srun step (ranks from SLURM_PROCID / SLURM_STEP_NUM_TASKS, the rendezvous
     on the node list's first host) train the same weights as two ranks under the `deepspeed` launcher."""
@@ -266,3 +312,8 @@ def test_jobs_are_recorded_never_submitted_twice_and_a_failure_is_reported_with_
     launch.train_slurm(jobs, opts, tmp_path, train, messages.append, "cmd", _Bar())
     recorded = json.loads((tmp_path / "jobs.json").read_text())
     assert recorded["grpo-s0"]["job_id"] == "102" and recorded["grpo-s0"]["earlier_jobs"] == ["100"]
+    # every state change seen, each with its job id: the record is the study's history of its Slurm jobs
+    assert [h[1:] for h in recorded["grpo-s0"]["history"]] == \
+        [["100", "PENDING"], ["100", "RUNNING"], ["100", "failed"], ["102", "PENDING"]]
+    assert [h[1:] for h in recorded["rlsd-s0"]["history"]] == [["101", "PENDING"], ["101", "ended unfinished"],
+                                                              ["103", "PENDING"]]

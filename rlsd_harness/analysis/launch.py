@@ -241,6 +241,14 @@ def _done(run_dir: Path) -> bool:
                                                 and (run_dir / "metrics.jsonl.gz").is_file())
 
 
+def _set_state(rec: dict, state: str) -> None:
+    """A job record's state, and in its history (time, job id, state) each change this controller saw: a
+    requeue shows as RUNNING, then PENDING again (squeue is polled every `launcher.poll_s` while waiting)."""
+    if rec.get("state") != state or not rec.get("history"):
+        rec.setdefault("history", []).append([time.strftime("%Y-%m-%dT%H:%M:%S%z"), rec.get("job_id"), state])
+    rec["state"] = state
+
+
 def dry_run_text(jobs: Sequence[tuple[str, Path]], opts: SlurmOptions, folder: Path) -> str:
     """What `launcher=slurm` would submit: one job per run, its resources and its sbatch header."""
     from submitit.slurm.slurm import _make_sbatch_string
@@ -278,12 +286,12 @@ def train_slurm(jobs: Sequence[tuple[str, Path, DictConfig]], opts: SlurmOptions
         rec = records.get(label)
         if _done(run_dir):
             if rec is not None and rec.get("state") != "finished":
-                rec["state"] = "finished"
+                _set_state(rec, "finished")
             bar.update(1)
             continue
         if rec is not None and rec.get("job_id") in live:
             log(f"{label}: Slurm job {rec['job_id']} is {live[rec['job_id']]}; not submitted again")
-            rec["state"] = live[rec["job_id"]]
+            _set_state(rec, live[rec["job_id"]])
             tracked[rec["job_id"]] = (label, run_dir)
             continue
         if rec is not None and rec.get("state") in LIVE:  # ended since the last look: reported below, retried next time
@@ -292,10 +300,11 @@ def train_slurm(jobs: Sequence[tuple[str, Path, DictConfig]], opts: SlurmOptions
         executor.update_parameters(**opts.executor_parameters(f"rlsd-{label.replace('/', '-')}"))
         job = executor.submit(SlurmRun(train, opts.cpus_per_task), str(run_dir), OmegaConf.to_yaml(cfg), command)
         earlier = ([rec["job_id"]] + rec.get("earlier_jobs", [])) if rec and rec.get("job_id") else []
-        records[label] = {"job_id": str(job.job_id), "state": "PENDING", "run_dir": str(run_dir),
+        records[label] = {"job_id": str(job.job_id), "state": None, "run_dir": str(run_dir),
                           "log": str(job.paths.stderr).replace("%j", str(job.job_id)),
                           "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resources": opts.describe(),
-                          "earlier_jobs": earlier}
+                          "earlier_jobs": earlier, "history": (rec or {}).get("history", [])}
+        _set_state(records[label], "PENDING")
         tracked[str(job.job_id)] = (label, run_dir)
         log(f"{label}: submitted Slurm job {job.job_id}")
         save()  # at once: a crash here must not lose a submitted job's id
@@ -305,20 +314,20 @@ def train_slurm(jobs: Sequence[tuple[str, Path, DictConfig]], opts: SlurmOptions
         for job_id, (label, run_dir) in list(tracked.items()):
             rec = records[label]
             if job_id in live:
-                rec["state"] = live[job_id]
+                _set_state(rec, live[job_id])
                 continue
             del tracked[job_id]
             bar.set_postfix(finished=label)
             bar.update(1)
             if _done(run_dir):
-                rec["state"] = "finished"
+                _set_state(rec, "finished")
                 continue
             tail = log_tail(Path(rec["log"]))
             if (run_dir / "failed.json").is_file():
-                rec["state"] = "failed"
+                _set_state(rec, "failed")
                 error = json.loads((run_dir / "failed.json").read_text()).get("error")
             else:  # the job died without the run noticing (killed, out of memory, node failure, time-outs)
-                rec["state"] = "ended unfinished"
+                _set_state(rec, "ended unfinished")
                 error = f"Slurm job {job_id} ended without finishing the run"
                 run_dir.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(run_dir / "failed.json", json.dumps({"error": error, "slurm_job": job_id,
