@@ -128,7 +128,7 @@ def test_every_method_spends_the_same_flops_within_one_trial(tmp_path):
     nominal = SETTINGS.runs_per_method() * BUDGET
     assert all(nominal <= v < nominal + one_trial for v in spent)
     assert frame.groupby("method").size().nunique() == 1  # the same trials, per rung too
-    for k, r in enumerate(SETTINGS.rungs):
+    for r in SETTINGS.rungs:
         assert frame.groupby("method")[f"at_{r:g}"].count().nunique() == 1
 
 
@@ -238,3 +238,55 @@ def test_tost_matches_statsmodels():
         assert mine["p_low"] == pytest.approx(low[1], rel=1e-9) and mine["p_high"] == pytest.approx(high[1], rel=1e-9)
     same = tost_paired(x, x, -0.015, 0.015)  # identical reruns: equivalent (statsmodels gives nan here)
     assert same["p"] == 0.0 and same["mean"] == 0.0
+
+
+def test_reproduce_refuses_what_the_study_lacks(tmp_path, capsys):
+    """rlsd-compare reproduce= takes seeds= and methods= (the experiment keys it otherwise refuses) and names a seed
+    or method the committed study has no finished run of, before anything is trained or written."""
+    from rlsd_harness.cli.compare import main
+
+    repo = Path(__file__).resolve().parents[1]
+    for args, named in ((["seeds=[0,99]"], "99"), (["methods=[grpo,nope]"], "nope"), (["train.steps=3"], "train.steps")):
+        with pytest.raises(SystemExit) as e:
+            main([f"reproduce={repo / 'results' / 'reference'}", *args, f"out={tmp_path / 'x'}"])
+        assert e.value.code == 2 and named in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_tuning_smoke_end_to_end(tmp_path, monkeypatch):
+    """rlsd-compare's tuning phase on real runs (tuning_smoke, shrunk): a tuning killed after its first rung's runs
+    continues on rerun (the promoted runs resume from their rung checkpoints) to picks.json, tuning.csv (every
+    trial), tuning.md / tuning.png, and every method's FLOPs, read from the runs' ledgers, within one trial's cost."""
+    import json
+
+    import pandas as pd
+
+    from rlsd_harness.analysis import compare as compare_module
+
+    shrink = ["train.budget.value=4.0e10", "eval.budget_n=16", "eval.n=16"]
+    out = tmp_path / "study"
+    calls = {"n": 0}
+    real = compare_module._train_all
+
+    def killed_after_first_rung(jobs, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed before the second rung")
+        return real(jobs, *args, **kwargs)
+
+    monkeypatch.setattr(compare_module, "_train_all", killed_after_first_rung)
+    with pytest.raises(KeyboardInterrupt):
+        compare_module.compare("tuning_smoke", out, shrink, workers=1, tuning_only=True)
+    monkeypatch.setattr(compare_module, "_train_all", real)
+    compare_module.compare("tuning_smoke", out, shrink, workers=1, tuning_only=True)
+    picks = json.loads((out / "picks.json").read_text())
+    trials = pd.read_csv(out / "tuning.csv")
+    assert sorted(picks["picks"]) == ["grpo", "rlsd"] and len(trials) == 8
+    assert (trials.groupby("method")["state"].apply(lambda s: (s == "complete").sum()) == 2).all()
+    spent = trials.groupby("method")["flops"].sum()
+    assert spent.max() - spent.min() < 3 * 4.0e10
+    resumed = [json.loads((out / "tuning" / "runs" / f"{r.label}-s100" / "finished.json").read_text())
+               for r in trials.itertuples() if r.state == "complete"]
+    assert all(f["stop_at"] == 1.0 for f in resumed)
+    assert (out / "tuning.md").read_text().startswith("# Tuning") and (out / "tuning.png").exists()

@@ -1,8 +1,8 @@
 """Reproduce part of a committed study here: `rlsd-compare reproduce=results/reference seeds=[0,1] out=<folder>`.
 
 Each chosen test run is retrained from the config.yaml the committed run recorded (every resolved key: the
-tuning pick, the budget, the seed), with only run.dir changed, into <out>/runs/<method>-s<seed>/, with the
-committed study's `workers` (a run's float reductions depend on its thread count). The report, reproduce.md and
+tuning pick, the budget, the seed; a key added to the harness since takes its default), with only run.dir
+changed, into <out>/runs/<method>-s<seed>/, with the committed study's `workers` (a run's float reductions depend on its thread count). The report, reproduce.md and
 reproduce.csv in <out>, gives per method and budget point:
 - the mean difference rerun - committed (points) over the items, each item's score (mean@k) paired with the same
   item of the same seed's committed run and averaged over the rerun seeds;
@@ -29,7 +29,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 from scipy import stats as st
 
-from rlsd_harness.config import BUDGET_KEYS, ConfigError
+from rlsd_harness.config import BUDGET_KEYS, ConfigError, compose_config
 
 MARGIN_POINTS = 1.5
 ALPHA = 0.05
@@ -140,7 +140,9 @@ def reproduce(study: Path, out: Path, seeds: Sequence[int] | None, methods: Sequ
         raise ConfigError(f"reproduce={study}: no finished run matches seeds={seeds} methods={methods}")
     jobs = []
     for (method, seed), folder in runs.items():
-        cfg = OmegaConf.load(folder / "config.yaml")
+        recorded = OmegaConf.load(folder / "config.yaml")
+        # keys added since the study ran take their defaults (each off by default: the recorded behaviour)
+        cfg = OmegaConf.merge(compose_config([f"algorithm={recorded.algorithm.name}"]), recorded)
         OmegaConf.update(cfg, "run.dir", str(out / "runs"))
         OmegaConf.update(cfg, "run.resume", False)
         OmegaConf.update(cfg, "run.overwrite", False)

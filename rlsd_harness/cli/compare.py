@@ -70,7 +70,8 @@ def _reproduce(own: dict[str, str], overrides: list[str]) -> str:
                           f"methods=[..] and out=, not {(rest or others)[0]}")
     if not own.get("out"):
         raise ConfigError("reproduce= needs out=<a new folder> for the reruns and the report")
-    lists = {k: list(OmegaConf.create({"v": v}).v) for k, v in chosen.items()}
+    lists = {k: OmegaConf.create(f"v: {v}").v for k, v in chosen.items()}  # YAML: [0,1] or 0
+    lists = {k: list(v) if OmegaConf.is_list(v) else [v] for k, v in lists.items()}
     log = lambda msg: tqdm.write(msg, file=sys.stderr)  # noqa: E731
     command = " ".join(["rlsd-compare", f"reproduce={own['reproduce']}", f"out={own['out']}",
                         *(f"{k}={v}" for k, v in chosen.items())])
@@ -87,12 +88,15 @@ def _reproduce(own: dict[str, str], overrides: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import sys
+
     from rlsd_harness.analysis.compare import compare
     from rlsd_harness.training.run import Interrupted
 
     def body() -> None:
         _refuse_experiment_keys(argv)
-        own, overrides = split_args(argv, "rlsd-compare", __doc__, OWN)
+        reproducing = any(a.startswith("reproduce=") for a in (sys.argv[1:] if argv is None else argv))
+        own, overrides = split_args(argv, "rlsd-compare", __doc__, OWN, passes=REPRODUCE_KEYS if reproducing else ())
         if own.get("reproduce"):
             print(f"report in {_reproduce(own, overrides)}")
             return
