@@ -1,5 +1,5 @@
 """`python -m bench.kill_fuzz [kills=20] [objectives=grpo,rlsd,sdpo] [matrix=true] [matrix_rounds=1]
-[later_rounds_at=<point>,...] [seed=0] [out=DIR]`:
+[later_rounds_at=<point>,...] [points=<point>,...] [seed=0] [out=DIR]`:
 the kill-and-resume fuzzer.
 
 For each objective (GRPO with a FLOPs budget, RLSD with a teacher synced every 2 steps, SDPO with its EMA
@@ -17,7 +17,8 @@ experiment=smoke`, seed 0 only) at each dangerous moment, plus between two runs 
 it until it exits 0, and checks that every run of it is finished and identical to an uninterrupted matrix;
 `matrix_rounds=N` kills it N times at each point (round r at a later arrival where the point has more than one,
 e.g. inside the second run's final/), so the matrix's own two points are hit more than once too;
-`later_rounds_at=matrix,report` limits the rounds after the first to those points (a matrix kill costs about a
+`points=final,prune` makes every killed run a kill at those run points in turn (no random kills), to cover
+chosen points in fewer runs; `later_rounds_at=matrix,report` limits the rounds after the first to those points (a matrix kill costs about a
 whole matrix, so the run points are cheaper to cover through the objectives' runs).
 
 Every process is `python -m bench.kill_fuzz child train|compare ...`: rlsd-train / rlsd-compare after
@@ -122,7 +123,8 @@ def continue_run(run_args: list[str], run_dir: Path, rng: random.Random, typical
     return run_state(run_dir) == "finished", extra_kills
 
 
-def fuzz_objective(name: str, kills: int, out: Path, rng: random.Random) -> dict:
+def fuzz_objective(name: str, kills: int, out: Path, rng: random.Random,
+                   points: tuple[str, ...] | None = None) -> dict:
     from tests.resume_helpers import differences, metric_lines
 
     base = [*TINY, *OBJECTIVES[name], f"run.dir={out / name}"]
@@ -140,8 +142,9 @@ def fuzz_objective(name: str, kills: int, out: Path, rng: random.Random) -> dict
     trials = []
     for i in range(kills):
         run_args = [*base, f"run.name=k{i:03d}"]
-        if i % 2 == 0:
-            point = RUN_POINTS[(i // 2) % len(RUN_POINTS)]  # each named point in turn
+        if points or i % 2 == 0:
+            # each named point in turn (only the given ones, and no random kills, with points=)
+            point = points[i % len(points)] if points else RUN_POINTS[(i // 2) % len(RUN_POINTS)]
             n = {"checkpoint": rng.randint(1, saves), "metrics": rng.randint(1, steps)}.get(point, 1)
             how = f"{point}:{n}"
             rc, _ = launch("train", run_args, kill_at=how, log=log)
@@ -287,9 +290,10 @@ def main(argv: list[str]) -> None:
     out = Path(opts.get("out", ROOT / "results" / "kill_fuzz"))
     rng = random.Random(int(opts.get("seed", 0)))
     later_at = tuple(opts.get("later_rounds_at", ",".join(MATRIX_POINTS)).split(","))
-    unknown = sorted(set(later_at) - set(MATRIX_POINTS))
-    if unknown:  # before the output folder is cleared
-        sys.exit(f"error: later_rounds_at names {unknown}; valid: {', '.join(MATRIX_POINTS)}")
+    points = tuple(opts["points"].split(",")) if opts.get("points") else None
+    for key, given, valid in (("later_rounds_at", later_at, MATRIX_POINTS), ("points", points or (), RUN_POINTS)):
+        if set(given) - set(valid):  # before the output folder is cleared
+            sys.exit(f"error: {key} names {sorted(set(given) - set(valid))}; valid: {', '.join(valid)}")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     t0 = time.perf_counter()
@@ -300,7 +304,7 @@ def main(argv: list[str]) -> None:
 
     for name in objectives:
         print(f"{name}: reference run, then {kills} killed runs", flush=True)
-        report["objectives"].append(fuzz_objective(name, kills, out, rng))
+        report["objectives"].append(fuzz_objective(name, kills, out, rng, points))
         partial()
     if opts.get("matrix", "true") == "true":
         print("comparison matrix: a reference, then a kill at each dangerous moment", flush=True)

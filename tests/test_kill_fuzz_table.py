@@ -59,3 +59,15 @@ def test_passes_merge_into_one_per_point_table(tmp_path):
     rows = {r["point"]: r for r in kill_fuzz.merge([tmp_path / "a.json", tmp_path / "b.json"])["per_point"]}
     assert (rows["prune"]["kills"], rows["prune"]["in_runs"], rows["prune"]["in_matrix"]) == (2, 1, 1)
     assert (rows["report"]["kills"], rows["report"]["identical"]) == (1, 1)
+
+
+def test_unknown_points_are_refused_before_the_output_folder_is_cleared(tmp_path):
+    import pytest
+
+    out = tmp_path / "fuzz"
+    out.mkdir()
+    (out / "keep.json").write_text("{}")
+    for arg in ("points=final,nope", "later_rounds_at=reprot"):
+        with pytest.raises(SystemExit, match="valid: checkpoint, final"):
+            kill_fuzz.main([arg, f"out={out}"])
+    assert (out / "keep.json").exists()
