@@ -17,7 +17,7 @@ from rlsd_harness.io import drop_cut_last_line
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "rlsd_harness" / "bases" / "qwen2_5_vl_tiny_warmup200_level1"
-REAL = ROOT.parent / "shared" / "real-benchmarks"
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real-benchmarks"
 
 
 @pytest.fixture(autouse=True)
