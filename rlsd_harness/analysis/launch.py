@@ -11,7 +11,8 @@ newest good checkpoint (at most `train.save_every` steps are trained again), at 
 job id and its log's tail and its run marked failed (failed.json), never resubmitted by the same invocation;
 the next rlsd-compare retries it, as it retries a failed local run.
 
-<out>/jobs.json records every run's job id, state and log; a rerun of rlsd-compare reads it and never submits a
+<out>/jobs.json records every run's job id, state, log and state history (each change a waiting rlsd-compare saw:
+a requeued job shows RUNNING, PENDING, RUNNING); a rerun of rlsd-compare reads it and never submits a
 run that is finished or whose job is still pending or running. `launcher.wait=false` submits and returns."""
 
 from __future__ import annotations
