@@ -161,7 +161,7 @@ def assert_inputs_kept_apart(trainer, mb, examples: list) -> None:
         assert n_images == len(ex.images), f"row {r}: the student's prompt holds {n_images} images, its own are {len(ex.images)}"
         assert torch.equal(ids, own.ids[0]), f"row {r}: the student's prompt tokens are not its own prompt's"
         assert torch.equal(pixels, own_vision.pixel_values), f"row {r}: the student's pixels are not its own images'"
-        images = context_images(ex)
+        images = [*ex.images, *ex.teacher_images]  # the order the image-hint text promises: the hint last
         _, full = encode_prompts(trainer.processor, [user_messages("", len(images))], [images])
         t_ids, t_pixels, t_images = _row_inputs(mb, mb.teacher, mb.teacher_vision, r)
         assert t_images == len(images) and torch.equal(t_pixels, full.pixel_values)
