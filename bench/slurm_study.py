@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.victim not in {f"{m}-s{s}" for m in ("grpo", "rlsd") for s in (0, 1)}:
         raise SystemExit(f"--victim must be one of grpo-s0, grpo-s1, rlsd-s0, rlsd-s1; got {a.victim!r}")
+    if (work / "slurm-state").is_dir():  # a Slurm this script left running when it was interrupted
+        subprocess.run(["bash", str(START), "stop", str(work / "slurm-state")], timeout=120)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
