@@ -82,11 +82,19 @@ def test_the_dry_run_lists_each_job_with_its_sbatch_header(tmp_path):
     opts = launch.parse_options({"launcher": "slurm", "launcher.gpus_per_node": "8", "launcher.tasks_per_node": "8",
                                  "launcher.partition": "gpu", "launcher.time": "240"})[1]
     text = launch.dry_run_text([("grpo-s0", tmp_path / "runs" / "grpo-s0"), ("rlsd-s0", tmp_path / "runs" / "rlsd-s0")],
-                               opts, tmp_path / "slurm")
+                               opts, tmp_path / "slurm", planned_ranks=8)
     assert "2 jobs, one per run" in text and "(8 ranks per run)" in text and f"rlsd-s0 -> {tmp_path}/runs/rlsd-s0" in text
     for line in ("#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=8", "#SBATCH --partition=gpu",
                  "#SBATCH --time=240", "#SBATCH --signal=USR2@90"):
         assert line in text
+    assert "warning" not in text  # 8 ranks planned, 8 submitted
+
+
+def test_the_dry_run_warns_when_the_jobs_ranks_differ_from_the_plans(tmp_path):
+    """The paper's plan assumes 32 ranks per run; launcher's defaults would submit one rank with no GPU."""
+    opts = launch.parse_options({"launcher": "slurm"})[1]
+    text = launch.dry_run_text([("grpo-s0", tmp_path / "runs" / "grpo-s0")], opts, tmp_path / "slurm", planned_ranks=32)
+    assert text.startswith("warning: the plan above assumes 32 ranks per run") and "would start 1" in text
 
 
 # ---- a real one-node Slurm ----------------------------------------------------------------------------------

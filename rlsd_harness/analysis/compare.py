@@ -361,7 +361,8 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
             return text
         runs = [(f"tuning/{pt.label}-s{s}", tuning_dir / f"{pt.label}-s{s}") for pt, s in tuning_jobs]
         return text + "\n\n" + launch.dry_run_text(runs + [(f"{m}-s{s}", runs_dir / f"{m}-s{s}") for m, s in jobs],
-                                                   slurm, Path(slurm.folder) if slurm.folder else target / "slurm")
+                                                   slurm, Path(slurm.folder) if slurm.folder else target / "slurm",
+                                                   planned_ranks=world)
     if slurm is not None:
         launch.require_slurm()
     log = lambda msg: tqdm.write(msg, file=sys.stderr)  # noqa: E731

@@ -250,8 +250,9 @@ def _set_state(rec: dict, state: str) -> None:
     rec["state"] = state
 
 
-def dry_run_text(jobs: Sequence[tuple[str, Path]], opts: SlurmOptions, folder: Path) -> str:
-    """What `launcher=slurm` would submit: one job per run, its resources and its sbatch header."""
+def dry_run_text(jobs: Sequence[tuple[str, Path]], opts: SlurmOptions, folder: Path, planned_ranks: int = 1) -> str:
+    """What `launcher=slurm` would submit: one job per run, its resources and its sbatch header; a warning first
+    when the jobs' ranks differ from the `planned_ranks` the plan's memory and time assume."""
     from submitit.slurm.slurm import _make_sbatch_string
 
     params = opts.executor_parameters("<run>")
@@ -259,6 +260,10 @@ def dry_run_text(jobs: Sequence[tuple[str, Path]], opts: SlurmOptions, folder: P
               .splitlines() if ln.startswith("#SBATCH")]
     lines = [f"launcher=slurm: {len(jobs)} jobs, one per run, each {opts.describe()} "
              f"({opts.ranks} rank{'s' if opts.ranks > 1 else ''} per run)"]
+    if opts.ranks != planned_ranks:
+        lines.insert(0, f"warning: the plan above assumes {planned_ranks} ranks per run (the experiment's world_size) "
+                        f"but these jobs would start {opts.ranks}: set launcher.nodes x launcher.tasks_per_node = "
+                        f"{planned_ranks} (one task per GPU, launcher.gpus_per_node to match)")
     lines += [f"  {label} -> {run_dir}" for label, run_dir in jobs]
     lines += ["sbatch header of each job (submitit):", *[f"  {ln}" for ln in header]]
     return "\n".join(lines)
