@@ -161,3 +161,34 @@ def test_ledger_charges_dropped_rollouts(tmp_path, tiny_dir):
     assert trained["batch"].batch_size == 16 and m["rollout/groups_short"] == 0
     assert informative_groups(trained["batch"].rewards, 4).all() and m["actor/zero_std_groups"] == 0
     assert trained["batch"].student.key.tolist() == [g for g in range(4) for _ in range(4)]
+
+
+@pytest.mark.slow
+def test_two_ranks_under_zero3_refill_their_shares_and_charge_every_rollout(tmp_path, tiny_dir):
+    """Two ranks (ZeRO-3: generation is collective, so a rank already full still samples in a refill round and
+    drops it): the run completes, every trained group is informative, and the ledger's prompts, summed over the
+    ranks, are the step's prompts plus every refill prompt (168 s on 2 shared cores at load 25)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import small_overrides
+
+    repo = Path(__file__).resolve().parent.parent
+    args = small_overrides(tmp_path, "run.name=two", "deepspeed=zero3", "train.steps=3", "train.group_size=2",
+                           "train.micro_batch_size=4", "train.dynamic_sampling.enabled=true",
+                           "train.dynamic_sampling.max_rounds=8", "--stop-early")
+    launcher = shutil.which("deepspeed", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    subprocess.run([launcher, "--num_gpus", "2", "--master_port", "29547", "tests/ds_worker.py", *args],
+                   cwd=repo, env=env, check=True, timeout=600)
+    lines = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()][1:]
+    assert len(lines) == 3
+    assert sum(m["rollout/groups_dropped"] for m in lines) > 0 and sum(m["rollout/extra_rollouts"] for m in lines) > 0
+    assert sum(m["rollout/groups_surplus"] for m in lines) > 0  # a full rank sampled in a synced round (3, 1, 1 here)
+    for m in lines:
+        assert m["ledger/step/prompts"] == 4 + m["rollout/extra_rollouts"] / 2
+        assert m["rollout/groups_short"] == 0 and m["actor/zero_std_groups"] == 0
