@@ -89,6 +89,9 @@ ONE_DEFINITION = {  # what: (pattern, the one file that may match, files whose m
         r"mkstemp|\btmp\.replace\(|os\.replace\(tmp, (path|out|dest)\)", {"io.py"}, set()),
     "pass@k": (r"def _?pass_at_k\(", {"benchmarks/__init__.py"}, set()),
     "nested-dict flattener": (r"def _?flat(ten)?\(", {"trees.py"}, set()),
+    # an engine asked for seeded samples: evaluation, the benchmark runner and rlsd-filter go through
+    # rollout/scored.py's generate_and_score (the trainer's rollout samples for training, not to score items)
+    "generate-and-score loop": (r"\.generate\(.*, seeds\)", {"rollout/scored.py"}, {"training/trainer.py"}),
 }
 
 

@@ -230,20 +230,17 @@ def sample_items(engine: Any, items: Sequence[Any], todo: Sequence[int], verifie
                  batch: int, records_path: Path, on_batch: Callable[[int], None] = lambda n: None) -> None:
     """k = params.n samples of each item in `todo` (indices into `items`), scored by `verifier`; each batch's
     records are appended to `records_path` once the batch is done."""
-    from rlsd_harness.rollout.hf import sample_seed
+    from rlsd_harness.rollout.scored import generate_and_score
 
-    k = params.n
     drop_cut_last_line(records_path)  # appended below: the new lines must not run on from one a kill cut short
-    for start in range(0, len(todo), batch):
-        chunk = list(todo[start:start + batch])
-        prompts = [items[i] for i in chunk]
-        seeds = [sample_seed(seed, 0, f"filter/{i}/{items[i].id}", j) for i in chunk for j in range(k)]
-        texts = engine.generate(prompts, params, seeds).texts
-        lines = []
-        for n, i in enumerate(chunk):
-            responses = texts[n * k:(n + 1) * k]
-            rewards = [verifier(t, items[i].answer).reward for t in responses]
-            lines.append(json.dumps(item_record(i, str(items[i].id), rewards, responses), ensure_ascii=False))
+
+    def reward(text: str, item: Any) -> float:
+        return verifier(text, item.answer).reward
+
+    for scored in generate_and_score(engine, [items[i] for i in todo], [f"filter/{i}/{items[i].id}" for i in todo],
+                                     params, [reward] * params.n, seed=seed, step=0, batch=batch):
+        lines = [json.dumps(item_record(todo[s.index], str(s.item.id), s.results, s.texts), ensure_ascii=False)
+                 for s in scored]
         with records_path.open("a", encoding="utf-8") as f:
             f.write("".join(ln + "\n" for ln in lines))
-        on_batch(len(chunk))
+        on_batch(len(scored))

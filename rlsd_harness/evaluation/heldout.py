@@ -35,7 +35,8 @@ from rlsd_harness.config import ConfigError
 from rlsd_harness.data import Example
 from rlsd_harness.io import atomic_write_text, read_jsonl
 from rlsd_harness.prompts import REFERENCE_TEMPLATE
-from rlsd_harness.rollout.hf import HFRolloutEngine, SamplingParams, sample_seed
+from rlsd_harness.rollout.hf import HFRolloutEngine, SamplingParams
+from rlsd_harness.rollout.scored import generate_and_score
 
 VARIANTS = ("plain", "hint", "blank", "shuffled")
 SPLITS = ("validation", "test")  # validation chooses hyperparameters, test reports
@@ -163,29 +164,22 @@ def sample_records(engine: Any, items: Sequence, ids: Sequence[str], decoding: D
     `engine` is a rollout engine (`generate(prompts, params, seeds)` with `.texts`); `prompt(item)` gives what
     it reads (objects with .question and .images; default the item itself); `new_scorer()` makes one scorer
     per sample index (a stateful scorer, like MMMU's random fallback, then draws per sample)."""
-    prompt = prompt or (lambda it: it)
     seed_uid = seed_uid or str
-    k = decoding.k
-    scorers = [new_scorer() for _ in range(k)]
+    scorers = [new_scorer() for _ in range(decoding.k)]  # (made before the greedy one: a scorer may be seeded)
+    # the greedy response is free when the decoding itself is greedy: its one sample is it
     greedy_scorer = new_scorer() if decoding.greedy and not decoding.is_greedy else None
-    sampled = decoding.params(max_new_tokens)
-    greedy = SamplingParams(n=1, max_new_tokens=max_new_tokens, greedy=True)
+    ids = [str(i) for i in ids]
     records: list[Record] = []
-    for start in range(0, len(items), batch):
-        chunk, chunk_ids = items[start : start + batch], [str(i) for i in ids[start : start + batch]]
-        shown = [prompt(it) for it in chunk]
-        seeds = [sample_seed(seed, -1, seed_uid(i), j) for i in chunk_ids for j in range(k)]
-        texts = engine.generate(shown, sampled, seeds).texts
-        greedy_texts = engine.generate(shown, greedy, [0] * len(shown)).texts if greedy_scorer else None
-        for n, (item, iid) in enumerate(zip(chunk, chunk_ids)):
-            correct = [_correct(scorers[j](texts[n * k + j], item)) for j in range(k)]
+    for scored in generate_and_score(engine, items, [seed_uid(i) for i in ids], decoding.params(max_new_tokens),
+                                     scorers, seed=seed, batch=batch, prompt=prompt,
+                                     greedy_scorer=greedy_scorer, progress=progress):
+        for s in scored:
+            correct = [_correct(r) for r in s.results]
             if greedy_scorer is not None:
-                g: int | None = _correct(greedy_scorer(greedy_texts[n], item))
+                g: int | None = _correct(s.greedy_result)
             else:
                 g = correct[0] if decoding.is_greedy else None
-            records.append({"id": iid, "correct": correct, "greedy": g})
-        if progress is not None:
-            progress(len(records))
+            records.append({"id": ids[s.index], "correct": correct, "greedy": g})
     return records
 
 
@@ -261,21 +255,22 @@ def evaluate_items(model, processor, items: list, variant: str = "plain", decodi
     engine = HFRolloutEngine(model, processor, max_batch=batch, synced=synced)
     params = SamplingParams(n=samples, max_new_tokens=max_new_tokens, **d)
     shown = _variant(items, variant)
+
+    def score(text: str, item: Any) -> dict[str, Any]:
+        if verifier is None:
+            return embedded.score(text, item)
+        verdict = verifier(text, item.answer)
+        return {"parsed": verdict.parsed, "correct": verdict.reward >= 1.0}
+
     was_training = model.training
     model.eval()
     records = []
-    for start in range(0, len(shown), batch):
-        chunk = shown[start : start + batch]
-        seeds = [sample_seed(seed, -1, str(it.id), j) for it in chunk for j in range(samples)]
-        ro = engine.generate(chunk, params, seeds)
-        for i, text in enumerate(ro.texts):
-            item = chunk[i // samples]
-            if verifier is None:
-                result = embedded.score(text, item)
-            else:
-                verdict = verifier(text, item.answer)
-                result = {"parsed": verdict.parsed, "correct": verdict.reward >= 1.0}
-            records.append({"id": item.id, "variant": variant, "response": text, **result})
-    model.train(was_training)
+    try:
+        for scored in generate_and_score(engine, shown, [str(it.id) for it in shown], params, [score] * samples,
+                                         seed=seed, batch=batch):
+            records += [{"id": s.item.id, "variant": variant, "response": text, **result}
+                        for s in scored for text, result in zip(s.texts, s.results)]
+    finally:
+        model.train(was_training)
     acc = sum(r["correct"] for r in records) / max(len(records), 1)
     return {"accuracy": acc, "n": len(items), "samples": samples, "records": records}

@@ -51,7 +51,8 @@ from rlsd_harness.benchmarks import (
 from rlsd_harness.benchmarks._common import MissingImagesError, SplitNotFoundError
 from rlsd_harness.evaluation.heldout import Decoding, _variant, decoding_from_config
 from rlsd_harness.io import atomic_write_text, drop_cut_last_line, read_jsonl
-from rlsd_harness.rollout.hf import HFRolloutEngine, SamplingParams, sample_seed
+from rlsd_harness.rollout.hf import HFRolloutEngine, SamplingParams
+from rlsd_harness.rollout.scored import generate_and_score
 from rlsd_harness.trees import flatten
 
 # ----------------------------------------------------------------------------- the benchmark runner
@@ -361,43 +362,38 @@ def run_suite(suite: Suite, engine: Any, decoding: Decoding, seed: int, out: Pat
     variant = suite.identity["variant"]
     bar = tqdm(total=len(mine), initial=sum(suite.ids[i] in done for i in mine), desc=suite.key,
                disable=not progress or rank != 0, dynamic_ncols=True)
-    queue: list[int] = []
 
-    def flush() -> None:
-        if not queue:
-            return
-        chunk = [suite.items[i] for i in queue]
-        seeds = [sample_seed(seed, -1, _seed_uid(suite, suite.ids[i]), j) for i in queue for j in range(k)]
-        texts = engine.generate([suite.prompt(it) for it in chunk], params, seeds).texts
-        lines = []
-        for n, i in enumerate(queue):
-            recs = []
-            for j in range(k):
-                text = texts[n * k + j]
-                result = scorers[j](text, suite.items[i])
-                recs.append({"id": suite.ids[i], "sample": j, "variant": variant, "response": text, **result})
-            done[suite.ids[i]] = recs
-            lines += [json.dumps(r, default=str) for r in recs]
-        with path.open("a", encoding="utf-8") as f:  # after each batch: an interruption loses one batch at most
-            f.write("".join(ln + "\n" for ln in lines))
-        bar.update(len(queue))
-        queue.clear()
+    def generate(queue: list[int]) -> None:
+        """Generate and score the items `queue` (indices into the suite), appending each batch's records."""
+        for scored in generate_and_score(engine, [suite.items[i] for i in queue],
+                                         [_seed_uid(suite, suite.ids[i]) for i in queue], params, scorers,
+                                         seed=seed, batch=batch, prompt=suite.prompt):
+            lines = []
+            for s in scored:
+                item_id = suite.ids[queue[s.index]]
+                recs = [{"id": item_id, "sample": j, "variant": variant, "response": text, **result}
+                        for j, (text, result) in enumerate(zip(s.texts, s.results))]
+                done[item_id] = recs
+                lines += [json.dumps(r, default=str) for r in recs]
+            with path.open("a", encoding="utf-8") as f:  # after each batch: an interruption loses one batch at most
+                f.write("".join(ln + "\n" for ln in lines))
+            bar.update(len(scored))
 
+    queue: list[int] = []  # items to generate, in dataset order
     try:
         for i in mine:
             item_id = suite.ids[i]
             if item_id not in done:
                 queue.append(i)
-                if len(queue) >= batch:
-                    flush()
             elif suite.meta.stateful_scoring and not sharded:
                 # Score in dataset order so that a stateful scorer (MMMU's random fallback) draws exactly
                 # as in an uninterrupted run: pending items first, then replay this done item. (A sharded
                 # run's ranks each see part of the items: rank 0 scores them again in order when merging.)
-                flush()
+                generate(queue)
+                queue = []
                 for j, rec in enumerate(done[item_id]):
                     scorers[j](rec["response"], suite.items[i])
-        flush()
+        generate(queue)
     finally:
         bar.close()
     return done
