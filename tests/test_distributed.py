@@ -38,6 +38,9 @@ def _run(tmp_path: Path, name: str, ranks: int, stage: int, algorithm: str, extr
 @pytest.mark.parametrize(("stage", "algorithm", "extra"), [
     (2, "rlsd", ["train.balance_ranks=false"]),
     (3, "rlsd", []),
+    # The teacher reads an image the student does not (data.privileged=image_hint): rows that change rank keep
+    # their teacher's images (RolloutBatch.teacher_vision), and two ranks still follow one.
+    (3, "rlsd", ["data.privileged=image_hint"]),
     # Every tiny parameter is under DeepSpeed's 1e5 persistence default, so after the first forward ZeRO-3 keeps
     # them all gathered (the RLSD case: the teacher's updates must reach those full copies). With a threshold
     # of 0 (the SDPO case) every forward gathers across the ranks, as for an 8B model, and generation must
