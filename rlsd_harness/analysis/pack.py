@@ -23,7 +23,7 @@ from rlsd_harness.analysis.report import metrics_lines, write_report
 from rlsd_harness.config import ConfigError
 
 RUN_FILES = ("config.yaml", "manifest.json", "finished.json", "failed.json")
-CHECKED_TABLES = ("table.csv", "per_seed.csv", "claims.csv", "per_run_dynamics.csv")
+CHECKED_TABLES = ("table.csv", "per_seed.csv", "claims.csv", "per_run_dynamics.csv", "factorial.csv")
 
 
 def _plan(src: Path) -> list[tuple[Path, str]]:
