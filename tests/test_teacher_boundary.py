@@ -8,7 +8,7 @@ lengths). A hidden state shifted by one position, everywhere or at the first res
 the same check: the last three tests patch such a shift into the trainer and see the error exceed 1e-3.
 With a visual privileged context (data.privileged=image_hint: the teacher's prompt holds one more image than the
 student's, so its image tokens and multimodal positions differ from the student's), the same checks hold on the
-teacher's own images."""
+teacher's own images, on Qwen2.5-VL and Qwen3-VL."""
 
 import pytest
 import torch
@@ -113,6 +113,8 @@ def _teacher_image_source(source: str, tmp_path, monkeypatch) -> tuple[str, ...]
     uneven left padding in one batch."""
     if source == "image_hint":
         return (IMAGE_HINT,)
+    if source == "image_hint-qwen3vl":  # Qwen3-VL's chat template and multimodal positions with two images
+        return (IMAGE_HINT, "model=tiny_qwen3vl")
     import datasets
 
     from tests.test_visual_privileged import write_local_rows
@@ -128,6 +130,7 @@ def _teacher_image_source(source: str, tmp_path, monkeypatch) -> tuple[str, ...]
         ("image_hint", True, "split-groups"),
         ("local", True, "split-groups"),
         ("local", False, "token-budget"),
+        ("image_hint-qwen3vl", True, "split-groups"),
         pytest.param("image_hint", False, "whole", marks=pytest.mark.slow),
         pytest.param("local", False, "whole", marks=pytest.mark.slow),
     ],
