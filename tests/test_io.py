@@ -100,3 +100,11 @@ def test_each_helper_is_defined_once_in_the_package(what):
     pattern, where, other = ONE_DEFINITION[what]
     found = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if re.search(pattern, p.read_text())}
     assert found - other == where, f"{what}: found in {sorted(found)}"
+
+
+def test_the_ledger_is_charged_tokens_and_flops_in_one_place():
+    """Trainer._book is the one caller of Ledger.add (the FLOPs total sums its keys in the order they first
+    appear, so the booking order lives in one function)."""
+    sites = [f"{p.relative_to(PACKAGE)}:{text[:m.start()].count(chr(10)) + 1}" for p in PACKAGE.rglob("*.py")
+             for text in [p.read_text()] for m in re.finditer(r"\b(ledger|led)\.add\(", text)]
+    assert len(sites) == 1 and sites[0].startswith("training/trainer.py"), f"Ledger.add called at {sites}"

@@ -20,6 +20,7 @@ from rlsd_harness.algorithms.common import masked_mean
 from rlsd_harness.config import BUDGET_KEYS
 from rlsd_harness.rollout.hf import (
     HFRolloutEngine,
+    Rollout,
     SamplingParams,
     encode_prompts,
     sample_seed,
@@ -336,12 +337,7 @@ class Trainer:
         with led.phase("rollout"):
             seeds = [sample_seed(self.cfg.seed, self.rollout_step, f"{p.id}{tag}", j) for p in prompts for j in range(G)]
             ro = self.rollout.generate(prompts, self.sampling, seeds)
-            lengths = ro.response_mask.sum(-1).cpu()
-            led.add(**{
-                "prompts": len(prompts), "tokens/generated": float(lengths.sum()),
-                "flops/rollout": self.shape.generate_flops(ro.prompt.mask.sum(-1).cpu(), lengths)
-                + self.shape.forward_flops(torch.zeros(0), None if ro.vision is None else ro.vision.image_grid_thw.prod(-1)),
-            })
+            self._book("rollout", ro, ro.prompt, prompts=len(prompts))
         with led.phase("reward"):
             verdicts = [self.verifier(text, prompts[i // G].answer) for i, text in enumerate(ro.texts)]
             rewards = torch.tensor([v.reward for v in verdicts])
@@ -503,11 +499,7 @@ class Trainer:
                                     f"{ {k: float(v) for k, v in m.items()} }")
         mask = mb.response_mask
         w = float(mask.sum())
-        tokens, flops = self._forward_cost(mb, mb.student, self.share_in_update)
-        shared = distinct_prompts(mb.student) if self.share_in_update else None  # images ran once per prompt then
-        patches = None if mb.vision is None else (mb.vision if shared is None else mb.vision.select(shared[0])).image_grid_thw.prod(-1)
-        led.add(**{"tokens/fwd_policy": tokens, "tokens/bwd_policy": tokens, "flops/policy_fwd": flops,
-                   "flops/policy_bwd": self.shape.backward_flops(flops, tokens, patches)})
+        self._book("policy", mb, mb.student, self.share_in_update, backward=True)
         m["loss"] = loss.detach() * (mb.num_tokens or 1.0) / max(w, 1.0)  # token-weighted back to the batch loss
         m["entropy"] = masked_mean(policy.entropy, mask)
         # Rollout engine vs trainer on the same tokens (numerics, kernels, vLLM's bf16): the mismatch TIS corrects.
@@ -582,9 +574,7 @@ class Trainer:
             mb.teacher_logprobs = out.logprobs
         elif obj.teacher_signal == "topk":
             mb.topk_idx, mb.teacher_topk_logp = topk_ids, out.gathered
-        role = "probe" if self.probe else "teacher"
-        tokens, flops = self._forward_cost(mb, mb.teacher, share, vision)
-        self.ledger.add(**{f"tokens/fwd_{role}": tokens, f"flops/{role}": flops})
+        self._book("probe" if self.probe else "teacher", mb, mb.teacher, share, vision)
 
     @torch.no_grad()
     def _logprobs_no_grad(self, model, batch: RolloutBatch, role: str) -> torch.Tensor:
@@ -598,11 +588,36 @@ class Trainer:
             lp = forward_head(model, mb.student, mb.vision, mb.response_ids, mb.response_mask,
                               self.sampling.temperature, self.image_token_id, share_prompts=share, head=self.head).logp
             out[rows, : lp.shape[1]] = lp
-            tokens, flops = self._forward_cost(mb, mb.student, share)
-            self.ledger.add(**{f"tokens/fwd_{role}": tokens, f"flops/{role}": flops})
+            self._book(role, mb, mb.student, share)
         return out
 
     # ------------------------------------------------------------------ accounting
+    def _book(self, role: str, rows: RolloutBatch | Rollout, prompt: PromptInputs, shared: bool = False,
+              vision: VisionInputs | None = None, *, backward: bool = False, prompts: int = 0) -> None:
+        """The one place tokens and FLOPs are charged to the ledger (the estimates: training/ledger.py). `rows`'
+        responses after `prompt`, with `vision`'s images (default rows.vision): role "rollout" is their generation
+        (`prompts`: how many prompts were sampled); any other role (ref, policy, teacher, probe) a forward over
+        them, and with `backward` the update's forward and backward. Keys are added in a fixed order: the step's
+        FLOPs total is a float sum in the order keys first appear, so a reordering changes its last bits."""
+        if role == "rollout":  # generation runs each image through the vision tower once
+            lengths = rows.response_mask.sum(-1).cpu()
+            counts = {"prompts": prompts, "tokens/generated": float(lengths.sum()),
+                      "flops/rollout": self.shape.generate_flops(prompt.mask.sum(-1).cpu(), lengths)
+                      + self.shape.forward_flops(torch.zeros(0), self._patches(rows, vision))}
+        elif not backward:
+            tokens, flops = self._forward_cost(rows, prompt, shared, vision)
+            counts = {f"tokens/fwd_{role}": tokens, f"flops/{role}": flops}
+        else:
+            tokens, flops = self._forward_cost(rows, prompt, shared, vision)
+            distinct = distinct_prompts(prompt) if shared else None  # images ran once per prompt then
+            images = rows.vision if vision is None else vision
+            if images is not None and distinct is not None:
+                images = images.select(distinct[0])
+            patches = None if images is None else images.image_grid_thw.prod(-1)
+            counts = {f"tokens/fwd_{role}": tokens, f"tokens/bwd_{role}": tokens, f"flops/{role}_fwd": flops,
+                      f"flops/{role}_bwd": self.shape.backward_flops(flops, tokens, patches)}
+        self.ledger.add(**counts)
+
     @staticmethod
     def _patches(mb: RolloutBatch, vision: VisionInputs | None = None) -> torch.Tensor | None:
         vision = mb.vision if vision is None else vision
