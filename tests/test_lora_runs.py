@@ -134,7 +134,9 @@ def test_lora_two_ranks_follow_one_rank(tmp_path, tiny_dir, stage, algorithm):
         assert a["rollout/reward"] == b["rollout/reward"]
         assert a["actor/loss"] == pytest.approx(b["actor/loss"], abs=1e-5)
         assert a["teacher/kl"] == pytest.approx(b["teacher/kl"], rel=1e-4, abs=1e-6)
-        assert a["ledger/cum/flops/total"] == pytest.approx(b["ledger/cum/flops/total"], rel=1e-9)
+        if stage == 2:  # rows stay on their rank: the same forwards. (Balanced rows split a shared prompt over the
+            # ranks, and each rank then runs it: the two-rank run really computes, and is charged, more.)
+            assert a["ledger/cum/flops/total"] == pytest.approx(b["ledger/cum/flops/total"], rel=1e-9)
     updates = {"rlsd": 2, "sdpo": 4}[algorithm]
     assert one[-1]["teacher/updates"] == two[-1]["teacher/updates"] == updates
     for name in ("one", "two"):
