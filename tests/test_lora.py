@@ -168,6 +168,7 @@ def test_ledger_charges_frozen_weights_one_forward_in_the_backward(tiny_dir):
     assert s_lora.backward_flops(fwd, tokens, patches) == pytest.approx(want, rel=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")  # peft, on the lm_head we then refuse
 def test_refusals_name_the_bad_value_and_the_valid_ones(tiny_dir):
     with pytest.raises(ConfigError, match="model.lora.teacher=base .* algorithm.teacher.weights=sync"):
         lora.prepare_policy(run_cfg({"weights": "sync"}, teacher="base"), load_model(tiny_dir))
@@ -181,3 +182,26 @@ def test_refusals_name_the_bad_value_and_the_valid_ones(tiny_dir):
         apply_lora(load_model(tiny_dir), settings(rank=0))
     holder = lora.teacher_weights(run_cfg({"weights": "live"}), TeacherConfig(weights="live"), load_model(tiny_dir))
     assert isinstance(holder, TeacherWeights) and holder.model is None  # live: the student itself
+
+
+def test_trainer_with_lora_syncs_merged_weights_to_the_vllm_engine(tmp_path, tiny_dir, monkeypatch):
+    """rollout=vllm with LoRA through the trainer (the vLLM build replaced by the stand-in: vLLM needs a GPU):
+    the engine gets the plain model's names, each adapted weight as W + (alpha / r) B A."""
+    from tests.test_trainer import make_trainer
+    from tests.test_vllm_engine import StandInLLM
+
+    monkeypatch.setattr(vr, "build_llm", lambda *args: StandInLLM(StandInModel()))
+    trainer = make_trainer(tmp_path, "rollout=vllm", "model.lora.enabled=true", "model.lora.rank=4",
+                           "model.lora.alpha=8", "algorithm=rlsd")
+    policy = trainer.engine.module
+    with torch.no_grad():  # adapters that do something (peft starts B at zero)
+        for layer in lora_layers(policy):
+            layer.lora_B["default"].weight.normal_(0, 0.1)
+    trainer.rollout.sync_weights(policy, trainer.zero_stage)
+    received = trainer.rollout.llm.model.received
+    assert sorted(received) == sorted(n for n, _ in load_model(tiny_dir).named_parameters())
+    for prefix, module in policy.named_modules():
+        if module in lora_layers(policy):
+            a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
+            want = module.base_layer.weight + (8 / 4) * b @ a
+            assert torch.allclose(received[f"{prefix}.weight"][0], want, atol=1e-6), prefix
