@@ -290,3 +290,18 @@ def test_tuning_smoke_end_to_end(tmp_path, monkeypatch):
                for r in trials.itertuples() if r.state == "complete"]
     assert all(f["stop_at"] == 1.0 for f in resumed)
     assert (out / "tuning.md").read_text().startswith("# Tuning") and (out / "tuning.png").exists()
+
+
+def test_a_failed_run_prunes_its_trial_and_is_shown_as_failed(tmp_path):
+    s = tuning.Settings(4, 2, (0.5, 1.0), 1, "tpe", 0, (100, 101, 102))
+    studies = tuning.open_studies(tmp_path / "optuna.journal", ["rlsd"], s)
+    first = {}
+
+    def score(p):  # the first trial's runs fail (nan), though its configuration would score best
+        first.setdefault("params", p)
+        return float("nan") if p == first["params"] else planted(p)
+
+    picks = tuning.tune(studies, spaces_for("rlsd"), s, fake_runner(score))
+    frame = tuning.trials_frame(studies, s)
+    row = frame[frame["trial"] == 0].iloc[0]
+    assert "failed" in row["state"] and math.isnan(row["at_0.5"]) and picks["rlsd"]["trial"] != 0

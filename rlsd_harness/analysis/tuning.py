@@ -64,6 +64,7 @@ OPTUNA_KEYS = {
     "sampler_seed": "seed of the sampler (with each trial's number)",
 }
 SAMPLERS = ("tpe", "random")
+FAILED_SCORE = -1.0  # a rung score of a trial one of whose runs failed (scores are in [0, 1]): pruned, never picked
 
 
 # ---------------------------------------------------------------- search space
@@ -369,8 +370,8 @@ def tune(studies: dict[str, Any], spaces: dict[str, list[Knob]], s: Settings, ru
                     frozen = by_number[tr.number]
                     if frozen.state == TrialState.RUNNING:
                         study._storage.set_trial_user_attr(frozen._trial_id, f"flops_rung{k}", float(flops))
-                        if k not in frozen.intermediate_values:
-                            OptunaTrial(study, frozen._trial_id).report(value if math.isfinite(value) else -1.0, k)
+                        if k not in frozen.intermediate_values:  # a failed run scores FAILED_SCORE: last in its rung
+                            OptunaTrial(study, frozen._trial_id).report(value if math.isfinite(value) else FAILED_SCORE, k)
                 frozen_now = {t.number: t for t in study.get_trials(deepcopy=False)}
                 last = k == len(s.rungs) - 1
                 survivors = []
@@ -424,8 +425,11 @@ def trials_frame(studies: dict[str, Any], s: Settings) -> pd.DataFrame:
                    "value": float(t.value) if t.value is not None and t.state.name == "COMPLETE" else float("nan"),
                    "flops": float(t.user_attrs[f"flops_rung{max(reached)}"]) if reached else 0.0}
             row.update({f"param.{k}": v for k, v in t.params.items()})
-            row.update({f"at_{r:g}": float(t.intermediate_values[k]) if k in t.intermediate_values else float("nan")
-                        for k, r in enumerate(s.rungs)})
+            row.update({f"at_{r:g}": float(t.intermediate_values[k]) if k in t.intermediate_values
+                        and t.intermediate_values[k] != FAILED_SCORE else float("nan") for k, r in enumerate(s.rungs)})
+            failed = [r for k, r in enumerate(s.rungs) if t.intermediate_values.get(k) == FAILED_SCORE]
+            if failed:
+                row["state"] = f"{row['state']} (a run failed at rung {failed[0]:g})"
             rows.append(row)
     return pd.DataFrame(rows)
 
