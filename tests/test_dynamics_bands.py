@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from rlsd_harness.analysis import report
+from rlsd_harness.analysis import plots
 
 
 def test_bands_are_clipped_to_the_panel_data(tmp_path, monkeypatch):
@@ -16,8 +16,8 @@ def test_bands_are_clipped_to_the_panel_data(tmp_path, monkeypatch):
             rows.append({"method": "grpo", "seed": seed, "status": "finished", "rollout_step": step,
                          "actor/entropy": value, "rollout/reward": 0.5})
     figures = []
-    monkeypatch.setattr(report, "_save_figure", lambda fig, path, dpi: figures.append(fig))
-    report.plot_dynamics(pd.DataFrame(rows), ["grpo"], tmp_path / "dynamics.png")
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi: figures.append(fig))
+    plots.plot_dynamics(pd.DataFrame(rows), ["grpo"], tmp_path / "dynamics.png")
     ax = next(a for a in figures[0].axes if a.get_title().startswith("policy entropy"))
     band = ax.collections[0].get_paths()[0].vertices[:, 1]
     assert band.min() >= 0.2 - 1e-9 and band.max() <= 1.9 + 1e-9, (band.min(), band.max())

@@ -1,0 +1,128 @@
+"""The tuning picks of a grid-tuned study: each grid point's validation results at the budget points, the
+pick per method (config.PICK_RULE) and the files that record them (tuning.csv, tuning.md, picks.json). The
+validation split never enters the tables and the test split never enters a pick. (The Optuna tuner and the
+tuning report across protocols are analysis/tuning.py.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rlsd_harness.analysis import stats
+from rlsd_harness.analysis.files import write_csv, write_json, write_text
+from rlsd_harness.analysis.loading import load_study
+from rlsd_harness.analysis.tables import left_out, pts
+from rlsd_harness.config import PICK_RULE, TuningPoint, budget_points_of
+
+
+def tuning_results(runs_dir: Path, grid: dict[str, list[TuningPoint]], fractions: list[float],
+                   budget_kind: str) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """The tuning grid's validation results at the last budget point and the pick per method (PICK_RULE),
+    with each earlier budget point's mean beside them (whether the ranking holds along the tuning budget).
+
+    Rows: method, label, lr, knob, value, n_runs, mean, ci_low, ci_high, reliable, not_counted, picked, and
+    mean_at_<f>, ci_low_at_<f>, ci_high_at_<f> per earlier budget point f > 0.
+    Raises ValueError when a method has no grid point with a finished run that has validation records."""
+    study = load_study(runs_dir, fractions, budget_kind, split="validation")
+    last = max(fractions)
+    records = study.records if study.mode == "items" else study.records.iloc[0:0]
+    earlier = [f for f in sorted(fractions) if 0 < f < last]
+
+    def at_budget(label: str, f: float) -> tuple[pd.DataFrame, pd.Series | None]:
+        sub = records[(records["method"] == label) & np.isclose(records["budget"], f)]
+        return sub, (stats.summary_table(sub, budget=f, methods=[label]).iloc[0]
+                     if len(sub) else None)
+
+    rows, picks = [], {}
+    for method, points in grid.items():
+        candidates = []
+        for i, pt in enumerate(points):
+            knob = next((k for k in pt.values if k != "algorithm.lr"), None)
+            sub, s = at_budget(pt.label, last)
+            row = {"method": method, "label": pt.label, "lr": pt.lr, "knob": knob,
+                   "value": pt.values.get(knob) if knob else None,
+                   "not_counted": left_out(study, pt.label, set(sub["seed"]), f"lacks budget point {last:g}"),
+                   "n_runs": 0, "mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"),
+                   "reliable": False, "picked": False}
+            if s is not None:
+                row.update(n_runs=int(s["n_runs"]), mean=float(s["mean"]), ci_low=float(s["ci_low"]),
+                           ci_high=float(s["ci_high"]), reliable=bool(s["reliable"]))
+                candidates.append((-round(row["mean"], 12), pt.lr, i, pt))
+            for f in earlier:
+                s_f = at_budget(pt.label, f)[1]
+                row.update({f"{k}_at_{f:g}": float("nan") if s_f is None else float(s_f[k])
+                            for k in ("mean", "ci_low", "ci_high")})
+            rows.append(row)
+        if not candidates:
+            raise ValueError(f"tuning: no grid point of {method} has a finished run with validation records at budget "
+                             f"point {last:g} in {runs_dir}; the runs must evaluate the validation split at the "
+                             f"budget points (per-item records in evals/)")
+        best = min(candidates, key=lambda c: c[:3])[3]
+        for row in rows:
+            if row["label"] == best.label:
+                row["picked"] = True
+        picks[method] = {"label": best.label, "values": best.values, "overrides": list(best.overrides),
+                         "validation_mean": -min(candidates, key=lambda c: c[:3])[0],
+                         "n_runs": next(r["n_runs"] for r in rows if r["label"] == best.label)}
+    return pd.DataFrame(rows), picks
+
+
+def grid_edges(grid: dict[str, list[TuningPoint]], picks: dict[str, dict]) -> dict[str, list[str]]:
+    """Per method, each picked value that is the smallest or largest its grid tried (of two or more)."""
+    edges: dict[str, list[str]] = {}
+    for method, pick in picks.items():
+        for key, value in pick["values"].items():
+            tried = sorted({float(pt.values[key]) for pt in grid[method] if key in pt.values})
+            if len(tried) > 1 and float(value) in (tried[0], tried[-1]):
+                side = "smallest" if float(value) == tried[0] else "largest"
+                edges.setdefault(method, []).append(f"{key.rsplit('.', 1)[-1]}={value:g} is the {side} tried")
+    return edges
+
+
+def study_picks(out: Path, exp: Any, grid: dict[str, list[TuningPoint]]) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """tuning_results over a study folder's own tuning runs (out/tuning/runs) at its experiment's budget points."""
+    return tuning_results(Path(out) / "tuning" / "runs", grid, budget_points_of(exp),
+                          str(exp.get("budget_kind", "flops")))
+
+
+def changed_picks(out: Path, picks: dict[str, dict]) -> str | None:
+    """'old -> new' overrides when out/picks.json records other picks than `picks`, None otherwise (or none recorded)."""
+    if not (Path(out) / "picks.json").exists():
+        return None
+    was = {m: p["overrides"] for m, p in json.loads((Path(out) / "picks.json").read_text())["picks"].items()}
+    now = {m: p["overrides"] for m, p in picks.items()}
+    return None if was == now else f"{was} -> {now}"
+
+
+def write_tuning(out: Path, exp: Any, grid: dict[str, list[TuningPoint]], table: pd.DataFrame,
+                 picks: dict[str, dict], base: list[str] | None = None) -> None:
+    """Write tuning_results' table and picks ({method: {label, values, overrides, validation_mean, n_runs}}) into
+    `out` as tuning.csv, tuning.md and picks.json."""
+    fractions = budget_points_of(exp)
+    earlier = [f for f in sorted(fractions) if 0 < f < max(fractions) and f"mean_at_{f:g}" in table]
+    write_csv(table, Path(out) / "tuning.csv")
+    t = exp.tuning
+    lines = [f"Tuning: every method gets a grid of {len(next(iter(grid.values())))} points, seeds "
+             f"{list(t.seeds)}, overrides `{' '.join(t.get('overrides') or [])}`; validation mean@k (points) at the "
+             f"last budget point ({max(fractions):g}), 95 % intervals. Rule: {PICK_RULE}.", "",
+             "| method | lr | knob | runs | mean | 95 % CI | picked | not counted |"
+             + "".join(f" at {f:g} (95 % CI) |" for f in earlier), "|---|---|---|---|---|---|---|---|" + "---|" * len(earlier)]
+    def interval(r: dict, suffix: str) -> str:
+        return f"{pts(r['mean' + suffix])} [{pts(r['ci_low' + suffix])}, {pts(r['ci_high' + suffix])}]"
+
+    for r in table.to_dict("records"):
+        knob = f"{r['knob'].rsplit('.', 1)[-1]}={r['value']:g}" if isinstance(r["knob"], str) else ""  # None -> nan
+        lines.append(f"| {r['method']} | {r['lr']:g} | {knob} | {r['n_runs']} | {pts(r['mean'])} | "
+                     f"[{pts(r['ci_low'])}, {pts(r['ci_high'])}] | {'**picked**' if r['picked'] else ''} | "
+                     f"{r['not_counted']} |" + "".join(f" {interval(r, f'_at_{f:g}')} |" for f in earlier))
+    edges = grid_edges(grid, picks)
+    if edges:
+        lines += ["", "At the edge of the grid (a better value may lie beyond it; widen the grid that way): "
+                  + "; ".join(f"{m}: {', '.join(e)}" for m, e in edges.items()) + "."]
+    write_text(Path(out) / "tuning.md", "\n".join(lines) + "\n")
+    write_json({"rule": PICK_RULE, "split": "validation", "budget_point": max(fractions), "base": base, "picks": picks},
+               Path(out) / "picks.json")
