@@ -7,9 +7,9 @@ FLOPs estimate (documented, analytic, dense decoder + ViT):
   backward                                                2 x the forward, less what frozen weights skip:
       a matmul's backward is two matmuls of its forward's size, the activation gradient dX = dY W^T and the
       weight gradient dW = X^T dY (Kaplan et al. 2020, "Scaling Laws for Neural Language Models", sec. 2.1:
-      training ~ 6N FLOPs per token = forward 2N + backward 4N). A frozen weight (LoRA's base: Hu et al. 2021,
-      sec. 4.2, "we do not need to calculate the gradient for the vast majority of the parameters") still
-      passes the activation gradient down but computes no dW: 1 x its forward, 2 * N_frozen per token. The
+      training ~ 6N FLOPs per token = forward 2N + backward 4N). A frozen weight (LoRA's base, which needs no
+      gradient: Hu et al. 2021, arXiv 2106.09685, sec. 4.2 on LoRA's training speed-up) still passes the
+      activation gradient down but computes no dW: 1 x its forward, 2 * N_frozen per token. The
       attention products (no weights) keep 2 x. A vision tower with nothing trainable in it gets no backward
       at all (autograd does not enter it). So backward = 2 x forward - 2 * N_text_frozen * S
       - (2 * N_vision_frozen * P, or the whole vision forward when none of it trains).
