@@ -8,9 +8,9 @@ picks.json, and the reported runs then train at the picked values and are evalua
 The validation split never enters the tables and the test split never enters a pick. `tuning_from` takes
 the picks of an earlier study of the same base and tuning section instead (a test budget changed, the
 tuning did not): its tuning.csv must list the same grid points at the same number of tuning seeds, and
-its tuning.md the same tuning overrides, and its picks.json the same base policy (the sha256 of its weights:
+its picks.json the same tuning seeds and overrides and the same base policy (the sha256 of its weights:
 the same config warms up to a different base on a CPU with other kernels); the three files are copied and
-meta.json names the source.
+meta.json names the source (analysis/tuning_report.py: earlier_picks).
 
 Runs land in <out>/runs/<method>-s<seed>/. Finished runs are not rerun; an interrupted run resumes from its
 last checkpoint; a run that fails is recorded (failed.json) and counted as failed in the tables. The report
@@ -50,6 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlsd_harness.analysis import launch
 from rlsd_harness.analysis.tuning import is_optuna, plan_text, settings_of
+from rlsd_harness.analysis.tuning_report import TUNING_FILES, earlier_picks
 from rlsd_harness.config import (
     CONFIG_DIR,
     REPO,
@@ -235,9 +236,6 @@ def _train_all(jobs: Sequence[tuple[str, Path, DictConfig]], workers: int, log: 
     return True
 
 
-TUNING_FILES = ("tuning.csv", "tuning.md", "picks.json")
-
-
 def base_digests(cfgs: Sequence[DictConfig], log: Callable[[str], None]) -> list[str]:
     """sha256 of the weights of each distinct base policy the runs start from. Built and warmed up here if
     needed, once, before any worker starts (workers that started together would each build it)."""
@@ -248,38 +246,6 @@ def base_digests(cfgs: Sequence[DictConfig], log: Callable[[str], None]) -> list
     folders = {policy_path(c.model, c.data, log) for c in {(repr(c.model), repr(c.data)): c for c in cfgs}.values()}
     return sorted(hashlib.sha256(b"".join(p.read_bytes() for p in sorted(f.glob("*.safetensors")))).hexdigest()
                   for f in folders)
-
-
-def earlier_picks(source: Path, exp, grid: dict, base: list[str]) -> dict[str, dict]:
-    """The picks of the study in `source` when it was tuned on the same grid, seeds, tuning overrides and base
-    policy (`base`: base_digests) as `exp` (module docstring); a ConfigError naming what differs otherwise."""
-    import pandas as pd
-
-    missing = [f for f in TUNING_FILES if not (Path(source) / f).exists()]
-    if missing:
-        raise ConfigError(f"tuning_from={source}: no {', '.join(missing)} there (a tuned study writes {', '.join(TUNING_FILES)})")
-    table = pd.read_csv(Path(source) / "tuning.csv")
-    want = sorted(pt.label for points in grid.values() for pt in points)
-    if sorted(table["label"]) != want:
-        raise ConfigError(f"tuning_from={source}: its grid {sorted(table['label'])} is not this experiment's {want}")
-    seeds = len(exp.tuning.seeds)
-    if (table["n_runs"] != seeds).any():
-        raise ConfigError(f"tuning_from={source}: its grid points have {sorted(set(table['n_runs']))} runs each; this "
-                          f"experiment tunes at {seeds} seeds {list(exp.tuning.seeds)}")
-    header = (Path(source) / "tuning.md").read_text().split("\n", 1)[0]
-    tuned = f"seeds {list(exp.tuning.seeds)}, overrides `{' '.join(exp.tuning.get('overrides') or [])}`"
-    if tuned not in header:
-        raise ConfigError(f"tuning_from={source}: it was tuned with {header!r}; this experiment tunes with {tuned}")
-    recorded = json.loads((Path(source) / "picks.json").read_text())
-    if recorded.get("base") != base:
-        raise ConfigError(f"tuning_from={source}: it was tuned from base policy {recorded.get('base') or '(not recorded)'}"
-                          f", these runs start from {base} (sha256 of the weights); tune on this base instead")
-    picks = recorded["picks"]
-    picked = {r.method: r.label for r in table.itertuples() if r.picked}
-    if {m: p["label"] for m, p in picks.items()} != picked or sorted(picked) != sorted(grid):
-        raise ConfigError(f"tuning_from={source}: picks.json {sorted(p['label'] for p in picks.values())} does not match "
-                          f"the picked rows of its tuning.csv {sorted(picked.values())}")
-    return picks
 
 
 def compare(name: str = "embedded", out: str | Path | None = None, overrides: list[str] | None = None,

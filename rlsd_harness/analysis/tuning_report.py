@@ -1,7 +1,12 @@
 """The tuning picks of a grid-tuned study: each grid point's validation results at the budget points, the
-pick per method (config.PICK_RULE) and the files that record them (tuning.csv, tuning.md, picks.json). The
+pick per method (config.PICK_RULE), the files that record them (tuning.csv, tuning.md, picks.json) and
+`earlier_picks`, which takes an earlier study's picks (rlsd-compare tuning_from=) from those records. The
 validation split never enters the tables and the test split never enters a pick. (The Optuna tuner and the
-tuning report across protocols are analysis/tuning.py.)"""
+tuning report across protocols are analysis/tuning.py.)
+
+picks.json is the machine-readable record: the rule, split and budget point, the base policy (sha256 of its
+weights), the tuning seeds and overrides, and per method {label, values, overrides, validation_mean, n_runs}.
+tuning.md is for people; nothing reads it back."""
 
 from __future__ import annotations
 
@@ -16,7 +21,9 @@ from rlsd_harness.analysis import stats
 from rlsd_harness.analysis.files import write_csv, write_json, write_text
 from rlsd_harness.analysis.loading import load_study
 from rlsd_harness.analysis.tables import left_out, pts
-from rlsd_harness.config import PICK_RULE, TuningPoint, budget_points_of
+from rlsd_harness.config import PICK_RULE, ConfigError, TuningPoint, budget_points_of
+
+TUNING_FILES = ("tuning.csv", "tuning.md", "picks.json")
 
 
 def tuning_results(runs_dir: Path, grid: dict[str, list[TuningPoint]], fractions: list[float],
@@ -124,5 +131,42 @@ def write_tuning(out: Path, exp: Any, grid: dict[str, list[TuningPoint]], table:
         lines += ["", "At the edge of the grid (a better value may lie beyond it; widen the grid that way): "
                   + "; ".join(f"{m}: {', '.join(e)}" for m, e in edges.items()) + "."]
     write_text(Path(out) / "tuning.md", "\n".join(lines) + "\n")
-    write_json({"rule": PICK_RULE, "split": "validation", "budget_point": max(fractions), "base": base, "picks": picks},
+    write_json({"rule": PICK_RULE, "split": "validation", "budget_point": max(fractions), "base": base,
+                "seeds": list(t.seeds), "overrides": list(t.get("overrides") or []), "picks": picks},
                Path(out) / "picks.json")
+
+
+def earlier_picks(source: Path, exp: Any, grid: dict[str, list[TuningPoint]], base: list[str]) -> dict[str, dict]:
+    """The picks of the study in `source` when it was tuned on the same grid, seeds, tuning overrides and base
+    policy (`base`: compare.base_digests) as `exp`, read from its tuning.csv and picks.json; a ConfigError
+    naming what differs otherwise."""
+    source = Path(source)
+    missing = [f for f in TUNING_FILES if not (source / f).exists()]
+    if missing:
+        raise ConfigError(f"tuning_from={source}: no {', '.join(missing)} there (a tuned study writes {', '.join(TUNING_FILES)})")
+    table = pd.read_csv(source / "tuning.csv")
+    want = sorted(pt.label for points in grid.values() for pt in points)
+    if sorted(table["label"]) != want:
+        raise ConfigError(f"tuning_from={source}: its grid {sorted(table['label'])} is not this experiment's {want}")
+    seeds = len(exp.tuning.seeds)
+    if (table["n_runs"] != seeds).any():
+        raise ConfigError(f"tuning_from={source}: its grid points have {sorted(set(table['n_runs']))} runs each; this "
+                          f"experiment tunes at {seeds} seeds {list(exp.tuning.seeds)}")
+    recorded = json.loads((source / "picks.json").read_text())
+    lacking = [k for k in ("seeds", "overrides") if k not in recorded]
+    if lacking:
+        raise ConfigError(f"tuning_from={source}: its picks.json records no tuning {' or '.join(lacking)} (written "
+                          f"before picks.json kept them); bench/migrate_studies.py {source} adds them from its tuning.md")
+    was = f"seeds {recorded['seeds']}, overrides `{' '.join(recorded['overrides'])}`"
+    tuned = f"seeds {list(exp.tuning.seeds)}, overrides `{' '.join(exp.tuning.get('overrides') or [])}`"
+    if was != tuned:
+        raise ConfigError(f"tuning_from={source}: it was tuned with {was}; this experiment tunes with {tuned}")
+    if recorded.get("base") != base:
+        raise ConfigError(f"tuning_from={source}: it was tuned from base policy {recorded.get('base') or '(not recorded)'}"
+                          f", these runs start from {base} (sha256 of the weights); tune on this base instead")
+    picks = recorded["picks"]
+    picked = {r.method: r.label for r in table.itertuples() if r.picked}
+    if {m: p["label"] for m, p in picks.items()} != picked or sorted(picked) != sorted(grid):
+        raise ConfigError(f"tuning_from={source}: picks.json {sorted(p['label'] for p in picks.values())} does not match "
+                          f"the picked rows of its tuning.csv {sorted(picked.values())}")
+    return picks
