@@ -60,8 +60,9 @@ def rebuild(name: str, work: Path, python: str = sys.executable) -> list[str]:
         compared = [(source / rel, copy / rel) for rel in tracked_files(source)]
     else:  # a tuning-only study: its tuning report beside the reference study's, as results/tuning-protocols
         reference = work / "tuning-inputs" / "reference"  # the name the report prints; not the reference rebuild's
-        if not reference.exists():
-            shutil.copytree(ROOT / "results" / "reference", reference)
+        if reference.exists():
+            shutil.rmtree(reference)
+        shutil.copytree(ROOT / "results" / "reference", reference)
         command = [python, "-m", "rlsd_harness.analysis.tuning", "report", str(reference), str(copy),
                    f"out={work / 'tuning-protocols'}"]
         made = ["reference.md", f"{name}.md", "protocols.md"]

@@ -1,11 +1,14 @@
 """The comparison report on synthetic run folders: its numbers are analysis/stats.py's on the same records,
 a planted difference is found and a null is not, the primary comparison stands alone and Holm covers the rest
-of the study, failed and older runs are counted
-and said, a rerun is compared with the original."""
+of the study, failed runs and runs without records are counted and said, older runs' flat metric names are
+refused until their study is migrated, a rerun is compared with the original."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +21,7 @@ from rlsd_harness.analysis.report import compare_studies, load_runs, write_repor
 from tests.study_fixtures import fabricate_study, records_from, write_run
 
 SEEDS = list(range(8))
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def experiment(methods, **extra):
@@ -148,29 +152,46 @@ def test_failed_unfinished_and_recordless_runs_are_counted_not_dropped(tmp_path)
     assert isinstance(df, pd.DataFrame) and set(df[df["run"] == "rlsd-s6"]["status"]) == {"failed"}
 
 
-def test_older_runs_without_records_fall_back_and_say_so(tmp_path):
-    rng = np.random.default_rng(0)
-    for m, lift in (("grpo", 0.0), ("rlsd", 0.05)):
-        for s in range(4):
-            lines = [{"rollout_step": 0, "step": 0, "eval/pass@1": 0.3}]  # the flat names of older runs
-            for t in range(1, 11):
-                line = {"rollout_step": t, "step": t, "cum/flops/total": 1e11 * t, "reward": 0.2}
-                if t % 5 == 0:
-                    line["eval/pass@1"] = 0.3 + lift + 0.02 * t / 5 + rng.normal(0, 0.01)
-                lines.append(line)
-            d = tmp_path / "runs" / f"{m}-s{s}"
-            d.mkdir(parents=True)
-            (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-            (d / "config.yaml").write_text("train:\n  steps: 10\n  budget:\n    kind: null\n    value: null\n")
-    exp = OmegaConf.create({"methods": ["grpo", "rlsd"], "seeds": [0, 1, 2, 3], "overrides": [],
-                            "budget_points": [0.5, 1.0]})
-    write_report(tmp_path, exp, {"experiment": "old"}, n_resamples=999, plots=False)
-    readme = (tmp_path / "README.md").read_text()
-    assert "no per-item evaluation records" in readme and "intervals cover seeds only" in readme
-    table = pd.read_csv(tmp_path / "table.csv")
-    row = table[(table["table"] == "budget=1") & (table["method"] == "rlsd")].iloc[0]
-    finals = [json.loads(x) for x in (tmp_path / "runs/rlsd-s0/metrics.jsonl").read_text().splitlines()]
-    assert row["n_runs"] == 4 and 0.3 < row["mean"] < 0.5 and finals[-1]["eval/pass@1"] > 0
+def test_flat_names_of_older_runs_are_refused_until_the_study_is_migrated(tmp_path):
+    """No second reading path for the flat metric names of older runs: the report names the file and the
+    migration, and after bench/migrate_studies.py the study's tables are those of the same runs written with
+    today's names."""
+    exp = experiment(["grpo", "rlsd"])
+    for name in ("today", "older"):
+        fabricate_study(tmp_path / name, {"grpo": 0.0, "rlsd": 0.5}, SEEDS[:3], items=30)
+    flat = {"rollout/reward": "reward", "actor/entropy": "entropy", "ledger/cum/flops/total": "cum/flops/total",
+            "ledger/cum/time/step": "cum/time/step"}  # what the trainer wrote before it namespaced
+    for path in (tmp_path / "older" / "runs").glob("*/metrics.jsonl"):
+        lines = [json.loads(x) for x in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({flat.get(k, k): v for k, v in x.items()}) + "\n" for x in lines))
+    with pytest.raises(ValueError, match=r"grpo-s0/metrics.jsonl: flat metric names \['cum/flops/total'"):
+        write_report(tmp_path / "older", exp, {"experiment": "old"}, n_resamples=99, plots=False)
+    migrate = [sys.executable, str(ROOT / "bench" / "migrate_studies.py"), str(tmp_path / "older")]
+    said = subprocess.run(migrate, capture_output=True, text=True, check=True).stdout
+    assert said.count("metrics.jsonl: 10 line(s) with flat metric names -> namespaced") == 6, said  # steps 1-10
+    for name in ("today", "older"):
+        write_report(tmp_path / name, exp, {"experiment": "x"}, n_resamples=99, plots=False)
+    for f in ("table.md", "table.csv", "per_seed.csv", "claims.csv"):
+        assert (tmp_path / "older" / f).read_bytes() == (tmp_path / "today" / f).read_bytes(), f
+
+
+def test_runs_without_per_item_records_are_counted_not_read_another_way(tmp_path):
+    """A finished run with only aggregate accuracies (no per-item records at the budget points) is left out
+    of the tables and said; a study of only such runs has no tables."""
+    fabricate_study(tmp_path, {"grpo": 0.0, "rlsd": 0.5}, SEEDS[:3], items=30)
+    run = tmp_path / "runs" / "rlsd-s2"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in x.items() if not k.endswith(
+        ("/file", "/budget_point"))}) + "\n" for x in lines))
+    write_report(tmp_path, experiment(["grpo", "rlsd"]), {"experiment": "some"}, n_resamples=99, plots=False)
+    assert "1 finished run(s) wrote no per-item test records at the budget points" in (tmp_path / "table.md").read_text()
+    rlsd = next(ln for ln in (tmp_path / "table.md").read_text().splitlines() if ln.startswith("| rlsd |"))
+    assert "rlsd-s2 has no records" in rlsd and "| 2 |" in rlsd
+    only = tmp_path / "only"
+    (only / "runs").mkdir(parents=True)
+    (run).rename(only / "runs" / "rlsd-s2")
+    assert write_report(only, experiment(["rlsd"]), {"experiment": "none"}, plots=False) == []
+    assert "No finished runs with per-item held-out records" in (only / "README.md").read_text()
 
 
 def test_compare_with_an_identical_rerun_and_a_changed_one(tmp_path):

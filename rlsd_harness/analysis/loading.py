@@ -7,9 +7,10 @@ What is read. Each run's held-out evaluations at the experiment's budget points:
 {"id", "correct": k 0/1 verdicts, "greedy": 0/1 or null}. An item's score is its mean@k (the fraction of its
 k samples that are correct). A packed study keeps each jsonl gzip-compressed beside its name (analysis/pack.py).
 
-Older runs without per-item records are read from their aggregate accuracy (`eval/pass@1`, greedy) at their
-last evaluation within each budget, the budget points being fractions of the smallest final budget a finished
-run reached; their intervals then cover seeds only, and the README says so.
+Metric names are read as the trainer writes them (training/metrics.py: namespaced). Older studies with the
+flat names of earlier runs, or with tuning picks that lack their seeds and overrides, are migrated once by
+bench/migrate_studies.py; a flat name met here is an error that says so, not a second reading path. A finished
+run without per-item records at the budget points is counted as such beside the tables, never read another way.
 """
 
 from __future__ import annotations
@@ -25,9 +26,6 @@ import pandas as pd
 
 from rlsd_harness.config import BUDGET_KEYS
 from rlsd_harness.io import parse_jsonl
-
-LEGACY_ACCURACY = "eval/pass@1"  # runs written before per-item records: greedy accuracy of the whole set
-AGGREGATE_ITEM = "(whole set)"  # the one "item" of a run read from its aggregate accuracy
 
 
 def parse_run_name(name: str) -> tuple[str, int] | None:
@@ -48,13 +46,20 @@ def record_text(path: Path) -> str | None:
 
 
 def metrics_lines(run_dir: Path) -> list[dict]:
+    """Every line of a run's metrics.jsonl (or its packed .gz); [] when it has none. A line cut by a kill is
+    dropped (io's policy). ValueError on a flat metric name of an older run: migrate its study once."""
     from rlsd_harness.training.metrics import namespaced
 
     text = record_text(run_dir / "metrics.jsonl")
     if text is None:
         return []
-    # older runs wrote flat names (the mapping is idempotent); a line cut by a kill is dropped (io's policy)
-    return [namespaced(m) for m in parse_jsonl(text, run_dir / "metrics.jsonl")]
+    lines = parse_jsonl(text, run_dir / "metrics.jsonl")
+    # the trainer's own mapping says which names are not today's (it leaves a namespaced name as it is)
+    flat = sorted({k for line in lines for k in line if k not in namespaced({k: None})})
+    if flat:
+        raise ValueError(f"{run_dir / 'metrics.jsonl'}: flat metric names {flat[:5]} of a run written before metrics "
+                         f"were namespaced; migrate its study once: python bench/migrate_studies.py <study folder>")
+    return lines
 
 
 def _finished(run_dir: Path, lines: list[dict]) -> bool:
@@ -102,7 +107,7 @@ def load_runs(runs_dir: Path) -> pd.DataFrame:
     """Every metrics line of every run under `runs_dir` (a comparison's runs/ folder) as one pandas DataFrame.
 
     One row per line of each run's metrics.jsonl, columns = the metric names (namespaced as in
-    rlsd_harness/training/metrics.py; older runs' flat names are mapped) plus `run` (the folder name),
+    rlsd_harness/training/metrics.py; `metrics_lines` refuses older runs' flat names) plus `run` (the folder name),
     `method` (the arm label), `seed`, `status` (finished | failed | unfinished) and `error` (failed runs).
     A run folder without any metrics line still appears, as one row with only those columns, so that a
     failure before the first step is not lost. Empty DataFrame when there are no run folders.
@@ -160,8 +165,8 @@ class Study:
     """What a report is built from."""
 
     records: pd.DataFrame  # method, seed, budget, item, score (+ greedy, k, spend): the stats module's input
-    status: pd.DataFrame  # run_status, plus `records`: items | aggregate | none
-    mode: str  # items (per-item records) | aggregate (older runs: one accuracy per run) | none
+    status: pd.DataFrame  # run_status, plus `records`: items | none
+    mode: str  # items (per-item records) | none (no finished run has any)
     points: list[float]  # the nominal budget points (fractions), 0 first when the base was evaluated
     budget_key: str
     split: str
@@ -169,35 +174,6 @@ class Study:
 
 
 RECORD_FRAME = ["method", "seed", "budget", "item", "score", "greedy", "k", "spend"]
-
-
-def _aggregate_records(runs_dir: Path, status: pd.DataFrame, fractions: list[float], budget_key: str,
-                       split: str) -> pd.DataFrame:
-    """Older runs: each run's aggregate accuracy at its last evaluation within each budget point, the points
-    being fractions of the smallest final budget any finished run reached (no interpolation)."""
-    runs = {}
-    for row in status[status["status"] == "finished"].itertuples(index=False):
-        lines = metrics_lines(Path(runs_dir) / row.run)
-        key = next((k for k in (f"eval/{split}/mean@k", LEGACY_ACCURACY) if any(k in ln for ln in lines)), None)
-        if key is None:
-            continue
-        evals = [(float(ln.get(budget_key, 0.0)), float(ln[key]), ln.get("rollout_step", 0)) for ln in lines if key in ln]
-        runs[(row.method, row.seed)] = evals
-    if not runs:
-        return pd.DataFrame(columns=RECORD_FRAME)
-    top = min(max(b for b, _, _ in evals) for evals in runs.values())
-    rows = []
-    for (method, seed), evals in runs.items():
-        base = [acc for b, acc, step in evals if step == 0]
-        if base:
-            rows.append({"method": method, "seed": seed, "budget": 0.0, "item": AGGREGATE_ITEM, "score": base[-1],
-                         "greedy": None, "k": 1, "spend": 0.0})
-        for f in fractions:
-            within = [acc for b, acc, _ in evals if b <= f * top + 1e-9]
-            if within:
-                rows.append({"method": method, "seed": seed, "budget": f, "item": AGGREGATE_ITEM, "score": within[-1],
-                             "greedy": None, "k": 1, "spend": f * top})
-    return pd.DataFrame(rows, columns=RECORD_FRAME)
 
 
 def load_study(runs_dir: Path, fractions: Sequence[float], budget_kind: str, split: str = "test") -> Study:
@@ -217,22 +193,11 @@ def load_study(runs_dir: Path, fractions: Sequence[float], budget_kind: str, spl
             frames.append(recs)
             status.loc[i, "records"] = "items"
     notes: list[str] = []
-    if frames:
-        records, mode = pd.concat(frames, ignore_index=True), "items"
-        older = status[(status["status"] == "finished") & (status["records"] == "none")]
-        if len(older):
-            notes.append(f"{len(older)} finished run(s) wrote no per-item {split} records (an older format) and are "
-                         f"left out of the tables: {', '.join(older['run'])}")
-    else:
-        records = _aggregate_records(runs_dir, status, list(fractions), budget_key, split)
-        mode = "aggregate" if len(records) else "none"
-        for key in set(zip(records["method"], records["seed"])):
-            status.loc[(status["method"] == key[0]) & (status["seed"] == key[1]), "records"] = "aggregate"
-        if mode == "aggregate":
-            notes.append("These runs have no per-item evaluation records (they were written before the harness kept "
-                         "them): every number is a run's greedy pass@1 on the whole held-out set at its last "
-                         "evaluation within each budget, budget points are fractions of the smallest final budget "
-                         "a finished run reached, and the intervals cover seeds only (no item term, no paired "
-                         "analysis over items).")
+    records, mode = (pd.concat(frames, ignore_index=True), "items") if frames else (pd.DataFrame(columns=RECORD_FRAME),
+                                                                                   "none")
+    older = status[(status["status"] == "finished") & (status["records"] == "none")]
+    if frames and len(older):
+        notes.append(f"{len(older)} finished run(s) wrote no per-item {split} records at the budget points and are "
+                     f"left out of the tables: {', '.join(older['run'])}")
     points = sorted(set(records["budget"].astype(float))) if len(records) else []
     return Study(records, status, mode, points, budget_key, split, notes)

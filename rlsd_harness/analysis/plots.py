@@ -68,7 +68,7 @@ def plot_accuracy(study: Study, order: list[str], kind: str, path: Path, summari
             ax.plot(xs, ys, marker="o", label=m, color=f"C{i}")
             ax.fill_between(xs, lo, hi, alpha=0.2, color=f"C{i}")
     ax.set_xlabel(label)
-    ax.set_ylabel(f"test {'mean@k' if study.mode == 'items' else 'pass@1'} (%)")
+    ax.set_ylabel("test mean@k (%)")
     ax.set_title("Accuracy at matched compute (95 % intervals)")
     if ax.lines:
         ax.legend()

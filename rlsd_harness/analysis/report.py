@@ -26,8 +26,6 @@ from rlsd_harness.analysis import claims, factorial, stats
 from rlsd_harness.analysis.files import save_figure as _save_figure
 from rlsd_harness.analysis.files import write_csv, write_json, write_text
 from rlsd_harness.analysis.loading import (
-    AGGREGATE_ITEM,
-    LEGACY_ACCURACY,
     RECORD_FRAME,
     Study,
     load_runs,
@@ -62,7 +60,7 @@ from rlsd_harness.analysis.tuning_report import (
 from rlsd_harness.config import arms, baseline_of, budget_points_of, factor_levels, pairs_of
 
 __all__ = [  # the names other modules and tests import from here
-    "AGGREGATE_ITEM", "DYNAMICS", "LEGACY_ACCURACY", "RECORD_FRAME", "Section", "Study", "_save_figure",
+    "DYNAMICS", "RECORD_FRAME", "Section", "Study", "_save_figure",
     "build_sections", "changed_picks", "compare_studies", "decide_study_family", "grid_edges", "load_runs",
     "load_study", "metrics_lines", "parse_run_name", "per_seed_frame", "per_seed_markdown", "plot_accuracy",
     "plot_dynamics", "point_summaries", "power_line", "record_text", "report_settings", "run_records",
@@ -86,16 +84,16 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
     cfg = report_settings(exp)
     study = load_study(out / "runs", cfg["fractions"], cfg["kind"], split)
     if study.mode == "none":
-        write_text(out / "README.md", f"# Comparison `{meta.get('experiment')}`\n\nNo finished runs with held-out "
-                   f"evaluations yet ({len(study.status)} run folders).\n")
+        write_text(out / "README.md", f"# Comparison `{meta.get('experiment')}`\n\nNo finished runs with per-item "
+                   f"held-out records at the budget points yet ({len(study.status)} run folders).\n")
         return []
     order = [m for m in cfg["order"] if m in set(study.status["method"])]
     order += sorted(set(study.status["method"]) - set(order))
     sections = build_sections(study, order, cfg["baseline"], cfg["pairs"], cfg["fractions"], cfg["delta"],
                               cfg["last_k"], n_resamples)
-    k = sorted(set(study.records["k"].dropna().astype(int))) if study.mode == "items" else [1]
+    k = sorted(set(study.records["k"].dropna().astype(int)))
     n_items = sorted(set(study.records.groupby(["method", "seed", "budget"]).size()))
-    measure = (f"test mean@{'/'.join(map(str, k))}" if study.mode == "items" else "held-out pass@1 (greedy)")
+    measure = f"test mean@{'/'.join(map(str, k))}"
     md = [f"Tables of `{meta.get('experiment')}`: {measure} in points; each method's mean over seeds with its 95 % "
           f"interval, its difference from {cfg['baseline']} (paired by seed when both have the same seeds) with "
           f"the range it spans when one seed is left out, **significant** at alpha 0.05 after correction. "
@@ -116,7 +114,7 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
     write_csv(per_seed, out / "per_seed.csv")
     write_text(out / "per_seed.md", per_seed_markdown(per_seed))
     df = load_runs(out / "runs")
-    quantities = claims.run_quantities(df, study.records if study.mode == "items" else None)
+    quantities = claims.run_quantities(df, study.records)
     claims_md = ""
     if not quantities.empty:
         learning = claims.learning_rows(quantities, order)
@@ -127,7 +125,7 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
         write_text(out / "claims.md", claims_md)
     factorial_md, effects = "", pd.DataFrame()
     levels = factor_levels(exp)
-    if levels and study.mode == "items":  # a factorial experiment: effects, not arms against the first one
+    if levels:  # a factorial experiment: effects, not arms against the first one
         factorial_md, effects = factorial.factorial_section(levels, study.records, df, cfg["fractions"], measure)
         write_text(out / "factorial.md", factorial_md)
         write_csv(effects, out / "factorial.csv")
@@ -149,11 +147,10 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
         f"Runs: {int((study.status['status'] == 'finished').sum())} finished, {len(failed)} failed, "
         f"{len(unfinished)} unfinished.", "",
     ]
-    if study.mode == "items":
-        lines += [f"Measure: {measure} on the {split} split ({'/'.join(map(str, n_items))} items per evaluation, "
-                  f"k samples per item, an item's score = its fraction of correct samples), evaluated at "
-                  f"{', '.join(f'{p:g}' for p in study.points)} of the {cfg['kind']} budget (0 = the base policy). "
-                  f"Hyperparameters were never chosen on this split.", ""]
+    lines += [f"Measure: {measure} on the {split} split ({'/'.join(map(str, n_items))} items per evaluation, "
+              f"k samples per item, an item's score = its fraction of correct samples), evaluated at "
+              f"{', '.join(f'{p:g}' for p in study.points)} of the {cfg['kind']} budget (0 = the base policy). "
+              f"Hyperparameters were never chosen on this split.", ""]
     lines += [f"> {n}" for n in study.notes] + ([""] if study.notes else [])
     if (out / "tuning.md").exists():
         source, same = meta.get("tuning_from"), ("same base, grid" if meta.get("base") else
@@ -245,9 +242,5 @@ def write_comparison(new: Path, old: Path, exp: Any, split: str = "test") -> pd.
         lines.append(f"| {r.method} | {r.budget:g} | {r.runs_new} / {r.runs_old} / {r.runs_both} | "
                      f"{r.runs_identical} / {r.runs_both} | {pts(r.mean_new)} | {pts(r.mean_old)} | "
                      f"{r.diff_points:+.2f} |")
-    if len(table) and (table["records_new"] != table["records_old"]).any():
-        lines += ["", "The two studies do not measure the same thing: one has per-item records (mean@k), the other "
-                  "only aggregate greedy pass@1 (runs from before per-item records), so the differences above mix "
-                  "the measure with the runs."]
     write_text(Path(new) / "compare_with.md", "\n".join(lines) + "\n")
     return table

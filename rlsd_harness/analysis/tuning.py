@@ -580,20 +580,24 @@ def protocol_from_optuna(trials: pd.DataFrame, picks: dict[str, dict], s: Settin
 
 
 def protocol_from_grid(folder: Path, flops_per_run: float | None = None) -> Protocol:
-    """A committed grid-tuned study (tuning.csv, picks.json, tuning.md): every grid point one trial whose score
-    is its mean over the tuning seeds at the tuning budget's last point, costing n_runs x the tuning budget
-    (train.budget.value in tuning.md's overrides, else `flops_per_run`, else the study's experiment's budget)."""
+    """A committed grid-tuned study (tuning.csv, picks.json): every grid point one trial whose score is its
+    mean over the tuning seeds at the tuning budget's last point, costing n_runs x the tuning budget
+    (train.budget.value in picks.json's tuning overrides, else `flops_per_run`, else the study's experiment's
+    budget)."""
     folder = Path(folder)
     table = pd.read_csv(folder / "tuning.csv")
-    header = (folder / "tuning.md").read_text().split("\n", 1)[0]
-    found = re.search(r"train\.budget\.value=([0-9.eE+-]+)", header)
+    recorded = json.loads((folder / "picks.json").read_text())
+    if "overrides" not in recorded:
+        raise ConfigError(f"{folder / 'picks.json'} records no tuning overrides (written before picks.json kept "
+                          f"them); bench/migrate_studies.py {folder} adds them from its tuning.md")
+    found = re.search(r"train\.budget\.value=([0-9.eE+-]+)", " ".join(recorded["overrides"]))
     if found:
         flops_per_run = float(found.group(1))
     elif flops_per_run is None:
         from rlsd_harness.config import load_experiment
 
         flops_per_run = _test_budget(load_experiment(folder.name))
-    picks = json.loads((folder / "picks.json").read_text())["picks"]
+    picks = recorded["picks"]
     t = pd.DataFrame({"method": table["method"], "label": table["label"], "value": table["mean"].astype(float),
                       "cost": table["n_runs"].astype(float) * flops_per_run, "param.lr": table["lr"].astype(float),
                       "state": np.where(table["picked"], "picked", "complete")})

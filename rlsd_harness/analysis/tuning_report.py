@@ -36,7 +36,7 @@ def tuning_results(runs_dir: Path, grid: dict[str, list[TuningPoint]], fractions
     Raises ValueError when a method has no grid point with a finished run that has validation records."""
     study = load_study(runs_dir, fractions, budget_kind, split="validation")
     last = max(fractions)
-    records = study.records if study.mode == "items" else study.records.iloc[0:0]
+    records = study.records
     earlier = [f for f in sorted(fractions) if 0 < f < last]
 
     def at_budget(label: str, f: float) -> tuple[pd.DataFrame, pd.Series | None]:
