@@ -120,7 +120,11 @@ def test_power_line_per_comparison_and_per_seed_table(planted):
 
 def test_plots_have_a_band_per_method(tmp_path):
     fabricate_study(tmp_path, {"grpo": 0.0, "rlsd": 0.5}, SEEDS[:3], items=20)
-    write_report(tmp_path, experiment(["grpo", "rlsd"]), {"experiment": "plots"}, n_resamples=999)
+    said = []
+    write_report(tmp_path, experiment(["grpo", "rlsd"]), {"experiment": "plots"}, n_resamples=999, log=said.append)
+    # the report says what it is doing, phase by phase, with the seconds since it began
+    assert [line.split(":")[1].split()[0] for line in said] == ["reading", "tables", "learning", "plots", "done"]
+    assert all(line.startswith("report: ") and line.endswith(" s)") for line in said)
     import matplotlib.image
 
     for name in ("accuracy_vs_compute.png", "dynamics.png"):

@@ -16,6 +16,9 @@ never leaves a torn table behind.
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +79,22 @@ def report_settings(exp: Any) -> dict[str, Any]:
             "last_k": int(exp.get("last_k") or min(3, len(fractions))), "order": list(arms(exp))}
 
 
+def _progress(log: Callable[[str], None] | None) -> Callable[[str], None]:
+    """A line per phase of the report with the seconds since it began (the tables' bootstrap and the plots take
+    tens of seconds on a study of 40 runs)."""
+    t0, log = time.perf_counter(), log or (lambda msg: print(msg, file=sys.stderr))
+    return lambda what: log(f"report: {what} ({time.perf_counter() - t0:.0f} s)")
+
+
 def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resamples: int = stats.N_RESAMPLES,
-                 plots: bool = True) -> list[Section]:
+                 plots: bool = True, log: Callable[[str], None] | None = None) -> list[Section]:
     """Rebuild every table, plot and the README of the comparison in `out` from out/runs; returns the
-    sections (the tables' content). `plots=False` keeps the plots that are there (tests of the tables)."""
+    sections (the tables' content). `plots=False` keeps the plots that are there (tests of the tables). `log`
+    takes a line per phase (default: standard error)."""
     out = Path(out)
     cfg = report_settings(exp)
+    say = _progress(log)
+    say(f"reading the runs of {out / 'runs'}")
     study = load_study(out / "runs", cfg["fractions"], cfg["kind"], split)
     if study.mode == "none":
         write_text(out / "README.md", f"# Comparison `{meta.get('experiment')}`\n\nNo finished runs with per-item "
@@ -89,6 +102,7 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
         return []
     order = [m for m in cfg["order"] if m in set(study.status["method"])]
     order += sorted(set(study.status["method"]) - set(order))
+    say(f"tables: {len(study.status)} runs, {len(order)} arms, {n_resamples} bootstrap resamples per interval")
     sections = build_sections(study, order, cfg["baseline"], cfg["pairs"], cfg["fractions"], cfg["delta"],
                               cfg["last_k"], n_resamples)
     k = sorted(set(study.records["k"].dropna().astype(int)))
@@ -113,6 +127,7 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
     per_seed = per_seed_frame(study, cfg["fractions"], cfg["last_k"])
     write_csv(per_seed, out / "per_seed.csv")
     write_text(out / "per_seed.md", per_seed_markdown(per_seed))
+    say("learning signal and claims")
     df = load_runs(out / "runs")
     quantities = claims.run_quantities(df, study.records)
     claims_md = ""
@@ -130,6 +145,7 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
         write_text(out / "factorial.md", factorial_md)
         write_csv(effects, out / "factorial.csv")
     if plots:
+        say("plots")
         plot_accuracy(study, order, cfg["kind"], out / "accuracy_vs_compute.png", summaries)
         plot_dynamics(df, order, out / "dynamics.png")
 
@@ -192,6 +208,7 @@ def write_report(out: Path, exp: Any, meta: dict, split: str = "test", n_resampl
               + (", tuning.md / tuning.csv / picks.json" if (out / "tuning.md").exists() else "")
               + (", factorial.md / factorial.csv (effects in fractions)" if factorial_md else "") + "."]
     write_text(out / "README.md", "\n".join(lines) + "\n")
+    say(f"done: {out / 'README.md'}")
     return sections
 
 
