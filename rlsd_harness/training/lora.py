@@ -30,7 +30,7 @@ from rlsd_harness.models import (
     apply_lora,
     lora_layers,
 )
-from rlsd_harness.training.teacher import TeacherConfig, TeacherWeights, teacher_config
+from rlsd_harness.training.teacher import TeacherConfig, TeacherWeights, teacher_config, weight_update
 
 
 def lora_settings(cfg: Any) -> Any | None:
@@ -87,11 +87,8 @@ class LoraTeacher:
         updates its own shard; below stage 3 the parameters are whole on every rank."""
         if self.adapter is None:
             return False
-        if self.cfg.weights == "sync" and step % self.cfg.sync_every == 0:
-            update = lambda t, s: t.copy_(s)  # noqa: E731
-        elif self.cfg.weights == "ema":
-            update = lambda t, s: t.lerp_(s.to(t.dtype), self.cfg.ema_rate)  # noqa: E731
-        else:
+        update = weight_update(self.cfg, step)
+        if update is None:
             return False
         pairs = [(getattr(layer, part)["default"].weight, getattr(layer, part)[self.adapter].weight)
                  for layer in lora_layers(policy) for part in ("lora_A", "lora_B")]

@@ -20,7 +20,7 @@ The student's response tokens are appended unchanged by the trainer.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +95,17 @@ def sibling_contexts(
     return convs, torch.tensor(mask)
 
 
+def weight_update(cfg: TeacherConfig, step: int) -> Callable[[torch.Tensor, torch.Tensor], Any] | None:
+    """What optimizer step `step` (1-based) does to a teacher tensor t given the student's s: sync copies every
+    `sync_every` steps, ema moves t by `ema_rate` toward s; None when the teacher does not change (frozen, live,
+    or a sync step off its schedule). Shared by the full-copy teacher and LoRA's teacher adapters."""
+    if cfg.weights == "sync" and step % cfg.sync_every == 0:
+        return lambda t, s: t.copy_(s)
+    if cfg.weights == "ema":
+        return lambda t, s: t.lerp_(s.to(t.dtype), cfg.ema_rate)
+    return None
+
+
 class TeacherWeights:
     """Holds the teacher's parameters (a copy, or nothing when live) and updates them on schedule.
 
@@ -134,11 +145,8 @@ class TeacherWeights:
         """Called after optimizer step `step` (1-based). Returns whether the teacher's weights changed.
         The student's parameters are read one at a time (gathered just for that one under ZeRO-3, or, when
         the teacher is partitioned too, shard by shard)."""
-        if self.cfg.weights == "sync" and step % self.cfg.sync_every == 0:
-            update = lambda t, s: t.copy_(s)  # noqa: E731
-        elif self.cfg.weights == "ema":
-            update = lambda t, s: t.lerp_(s.to(t.dtype), self.cfg.ema_rate)  # noqa: E731
-        else:
+        update = weight_update(self.cfg, step)
+        if update is None:
             return False
         teacher = dict(self.model.named_parameters())
         if self.partitioned:
