@@ -63,6 +63,17 @@ def test_fresh_cache_resolves_the_default_config_to_the_shipped_base_without_bui
     assert model.config.text_config.vocab_size == len(processor.tokenizer) <= cfg.model.vocab_size
 
 
+def test_local_data_starts_from_the_shipped_base_too(fresh_cache, tmp_path):
+    """data=local has no embedded level of its own; the tiny model's warm-up took level 2, which no base ships,
+    so a first data=local run without model.path warmed up for 16+ minutes under load."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("")
+    cfg = compose_config(["data=local", f"data.path={rows}"])
+    path = warmup.policy_path(cfg.model, cfg.data, log=lambda msg: None)
+    assert path == warmup.policy_path(compose_config([]).model, compose_config([]).data)  # the default config's base
+    assert path.parent == warmup.BASES_DIR and not any(fresh_cache.iterdir())
+
+
 @pytest.mark.parametrize("experiment", ["reference", "embedded", "reference_horizon"])
 def test_the_studies_base_is_shipped_and_is_the_one_the_reference_study_recorded(fresh_cache, tmp_path, experiment):
     from rlsd_harness.analysis.compare import base_digests

@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
         read_manifest,
         ship,
         warmed_up,
+        warmup_level,
         warmup_recipe,
         weights_sha256,
     )
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         if cfg.model.get("path"):
             raise ConfigError(f"model.path={cfg.model.path}: a local checkpoint is not warmed up here; use a built "
                               f"model (model=tiny, model=tiny_qwen3vl)")
-        level = cfg.data.get("level", 2)
+        level = warmup_level(cfg.data)
         recipe = warmup_recipe(cfg.model, level)
         path = warmed_up(cfg.model, level, shipped=not rebuild)
         report = json.loads((path / "warmup.json").read_text())

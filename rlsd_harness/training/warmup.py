@@ -246,6 +246,12 @@ class Progress:
             self.bar.close()
 
 
+def warmup_level(data_cfg: Any) -> int:
+    """The embedded task's level the tiny model warms up on: the data's own (data=embedded), else the embedded
+    task's default level, 1, whose base ships, so data=local starts at once (level 2 has no shipped base)."""
+    return int(data_cfg.get("level", 1))
+
+
 def policy_path(model_cfg: Any, data_cfg: Any, log=print) -> Path:
     """Where the run's initial policy comes from: a local checkpoint, or the warmed-up tiny model."""
     from omegaconf import OmegaConf
@@ -260,5 +266,5 @@ def policy_path(model_cfg: Any, data_cfg: Any, log=print) -> Path:
     if model_cfg.get("size") is None:
         raise ConfigError(f"this model ({model_cfg.arch}) is loaded from a local folder: set model.path=<folder>")
     if model_cfg.get("warmup"):
-        return warmed_up(model_cfg, data_cfg.get("level", 2), log)
+        return warmed_up(model_cfg, warmup_level(data_cfg), log)
     return build_tiny(model_cfg.arch, model_cfg.size, model_cfg.seed, model_cfg.vocab_size, model_cfg.get("head_vocab"))
