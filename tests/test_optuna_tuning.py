@@ -305,3 +305,19 @@ def test_a_failed_run_prunes_its_trial_and_is_shown_as_failed(tmp_path):
     frame = tuning.trials_frame(studies, s)
     row = frame[frame["trial"] == 0].iloc[0]
     assert "failed" in row["state"] and math.isnan(row["at_0.5"]) and picks["rlsd"]["trial"] != 0
+
+
+def test_a_rung_with_an_interrupted_run_is_not_scored(tmp_path):
+    """A run interrupted mid-rung (SIGTERM forwarded to the workers, or a worker that died) was scored as failed,
+    which pruned its trial for good, and the tuning went on to the next rung: a stop poisoned the study. Only a
+    run that failed scores; anything else stops the tuning, and a rerun continues it."""
+    from rlsd_harness.analysis.tuning import unfinished_runs
+
+    done, failed, cut, never = (tmp_path / n for n in ("done", "failed", "cut", "never"))
+    (done / "final").mkdir(parents=True)
+    (done / "finished.json").write_text("{}")
+    failed.mkdir()
+    (failed / "failed.json").write_text("{}")
+    (cut / "checkpoints").mkdir(parents=True)  # stopped by SIGTERM (a checkpoint, no completion marker)
+    assert unfinished_runs([done, failed, cut, never]) == ["cut", "never"]
+    assert unfinished_runs([done, failed]) == []

@@ -375,7 +375,7 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
                            log, base, checked, refuse_changed)
         if found is None:
             bar.close()
-            return queued
+            return queued if slurm is not None else f"the tuning stopped before its rung finished; rerun `{command}` to continue"
         picks = found
         for m, p in picks.items():
             log(f"tuning pick for {m}: {' '.join(p['overrides'])} (validation mean@k {p['validation_mean']:.3f}"

@@ -437,6 +437,14 @@ def trials_frame(studies: dict[str, Any], s: Settings) -> pd.DataFrame:
 # ---------------------------------------------------------------- rlsd-compare's tuning phase
 
 
+def unfinished_runs(folders: Sequence[Path]) -> list[str]:
+    """The run folders of a rung that neither finished it nor failed: a run interrupted (SIGINT / SIGTERM) or
+    whose worker process died. Only a run that failed (failed.json) scores FAILED_SCORE."""
+    from rlsd_harness.training.run import run_state
+
+    return [Path(f).name for f in folders if run_state(Path(f)) not in ("finished", "failed")]
+
+
 def run_tuning(target: Path, exp: DictConfig, name: str, extra: list[str], train: Callable[[list], bool],
                log: Callable[[str], None], base: list[str] | None, checked: Callable[[list[str]], DictConfig],
                check: Callable[[dict[str, dict]], None] = lambda _: None) -> dict[str, dict] | None:
@@ -465,6 +473,11 @@ def run_tuning(target: Path, exp: DictConfig, name: str, extra: list[str], train
         jobs = [(f"tuning/{t.label}-s{seed}", runs_dir / f"{t.label}-s{seed}", checked(overrides(t, seed, k)))
                 for m in alive for t in alive[m] for seed in s.seeds]
         if not train(jobs):
+            return None
+        stopped = unfinished_runs([folder for _, folder, _ in jobs])
+        if stopped:  # interrupted, or its worker died: scoring it as failed would prune its trial for good
+            log(f"tuning stopped at rung {k}: {len(stopped)} run(s) neither finished nor failed ({', '.join(stopped[:3])}"
+                f"{' ...' if len(stopped) > 3 else ''}); nothing of this rung is scored; rerun the same command to continue")
             return None
         out: dict[str, dict[int, tuple[float, float]]] = {}
         for m in alive:
