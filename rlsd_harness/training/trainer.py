@@ -341,8 +341,7 @@ class Trainer:
         with led.phase("reward"):
             verdicts = [self.verifier(text, prompts[i // G].answer) for i, text in enumerate(ro.texts)]
             rewards = torch.tensor([v.reward for v in verdicts])
-        # keys number prompts across ranks (unique after rows move)
-        student = PromptInputs(ro.prompt.ids, ro.prompt.mask, (torch.arange(len(prompts) * G) // G) * self.world + self.rank)
+        student = PromptInputs(ro.prompt.ids, ro.prompt.mask, self._student_keys(len(prompts)))
         return RolloutBatch(
             response_ids=ro.response_ids, response_mask=ro.response_mask, rewards=rewards, group_size=G,
             rollout_logp=ro.logp, student=student, vision=ro.vision, step=self.step_count + 1,
@@ -364,9 +363,13 @@ class Trainer:
 
         batch, prompts, metrics = fill_batch(batch, prompts, sample, self.dynamic_sampling, self.synced_generation,
                                              dist.all_reduce_max, dist.all_reduce_sum)
-        G = self.cfg.train.group_size  # the groups come from several rollouts: number them again
-        batch.student.key = (torch.arange(len(prompts) * G) // G) * self.world + self.rank
+        batch.student.key = self._student_keys(len(prompts))  # the groups come from several rollouts: renumber
         return batch, prompts, metrics
+
+    def _student_keys(self, n_prompts: int) -> torch.Tensor:
+        """A key per row, G rows per prompt: prompts numbered across ranks, so keys stay unique after rows move."""
+        G = self.cfg.train.group_size
+        return (torch.arange(n_prompts * G) // G) * self.world + self.rank
 
     def _prepare(self, batch: RolloutBatch, prompts: list) -> dict[str, float]:
         """The teacher's contexts (when an update of this batch reads the teacher), then the objective's own
@@ -605,15 +608,10 @@ class Trainer:
                       "flops/rollout": self.shape.generate_flops(prompt.mask.sum(-1).cpu(), lengths)
                       + self.shape.forward_flops(torch.zeros(0), self._patches(rows, vision))}
         elif not backward:
-            tokens, flops = self._forward_cost(rows, prompt, shared, vision)
+            tokens, flops, _ = self._forward_cost(rows, prompt, shared, vision)
             counts = {f"tokens/fwd_{role}": tokens, f"flops/{role}": flops}
         else:
-            tokens, flops = self._forward_cost(rows, prompt, shared, vision)
-            distinct = distinct_prompts(prompt) if shared else None  # images ran once per prompt then
-            images = rows.vision if vision is None else vision
-            if images is not None and distinct is not None:
-                images = images.select(distinct[0])
-            patches = None if images is None else images.image_grid_thw.prod(-1)
+            tokens, flops, patches = self._forward_cost(rows, prompt, shared, vision)
             counts = {f"tokens/fwd_{role}": tokens, f"tokens/bwd_{role}": tokens, f"flops/{role}_fwd": flops,
                       f"flops/{role}_bwd": self.shape.backward_flops(flops, tokens, patches)}
         self.ledger.add(**counts)
@@ -624,20 +622,20 @@ class Trainer:
         return None if vision is None else vision.image_grid_thw.prod(-1)
 
     def _forward_cost(self, mb: RolloutBatch, prompt: PromptInputs, shared: bool,
-                      vision: VisionInputs | None = None) -> tuple[float, float]:
-        """(tokens, FLOPs) of a forward over `prompt` + the responses, with `vision`'s images (default the
-        student's). With shared prompts, each distinct prompt (and its images) once, then every response over its
-        cached prompt, as in generation."""
+                      vision: VisionInputs | None = None) -> tuple[float, float, torch.Tensor | None]:
+        """(tokens, FLOPs, patches of the images that ran) of a forward over `prompt` + the responses, with
+        `vision`'s images (default the student's). With shared prompts, each distinct prompt (and its images) once,
+        then every response over its cached prompt, as in generation."""
         vision = mb.vision if vision is None else vision
         prompt_lens, response_lens = prompt.mask.sum(-1), mb.response_mask.sum(-1)
         distinct = distinct_prompts(prompt) if shared else None
         if distinct is None:
-            seq = prompt_lens + response_lens
-            return float(seq.sum()), self.shape.forward_flops(seq, self._patches(mb, vision))
+            seq, patches = prompt_lens + response_lens, self._patches(mb, vision)
+            return float(seq.sum()), self.shape.forward_flops(seq, patches), patches
         first = distinct[0]
         head_patches = None if vision is None else vision.select(first).image_grid_thw.prod(-1)
         flops = self.shape.forward_flops(prompt_lens[first], head_patches) + self.shape.generate_flops(prompt_lens, response_lens)
-        return float(prompt_lens[first].sum() + response_lens.sum()), flops
+        return float(prompt_lens[first].sum() + response_lens.sum()), flops, head_patches
 
     def _rollout_metrics(self, batch: RolloutBatch, prompts: list) -> dict[str, float]:
         lengths = batch.response_mask.sum(-1).cpu()  # (the ledger charged every sample in _rollout)
