@@ -6,7 +6,9 @@ so a resumed run and a run sharded across ranks see exactly the prompts of an un
 Local datasets are opened through Hugging Face `datasets` and stay memory mapped: `.arrow` files and
 `save_to_disk` folders are mapped in place, `.jsonl` / `.json` / `.parquet` files are converted once into
 the `datasets` cache (`data.cache_dir`) and mapped from there, and a hub id is read only from the local
-Hugging Face caches (nothing is ever downloaded). Images stay encoded until a row is asked for.
+Hugging Face caches (nothing is ever downloaded). Images stay encoded until a row is asked for. Which files
+of a folder hold a split, how a file is read and where a relative image path points are local_files' rules,
+the ones the evaluation benchmarks read their folders by.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
-import json
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +27,16 @@ from PIL import Image
 
 from rlsd_harness.benchmarks import embedded
 from rlsd_harness.config import ConfigError
-from rlsd_harness.io import atomic_path
+from rlsd_harness.local_files import (
+    DATA_SUFFIXES,
+    HUB_ID,
+    DataError,
+    data_files,
+    image_candidates,
+    open_file,
+    quiet_offline,
+    split_files,
+)
 from rlsd_harness.rollout.hf import stable_seed
 
 
@@ -74,10 +83,6 @@ class EmbeddedData:
         return self.heldout_set("test", n)
 
 
-class DataError(ConfigError):
-    """A problem with the user's data: names the config key, the file, and the row and field when there is one."""
-
-
 # ----------------------------------------------------------------------------- field mapping
 
 FIELDS = ("id", "question", "images", "answer", "solution", "options", "teacher_images")
@@ -109,9 +114,6 @@ SCHEMAS: dict[str, list[dict[str, Any]]] = {
                 "solution": None, "options": "option"}],
 }
 
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
-_METADATA_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _IMAGE_TAG = re.compile(r"<image\s*\d*>")
 KEY_COLUMN = "__key__"  # a {key: row} json file's keys; the id of last resort
 
@@ -152,131 +154,6 @@ def _resolve_fields(columns: list[str], schema: str, overrides: dict[str, Any], 
 # ----------------------------------------------------------------------------- opening files
 
 
-@contextlib.contextmanager
-def _quiet_offline() -> Iterator[None]:
-    """No network and no progress bars while `datasets` opens local files."""
-    import datasets
-
-    bars = datasets.utils.logging.is_progress_bar_enabled()
-    offline = datasets.config.HF_HUB_OFFLINE
-    datasets.utils.logging.disable_progress_bar()
-    datasets.config.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        datasets.config.HF_HUB_OFFLINE = offline
-        if bars:
-            datasets.utils.logging.enable_progress_bar()
-
-
-def _diagnose_json(path: Path, where: str) -> None:
-    """Raise a DataError naming the file and the line of the first undecodable byte or broken JSON."""
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{where}: {path} is not UTF-8 text (line {lineno}, byte {exc.start}: "
-                                f"{raw[exc.start:exc.start + 4]!r})") from None
-            if path.suffix == ".jsonl" and line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{where}: {path} line {lineno} is not valid JSON ({exc.msg}, column {exc.colno})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{where}: {path} line {lineno} is a JSON {type(row).__name__}, not an object (one row per line)")
-    if path.suffix == ".json":
-        try:
-            json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: {path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
-
-
-def _json_rows(path: Path, where: str) -> list[dict] | None:
-    """A .json file's rows when it is a {key: row} mapping (MathVista's layout), which the `datasets` json
-    reader would take as one row; None for a list of rows, which `datasets` reads itself."""
-    with path.open("rb") as f:
-        head = f.read(4096).lstrip()
-    if not head.startswith(b"{"):
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not all(isinstance(v, dict) for v in data.values()):
-        raise DataError(f"{where}: {path} is a JSON object whose values are not all rows (objects); "
-                        "expected a list of rows or a {id: row} mapping")
-    return [{KEY_COLUMN: k, **v} for k, v in data.items()]
-
-
-def _parquet_as_arrow(path: Path, where: str, cache_dir: str | None) -> Path:
-    """The parquet file as an Arrow stream in the cache, written once (keyed by path, size and mtime) and
-    memory mapped from then on. Converted one batch of rows at a time: `datasets`' own parquet conversion
-    peaked at 1.2x the file's size in memory on a 600 MiB file of images; this stays near one batch."""
-    import hashlib
-
-    import datasets
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    st = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    out = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "local-parquet" / f"{path.stem}-{key}.arrow"
-    if out.is_file():
-        return out
-    try:
-        pf = pq.ParquetFile(path, pre_buffer=False)  # reads the footer: a cut or foreign file fails here, named
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # atomic: a killed conversion leaves a hidden temporary file, never a cut cache file
-        with atomic_path(out) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
-                pa.ipc.new_stream(sink, pf.schema_arrow) as writer:
-            for batch in pf.iter_batches(batch_size=256, use_threads=False):
-                writer.write_batch(batch)
-    except Exception as exc:  # pyarrow raises several types for a bad file
-        raise DataError(f"{where}: {path} is not a readable parquet file ({exc})") from None
-    return out
-
-
-def _open_file(path: Path, where: str, cache_dir: str | None):
-    """One data file as a memory-mapped `datasets.Dataset`; errors name the file."""
-    import datasets
-
-    if not os.access(path, os.R_OK):
-        raise DataError(f"{where}: {path} is not readable")
-    if path.stat().st_size == 0:
-        raise DataError(f"{where}: {path} is empty")
-    with _quiet_offline():
-        if path.suffix == ".arrow":
-            try:
-                return datasets.Dataset.from_file(str(path))
-            except Exception as exc:  # pyarrow raises several types for a bad file
-                raise DataError(f"{where}: {path} is not an Arrow IPC stream file as `datasets` writes it ({exc})") from None
-        if path.suffix == ".parquet":
-            return datasets.Dataset.from_file(str(_parquet_as_arrow(path, where, cache_dir)))
-        if path.suffix in (".jsonl", ".json"):
-            # pyarrow's json reader neither checks UTF-8 nor rejects a line that is not an object, so the
-            # text is checked first (one streaming pass), and a bad line is named with its number.
-            _diagnose_json(path, where)
-            if path.suffix == ".json":
-                rows = _json_rows(path, where)
-                if rows is not None:
-                    names = list(dict.fromkeys(k for r in rows for k in r))  # rows may lack optional keys
-                    return datasets.Dataset.from_dict({k: [r.get(k) for r in rows] for k in names},
-                                                      on_mixed_types="use_json")
-        try:
-            return datasets.load_dataset("json", data_files=[str(path)], split="train", cache_dir=cache_dir)
-        except Exception as exc:
-            raise DataError(f"{where}: {path} could not be read as json ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-
-
-def _split_files(root: Path, split: str) -> list[Path]:
-    """Data files under root; when some are named for splits (`train.parquet`, `train-00000-of-00002.parquet`,
-    `data/train/...`), only those of `split`. Sorted, for a fixed row order."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES
-                   and p.name not in _METADATA_FILES and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    name = re.compile(rf"^{re.escape(split)}([-_.].*)?$")
-    chosen = [p for p in files if name.match(p.stem) or split in p.relative_to(root).parts[:-1]]
-    return chosen or files
-
-
 def _hub_files(repo: str, split: str, config: str | None, revision: str | None, cache_dir: str | None,
                where: str) -> tuple[list[Path], Any]:
     """A hub dataset from the local caches only: the hub download cache (`local_files_only`), else the
@@ -294,10 +171,10 @@ def _hub_files(repo: str, split: str, config: str | None, revision: str | None, 
                 raise DataError(f"{where}: data.config {config!r} is not a folder of the cached {repo} ({root}); "
                                 f"valid: {', '.join(subs) or 'none (leave data.config unset)'}")
             root = root / config
-        files = _split_files(root, split)
+        files = split_files(root, split)
         if files:
             return files, None
-        looked.append(f"{root} (no data files)")
+        looked.append(f"{root} (no file of split {split!r})")
     except LocalEntryNotFoundError:
         looked.append("the hub download cache")
     from datasets.naming import camelcase_to_snakecase
@@ -308,8 +185,7 @@ def _hub_files(repo: str, split: str, config: str | None, revision: str | None, 
     shards = sorted(base.glob(f"*/*/*-{split}.arrow")) + sorted(base.glob(f"*/*/*-{split}-[0-9]*-of-[0-9]*.arrow"))
     if shards:
         newest = max(shards, key=lambda p: p.stat().st_mtime).parent
-        with _quiet_offline():
-            parts = [datasets.Dataset.from_file(str(p)) for p in shards if p.parent == newest]
+        parts = [open_file(p, where, cache_dir, KEY_COLUMN) for p in shards if p.parent == newest]
         return [], parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     raise DataError(f"{where}: {repo!r} is not a local path and split {split!r} is not in the local Hugging Face "
                     f"caches (looked in {'; '.join(looked)}); nothing is downloaded: fetch it first (for example "
@@ -325,6 +201,22 @@ class _Part:
     start: int
 
 
+def _no_split_files(folder: Path, split: str, where: str) -> None:
+    """Raise the DataError of a folder without a file of `split` (local_files.split_files: its rule)."""
+    present = data_files(folder)
+    if not present:
+        raise DataError(f"{where}: {folder} holds no {'/'.join(DATA_SUFFIXES)} file")
+    key = {"data.path": "data.split", "data.test_path": "data.test_split"}.get(where, "the split")
+    listed = ", ".join(str(p.relative_to(folder)) for p in present[:5]) + (" ..." if len(present) > 5 else "")
+    if folder.name == split:
+        raise DataError(f"{where}: {folder} is the folder of split {split!r} of {folder.parent} (its files are that "
+                        f"split's there, not here): point {where} at {folder.parent}")
+    raise DataError(f"{where}: {folder} has no file of split {split!r} ({key}): a split's files are "
+                    f"{split}.<ext>, its shards {split}-00000-of-00002.<ext>, or the files of a folder named "
+                    f"{split}; the folder holds {listed}; point {where} at one file, or set {key} to the split "
+                    "those files are named for")
+
+
 def _open_source(source: Any, where: str, split: str, config: str | None, revision: str | None,
                  cache_dir: str | None) -> list[_Part]:
     import datasets
@@ -335,7 +227,7 @@ def _open_source(source: Any, where: str, split: str, config: str | None, revisi
     path = Path(src).expanduser()
     parts: list[_Part] = []
     if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
-        with _quiet_offline():
+        with quiet_offline():
             try:
                 ds = datasets.load_from_disk(str(path))
             except Exception as exc:
@@ -349,10 +241,10 @@ def _open_source(source: Any, where: str, split: str, config: str | None, revisi
         if path.is_file() and path.suffix not in DATA_SUFFIXES:
             raise DataError(f"{where}: {path} has an unsupported suffix; valid: {', '.join(DATA_SUFFIXES)}, "
                             "a folder of such files, or a save_to_disk folder")
-        files = [path] if path.is_file() else _split_files(path, split)
+        files = [path] if path.is_file() else split_files(path, split)
         if not files:
-            raise DataError(f"{where}: {path} holds no {'/'.join(DATA_SUFFIXES)} file")
-    elif _HUB_ID.match(src):
+            _no_split_files(path, split, where)
+    elif HUB_ID.match(src):
         files, cached = _hub_files(src, split, config, revision, cache_dir, where)
         if cached is not None:
             return [_Part(cached, None, f"{src} (datasets cache)", 0)]
@@ -360,7 +252,7 @@ def _open_source(source: Any, where: str, split: str, config: str | None, revisi
         raise DataError(f"{where}: {src} does not exist (a local file or folder, or a hub id owner/name in the local cache)")
     start = 0
     for f in files:
-        ds = _open_file(f, where, cache_dir)
+        ds = open_file(f, where, cache_dir, KEY_COLUMN)
         parts.append(_Part(ds, f.parent, str(f), start))
         start += len(ds)
     return parts
@@ -386,8 +278,7 @@ def decode_image(cell: Any, base: Path | None) -> Image.Image:
     if data:
         img = Image.open(io.BytesIO(data))
     elif path:
-        full = Path(path) if base is None or os.path.isabs(path) else base / path
-        img = Image.open(full)
+        img = Image.open(image_candidates(path, [base])[0])
     else:
         raise ValueError("an image cell has neither bytes nor a path")
     img.load()
@@ -643,7 +534,7 @@ class LocalData:
                     elif problem:
                         bad(part.start + i, ids[i], field_, f"(column {col!r}): {problem}", part.label)
                     elif path is not None:
-                        full = Path(path) if part.base is None or os.path.isabs(path) else part.base / path
+                        full = image_candidates(path, [part.base])[0]
                         if not full.is_file():
                             missing_files += 1
                             bad(part.start + i, ids[i], field_, f"(column {col!r}): image file {full} does not exist", part.label)

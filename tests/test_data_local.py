@@ -131,6 +131,48 @@ def test_a_folder_of_split_shards_reads_only_the_split_and_keeps_file_order(tmp_
     assert data[3].meta["source"].endswith("train-00001-of-00002.parquet")
 
 
+def _text_rows(tag: str, n: int) -> list[dict]:
+    return [{"id": f"{tag}{i}", "question": f"What is {i}?", "answer": str(i)} for i in range(n)]
+
+
+def test_a_folder_is_split_by_the_benchmarks_rule(tmp_path):
+    """A folder's files of split S are S.<ext>, S's shards S-NNNNN-of-NNNNN*.<ext> and the files directly inside a
+    folder named S (local_files.split_files, the benchmarks' rule): exact names, so ZeroBench's
+    zerobench_subquestions file is not split zerobench. Before, data=local took any file whose name began with
+    S and then -, _ or . (5 rows here, the subquestions too), and a train_extra file as train."""
+    zb = tmp_path / "zb"
+    zb.mkdir()
+    _write_jsonl(zb / "zerobench.jsonl", _text_rows("main", 2))
+    _write_jsonl(zb / "zerobench_subquestions.jsonl", _text_rows("sub", 3))
+    data = LocalData(str(zb), split="zerobench", require_image=False, test_path=str(zb),
+                     test_split="zerobench_subquestions")
+    assert sorted(e.id for e in data.at(0, len(data))) == ["main0", "main1"]
+    assert [e.id for e in data.test_set()] == ["sub0", "sub1", "sub2"]
+    mixed = tmp_path / "mixed"
+    (mixed / "train").mkdir(parents=True)
+    _write_jsonl(mixed / "train.jsonl", _text_rows("a", 1))
+    _write_jsonl(mixed / "train_extra.jsonl", _text_rows("x", 1))  # not a train file: named train_extra
+    _write_jsonl(mixed / "train" / "part.jsonl", _text_rows("b", 1))  # in a folder named train: a train file
+    assert sorted(e.id for e in LocalData(str(mixed), require_image=False).at(0, 2)) == ["a0", "b0"]
+
+
+def test_a_folder_without_a_file_of_the_split_is_refused_not_read_whole(tmp_path):
+    """Before, a folder with no file of data.split was read whole: a folder of test files trained on them."""
+    _write_jsonl(tmp_path / "test.jsonl", _text_rows("t", 2))
+    _write_jsonl(tmp_path / "testmini.jsonl", _text_rows("m", 1))
+    with pytest.raises(DataError, match=r"data.path: .* has no file of split 'train' \(data.split\): a split's files "
+                                        r"are train.<ext>.*the folder holds test.jsonl, testmini.jsonl"):
+        LocalData(str(tmp_path), require_image=False)
+    with pytest.raises(DataError, match=r"data.test_path: .* has no file of split 'validation' \(data.test_split\)"):
+        LocalData(str(tmp_path), split="test", require_image=False, test_path=str(tmp_path), test_split="validation")
+    assert len(LocalData(str(tmp_path), split="testmini", require_image=False)) == 1
+    (tmp_path / "train").mkdir()
+    _write_jsonl(tmp_path / "train" / "0000.jsonl", _text_rows("r", 3))
+    assert len(LocalData(str(tmp_path), require_image=False)) == 3  # the files of the folder named train
+    with pytest.raises(DataError, match=r"data.path: .*/train is the folder of split 'train' of .*: point data.path at"):
+        LocalData(str(tmp_path / "train"), require_image=False)
+
+
 def test_a_hub_id_is_read_from_the_local_cache_only(tmp_path):
     import huggingface_hub.constants
 

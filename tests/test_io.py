@@ -82,12 +82,17 @@ def test_flatten_keeps_order_prefix_and_empty_mappings_as_asked():
 # One definition of each: the counts the issue asks to bring to one (issue #27, "one way each").
 # Readers of a line-based protocol or of a data set, not of the harness's records: the sandboxed SymPy worker's
 # pipe, and the dataset loaders (which read their input strictly: a cut data file is an error, not a kill).
-NOT_RECORDS = {"benchmarks/_symbolic.py", "benchmarks/_common.py", "data.py"}
+NOT_RECORDS = {"benchmarks/_symbolic.py", "local_files.py"}
 ONE_DEFINITION = {  # what: (pattern, the one file that may match, files whose matches are something else)
     "JSONL reader (json.loads of a file's lines)": (r"json\.loads\((line|raw)\)", {"io.py"}, NOT_RECORDS),
     "atomic write (temporary file renamed over the target)": (
         r"mkstemp|\btmp\.replace\(|os\.replace\(tmp, (path|out|dest)\)", {"io.py"}, set()),
     "pass@k": (r"def _?pass_at_k\(", {"benchmarks/__init__.py"}, set()),
+    # the local-file loader of data=local and the benchmarks: one split rule, one reader of each format
+    "split rule of a folder of data files": (r"def _?split_files\(", {"local_files.py"}, set()),
+    # (rlsd-filter's write_local copies the kept rows of a file into a file of the same format: a writer)
+    "data-file reader": (r"pq\.read_table\(|ipc\.open_stream\(|Dataset\.from_file\(", {"local_files.py"},
+                         {"evaluation/difficulty.py"}),
     "nested-dict flattener": (r"def _?flat(ten)?\(", {"trees.py"}, set()),
     # an engine asked for seeded samples: evaluation, the benchmark runner and rlsd-filter go through
     # rollout/scored.py's generate_and_score (the trainer's rollout samples for training, not to score items)

@@ -13,7 +13,7 @@ import networkx as nx
 ROOT = Path(__file__).resolve().parents[1] / "rlsd_harness"
 # Lowest first. Each entry: a module prefix below rlsd_harness.
 LAYERS = [
-    ("algorithms", "config", "answers", "prompts", "dist", "benchmarks", "io", "trees"),  # pure pieces, the config layer, files
+    ("algorithms", "config", "answers", "prompts", "dist", "benchmarks", "io", "trees", "local_files"),  # pure pieces, the config layer, files
     ("models", "rollout", "verifier", "data"),  # what a step is made of
     ("evaluation",),
     ("training",),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import re
 import warnings
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
+
+from rlsd_harness.local_files import HUB_ID, find_image, read_rows, split_files
 
 
 class BenchmarkError(ValueError):
@@ -142,52 +143,6 @@ def decode(img: Any):
 
 # ----------------------------------------------------------------------------- loading
 
-_DATA_EXT = (".parquet", ".arrow", ".jsonl", ".json")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def _split_files(root: Path, split: str) -> list[Path]:
-    """Data files for `split` under root: `<split>.<ext>`, `<split>-00000-of-00001*.<ext>`, or any data
-    file directly inside a folder named `<split>` (`save_to_disk` layout). Sorted for a fixed order.
-    The name must match exactly, so "test" does not pick up "testmini-*" files."""
-    name_re = re.compile(rf"^{re.escape(split)}(-\d+-of-\d+[^/]*)?\.(parquet|arrow|jsonl|json)$")
-    found = []
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or not path.name.endswith(_DATA_EXT):
-            continue
-        if path.name in ("dataset_info.json", "state.json", "dataset_dict.json"):
-            continue
-        in_split_dir = path.parent != root and path.parent.name == split
-        if name_re.match(path.name) or in_split_dir:
-            found.append(path)
-    return found
-
-
-def _read_file(path: Path) -> list[dict]:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if path.suffix == ".arrow":
-        import pyarrow as pa
-
-        # `datasets` writes IPC streams; other tools write IPC files. Try both.
-        try:
-            with pa.memory_map(str(path)) as src:
-                return pa.ipc.open_stream(src).read_all().to_pylist()
-        except pa.ArrowInvalid:
-            with pa.memory_map(str(path)) as src:
-                return pa.ipc.open_file(src).read_all().to_pylist()
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
-    # A json file is either a list of rows or a {id: row} mapping (MathVista's testmini.json style).
-    if isinstance(data, dict):
-        return [dict(v, **({} if "pid" in v else {"pid": k})) for k, v in data.items()]
-    return data
-
-
 def _local_revision(root: Path, files: list[Path]) -> str:
     marker = root / "REVISION"
     if marker.is_file():
@@ -257,24 +212,14 @@ def _load_hub(benchmark: str, source: str, split: str, revision: str | None, con
         ) from exc
 
 
-def _path_candidates(path: str, base: Path | None, root: Path | None) -> list[Path]:
-    if os.path.isabs(path):
-        return [Path(path)]
-    dirs: list[Path] = []
-    for d in (base, base.parent if base is not None else None, root):
-        if d is not None and d not in dirs:
-            dirs.append(d)
-    return [d / path for d in dirs] or [Path(path)]
-
-
 def _resolve_path_image(img: LazyImage, raw_path: str, base: Path | None, root: Path | None) -> list[Path] | None:
-    """Point a path-only LazyImage at the first existing candidate; the candidates tried if none exists."""
-    candidates = _path_candidates(raw_path, base, root)
-    for cand in candidates:
-        if cand.is_file():
-            img.path = str(cand)
-            return None
-    return candidates
+    """Point a path-only LazyImage at the first existing candidate (under the data file's folder, the folder
+    above it, the source folder); the candidates tried if none exists."""
+    found, candidates = find_image(raw_path, (base, base.parent if base is not None else None, root))
+    if found is None:
+        return candidates
+    img.path = str(found)
+    return None
 
 
 def load_rows(
@@ -306,19 +251,19 @@ def load_rows(
     base_dirs: list[Path | None]
     root: Path | None = None
     if path.exists():
-        files = [path] if path.is_file() else _split_files(path, split)
+        files = [path] if path.is_file() else split_files(path, split)
         if not files:
-            present = [s for s in valid_splits if path.is_dir() and _split_files(path, s)]
+            present = [s for s in valid_splits if path.is_dir() and split_files(path, s)]
             raise SplitNotFoundError(benchmark, split, src, present)
         root = path if path.is_dir() else path.parent
         rev = revision or _local_revision(root, files)
         raw, base_dirs = [], []
         for f in files:
-            rows = _read_file(f)
+            rows = read_rows(f, "pid")  # a {pid: row} json: MathVista's testmini.json
             raw.extend(rows)
             base_dirs.extend([f.parent] * len(rows))
         file_names = [str(f.relative_to(root)) for f in files]
-    elif _HUB_ID.match(src) and not src.startswith((".", "~")):
+    elif HUB_ID.match(src) and not src.startswith((".", "~")):
         raw, rev = _load_hub(benchmark, src, split, revision, hub_configs)
         base_dirs, file_names = [None] * len(raw), []
     else:
