@@ -193,13 +193,6 @@ def _take_run_dir(run_dir: Path, overwrite: bool, log=None) -> Path | None:
     return aside if aside.exists() else None
 
 
-def prepare_run_dir(cfg: DictConfig) -> Path:
-    """`check_run_dir`, then create the folder (an overwritten run is moved aside, see the module doc)."""
-    run_dir, _ = check_run_dir(cfg)
-    _take_run_dir(run_dir, bool(cfg.run.overwrite) and not cfg.run.resume)
-    return run_dir
-
-
 def _resume_metrics(metrics_file: Path, step: int, log) -> None:
     """Keep the lines up to the checkpoint's step (the steps after it are redone identically); each step
     0..step must be there once."""
