@@ -96,9 +96,11 @@ class Ours:
 
     def __init__(self, label: str, cfg: Any, path: Path, data, min_new_tokens: int, decode: str = "shared") -> None:
         from rlsd_harness.models import load_model, load_processor
+        from rlsd_harness.training.preflight import check_config
         from rlsd_harness.training.trainer import Trainer
 
         self.label = label
+        check_config(cfg)  # as rlsd-train: the Trainer reads a validated config
         self.trainer = Trainer(cfg, load_model(path), load_processor(path), data, log=lambda m: None)
         self.trainer.sampling.min_new_tokens = min_new_tokens  # forced length: EOS is masked until then
         self.trainer.rollout.decode = decode

@@ -96,6 +96,32 @@ CONFIG_CASES = {
     "data file required": (["data=local"], ["data.path", "data/local.yaml", "set data.path=<file>"]),
     "held-out file required": (["data=local", "data.path=x.jsonl", "train.eval_every=5"],
                                ["data.test_path=null", "train.eval_every=5", "set data.test_path=<file>"]),
+    # Rules the Trainer, the held-out evaluator, DynamicSamplingConfig and four objectives' __post_init__ also
+    # checked until the schema became their one check: each is refused here, before anything is built.
+    "mini-batches do not divide, token budget": (["train.token_budget=64", "train.mini_batches=3"],
+                                                 ["train.mini_batches=3", "does not divide the 4 rows per rank"]),
+    "unknown rollout engine": (["rollout.engine=sglang"], ["rollout.engine='sglang'", "'hf', 'vllm'"]),
+    "greedy with k samples": (["eval.decoding=greedy", "eval.k=4"],
+                              ["eval.k=4", "eval.decoding='greedy'", "valid: eval.k=1 (or null)"]),
+    "zero eval.k": (["eval.k=0"], ["eval.k=0", "integer >= 1 (or null)"]),
+    "eval temperature zero": (["eval.decoding=sample", "eval.sampling.temperature=0"],
+                              ["eval.sampling.temperature=0", "> 0"]),
+    "eval top_p above one": (["eval.sampling.top_p=1.5"], ["eval.sampling.top_p=1.5", "<= 1"]),
+    "eval negative top_k": (["eval.sampling.top_k=-1"], ["eval.sampling.top_k=-1", "integer >= 0"]),
+    "unknown eval split": (["eval.split=dev"], ["eval.split='dev'", "'validation', 'test' (or null)"]),
+    "unknown budget split": (["eval.budget_split=dev"], ["eval.budget_split='dev'", "'validation', 'test'"]),
+    "budget point above one": (["eval.budget_points=[0.5,2]"], ["eval.budget_points=[0.5, 2]", "each > 0 and <= 1"]),
+    "zero budget_n": (["eval.budget_n=0"], ["eval.budget_n=0", "integer >= 1"]),
+    "unknown mathvista judge": (["eval.mathvista_judge=gpt"], ["eval.mathvista_judge='gpt'", "'self' (or null)"]),
+    "unknown on_short": (["train.dynamic_sampling.on_short=drop"],
+                         ["train.dynamic_sampling.on_short='drop'", "'fill', 'error'"]),
+    "no refill round": (["train.dynamic_sampling.max_rounds=0"], ["train.dynamic_sampling.max_rounds=0", ">= 1"]),
+    "unknown loss_agg_mode": (["algorithm.params.loss_agg_mode=seq-mean-token-sum-norm"],
+                              ["algorithm.params.loss_agg_mode='seq-mean-token-sum-norm'",
+                               "valid: token-mean, seq-mean-token-mean, seq-mean-token-sum, "
+                               "seq-mean-token-sum-over-max-len"]),
+    "unknown nested loss_agg_mode": (["algorithm=grpo_opsd", "algorithm.params.opsd.loss_agg_mode=sum"],
+                                     ["algorithm.params.opsd.loss_agg_mode='sum'", "valid: token-mean"]),
 }
 
 

@@ -60,7 +60,7 @@ def seeded_sampler(seed: int, p_equal: float):
 def test_the_batch_is_refilled_with_informative_groups_only():
     first, prompts = _batch([1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0], "r0")  # groups 0, 2 dropped
     sample, calls = seeded_sampler(0, p_equal=0.5)
-    out, out_prompts, m = fill_batch(first, prompts, sample, DynamicSamplingConfig(enabled=True, max_rounds=10))
+    out, out_prompts, m = fill_batch(first, prompts, sample, DynamicSamplingConfig(enabled=True, max_rounds=10, on_short="fill"))
     assert out.batch_size == 16 and len(out_prompts) == 4
     assert informative_groups(out.rewards, G).all()
     assert out_prompts[:2] == ["r0-p1", "r0-p3"]  # the first rollout's kept groups first, in order
@@ -77,7 +77,7 @@ def test_the_batch_is_refilled_with_informative_groups_only():
 def test_the_cap_holds_and_a_short_batch_is_filled_or_refused(max_rounds):
     first, prompts = _batch([0.0] * 16, "r0")
     sample, calls = seeded_sampler(1, p_equal=1.0)  # nothing is ever informative
-    cfg = DynamicSamplingConfig(enabled=True, max_rounds=max_rounds)
+    cfg = DynamicSamplingConfig(enabled=True, max_rounds=max_rounds, on_short="fill")
     out, out_prompts, m = fill_batch(first, prompts, sample, cfg)
     assert len(calls) == max_rounds and all(n == 4 for n in calls)
     assert m["rollout/refill_rounds"] == max_rounds and m["rollout/extra_rollouts"] == max_rounds * 16
@@ -90,11 +90,16 @@ def test_the_cap_holds_and_a_short_batch_is_filled_or_refused(max_rounds):
 
 
 def test_config_refuses_bad_values():
-    with pytest.raises(ValueError, match="on_short='drop'.*fill, error"):
-        DynamicSamplingConfig(on_short="drop")
-    with pytest.raises(ValueError, match="max_rounds=0"):
-        DynamicSamplingConfig(max_rounds=0)
-    assert not DynamicSamplingConfig.from_config(None).enabled
+    # the schema is the one check of train.dynamic_sampling (the Trainer reads the validated section)
+    from rlsd_harness.config import ConfigError, compose_config
+    from rlsd_harness.training.preflight import check_config
+
+    with pytest.raises(ConfigError, match=r"train.dynamic_sampling.on_short='drop' .*valid: 'fill', 'error'"):
+        check_config(compose_config(["train.dynamic_sampling.on_short=drop"]))
+    with pytest.raises(ConfigError, match=r"train.dynamic_sampling.max_rounds=0 .*valid: an integer >= 1"):
+        check_config(compose_config(["train.dynamic_sampling.max_rounds=0"]))
+    default = DynamicSamplingConfig.from_config(compose_config([]).train.dynamic_sampling)
+    assert default == DynamicSamplingConfig(enabled=False, max_rounds=4, on_short="fill")  # train.yaml's
 
 
 def test_seeded_determinism():
@@ -102,11 +107,11 @@ def test_seeded_determinism():
     runs = []
     for _ in range(2):
         sample, _ = seeded_sampler(7, p_equal=0.6)
-        out, p, m = fill_batch(first, prompts, sample, DynamicSamplingConfig(enabled=True, max_rounds=8))
+        out, p, m = fill_batch(first, prompts, sample, DynamicSamplingConfig(enabled=True, max_rounds=8, on_short="fill"))
         runs.append((out.rewards.tolist(), out.extras["texts"], p, m))
     assert runs[0] == runs[1]
     sample, _ = seeded_sampler(8, p_equal=0.6)
-    assert fill_batch(first, prompts, sample, DynamicSamplingConfig(enabled=True, max_rounds=8))[1] != runs[0][2]
+    assert fill_batch(first, prompts, sample, DynamicSamplingConfig(enabled=True, max_rounds=8, on_short="fill"))[1] != runs[0][2]
 
 
 def test_refill_stream_is_pure_disjoint_over_ranks_and_leaves_the_main_stream():

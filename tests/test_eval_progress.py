@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from omegaconf import OmegaConf
-
 from rlsd_harness.config import compose_config
 from rlsd_harness.data import EmbeddedData
 from rlsd_harness.evaluation import heldout
@@ -25,7 +23,7 @@ class Echo:
 def test_sample_records_reports_the_items_done_after_each_batch():
     items = EmbeddedData(level=1).heldout_set("validation", 5)
     done: list[int] = []
-    decoding = heldout.decoding_from_config(OmegaConf.create({"decoding": "greedy", "k": 1, "greedy": True}))
+    decoding = heldout.decoding_from_config(compose_config(["eval.decoding=greedy", "eval.k=1"]).eval)
     records = heldout.sample_records(Echo(), items, [it.id for it in items], decoding, 8,
                                      heldout.verifier_scorer(ExactVerifier()), batch=2, progress=done.append)
     assert done == [2, 4, 5] and len(records) == 5

@@ -8,7 +8,6 @@ from math import comb
 from types import SimpleNamespace
 
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image
 
 from rlsd_harness.benchmarks import embedded
@@ -16,6 +15,7 @@ from rlsd_harness.config import ConfigError, compose_config
 from rlsd_harness.data import EmbeddedData
 from rlsd_harness.evaluation import heldout
 from rlsd_harness.training.evals import RunEvaluator, Target, budget_point_due
+from rlsd_harness.training.preflight import check_config
 from rlsd_harness.verifier import ExactVerifier, MathVerifier
 from tests.conftest import small_overrides
 
@@ -41,8 +41,15 @@ def _items(n: int = 5, level: int = 1) -> list:
     return EmbeddedData(level=level).heldout_set("validation", n)
 
 
+def _decoding(*overrides: str) -> heldout.Decoding:
+    """The decoding of train.yaml's eval section with these overrides (validated, as every caller's is)."""
+    cfg = compose_config(list(overrides))
+    check_config(cfg, only=("seed", "eval"))
+    return heldout.decoding_from_config(cfg.eval)
+
+
 def _paper(k: int = 4, greedy: bool = True) -> heldout.Decoding:
-    return heldout.decoding_from_config(OmegaConf.create({"decoding": "paper", "k": k, "greedy": greedy}))
+    return _decoding("eval.decoding=paper", f"eval.k={k}", f"eval.greedy={str(greedy).lower()}")
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -88,7 +95,7 @@ def test_greedy_decoding_needs_no_second_generation_and_sampling_without_greedy_
     items = _items(3)
     ids = [it.id for it in items]
     engine = StubEngine(dict.fromkeys(ids, 0), {ids[0]: True, ids[1]: False, ids[2]: True})
-    dec = heldout.decoding_from_config(OmegaConf.create({"decoding": "greedy", "k": None, "greedy": False}))
+    dec = _decoding("eval.decoding=greedy", "eval.k=null", "eval.greedy=false")
     records = heldout.sample_records(engine, items, ids, dec, 40, heldout.verifier_scorer(ExactVerifier()))
     assert len(engine.calls) == 1 and [r["greedy"] for r in records] == [1, 0, 1]
     assert heldout.summarise(records) == {"mean@k": pytest.approx(2 / 3), "pass@1": pytest.approx(2 / 3), "n": 3, "k": 1}
@@ -98,18 +105,24 @@ def test_greedy_decoding_needs_no_second_generation_and_sampling_without_greedy_
 
 
 def test_decoding_config_errors_name_the_key_and_valid_values():
-    make = lambda **kw: heldout.decoding_from_config(OmegaConf.create(kw))  # noqa: E731
-    assert make(decoding="paper", k=None).k == 4 and make(decoding="greedy", k=None).k == 1
-    s = make(decoding="sample", k=8, sampling={"temperature": 1.0, "top_p": 0.95, "top_k": 0})
+    assert _decoding("eval.decoding=paper").k == 4 and _decoding("eval.decoding=greedy").k == 1
+    s = _decoding("eval.decoding=sample", "eval.k=8", "eval.sampling.top_p=0.95")
     assert (s.k, s.sampling) == (8, {"temperature": 1.0, "top_p": 0.95, "top_k": 0})
-    with pytest.raises(ConfigError, match="unknown eval.decoding 'beam'; valid: greedy, paper, sample"):
-        make(decoding="beam")
-    with pytest.raises(ConfigError, match="eval.k=4 with eval.decoding=greedy"):
-        make(decoding="greedy", k=4)
-    with pytest.raises(ConfigError, match="eval.k must be a positive integer"):
-        make(decoding="paper", k=0)
-    with pytest.raises(ConfigError, match=r"eval.sampling.top_p must be in \(0, 1\]; got 1.5"):
-        make(decoding="sample", sampling={"top_p": 1.5})
+    # train.yaml's decoding (the paper's), with its greedy response: what a caller without overrides gets
+    assert (_decoding().name, _decoding().k, _decoding().greedy) == ("paper", 4, True)
+    # the schema is the one check of the eval section (decoding_from_config reads a validated one)
+    for overrides, message in [
+        (["eval.decoding=beam"], r"eval.decoding='beam' \(set on the command line\): not one of the choices; "
+                                 r"valid: 'greedy', 'paper', 'sample'"),
+        (["eval.decoding=greedy", "eval.k=4"], r"eval.k=4 \(set on the command line\) with eval.decoding='greedy' "
+                                               r"\(set on the command line\): greedy responses are all the same"),
+        (["eval.k=0"], r"eval.k=0 \(set on the command line\): out of range; valid: an integer >= 1 \(or null\)"),
+        (["eval.decoding=sample", "eval.sampling.top_p=1.5"], r"eval.sampling.top_p=1.5 .*valid: a number > 0 and <= 1"),
+        (["eval.decoding=sample", "eval.sampling.temperature=0"], r"eval.sampling.temperature=0 .*valid: a number > 0"),
+        (["eval.sampling.top_k=-1"], r"eval.sampling.top_k=-1 .*valid: an integer >= 0"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            _decoding(*overrides)
 
 
 # ----------------------------------------------------------------------------- scheduling
@@ -175,10 +188,17 @@ def test_resumed_run_does_not_repeat_a_budget_point():
 
 
 def test_eval_config_errors_are_raised_before_anything_runs():
-    with pytest.raises(ConfigError, match="unknown eval.split 'dev'; valid: validation, test"):
-        RunEvaluator(_cfg("eval.split=dev"), EmbeddedData(level=1), ExactVerifier())
-    with pytest.raises(ConfigError, match=r"eval.budget_points must be fractions in \(0, 1\]"):
-        RunEvaluator(_cfg("eval.budget_points=[0.5,2]"), EmbeddedData(level=1), ExactVerifier())
+    # by the schema, which rlsd-train runs before it builds the evaluator (RunEvaluator reads a validated config)
+    for overrides, message in [
+        (["eval.split=dev"], r"eval.split='dev' .*valid: 'validation', 'test' \(or null\)"),
+        (["eval.budget_split=dev"], r"eval.budget_split='dev' .*valid: 'validation', 'test'$"),
+        (["eval.budget_points=[0.5,2]"], r"eval.budget_points=\[0.5, 2\] .*out of range; valid: a list of numbers, "
+                                         r"each > 0 and <= 1"),
+        (["eval.budget_n=0"], r"eval.budget_n=0 .*valid: an integer >= 1"),
+        (["eval.mathvista_judge=gpt"], r"eval.mathvista_judge='gpt' .*valid: 'self' \(or null\)"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            check_config(_cfg(*overrides))
 
 
 # ----------------------------------------------------------------------------- records in the run folder
@@ -337,7 +357,7 @@ def test_runner_reads_eval_k_and_the_sample_decoding(tiny, tiny_dir, tmp_path):
     assert (stored["decoding"], stored["sampling"]) == (
         "sample", {"greedy": False, "samples": 2, "temperature": 0.9, "top_p": 1.0, "top_k": 0})
     # a named decoding at its default k keeps the identity earlier runner folders recorded
-    paper = heldout.decoding_from_config(OmegaConf.create({"decoding": "paper", "k": None}))
+    paper = _decoding("eval.decoding=paper", "eval.k=null")
     assert paper.identity() == heldout.DECODING["paper"]
 
 

@@ -11,6 +11,7 @@ from rlsd_harness.config import ConfigError, compose_config
 from rlsd_harness.data import build_data
 from rlsd_harness.models import load_model, load_processor
 from rlsd_harness.training import checkpoint
+from rlsd_harness.training.preflight import check_config
 from rlsd_harness.training.run import run
 from rlsd_harness.training.trainer import NonFiniteLoss, Trainer
 from rlsd_harness.training.warmup import policy_path
@@ -20,7 +21,9 @@ ALGORITHMS = [a for a in objective_names()]
 
 
 def make_trainer(tmp_path, *extra):
+    """A Trainer on a small config, validated first as rlsd-train validates it (the Trainer does not check it)."""
     cfg = compose_config(small_overrides(tmp_path, *extra))
+    check_config(cfg)
     path = policy_path(cfg.model, cfg.data)
     return Trainer(cfg, load_model(path), load_processor(path), build_data(cfg.data, cfg.seed), log=lambda m: None,
                    model_path=str(path))
@@ -127,7 +130,7 @@ def test_config_errors_name_the_valid_choices(tmp_path):
         compose_config(["model=huge"])
     with pytest.raises(ConfigError, match="unknown config key 'train.stepz'.*steps"):
         compose_config(["train.stepz=3"])
-    with pytest.raises(KeyError, match="unknown key.*bogus.*valid"):
+    with pytest.raises(ConfigError, match="unknown key 'algorithm.params.bogus'.*valid keys under algorithm.params"):
         make_trainer(tmp_path, "+algorithm.params.bogus=1")
     # a model that only comes from a local folder: a missing or wrong path is named before any run folder exists
     with pytest.raises(ConfigError, match="set model.path=<folder>"):
@@ -147,7 +150,9 @@ def test_run_folders_are_never_overwritten_silently(tmp_path, tiny_dir):
 
 
 def test_objective_needing_a_teacher_refuses_none(tmp_path, tiny_dir):
-    with pytest.raises(ValueError, match="needs a teacher signal"):
+    # refused by the schema (the Trainer's copy of the rule is gone), naming the key and the valid sources
+    with pytest.raises(ConfigError, match=r"algorithm.teacher.weights='none' .*algorithm rlsd needs a teacher signal "
+                                          r".*valid: frozen, sync, ema, live"):
         make_trainer(tmp_path, "algorithm=rlsd", "algorithm.teacher.weights=none")
 
 

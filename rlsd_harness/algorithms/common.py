@@ -6,10 +6,14 @@ Pure tensor code. Shapes: B rows (one per response), T response positions; masks
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-over-max-len")
+# The objectives' `loss_agg_mode` field: a Literal, checked once for every objective by the registry's
+# make_config (and shown with its choices in docs/config.md).
+LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-over-max-len"]
+LOSS_AGG_MODES: tuple[str, ...] = get_args(LossAggMode)
 
 
 def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 
 from rlsd_harness.algorithms.batch import PolicyOutput, RolloutBatch
 from rlsd_harness.algorithms.common import (
-    LOSS_AGG_MODES,
+    LossAggMode,
     aggregate_loss,
     clipped_surrogate,
     k3_kl,
@@ -58,15 +58,13 @@ class GRPO(Objective):
         clip_low: float = 0.2
         clip_high: float = 0.28
         clip_dual: float | None = 3.0
-        loss_agg_mode: str = "token-mean"
+        loss_agg_mode: LossAggMode = "token-mean"
         kl_coef: float = 0.0  # k3 KL to the frozen initial policy; 0 = none (the paper's setting)
         # Truncated importance sampling against the rollout engine's own log-probs (vLLM and the trainer
         # disagree slightly on the same tokens): per-token loss x min(pi_old / pi_rollout, cap). null = off.
         rollout_is_cap: float | None = None
 
         def __post_init__(self) -> None:
-            if self.loss_agg_mode not in LOSS_AGG_MODES:
-                raise ValueError(f"loss_agg_mode {self.loss_agg_mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
             if self.clip_dual is not None and self.clip_dual <= 1.0:
                 raise ValueError(f"clip_dual must be > 1 (or null), got {self.clip_dual}")
 

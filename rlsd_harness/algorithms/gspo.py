@@ -18,7 +18,7 @@ import dataclasses
 
 import torch
 
-from rlsd_harness.algorithms.common import sequence_log_ratio
+from rlsd_harness.algorithms.common import LossAggMode, sequence_log_ratio
 from rlsd_harness.algorithms.grpo import GRPO
 from rlsd_harness.algorithms.registry import register_objective
 
@@ -29,7 +29,7 @@ class GSPO(GRPO):
     class Config(GRPO.Config):
         clip_low: float = 3e-4  # the GSPO paper's clipping range (its §5.1 experiments)
         clip_high: float = 4e-4
-        loss_agg_mode: str = "seq-mean-token-mean"  # the paper's objective is a mean over sequences
+        loss_agg_mode: LossAggMode = "seq-mean-token-mean"  # the paper's objective is a mean over sequences
 
     def importance_log_ratio(self, logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return sequence_log_ratio(logp, old_logp, mask)

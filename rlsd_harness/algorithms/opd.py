@@ -17,7 +17,7 @@ import dataclasses
 import torch
 
 from rlsd_harness.algorithms.batch import PolicyOutput, RolloutBatch
-from rlsd_harness.algorithms.common import LOSS_AGG_MODES, aggregate_loss, masked_mean
+from rlsd_harness.algorithms.common import LossAggMode, aggregate_loss, masked_mean
 from rlsd_harness.algorithms.registry import Objective, register_objective
 
 
@@ -56,15 +56,13 @@ class OnPolicyDistillation(Objective):
     class Config:
         kl_coef: float = 1.0
         discount: float = 0.0
-        loss_agg_mode: str = "token-mean"
+        loss_agg_mode: LossAggMode = "token-mean"
 
         def __post_init__(self) -> None:
             if self.kl_coef <= 0:
                 raise ValueError(f"kl_coef must be > 0, got {self.kl_coef}")
             if not 0.0 <= self.discount <= 1.0:
                 raise ValueError(f"discount must be in [0, 1], got {self.discount}")
-            if self.loss_agg_mode not in LOSS_AGG_MODES:
-                raise ValueError(f"loss_agg_mode {self.loss_agg_mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
 
     def loss(self, mb: RolloutBatch, policy: PolicyOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         self.require(mb, "teacher_logp")

@@ -22,7 +22,7 @@ import torch
 
 from rlsd_harness.algorithms.batch import PolicyOutput, RolloutBatch
 from rlsd_harness.algorithms.common import (
-    LOSS_AGG_MODES,
+    LossAggMode,
     aggregate_loss,
     generalized_jsd,
     masked_mean,
@@ -75,7 +75,7 @@ class OPSD(Objective):
         teacher_topk: int = 0  # logit mode: restrict to the teacher's top-k ids (0 = full vocabulary)
         pointwise_clip: float | None = 0.05  # logit mode: cap on each vocabulary entry's term (null = none)
         is_clip: float | None = 2.0  # cap on the detached ratio π/π_old weighting each token (null = none)
-        loss_agg_mode: str = "token-mean"
+        loss_agg_mode: LossAggMode = "token-mean"
 
         def __post_init__(self) -> None:
             if self.mode not in OPSD_MODES:
@@ -88,8 +88,6 @@ class OPSD(Objective):
                 raise ValueError(f"pointwise_clip must be > 0 (or null), got {self.pointwise_clip}")
             if self.is_clip is not None and self.is_clip <= 0:
                 raise ValueError(f"is_clip must be > 0 (or null), got {self.is_clip}")
-            if self.loss_agg_mode not in LOSS_AGG_MODES:
-                raise ValueError(f"loss_agg_mode {self.loss_agg_mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)

@@ -13,6 +13,7 @@ Register with `@register_objective("name")`; the trainer finds it by the config'
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -100,13 +101,25 @@ def get_objective_class(name: str) -> type[Objective]:
 
 
 def make_config(config_cls: type, params: Mapping[str, Any] | None, owner: str) -> Any:
-    """Build a config dataclass from a mapping, naming the owner and the valid keys on an unknown key."""
+    """Build a config dataclass from a mapping, naming the owner and the valid keys on an unknown key. A field
+    annotated with a `Literal` (loss_agg_mode) takes one of its values: checked here, for every config class,
+    so that no `__post_init__` repeats it."""
     valid = {f.name for f in dataclasses.fields(config_cls)}
     params = dict(params or {})
     unknown = sorted(set(params) - valid)
     if unknown:
         raise KeyError(f"unknown key(s) {unknown} for {owner}; valid: {', '.join(sorted(valid))}")
+    hints = typing.get_type_hints(config_cls)
+    for name, value in params.items():
+        choices = literal_choices(hints.get(name))
+        if choices is not None and value not in choices:
+            raise ValueError(f"{name} {value!r}; valid: {', '.join(map(str, choices))}")
     return config_cls(**params)
+
+
+def literal_choices(annotation: Any) -> tuple | None:
+    """The values of a `Literal[...]` annotation, else None."""
+    return typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
 
 
 def build_objective(name: str, params: Mapping[str, Any] | None = None) -> Objective:

@@ -21,7 +21,7 @@ import torch
 
 from rlsd_harness.algorithms.batch import PolicyOutput, RolloutBatch
 from rlsd_harness.algorithms.common import (
-    LOSS_AGG_MODES,
+    LossAggMode,
     aggregate_loss,
     generalized_jsd,
     masked_mean,
@@ -71,7 +71,7 @@ class SDPO(Objective):
         topk: int = 100  # logit mode: size of the student's top-k support (0 = full vocabulary, no tail)
         is_clip: float | None = 2.0  # cap on the detached ratio π/π_old weighting each token (null = none)
         rollout_is_clip: float | None = None  # cap on π_old/π_rollout (verl's token-level rollout IS; null = off)
-        loss_agg_mode: str = "token-mean"
+        loss_agg_mode: LossAggMode = "token-mean"
 
         def __post_init__(self) -> None:
             if self.mode not in SDPO_MODES:
@@ -90,8 +90,6 @@ class SDPO(Objective):
                 value = getattr(self, name)
                 if value is not None and value <= 0:
                     raise ValueError(f"{name} must be > 0 (or null), got {value}")
-            if self.loss_agg_mode not in LOSS_AGG_MODES:
-                raise ValueError(f"loss_agg_mode {self.loss_agg_mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)

@@ -39,6 +39,12 @@ def group_choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
+def group_file(group: str, choice: str) -> DictConfig:
+    """A group file's own keys (`group_file("data", "embedded")`): where a key's default lives for a caller
+    whose config chose another file of the group."""
+    return OmegaConf.load(CONFIG_DIR / group / f"{choice}.yaml")
+
+
 COMMAND_LINE = "the command line"
 
 

@@ -400,7 +400,11 @@ def _unwrap(ann: Any) -> tuple[Any, bool]:
 def _ann_words(ann: Any) -> str:
     base, null = _unwrap(ann)
     kind = _KINDS.get(base)
-    return (TYPE_WORDS[kind] if kind else "any value") + (" (or null)" if null else "")
+    if typing.get_origin(base) is typing.Literal:  # checked by the objectives' make_config
+        words = "one of " + ", ".join(_show(v) for v in typing.get_args(base))
+    else:
+        words = TYPE_WORDS[kind] if kind else "any value"
+    return words + (" (or null)" if null else "")
 
 
 def _annotation_ok(value: Any, ann: Any) -> bool:
@@ -450,7 +454,9 @@ def build_section(cfg: Any, errors: _Errors, section: str, raw: Mapping[str, Any
         flat = flatten(raw, f"{section}.")
         named = [k for k in flat if k.rsplit(".", 1)[-1] in message and not isinstance(flat[k], Mapping)]
         if named:
-            key = max(named, key=lambda k: len(k.rsplit(".", 1)[-1]))
+            # the longest field name the message mentions; between namesakes (grpo_opsd's grpo.loss_agg_mode and
+            # opsd.loss_agg_mode), the one whose value the message quotes
+            key = max(named, key=lambda k: (len(k.rsplit(".", 1)[-1]), repr(flat[k]) in message))
             errors.value(key, flat[key], message)
         else:
             errors.text(f"{section} ({source_of(cfg, section)}): {message}")
@@ -518,6 +524,15 @@ def check_cross(cfg: Any, errors: _Errors, world: int) -> None:
         errors.value("run.name", name, "not a folder name", "a name without path separators")
 
 
+def check_eval(cfg: Any, errors: _Errors) -> None:
+    """The eval section's rules between keys (also checked when a caller validates `only` the eval section)."""
+    ev = cfg.get("eval") or {}
+    k = ev.get("k")
+    if ev.get("decoding") == "greedy" and _has_type(k, "int") and k != 1:
+        errors.text(f"{_at(cfg, 'eval.k')} with {_at(cfg, 'eval.decoding')}: greedy responses are all the same; "
+                    f"valid: eval.k=1 (or null), or eval.decoding=paper|sample to draw k samples")
+
+
 # ----------------------------------------------------------------------------- entry points
 
 
@@ -529,14 +544,26 @@ def validate(cfg: Any, registries: Mapping[str, Registry] | None = None,
     to (dataclass, builder) for mappings typed by a dataclass (algorithm.teacher); `only` restricts the check
     to some top-level sections (the benchmark runner reads seed and eval only); `allow_missing` lets a
     mandatory value (`???`) stay unset (a dry run lists them); `world` defaults to this launch's ranks."""
+    _collect(cfg, registries, sections, world, only, allow_missing).raise_if_any()
+
+
+def problems(cfg: Any, registries: Mapping[str, Registry] | None = None, only: Sequence[str] | None = None) -> list[str]:
+    """`validate`'s lines as a list, raising nothing (for a caller that reports them with problems of its own)."""
+    return list(_collect(cfg, registries, None, None, only, False).lines)
+
+
+def _collect(cfg: Any, registries: Mapping[str, Registry] | None,
+             sections: Mapping[str, tuple[type, Callable[[Mapping[str, Any]], Any]]] | None,
+             world: int | None, only: Sequence[str] | None, allow_missing: bool) -> _Errors:
     registries = _with_own(registries)
     sections = dict(sections or {})
     world = world_size() if world is None else world
     errors = _Errors(cfg)
     check_keys(cfg, errors, registries, only, allow_missing)
+    if only is None or "eval" in only:
+        check_eval(cfg, errors)
     if only is not None:
-        errors.raise_if_any()
-        return
+        return errors
     objective = None
     algo = cfg.get("algorithm") or {}
     name = algo.get("name")
@@ -562,7 +589,7 @@ def validate(cfg: Any, registries: Mapping[str, Registry] | None = None,
                     f"is not set ({source_of(cfg, 'algorithm')})")
     check_geometry(cfg, errors, world, objective.min_group_size if objective is not None else None, str(name))
     check_cross(cfg, errors, world)
-    errors.raise_if_any()
+    return errors
 
 
 def _with_own(registries: Mapping[str, Registry] | None) -> dict[str, Registry]:
@@ -596,7 +623,8 @@ def reference_markdown(registries: Mapping[str, Registry], sections: Mapping[str
               "grpo, rlsd, grpo_opsd and sdpo); the rows per rank (`prompts_per_step / ranks x group_size`) must",
               "split into `mini_batches` x `micro_batch_size` (into `mini_batches` alone with a token budget);",
               "`train.budget.kind` and `train.budget.value` come together; `eval.n` >= ranks and, for",
-              "`data=local`, `data.test_path` when `train.eval_every > 0`.", ""]
+              "`data=local`, `data.test_path` when `train.eval_every > 0`; `eval.k` is 1 (or null) with",
+              "`eval.decoding=greedy`.", ""]
     lines += ["## algorithm.params", "",
               "Typed by each objective's `Config` dataclass (`rlsd_harness/algorithms/<name>.py`), whose",
               "`__post_init__` holds the ranges; an unknown key is refused with the valid ones. The algorithm's",

@@ -100,42 +100,27 @@ class Decoding:
 
 def decoding_from_config(ecfg: Any) -> Decoding:
     """The `eval` config's decoding: eval.decoding, eval.k (null: the decoding's default), eval.greedy and,
-    for decoding=sample, eval.sampling.{temperature,top_p,top_k}."""
-    name = ecfg.get("decoding", "greedy")
-    if name not in DECODINGS:
-        raise ConfigError(f"unknown eval.decoding {name!r}; valid: {', '.join(DECODINGS)}")
-    k = ecfg.get("k")
-    k = DEFAULT_K[name] if k is None else k
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ConfigError(f"eval.k must be a positive integer (or null for the decoding's default); got {k!r}")
+    for decoding=sample, eval.sampling.{temperature,top_p,top_k}. `ecfg` is a validated eval section
+    (rlsd_harness.config.schema: the choices, ranges and eval.k=1 with greedy are checked there), complete as
+    train.yaml composes it."""
+    name = ecfg.decoding
+    k = DEFAULT_K[name] if ecfg.k is None else ecfg.k
     if name == "greedy":
-        if k != 1:
-            raise ConfigError(f"eval.k={k} with eval.decoding=greedy: greedy responses are all the same; "
-                              "use eval.k=1, or eval.decoding=paper|sample to draw k samples")
         sampling: dict = {"greedy": True}
     elif name == "paper":
         sampling = dict(PAPER_SAMPLING)
     else:
-        s = ecfg.get("sampling") or {}
-        sampling = {"temperature": float(s.get("temperature", 1.0)), "top_p": float(s.get("top_p", 1.0)),
-                    "top_k": int(s.get("top_k", 0))}
-        if sampling["temperature"] <= 0:
-            raise ConfigError(f"eval.sampling.temperature must be > 0 (use eval.decoding=greedy for greedy); "
-                              f"got {sampling['temperature']}")
-        if not 0 < sampling["top_p"] <= 1:
-            raise ConfigError(f"eval.sampling.top_p must be in (0, 1]; got {sampling['top_p']}")
-        if sampling["top_k"] < 0:
-            raise ConfigError(f"eval.sampling.top_k must be >= 0 (0 = off); got {sampling['top_k']}")
-    return Decoding(name, k, sampling, bool(ecfg.get("greedy", False)) or name == "greedy")
+        s = ecfg.sampling
+        sampling = {"temperature": float(s.temperature), "top_p": float(s.top_p), "top_k": int(s.top_k)}
+    return Decoding(name, k, sampling, bool(ecfg.greedy) or name == "greedy")
 
 
 # ----------------------------------------------------------------------------- items and scorers
 
 
 def heldout_items(data: Any, split: str, n: int | None, key: str = "eval.split") -> list:
-    """`n` items of a held-out split of the training data; `key` names the config key the split came from."""
-    if split not in SPLITS:
-        raise ConfigError(f"unknown {key} {split!r}; valid: {', '.join(SPLITS)} (or null for none)")
+    """`n` items of a held-out split (one of SPLITS, as the schema checks eval.split and eval.budget_split) of
+    the training data; `key` names the config key the split came from."""
     if hasattr(data, "heldout_set"):
         return data.heldout_set(split, n)
     if split == "test":

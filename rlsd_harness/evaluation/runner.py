@@ -49,7 +49,8 @@ from rlsd_harness.benchmarks import (
     metadata,
 )
 from rlsd_harness.benchmarks._common import MissingImagesError, SplitNotFoundError
-from rlsd_harness.evaluation.heldout import Decoding, _variant, decoding_from_config
+from rlsd_harness.config import schema
+from rlsd_harness.evaluation.heldout import DECODINGS, Decoding, _variant, decoding_from_config
 from rlsd_harness.io import atomic_write_text, drop_cut_last_line, read_jsonl
 from rlsd_harness.rollout.hf import HFRolloutEngine, SamplingParams
 from rlsd_harness.rollout.scored import generate_and_score
@@ -542,13 +543,11 @@ def validate(checkpoint: str | Path, names: list[str], cfg: Any, limit: int | No
         if unknown:
             problems.append(f"allow_missing_images names {', '.join(map(repr, unknown))}; valid: true, false or a "
                             f"list of {', '.join(EVAL_BENCHMARK_NAMES)}")
-    decoding = None
-    try:
-        decoding = decoding_from_config(cfg.eval)
-    except ValueError as e:
-        problems.append(str(e))
-    if cfg.eval.mathvista_judge not in (None, "self"):
-        problems.append(f"unknown eval.mathvista_judge {cfg.eval.mathvista_judge!r}; valid: null, self")
+    # the keys the runner reads (seed, eval.*) against the config schema: the decoding, eval.k, eval.sampling,
+    # eval.mathvista_judge ...; only a valid eval section is read
+    config_problems = schema.problems(cfg, {"decoding": list(DECODINGS)}, only=("seed", "eval"))
+    problems += config_problems
+    decoding = None if config_problems else decoding_from_config(cfg.eval)
     model_dir = None
     try:
         model_dir = resolve_checkpoint(checkpoint)

@@ -14,14 +14,14 @@ from typing import Any
 
 from rlsd_harness import dist
 from rlsd_harness.training import checkpoint
-from rlsd_harness.training.evals import budget_point_due, budget_progress, validate_fractions
+from rlsd_harness.training.evals import budget_fractions, budget_point_due, budget_progress
 
 
 class BudgetPoints:
     def __init__(self, cfg: Any, run_dir: Path, trainer: Any, processor: Any, init_path: Path, rank: int) -> None:
         self.cfg, self.run_dir, self.trainer, self.processor, self.rank = cfg, run_dir, trainer, processor, rank
         self.recipe = init_path / "recipe.json"
-        self.fractions = validate_fractions(cfg.eval.get("budget_points"))
+        self.fractions = budget_fractions(cfg.eval.budget_points)
         self.reached = [e for e in checkpoint.read_budget_record(run_dir) if e["step"] <= trainer.rollout_step] \
             if cfg.run.resume else []
         if rank == 0:
@@ -46,7 +46,7 @@ class BudgetPoints:
         self.reached.append(entry)
         if self.rank == 0:
             checkpoint.write_budget_record(self.run_dir, self.reached)
-        if self.cfg.train.get("save_budget_policies", False):
+        if self.cfg.train.save_budget_policies:
             checkpoint.write_policy(self.run_dir, self.trainer.engine, self.processor, self.rank, point, entry["step"],
                                     entry["flops"], self.recipe if self.recipe.exists() else None)
         return point

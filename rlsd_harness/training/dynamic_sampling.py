@@ -29,27 +29,19 @@ import torch
 
 from rlsd_harness.algorithms.batch import RolloutBatch
 
-ON_SHORT = ("fill", "error")
-
 
 @dataclass(frozen=True)
 class DynamicSamplingConfig:
-    enabled: bool = False
-    max_rounds: int = 4  # refill rounds after the step's first rollout; each samples what the batch still lacks
-    on_short: str = "fill"  # when the cap leaves the batch short: fill | error
+    """`train.dynamic_sampling`: its defaults are train.yaml's, its ranges the config schema's."""
 
-    def __post_init__(self) -> None:
-        if self.on_short not in ON_SHORT:
-            raise ValueError(f"train.dynamic_sampling.on_short={self.on_short!r}; valid: {', '.join(ON_SHORT)}")
-        if self.max_rounds < 1:
-            raise ValueError(f"train.dynamic_sampling.max_rounds={self.max_rounds}; valid: an integer >= 1")
+    enabled: bool
+    max_rounds: int  # refill rounds after the step's first rollout; each samples what the batch still lacks
+    on_short: str  # when the cap leaves the batch short: fill | error
 
     @classmethod
     def from_config(cls, node: Any) -> DynamicSamplingConfig:
-        """From `train.dynamic_sampling` (a mapping or None: off)."""
-        node = dict(node or {})
-        return cls(enabled=bool(node.get("enabled", False)), max_rounds=int(node.get("max_rounds", cls.max_rounds)),
-                   on_short=str(node.get("on_short", cls.on_short)))
+        """From the validated `train.dynamic_sampling` section."""
+        return cls(enabled=bool(node.enabled), max_rounds=int(node.max_rounds), on_short=str(node.on_short))
 
 
 class ShortBatch(RuntimeError):

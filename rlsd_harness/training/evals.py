@@ -77,11 +77,9 @@ class _Source:
 
 def budget_progress(cfg: Any, metrics: dict[str, float], rollout_step: int) -> float:
     """The fraction of the run's budget spent: train.budget.value of its kind, or train.steps without one."""
-    budget = cfg.train.get("budget")
-    if not budget or budget.get("kind") is None:
+    budget = cfg.train.budget
+    if budget.kind is None:
         return rollout_step / int(cfg.train.steps)
-    if budget.kind not in BUDGET_KEYS:
-        raise ConfigError(f"unknown train.budget.kind {budget.kind!r}; valid: {', '.join(BUDGET_KEYS)}")
     return float(metrics[BUDGET_KEYS[budget.kind]]) / float(budget.value)
 
 
@@ -96,12 +94,9 @@ def budget_point_due(progress: float, fractions: Sequence[float], done: set[floa
     return round(progress, 4) if last else None
 
 
-def validate_fractions(values: Any) -> list[float]:
-    fractions = sorted(float(v) for v in (values or []))
-    bad = [f for f in fractions if not 0 < f <= 1]
-    if bad:
-        raise ConfigError(f"eval.budget_points must be fractions in (0, 1] of the budget; got {list(values)}")
-    return fractions
+def budget_fractions(values: Any) -> list[float]:
+    """eval.budget_points in increasing order (fractions in (0, 1]: the schema checks them)."""
+    return sorted(float(v) for v in values)
 
 
 class RunEvaluator:
@@ -110,16 +105,14 @@ class RunEvaluator:
     def __init__(self, cfg: Any, data: Any, verifier: Callable[[str, Any], Any]) -> None:
         self.cfg, self.run_dir, self.rank, self.world = cfg, Path("."), 0, 1
         ecfg = cfg.eval
-        self.every = int(cfg.train.eval_every or 0)
+        self.every = int(cfg.train.eval_every)
         self.decoding = heldout.decoding_from_config(ecfg)
-        self.fractions = validate_fractions(ecfg.get("budget_points"))
-        self.n, self.budget_n = int(ecfg.n), int(ecfg.get("budget_n") or ecfg.n)
-        if self.n < 1 or self.budget_n < 1:
-            raise ConfigError(f"eval.n and eval.budget_n must be >= 1; got {self.n} and {self.budget_n}")
-        self.split, self.budget_split = ecfg.get("split"), ecfg.get("budget_split", "test")
-        self.benchmarks = [str(b) for b in (cfg.train.get("eval_benchmarks") or [])]
+        self.fractions = budget_fractions(ecfg.budget_points)
+        self.n, self.budget_n = int(ecfg.n), int(ecfg.budget_n)
+        self.split, self.budget_split = ecfg.split, ecfg.budget_split
+        self.benchmarks = [str(b) for b in cfg.train.eval_benchmarks]
         self.done: set[float] = set()
-        self.cache_base = bool(ecfg.get("cache_base", False))
+        self.cache_base = bool(ecfg.cache_base)
         self.sources: dict[str, _Source] = {}
         if not self.enabled:
             return
@@ -130,8 +123,6 @@ class RunEvaluator:
         for split, n, key in asked:
             if split is None:
                 continue
-            if split not in heldout.SPLITS:
-                raise ConfigError(f"unknown {key} {split!r}; valid: {', '.join(heldout.SPLITS)} (or null for none)")
             sizes[split] = (max(n, sizes.get(split, (0, key))[0]), key)
         for split, (n, key) in sizes.items():
             items = heldout.heldout_items(data, split, n, key)
@@ -253,7 +244,7 @@ class RunEvaluator:
         10 s with its ETA in a log. A run's step-0 evaluation of 1,200 test items once ran ten minutes silent."""
         from rlsd_harness.training.warmup import Progress
 
-        if self.rank != 0 or not self.cfg.eval.get("progress", True):
+        if self.rank != 0 or not self.cfg.eval.progress:
             return None
         what = f"budget point {target.budget_point:g}, " if target.budget_point is not None else ""
         return Progress(items, f"step {rollout_step}: evaluating {target.name} ({what}{target.n} items)",

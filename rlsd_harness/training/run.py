@@ -155,7 +155,7 @@ def check_run_dir(cfg: DictConfig) -> tuple[Path, dict[str, tuple[Any, Any]]]:
         changes = config_changes(OmegaConf.load(run_dir / "config.yaml"), cfg)
         changes = {k: v for k, v in changes.items() if not k.startswith("run.")}
         refused = {k: v for k, v in changes.items() if not resumable(k)}
-        if refused and not cfg.run.get("resume_changed", False):
+        if refused and not cfg.run.resume_changed:
             listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
             raise ConfigError(f"run.resume=true with a config that differs from {run_dir / 'config.yaml'} in "
                               f"{len(refused)} key(s): {listed}. Keys that may change on resume: "
@@ -209,7 +209,7 @@ def _record_changes(run_dir: Path, cfg: DictConfig, changes: dict[str, tuple[Any
     history_file = run_dir / "config_history.yaml"
     history = (yaml.safe_load(history_file.read_text()) or []) if history_file.exists() else []
     history.append({"resumed_at_step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "forced": bool(cfg.run.get("resume_changed", False)) and any(not resumable(k) for k in changes),
+                    "forced": bool(cfg.run.resume_changed) and any(not resumable(k) for k in changes),
                     "changed": {k: {"old": old, "new": new} for k, (old, new) in changes.items()}})
     atomic_write_text(history_file, yaml.safe_dump(history, sort_keys=False))
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -313,7 +313,7 @@ class RunFiles:
         from rlsd_harness.training.metrics import open_sinks
 
         if self.rank == 0:
-            self.sinks = open_sinks(self.run_dir, list(self.cfg.run.get("trackers") or []),
+            self.sinks = open_sinks(self.run_dir, list(self.cfg.run.trackers),
                                     OmegaConf.to_container(self.cfg, resolve=True))
 
     def log_step(self, metrics: dict[str, Any], step: int, first: bool = False) -> None:
@@ -329,7 +329,7 @@ class RunFiles:
                 {"rollout_step": trainer.rollout_step, "step": trainer.step_count,
                  "stopped_by": "train.steps" if trainer.rollout_step >= self.cfg.train.steps else "train.budget",
                  # a tuning rung short of the budget: compare._train resumes the run when asked for more
-                 "stop_at": (self.cfg.train.get("budget") or {}).get("stop_at"),
+                 "stop_at": self.cfg.train.budget.stop_at,
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
 
     def failed(self, error: Exception, step: int) -> None:
@@ -425,7 +425,7 @@ def _refusals(cfg: DictConfig, log) -> _Setup:
     from rlsd_harness.verifier import build_verifier
 
     check_run(cfg)
-    check_trackers(list(cfg.run.get("trackers") or []))
+    check_trackers(list(cfg.run.trackers))
     run_dir, changes = check_run_dir(cfg)
     init_path = policy_path(cfg.model, cfg.data, log)
     data = build_data(cfg.data, cfg.seed)
@@ -435,8 +435,9 @@ def _refusals(cfg: DictConfig, log) -> _Setup:
 
 def _start(cfg: DictConfig, setup: _Setup, log):
     """The process group, every generator seeded (two runs of one config are the same run), the trainer on the
-    base policy and, on a resume, its newest good checkpoint loaded. The trainer's own checks (batch geometry,
-    the objective's needs) and the checkpoint's run before the run folder is touched."""
+    base policy and, on a resume, its newest good checkpoint loaded. The config was validated by `_refusals`
+    (the batch geometry and the objective's needs too); the trainer's remaining checks (the data's refill, the
+    vocabulary) and the checkpoint's run before the run folder is touched."""
     import random
 
     import numpy as np
@@ -487,7 +488,7 @@ def _finished(cfg: DictConfig, trainer: Any, metrics: dict[str, Any]) -> bool:
 
 def _checkpoint_due(cfg: DictConfig, step: int, done: bool, point: float | None) -> bool:
     """On the save_every grid, at the end, and at a budget point that retention keeps (even off the grid)."""
-    at_point = point is not None and bool(cfg.train.get("keep_budget_points", True))
+    at_point = point is not None and bool(cfg.train.keep_budget_points)
     return bool(cfg.train.save_every) and (step % cfg.train.save_every == 0 or done or at_point)
 
 
@@ -500,8 +501,7 @@ def _save(cfg: DictConfig, run_dir: Path, trainer: Any, rank: int, old: OldRun, 
                              {**trainer.state_dict(), "algorithm": cfg.algorithm.name})
     if rank == 0:
         old.release()
-        checkpoint.prune(run_dir, folder, cfg.train.get("keep_last", None),
-                         bool(cfg.train.get("keep_budget_points", True)), log)
+        checkpoint.prune(run_dir, folder, cfg.train.keep_last, bool(cfg.train.keep_budget_points), log)
     return folder
 
 

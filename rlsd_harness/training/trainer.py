@@ -163,32 +163,27 @@ def token_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor) -> torch.Ten
 
 class Trainer:
     def __init__(self, cfg: Any, policy: torch.nn.Module, processor, data, log=print, model_path: str | None = None) -> None:
+        """`cfg`: the composed config, validated (rlsd_harness.training.preflight.check_config, which
+        rlsd-train's check_run calls); its cross-key rules are not checked again here."""
         self.cfg, self.processor, self.data, self.log = cfg, processor, data, log
         self.rank, self.world = dist.init_distributed()
         self.device = dist.device()
         tcfg = cfg.train
-        self.objective = build_objective(cfg.algorithm.name, dict(cfg.algorithm.get("params") or {}))
+        self.objective = build_objective(cfg.algorithm.name, dict(cfg.algorithm.params))
         self.verifier = build_verifier(cfg.data.verifier)
         self.sampling = SamplingParams(
             n=tcfg.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
             top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
         )
-        if tcfg.prompts_per_step % self.world:
-            raise ValueError(f"train.prompts_per_step={tcfg.prompts_per_step} must be divisible by the {self.world} ranks")
+        # The batch geometry (the rows split over ranks, mini-batches and micro-batches) is checked by the config
+        # schema before a Trainer is built (preflight.check_run), for these ranks (WORLD_SIZE).
         rows = tcfg.prompts_per_step // self.world * tcfg.group_size
-        if tcfg.get("token_budget"):  # micro-batches vary in number; DeepSpeed's accumulation count is nominal
-            if rows % tcfg.mini_batches:
-                raise ValueError(f"{rows} rows per rank must split into train.mini_batches={tcfg.mini_batches}")
+        if tcfg.token_budget:  # micro-batches vary in number; DeepSpeed's accumulation count is nominal
             tcfg = OmegaConf.merge(tcfg, {"micro_batch_size": rows // tcfg.mini_batches})
-        if rows % (tcfg.mini_batches * tcfg.micro_batch_size):
-            raise ValueError(
-                f"{rows} rows per rank must split into train.mini_batches={tcfg.mini_batches} x "
-                f"micro-batches of train.micro_batch_size={tcfg.micro_batch_size}"
-            )
         self.grad_accum = rows // (tcfg.mini_batches * tcfg.micro_batch_size)
         vocab = policy.get_output_embeddings().weight.shape[0]
         self.objective.check_vocab(vocab)
-        self.head = HeadConfig.from_setting(tcfg.get("logits_chunk"))
+        self.head = HeadConfig.from_setting(tcfg.logits_chunk)
         if self.device.type == "cpu" and self.head.mode == "chunked":
             keep_large_frees_off_the_heap()  # else glibc keeps freed chunks resident (bench/memory.py)
 
@@ -197,10 +192,8 @@ class Trainer:
         self.shape = ModelShape.of(policy, idle=lora.idle_parameters(policy))
         self.image_token_id = policy.config.image_token_id
         # The teacher (and a KL reference) start as copies of the initial policy, made before any update.
-        tconf = teacher_config(cfg.algorithm.get("teacher") or {"weights": "none"})
-        if self.objective.teacher_signal != "none" and tconf.weights == "none":
-            raise ValueError(f"algorithm {cfg.algorithm.name} needs a teacher signal ({self.objective.teacher_signal}) "
-                             f"but algorithm.teacher.weights is none; set one of frozen, sync, ema, live")
+        # (an objective with a teacher signal has teacher weights: the schema checks it)
+        tconf = teacher_config(cfg.algorithm.teacher)
         self.teacher_context = self.objective.teacher_context
         self.probe = self.objective.teacher_signal == "none" and cfg.dynamics.teacher_probe
         if self.probe:  # GRPO has no teacher; a frozen one still measures teacher-student KL, off the budget
@@ -210,11 +203,11 @@ class Trainer:
         self.teacher = lora.teacher_weights(cfg, tconf, policy) if self.teacher_context else None
         self.ref = lora.reference_weights(cfg, policy) if self.objective.needs_ref else None
 
-        if tcfg.get("gradient_checkpointing"):
+        if tcfg.gradient_checkpointing:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
         optim = cfg.optim
-        lr = cfg.algorithm.get("lr") or optim.lr
+        lr = cfg.algorithm.lr or optim.lr
         optimizer = torch.optim.AdamW(
             [p for p in policy.parameters() if p.requires_grad], lr=lr, betas=tuple(optim.betas),
             weight_decay=optim.weight_decay, eps=optim.eps,
@@ -227,7 +220,7 @@ class Trainer:
         self.synced_generation = self.zero_stage == 3 and self.world > 1
         # The update's forward shares prompts too (their gradient sums over the rows), except under gradient
         # checkpointing, which turns the KV cache off in training.
-        self.share_in_update = bool(tcfg.share_prompts) and not tcfg.get("gradient_checkpointing")
+        self.share_in_update = bool(tcfg.share_prompts) and not tcfg.gradient_checkpointing
         # DeepSpeed may have cast the policy (bf16); copies follow it, and are partitioned like it under ZeRO-3.
         dtype = next(self.engine.module.parameters()).dtype
         for holder in (self.teacher, self.ref):
@@ -235,20 +228,18 @@ class Trainer:
                 holder.place(dtype, self.zero_stage, ds_config)
         if cfg.rollout.engine == "hf":
             self.rollout = HFRolloutEngine(self.engine.module, processor, synced=self.synced_generation)
-        elif cfg.rollout.engine == "vllm":
-            from rlsd_harness.rollout.vllm import DEFAULT_SYNC_BUCKET_MB, VLLMRolloutEngine
+        else:  # vllm (rollout.engine's choices: the schema)
+            from rlsd_harness.rollout.vllm import VLLMRolloutEngine
 
             if model_path is None:
                 raise ValueError("rollout.engine=vllm needs the policy's model folder (model_path)")
             self.rollout = VLLMRolloutEngine(
                 str(model_path), processor, cfg.rollout.gpu_memory_utilization, cfg.rollout.max_model_len,
                 cfg.rollout.sleep_level, cfg.seed,
-                sync_bucket_mb=cfg.rollout.get("sync_bucket_mb", DEFAULT_SYNC_BUCKET_MB),
+                sync_bucket_mb=cfg.rollout.sync_bucket_mb,
             )
             self.rollout.sleep()
-        else:
-            raise ValueError(f"unknown rollout.engine {cfg.rollout.engine!r}; valid: hf, vllm")
-        self.dynamic_sampling = DynamicSamplingConfig.from_config(tcfg.get("dynamic_sampling"))
+        self.dynamic_sampling = DynamicSamplingConfig.from_config(tcfg.dynamic_sampling)
         if self.dynamic_sampling.enabled and not hasattr(data, "refill_prompts"):
             raise ValueError(f"train.dynamic_sampling.enabled=true needs a prompt source with refill_prompts; "
                              f"{type(data).__name__} has none (valid: data=embedded, data=local)")
@@ -311,7 +302,7 @@ class Trainer:
         self.engine.module.train()
         sums: dict[str, tuple[float, float]] = {}
         for mini in self._mini_batches(batch):
-            micro = self._micro_batches(mini, self.cfg.train.get("token_budget"))
+            micro = self._micro_batches(mini, self.cfg.train.token_budget)
             for k, rows in enumerate(micro):
                 # the last micro-batch closes the accumulation (their number may vary with a token budget)
                 self.engine.set_gradient_accumulation_boundary(k == len(micro) - 1)
@@ -472,7 +463,7 @@ class Trainer:
     def _micro_loss(self, mb: RolloutBatch, sums: dict[str, tuple[float, float]]) -> torch.Tensor:
         """The objective's loss on one micro-batch (the policy's forward and the teacher's signals first), its
         metrics added to `sums` as (weighted sum, weight); the caller runs the backward."""
-        if self.cfg.train.get("token_budget"):
+        if self.cfg.train.token_budget:
             mb = mb.trim()
         obj, led = self.objective, self.ledger
         role = "probe" if self.probe else "teacher"
@@ -583,7 +574,7 @@ class Trainer:
     def _logprobs_no_grad(self, model, batch: RolloutBatch, role: str) -> torch.Tensor:
         """Sampled-token log-probs of the student prompt + response under `model` (old policy, reference)."""
         out = torch.zeros_like(batch.response_mask)
-        budget = self.cfg.train.get("forward_token_budget")
+        budget = self.cfg.train.forward_token_budget
         share = self.cfg.train.share_prompts
         for rows in self._micro_batches(batch, budget):
             mb = batch.select(rows)

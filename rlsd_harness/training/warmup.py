@@ -248,8 +248,11 @@ class Progress:
 
 def warmup_level(data_cfg: Any) -> int:
     """The embedded task's level the tiny model warms up on: the data's own (data=embedded), else the embedded
-    task's default level, 1, whose base ships, so data=local starts at once (level 2 has no shipped base)."""
-    return int(data_cfg.get("level", 1))
+    task's default level (data/embedded.yaml's, 1), whose base ships, so data=local starts at once (level 2 has
+    no shipped base)."""
+    from rlsd_harness.config import group_file
+
+    return int(data_cfg.level if "level" in data_cfg else group_file("data", "embedded").level)
 
 
 def policy_path(model_cfg: Any, data_cfg: Any, log=print) -> Path:
