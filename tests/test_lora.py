@@ -170,16 +170,30 @@ def test_ledger_charges_frozen_weights_one_forward_in_the_backward(tiny_dir):
 
 @pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")  # peft, on the lm_head we then refuse
 def test_refusals_name_the_bad_value_and_the_valid_ones(tiny_dir):
-    with pytest.raises(ConfigError, match="model.lora.teacher=base .* algorithm.teacher.weights=sync"):
-        lora.prepare_policy(run_cfg({"weights": "sync"}, teacher="base"), load_model(tiny_dir))
-    with pytest.raises(ConfigError, match="model.lora.teacher='student'; valid: base, adapters"):
-        lora.prepare_policy(run_cfg({"weights": "frozen"}, teacher="student"), load_model(tiny_dir))
+    from rlsd_harness.config import compose_config
+    from rlsd_harness.training.preflight import check_config
+
+    # the config's own rules: the schema's (before a model is loaded), not apply_lora's or prepare_policy's
+    on = ["model.lora.enabled=true"]
+    for overrides, message in [
+        (["algorithm=rlsd", "model.lora.teacher=base", "algorithm.teacher.weights=sync"],
+         r"model.lora.teacher='base' .*is the frozen base model, but algorithm.teacher.weights='sync' .*valid: "
+         r"model.lora.teacher=adapters, or algorithm.teacher.weights=frozen"),
+        (["algorithm=rlsd", "model.lora.teacher=base", "algorithm.teacher.weights=live"], "updates the teacher"),
+        (["model.lora.teacher=student"], r"model.lora.teacher='student' .*valid: 'adapters', 'base'"),
+        (["model.lora.rank=0"], r"model.lora.rank=0 .*valid: an integer >= 1"),
+        (["model.lora.dropout=1.0"], r"model.lora.dropout=1.0 .*valid: a number >= 0 and < 1"),
+        (["model.lora.target_modules=[]"], r"model.lora.target_modules=\[\] .*no module would get an adapter"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            check_config(compose_config([*on, *overrides]))
+    check_config(compose_config([*on, "algorithm=rlsd", "model.lora.teacher=base", "algorithm.teacher.weights=frozen"]))
+    check_config(compose_config(["model.lora.teacher=base", "algorithm=rlsd", "algorithm.teacher.weights=sync"]))  # off
+    # what only the model shows: where the named modules are
     with pytest.raises(ConfigError, match="output head"):
         apply_lora(load_model(tiny_dir), settings(target_modules=["lm_head", "q_proj"]))
     with pytest.raises(ConfigError, match="model.lora.target_modules=.*no_such_proj"):
         apply_lora(load_model(tiny_dir), settings(target_modules=["no_such_proj"]))
-    with pytest.raises(ConfigError, match="model.lora.rank=0; valid"):
-        apply_lora(load_model(tiny_dir), settings(rank=0))
     holder = lora.teacher_weights(run_cfg({"weights": "live"}), TeacherConfig(weights="live"), load_model(tiny_dir))
     assert isinstance(holder, TeacherWeights) and holder.model is None  # live: the student itself
 

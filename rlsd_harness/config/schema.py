@@ -522,6 +522,21 @@ def check_cross(cfg: Any, errors: _Errors, world: int) -> None:
     name = (cfg.get("run") or {}).get("name")
     if isinstance(name, str) and ("/" in name or os.sep in name or name in ("", ".", "..")):
         errors.value("run.name", name, "not a folder name", "a name without path separators")
+    check_lora(cfg, errors)
+
+
+def check_lora(cfg: Any, errors: _Errors) -> None:
+    lora = (cfg.get("model") or {}).get("lora")
+    if not isinstance(lora, Mapping) or lora.get("enabled") is not True:
+        return
+    if lora.get("target_modules") == []:
+        errors.text(f"{_at(cfg, 'model.lora.target_modules')} with model.lora.enabled=true: no module would get an "
+                    f"adapter; valid: module names such as q_proj, v_proj")
+    weights = OmegaConf.select(cfg, "algorithm.teacher.weights", default=None)
+    if lora.get("teacher") == "base" and isinstance(weights, str) and weights not in ("none", "frozen"):
+        errors.text(f"{_at(cfg, 'model.lora.teacher')} is the frozen base model, but "
+                    f"{_at(cfg, 'algorithm.teacher.weights')} updates the teacher; valid: model.lora.teacher=adapters, "
+                    f"or algorithm.teacher.weights=frozen")
 
 
 def check_eval(cfg: Any, errors: _Errors) -> None:
@@ -624,7 +639,8 @@ def reference_markdown(registries: Mapping[str, Registry], sections: Mapping[str
               "split into `mini_batches` x `micro_batch_size` (into `mini_batches` alone with a token budget);",
               "`train.budget.kind` and `train.budget.value` come together; `eval.n` >= ranks and, for",
               "`data=local`, `data.test_path` when `train.eval_every > 0`; `eval.k` is 1 (or null) with",
-              "`eval.decoding=greedy`.", ""]
+              "`eval.decoding=greedy`; with `model.lora.enabled`, a non-empty `model.lora.target_modules`, and",
+              "`model.lora.teacher=base` only with `algorithm.teacher.weights` none or frozen.", ""]
     lines += ["## algorithm.params", "",
               "Typed by each objective's `Config` dataclass (`rlsd_harness/algorithms/<name>.py`), whose",
               "`__post_init__` holds the ranges; an unknown key is refused with the valid ones. The algorithm's",

@@ -22,9 +22,7 @@ from typing import Any
 import torch
 
 from rlsd_harness import dist
-from rlsd_harness.config import ConfigError
 from rlsd_harness.models import (
-    LORA_TEACHERS,
     TEACHER_ADAPTER,
     AdapterView,
     apply_lora,
@@ -35,20 +33,13 @@ from rlsd_harness.training.teacher import TeacherConfig, TeacherWeights, teacher
 
 def lora_settings(cfg: Any) -> Any | None:
     """The config's `model.lora` mapping when LoRA is on, else None."""
-    lora = cfg.model.get("lora")
-    return lora if lora is not None and lora.get("enabled", False) else None
+    return cfg.model.lora if cfg.model.lora.enabled else None
 
 
 def teacher_adapter_needed(lora: Any, weights: str) -> bool:
-    """Whether the teacher needs adapters of its own (a sync or EMA copy of the student's). Refuses
-    `model.lora.teacher=base` with a schedule that changes the teacher."""
-    mode = lora.get("teacher", "adapters")
-    if mode not in LORA_TEACHERS:
-        raise ConfigError(f"model.lora.teacher={mode!r}; valid: {', '.join(LORA_TEACHERS)}")
-    if mode == "base" and weights not in ("none", "frozen"):
-        raise ConfigError(f"model.lora.teacher=base is the frozen base model, but algorithm.teacher.weights={weights} "
-                          "updates the teacher; valid: model.lora.teacher=adapters, or algorithm.teacher.weights=frozen")
-    return mode == "adapters" and weights in ("sync", "ema")
+    """Whether the teacher needs adapters of its own (a sync or EMA copy of the student's). (The config schema
+    refuses model.lora.teacher=base with a schedule that changes the teacher.)"""
+    return lora.teacher == "adapters" and weights in ("sync", "ema")
 
 
 def prepare_policy(cfg: Any, policy: torch.nn.Module) -> torch.nn.Module:
@@ -58,7 +49,7 @@ def prepare_policy(cfg: Any, policy: torch.nn.Module) -> torch.nn.Module:
     lora = lora_settings(cfg)
     if lora is None:
         return policy
-    weights = teacher_config(cfg.algorithm.get("teacher") or {"weights": "none"}).weights
+    weights = teacher_config(cfg.algorithm.teacher).weights
     return apply_lora(policy, lora, teacher_adapter=teacher_adapter_needed(lora, weights))
 
 
@@ -110,8 +101,6 @@ def teacher_weights(cfg: Any, tconf: TeacherConfig, policy: torch.nn.Module) -> 
     else a `LoraTeacher` on the policy's own base."""
     lora = lora_settings(cfg)
     if lora is None or tconf.weights == "live":
-        if lora is not None:
-            teacher_adapter_needed(lora, tconf.weights)  # refuses base + live
         return TeacherWeights(tconf, policy)
     adapter = TEACHER_ADAPTER if teacher_adapter_needed(lora, tconf.weights) else None
     return LoraTeacher(tconf, adapter)
