@@ -384,9 +384,9 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32, **kwargs: A
 
 def resolve_model(cfg: Any) -> Path:
     """The folder a model config points to: a local checkpoint path, or a project-built tiny model."""
-    if cfg.get("path"):
+    if cfg.path:
         return Path(cfg.path)
-    return build_tiny(cfg.arch, cfg.size, cfg.seed, cfg.vocab_size, cfg.get("head_vocab"))
+    return build_tiny(cfg.arch, cfg.size, cfg.seed, cfg.vocab_size, cfg.head_vocab)
 
 
 # ----------------------------------------------------------------------------- LoRA (peft)

@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> None:
         rebuild = flag(own.get("rebuild"), "rebuild") or name is not None
         cfg = compose_config(overrides)
         check_config(cfg, only=("seed", "model", "data"))
-        if not cfg.model.get("warmup"):
+        if not cfg.model.warmup:
             raise ConfigError(f"model.warmup=null ({source_of(cfg, 'model.warmup')}): there is no warm-up to build; "
                               f"use a model with one (model=tiny, model=tiny_qwen3vl)")
-        if cfg.model.get("path"):
+        if cfg.model.path:
             raise ConfigError(f"model.path={cfg.model.path}: a local checkpoint is not warmed up here; use a built "
                               f"model (model=tiny, model=tiny_qwen3vl)")
         level = warmup_level(cfg.data)

@@ -192,7 +192,7 @@ def _training_task_suite(name: str, key: str, variant: str | None, cfg: Any, lim
 
     module = benchmark_module(name)
     meta = module.METADATA
-    variant = variant or cfg.eval.variants.get(name, "plain")
+    variant = variant or cfg.eval.variants[name]
     # The variant is applied to the whole test set before `limit`, so that "shuffled" pairs the same
     # items whatever the limit.
     items = _variant(build_data(cfg.data, cfg.seed).test_set(cfg.eval.n), variant)

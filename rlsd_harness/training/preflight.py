@@ -47,7 +47,7 @@ def check_config(cfg: Any, only: tuple[str, ...] | None = None, world: int | Non
 def check_model(cfg: Any) -> None:
     """A local model folder (model.path) loads completely and holds finite weights. Project-built models are
     made by this code and skip the scan."""
-    if OmegaConf.is_missing(cfg.model, "path") or not cfg.model.get("path"):
+    if OmegaConf.is_missing(cfg.model, "path") or not cfg.model.path:
         return
     check_weights(cfg.model.path, "model.path")
 

@@ -116,7 +116,7 @@ def warmup_recipe(model_cfg: Any, level: int) -> dict[str, Any]:
     contents), so the recipe, and the cache entry or shipped base it names, is the same on every CPU."""
     w = model_cfg.warmup
     base = recipe_digest(tiny_recipe(model_cfg.arch, model_cfg.size, model_cfg.seed, model_cfg.vocab_size,
-                                     model_cfg.get("head_vocab")))
+                                     model_cfg.head_vocab))
     return {"base": base, "steps": w.steps, "batch": w.batch_size, "lr": w.lr, "hint": w.hint_share,
             "level": level, "seed": model_cfg.seed, "v": 3}
 
@@ -131,7 +131,7 @@ def warmed_up(model_cfg: Any, level: int, log=print, shipped: bool = True) -> Pa
             return found
     out = _recipe_dir("warmup", recipe)
     if not (out / "warmup.json").exists():
-        base = build_tiny(model_cfg.arch, model_cfg.size, model_cfg.seed, model_cfg.vocab_size, model_cfg.get("head_vocab"))
+        base = build_tiny(model_cfg.arch, model_cfg.size, model_cfg.seed, model_cfg.vocab_size, model_cfg.head_vocab)
         w = model_cfg.warmup
         log(f"warming up {base.name} -> {out} ({w.steps} steps of {w.batch_size}; recipe {out.name} is not one of "
             f"the shipped bases, so it is built here once and cached)")
@@ -261,13 +261,13 @@ def policy_path(model_cfg: Any, data_cfg: Any, log=print) -> Path:
 
     from rlsd_harness.config import ConfigError
 
-    path = None if OmegaConf.is_missing(model_cfg, "path") else model_cfg.get("path")
+    path = None if OmegaConf.is_missing(model_cfg, "path") else model_cfg.path
     if path:
         if not (Path(path) / "config.json").exists():
             raise FileNotFoundError(f"model.path={path} is not a model folder (no config.json); nothing is downloaded")
         return Path(path)
-    if model_cfg.get("size") is None:
+    if model_cfg.size is None:
         raise ConfigError(f"this model ({model_cfg.arch}) is loaded from a local folder: set model.path=<folder>")
-    if model_cfg.get("warmup"):
+    if model_cfg.warmup:
         return warmed_up(model_cfg, warmup_level(data_cfg), log)
-    return build_tiny(model_cfg.arch, model_cfg.size, model_cfg.seed, model_cfg.vocab_size, model_cfg.get("head_vocab"))
+    return build_tiny(model_cfg.arch, model_cfg.size, model_cfg.seed, model_cfg.vocab_size, model_cfg.head_vocab)
