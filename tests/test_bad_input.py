@@ -179,6 +179,27 @@ def test_geometry_counts_the_ranks(monkeypatch):
         preflight.check_config(compose_config(["eval.n=1", "train.micro_batch_size=32"]))
 
 
+def test_the_typed_model_is_generated_from_the_key_declarations():
+    """Each key's type, bounds, fixed choices and meaning become a field of one pydantic model, the check the
+    schema's per-key messages come from."""
+    import pydantic
+
+    from rlsd_harness.config.schema import BY_PATH, keys_model
+    from rlsd_harness.trees import flatten
+
+    model = keys_model()
+    assert {f.alias for f in model.model_fields.values()} == set(BY_PATH)
+    steps = model.model_json_schema(by_alias=True)["properties"]["train.steps"]
+    assert (steps["minimum"], steps["description"]) == (1, BY_PATH["train.steps"].doc)
+    flat = flatten(OmegaConf.to_container(compose_config(["algorithm=rlsd"]), resolve=True))
+    typed = model.model_validate({k: v for k, v in flat.items() if k in BY_PATH})
+    assert (typed.train__steps, typed.eval__decoding, typed.optim__betas) == (30, "paper", [0.9, 0.999])
+    for bad in ({"deepspeed.zero_stage": True}, {"deepspeed.zero_stage": 1.0}, {"train.steps": 2.5},
+                {"optim.lr": float("inf")}, {"eval.split": "dev"}, {"optim.betas": [0.9]}):
+        with pytest.raises(pydantic.ValidationError):  # strict: true is not 1, 1.0 not the integer choice 1
+            model.model_validate(bad)
+
+
 def test_every_yaml_key_is_declared():
     """A key added to a yaml file needs a line in the schema (type, range, meaning) and in docs/config.md."""
     from rlsd_harness.config.schema import BY_PATH

@@ -16,14 +16,16 @@ that names neither the valid range nor who set the value, and structured configs
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 import os
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import pydantic
 from omegaconf import DictConfig, OmegaConf
+from pydantic_core import PydanticCustomError
 
 from rlsd_harness.algorithms import build_objective, get_objective_class, objective_names
 from rlsd_harness.benchmarks import EVAL_BENCHMARK_NAMES
@@ -87,7 +89,9 @@ class Key:
         return text + (" (or null)" if self.null else "")
 
     def problem(self, value: Any, cfg: Any = None, registries: Mapping[str, Registry] | None = None) -> str | None:
-        """Why `value` is not valid here, or None."""
+        """Why `value` is not valid here, or None. The type, range and fixed choices are checked by pydantic,
+        with the annotation generated from this declaration (`annotation`); a registry's choices (known at run
+        time) here."""
         if value is None:
             return None if self.null else "must not be null"
         choices = self.choice_list(cfg, registries or {})
@@ -96,25 +100,67 @@ class Key:
                 return "not a list of names"
             bad = [v for v in value if choices is not None and v not in choices]
             return f"{_show(bad[0])} is not one of the choices" if bad else None
-        if choices is not None:
+        if choices is not None and not isinstance(self.choices, tuple):
             # by type as well as value: true == 1 in Python, and 1.0 is not the integer choice 1
             return None if any(type(value) is type(c) and value == c for c in choices) else "not one of the choices"
-        if self.type == "floats":
-            if not isinstance(value, list) or not all(_is_number(v) for v in value):
-                return f"not {TYPE_WORDS['floats']}"
-            if self.length is not None and len(value) != self.length:
-                return f"has {len(value)} entries, not {self.length}"
-            return next((p for p in (self._range(v) for v in value) if p), None)
-        if not _has_type(value, self.type):
-            return f"not {TYPE_WORDS[self.type]}"
-        return self._range(value) if self.type in ("int", "float") else None
+        try:
+            keys_model().model_validate({self.path: value})
+        except pydantic.ValidationError as e:
+            return self._words({err["type"] for err in e.errors()}, value)
+        return None
 
-    def _range(self, v: float) -> str | None:
-        if isinstance(v, float) and not math.isfinite(v):
-            return "not a finite number"
-        ok = ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
-              and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
-        return None if ok else "out of range"
+    def _words(self, kinds: set[str], value: Any) -> str:
+        """pydantic's error types in the schema's words ("not an integer", "out of range")."""
+        if self.choices is not None:
+            return "not one of the choices"
+        if self.type == "floats":
+            if not isinstance(value, list) or kinds & {"float_type", "list_type"}:
+                return f"not {TYPE_WORDS['floats']}"
+            if kinds & {"too_short", "too_long"}:
+                return f"has {len(value)} entries, not {self.length}"
+        if any(k.endswith("_type") for k in kinds):
+            return f"not {TYPE_WORDS[self.type]}"
+        return "not a finite number" if "finite_number" in kinds else "out of range"
+
+    def annotation(self) -> Any:
+        """This key's type for pydantic: strict (true is not 1, 2.5 is not an integer), finite, with its bounds
+        and fixed choices (a registry's are checked by `problem`, a mapping's contents by their own checks)."""
+        bounds = {k: v for k, v in (("ge", self.ge), ("gt", self.gt), ("le", self.le), ("lt", self.lt)) if v is not None}
+        scalar = {"int": int, "float": float, "bool": bool, "str": str}
+        if self.type == "floats":
+            item = Annotated[float, pydantic.Field(strict=True, allow_inf_nan=False, **bounds)]
+            size = {"min_length": self.length, "max_length": self.length} if self.length else {}
+            ann: Any = Annotated[list[item], pydantic.Field(strict=True, **size)]  # type: ignore[valid-type]
+        elif self.type == "strs":
+            ann = list[Annotated[str, pydantic.Field(strict=True)]]
+        elif self.type == "mapping":
+            ann = dict[str, Any]
+        elif isinstance(self.choices, tuple) and self.type == "str":
+            ann = Literal[self.choices]  # type: ignore[valid-type]
+        elif isinstance(self.choices, tuple):  # integers: Literal[1, 2] would take true and 1.0
+            ann = Annotated[scalar[self.type], pydantic.Field(strict=True), pydantic.AfterValidator(_member(self.choices))]
+        else:
+            finite = {"allow_inf_nan": False} if self.type == "float" else {}
+            ann = Annotated[scalar[self.type], pydantic.Field(strict=True, **bounds, **finite)]
+        return ann | None if self.null else ann
+
+
+def _member(choices: tuple) -> Callable[[Any], Any]:
+    def check(v: Any) -> Any:
+        if v not in choices:
+            raise PydanticCustomError("literal_error", "not one of the choices")
+        return v
+    return check
+
+
+@functools.cache
+def keys_model() -> type[pydantic.BaseModel]:
+    """The typed model of the config's keys, generated from KEYS: one field per key (its dotted path as the
+    alias), each with its type, bounds, fixed choices and meaning (`description`). A key left out is not
+    checked (None); `Key.problem` validates one key at a time through it."""
+    fields = {k.path.replace(".", "__"): (k.annotation(), pydantic.Field(None, alias=k.path, description=k.doc))
+              for k in KEYS}
+    return pydantic.create_model("ConfigKeys", **fields)  # type: ignore[call-overload]
 
 
 def _is_number(v: Any) -> bool:
