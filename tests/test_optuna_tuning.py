@@ -145,6 +145,30 @@ def test_killed_tuning_resumes_to_the_same_picks(tmp_path):
     assert resumed == whole
 
 
+def test_a_study_continued_from_its_journal_alone_runs_only_what_is_left(tmp_path):
+    """The journal is the record: a tuning stopped after its first rung and continued (its run folders gone, as in a
+    fresh clone of a study that committed only tuning/optuna.journal) trains only the promoted trials, never a trial
+    that already reported the rung, and reaches the uninterrupted picks. Before, every rung re-ran every alive
+    trial's runs, so a continued study retrained (and rescored) the whole first rung."""
+    whole = tuning.tune(tuning.open_studies(tmp_path / "a.journal", ["rlsd", "grpo"], SETTINGS),
+                        spaces_for("rlsd", "grpo"), SETTINGS, fake_runner(planted))
+    with pytest.raises(KeyboardInterrupt):
+        tuning.tune(tuning.open_studies(tmp_path / "b.journal", ["rlsd", "grpo"], SETTINGS), spaces_for("rlsd", "grpo"),
+                    SETTINGS, fake_runner(planted, [], die_after=1))
+    asked: list = []
+
+    def recording(alive, k):
+        asked.append((k, {m: sorted(t.number for t in trials) for m, trials in alive.items()}))
+        return fake_runner(planted)(alive, k)
+
+    resumed = tuning.tune(tuning.open_studies(tmp_path / "b.journal", ["rlsd", "grpo"], SETTINGS),
+                          spaces_for("rlsd", "grpo"), SETTINGS, recording)
+    assert resumed == whole
+    first_rung = SETTINGS.trials
+    assert asked[0][0] == 1 and all(len(v) == first_rung // 2 for v in asked[0][1].values())  # rung 0 not rerun
+    assert [k for k, _ in asked] == [1, 2, 0, 1, 2]  # then the second bracket, whole
+
+
 def test_killed_between_ask_and_label_resumes_to_the_same_picks(tmp_path, monkeypatch):
     """A kill after a trial is asked but before it is labelled with its bracket: the resumed tuning adopts it (its
     parameters were sampled with the same per-trial seed) and reaches the same picks."""
@@ -259,6 +283,7 @@ def test_tuning_smoke_end_to_end(tmp_path, monkeypatch):
     continues on rerun (the promoted runs resume from their rung checkpoints) to picks.json, tuning.csv (every
     trial), tuning.md / tuning.png, and every method's FLOPs, read from the runs' ledgers, within one trial's cost."""
     import json
+    import shutil
 
     import pandas as pd
 
@@ -279,9 +304,17 @@ def test_tuning_smoke_end_to_end(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         compare_module.compare("tuning_smoke", out, shrink, workers=1, tuning_only=True)
     monkeypatch.setattr(compare_module, "_train_all", real)
+    journal_only = tmp_path / "journal-only"  # a fresh clone of a study that committed its journal, not its runs
+    (journal_only / "tuning").mkdir(parents=True)
+    shutil.copy(out / "tuning" / "optuna.journal", journal_only / "tuning" / "optuna.journal")
     compare_module.compare("tuning_smoke", out, shrink, workers=1, tuning_only=True)
     picks = json.loads((out / "picks.json").read_text())
     trials = pd.read_csv(out / "tuning.csv")
+    compare_module.compare("tuning_smoke", journal_only, shrink, workers=1, tuning_only=True)
+    assert sorted(p.name for p in (journal_only / "tuning" / "runs").iterdir()) == \
+        sorted(f"{r.label}-s{seed}" for r in trials.itertuples() if r.state == "complete" for seed in (100, 101, 102))
+    # only the promoted trials ran, each from step 0, and they equal the resumed runs bit for bit
+    pd.testing.assert_frame_equal(pd.read_csv(journal_only / "tuning.csv"), trials)
     assert sorted(picks["picks"]) == ["grpo", "rlsd"] and len(trials) == 8
     assert (trials.groupby("method")["state"].apply(lambda s: (s == "complete").sum()) == 2).all()
     spent = trials.groupby("method")["flops"].sum()

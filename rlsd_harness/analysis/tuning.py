@@ -20,7 +20,11 @@ Protocol (`rlsd-compare experiment=<one with tuning.mode: optuna>`):
   fitted to the earlier brackets' results; seeded per trial number (sampler_seed, trial number), so a tuning
   killed anywhere and rerun asks the same configurations and reaches the same picks.
 - Storage: <out>/tuning/optuna.journal (Optuna's JournalStorage file), one Optuna study per method; the runs in <out>/tuning/runs/
-  <method>-t<trial>-s<seed>/ resume from their checkpoints.
+  <method>-t<trial>-s<seed>/ resume from their checkpoints. The journal is the record: a trial whose score at a
+  rung is in it is neither trained nor scored again at that rung, so a study continued from its committed journal
+  without its run folders (checkpoints are too large to commit) trains only the trials still alive, each from
+  step 0 to its rung; a run is seeded, so that run equals the resumed one on the same CPU. The budget read from
+  the ledgers is the protocol's either way; the wall-clock cost of the earlier rungs is paid again.
 - Budget: every method spends seeds x sum over rungs of (trials at the rung x the rung's increment) x the test
   budget per bracket, in the ledger's FLOPs (teacher passes charged, as in the test runs); the spend read from
   the runs' ledgers is in picks.json and tuning.md.
@@ -360,18 +364,23 @@ def tune(studies: dict[str, Any], spaces: dict[str, list[Knob]], s: Settings, ru
     for bracket in range(s.brackets):
         alive = {m: _bracket_trials(study, bracket, s, spaces[m], m) for m, study in studies.items()}
         for k in range(len(s.rungs)):
-            results = run_rung(alive, k)
+            # a trial whose rung-k score is in the journal is neither trained nor scored again: a study resumed
+            # from its committed journal alone (no run folders) trains only what is left, from step 0
+            reported = {m: {t.number for t in study.get_trials(deepcopy=False) if k in t.intermediate_values}
+                        for m, study in studies.items()}
+            pending = {m: [tr for tr in alive[m] if tr.number not in reported[m]] for m in studies}
+            results = run_rung(pending, k) if any(pending.values()) else {m: {} for m in studies}
             if results is None:
                 return None
             for m, study in studies.items():
                 by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-                for tr in alive[m]:
+                for tr in pending[m]:
                     value, flops = results[m][tr.number]
                     frozen = by_number[tr.number]
                     if frozen.state == TrialState.RUNNING:
                         study._storage.set_trial_user_attr(frozen._trial_id, f"flops_rung{k}", float(flops))
-                        if k not in frozen.intermediate_values:  # a failed run scores FAILED_SCORE: last in its rung
-                            OptunaTrial(study, frozen._trial_id).report(value if math.isfinite(value) else FAILED_SCORE, k)
+                        # a failed run scores FAILED_SCORE: last in its rung
+                        OptunaTrial(study, frozen._trial_id).report(value if math.isfinite(value) else FAILED_SCORE, k)
                 frozen_now = {t.number: t for t in study.get_trials(deepcopy=False)}
                 last = k == len(s.rungs) - 1
                 survivors = []
@@ -379,8 +388,8 @@ def tune(studies: dict[str, Any], spaces: dict[str, list[Knob]], s: Settings, ru
                     frozen = frozen_now[tr.number]
                     if last:
                         if frozen.state == TrialState.RUNNING:
-                            value = results[m][tr.number][0]
-                            study.tell(tr.number, value) if math.isfinite(value) else \
+                            value = float(frozen.intermediate_values[k])
+                            study.tell(tr.number, value) if value != FAILED_SCORE else \
                                 study.tell(tr.number, state=TrialState.FAIL)
                     elif study.pruner.prune(study, frozen):
                         if frozen.state == TrialState.RUNNING:
