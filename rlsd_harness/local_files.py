@@ -48,13 +48,7 @@ class DataError(ConfigError):
 def split_files(root: Path, split: str) -> list[Path]:
     """The data files of `split` under the folder `root`, sorted (the rule: see the module docstring)."""
     name_re = re.compile(rf"^{re.escape(split)}(-\d+-of-\d+[^/]*)?\.(parquet|arrow|jsonl|json)$")
-    found = []
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or not path.name.endswith(DATA_SUFFIXES) or path.name in METADATA_FILES:
-            continue
-        if name_re.match(path.name) or (path.parent != root and path.parent.name == split):
-            found.append(path)
-    return found
+    return [p for p in data_files(root) if name_re.match(p.name) or (p.parent != root and p.parent.name == split)]
 
 
 def data_files(root: Path) -> list[Path]:
