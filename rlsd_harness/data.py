@@ -615,17 +615,14 @@ class LocalData:
 
 
 def build_data(cfg: Any, seed: int):
+    """The data of a checked config's `data` section (every key present: the schema has checked it)."""
     if cfg.name == "embedded":
-        return EmbeddedData(level=cfg.level, seed=seed, test_size=cfg.test_size,
-                            privileged=cfg.get("privileged") or "text")
+        return EmbeddedData(level=cfg.level, seed=seed, test_size=cfg.test_size, privileged=cfg.privileged)
     if cfg.name == "local":
-        fields = cfg.get("fields") or {}
-        if hasattr(fields, "items"):
-            from omegaconf import OmegaConf
+        from omegaconf import OmegaConf
 
-            fields = OmegaConf.to_container(fields) if OmegaConf.is_config(fields) else dict(fields)
-        return LocalData(cfg.path, seed=seed, test_path=cfg.get("test_path"), require_image=cfg.get("require_image", True),
-                         schema=cfg.get("schema") or "mmfinereason", fields=fields, split=cfg.get("split") or "train",
-                         test_split=cfg.get("test_split") or "test", config=cfg.get("config"),
-                         revision=cfg.get("revision"), cache_dir=cfg.get("cache_dir"), image_root=cfg.get("image_root"))
+        fields = OmegaConf.to_container(cfg.fields) if OmegaConf.is_config(cfg.fields) else dict(cfg.fields)
+        return LocalData(cfg.path, seed=seed, test_path=cfg.test_path, require_image=cfg.require_image,
+                         schema=cfg.schema, fields=fields, split=cfg.split, test_split=cfg.test_split,
+                         config=cfg.config, revision=cfg.revision, cache_dir=cfg.cache_dir, image_root=cfg.image_root)
     raise KeyError(f"unknown data {cfg.name!r}; valid: embedded, local")

@@ -142,7 +142,7 @@ def _stopped_short(run_dir: Path, cfg: DictConfig) -> bool:
         was = json.loads((run_dir / "finished.json").read_text()).get("stop_at")
     except (OSError, json.JSONDecodeError):
         return False
-    now = (cfg.train.get("budget") or {}).get("stop_at")
+    now = cfg.train.budget.stop_at
     return was is not None and float(now if now is not None else 1.0) > float(was) + 1e-9
 
 
@@ -308,15 +308,15 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
 
     tuning_cfgs = [checked(tuning_run_overrides(exp, pt, s, tuning_dir, extra)) for pt, s in tuning_jobs]
     for cfg in tuning_cfgs[:1]:  # the picks read validation records at budget points: a run must write them
-        if not cfg.train.eval_every or not cfg.eval.get("budget_points"):
+        if not cfg.train.eval_every or not cfg.eval.budget_points:
             raise ConfigError(f"experiment {name}: the tuning runs would write no validation records (train.eval_every="
-                              f"{cfg.train.eval_every}, eval.budget_points={cfg.eval.get('budget_points')}); train.eval_every "
+                              f"{cfg.train.eval_every}, eval.budget_points={cfg.eval.budget_points}); train.eval_every "
                               f"0 turns every held-out evaluation off, budget points included: use a large value "
                               f"instead (routine evaluations then run only at step 0 and the last step)")
     test_cfgs = [checked(run_overrides(exp, m, s, runs_dir, extra, list(grid[arms(exp)[m][0]][0].overrides) if grid else []))
                  for m, s in jobs]
     for cfg in test_cfgs[:1]:  # the tables read the test runs' budget-point records: a run must write them
-        if not cfg.train.eval_every and not cfg.train.get("save_budget_policies", False):
+        if not cfg.train.eval_every and not cfg.train.save_budget_policies:
             raise ConfigError(f"experiment {name}: train.eval_every=0 turns every held-out evaluation off, so the "
                               f"runs would write no budget-point records and the study no table; use a large "
                               f"train.eval_every instead (budget points still run), or train.save_budget_policies=true "

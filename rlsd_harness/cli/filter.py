@@ -142,14 +142,14 @@ def main(argv: list[str] | None = None) -> None:
         if cfg.data.name == "embedded":
             files = difficulty.write_embedded(items, kept, out)
         else:
-            files = difficulty.write_local(data, str(cfg.data.path), kept, out, cfg.data.get("image_root"))
+            files = difficulty.write_local(data, str(cfg.data.path), kept, out, cfg.data.image_root)
         rep["files"] = [str(f) for f in files]
         (out / "report.json").write_text(json.dumps(rep, indent=1) + "\n")
         text = difficulty.report_markdown(rep)
         (out / "report.md").write_text(text)
         print(text, end="")
         print(f"kept {rep['kept']} of {rep['items']} items in {', '.join(map(str, files))}; report in {out / 'report.md'}")
-        if cfg.data.name == "local" and cfg.data.get("image_root"):
+        if cfg.data.name == "local" and cfg.data.image_root:
             print(f"train on it with data.path=<one of those files> data.image_root={out}")
 
     run_main(body)
