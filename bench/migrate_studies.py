@@ -4,7 +4,7 @@
   ("reward", "kl", "cum/flops/total", ...) rewritten to their namespaces (training/metrics.py: namespaced,
   the mapping the trainer applies when it writes a line); files that already use them are left untouched.
 - picks.json of a grid-tuned study: the tuning seeds and overrides, which older studies kept only in the first
-  line of tuning.md, added as "seeds" and "overrides" (analysis/tuning_report.py: earlier_picks reads them).
+  line of tuning.md, added as "seeds" and "overrides" (analysis/tuning/grid.py: earlier_picks reads them).
 
     .venv/bin/python bench/migrate_studies.py results/*/            # rewrite in place, print what changed
     .venv/bin/python bench/migrate_studies.py --check results/*/    # only say what would change; exit 1 if any

@@ -163,7 +163,8 @@ def test_docs_experiments_documents_every_experiment_key():
     from pathlib import Path
 
     from rlsd_harness.analysis.plan import PLAN_KEYS
-    from rlsd_harness.config import EXPERIMENT_KEYS, TUNING_KEYS
+    from rlsd_harness.analysis.tuning import TUNING_KEYS
+    from rlsd_harness.config import EXPERIMENT_KEYS
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "experiments.md").read_text()
     missing = [k for k in [*EXPERIMENT_KEYS, *TUNING_KEYS, *PLAN_KEYS] if f"`{k}`" not in doc]

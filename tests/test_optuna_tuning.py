@@ -1,5 +1,6 @@
-"""The multi-fidelity tuner (analysis/tuning.py) on a cheap fake objective function, its settings and search
-spaces, the tuning report's estimator, and the reproduce report's TOST (analysis/reproduce.py)."""
+"""The multi-fidelity tuner (analysis/tuning/search.py, phase.py) on a cheap fake objective function, its settings
+and search spaces, the tuning report's estimator (analysis/tuning/protocols.py), and the reproduce report's TOST
+(analysis/reproduce.py)."""
 
 from __future__ import annotations
 

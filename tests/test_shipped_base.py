@@ -84,8 +84,8 @@ def test_the_studies_base_is_shipped_and_is_the_one_the_reference_study_recorded
 
 
 def test_tuning_from_the_committed_reference_study_accepts_its_picks_on_a_fresh_cache(fresh_cache, tmp_path):
-    from rlsd_harness.analysis.compare import base_digests, earlier_picks
-    from rlsd_harness.config import tuning_grid
+    from rlsd_harness.analysis.compare import base_digests
+    from rlsd_harness.analysis.tuning import earlier_picks, tuning_grid
 
     exp = load_experiment("reference")
     base = base_digests([_experiment_cfg("reference", tmp_path)], log=print)

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from rlsd_harness.analysis import compare, credit
-from rlsd_harness.config import ConfigError, load_experiment, tuning_grid
+from rlsd_harness.analysis.tuning import tuning_grid
+from rlsd_harness.config import ConfigError, load_experiment
 from tests.study_fixtures import write_run
 
 EXPERIMENT = """
@@ -311,19 +312,43 @@ def test_tuning_runs_that_would_evaluate_nothing_are_refused_before_any_compute(
     assert "tuning first: 5 methods x 4 grid points x 2 seeds" in dry
 
 
+def test_a_bad_tuning_section_is_refused_before_any_compute(offline, tmp_path, capsys):
+    """The config layer does not check the tuning section (analysis/tuning/grid.py: tuning_grid does): rlsd-compare's
+    runs and dry run and rlsd-report refuse a bad one before anything is trained or written, and a run launched by
+    hand from the experiment (rlsd-train experiment=<name> algorithm=<method>) does not read it."""
+    from rlsd_harness.cli.report import main as report_main
+    from rlsd_harness.config import expand_experiment
+
+    fake, _ = offline
+    bad = tmp_path / "uneven.yaml"
+    bad.write_text(EXPERIMENT.replace("grpo: {lr: [1e-5, 5e-5, 1e-4, 2e-4]}", "grpo: {lr: [1e-5, 5e-5]}"))
+    for dry in (False, True):
+        with pytest.raises(ConfigError, match="grid sizes differ"):
+            compare.compare(str(bad), dry=dry)
+    assert fake.configs == [] and not (tmp_path / "results").exists()
+    folder = tmp_path / "study"
+    (folder / "runs").mkdir(parents=True)
+    (folder / "meta.json").write_text(json.dumps({"experiment": "uneven", "experiment_file": str(bad)}))
+    with pytest.raises(SystemExit) as e:
+        report_main([f"folder={folder}"])
+    assert e.value.code == 2 and "grid sizes differ" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "runs"]
+    assert "train.steps=4" in expand_experiment([f"experiment={bad}", "algorithm=grpo"])
+
+
 def test_every_method_gets_the_same_grid_size_and_picks_never_read_the_test_split(tmp_path):
     bad = tmp_path / "uneven.yaml"
     bad.write_text(EXPERIMENT.replace("grpo: {lr: [1e-5, 5e-5, 1e-4, 2e-4]}", "grpo: {lr: [1e-5, 5e-5]}"))
     with pytest.raises(ConfigError, match=r"grid sizes differ: \{'grpo': 2, 'opsd': 4, 'rlsd': 4\}"):
-        load_experiment(str(bad))
+        tuning_grid(load_experiment(str(bad)))
     test_split = tmp_path / "test_split.yaml"
     test_split.write_text(EXPERIMENT.replace("split: validation", "split: test"))
     with pytest.raises(ConfigError, match="tuning.split must be validation"):
-        load_experiment(str(test_split))
+        tuning_grid(load_experiment(str(test_split)))
     missing = tmp_path / "missing.yaml"
     missing.write_text(EXPERIMENT.replace("    rlsd: {lr: [1e-5, 5e-5], algorithm.params.eps_w: [0.1, 0.2]}\n", ""))
     with pytest.raises(ConfigError, match="one entry per method"):
-        load_experiment(str(missing))
+        tuning_grid(load_experiment(str(missing)))
     ok = tmp_path / "ok.yaml"
     ok.write_text(EXPERIMENT)
     grid = tuning_grid(load_experiment(str(ok)))
@@ -335,7 +360,7 @@ def test_committed_experiments_load_and_the_paper_table_keeps_its_own_settings()
     from rlsd_harness.config import group_choices
 
     for name in group_choices("experiment"):
-        load_experiment(name)
+        tuning_grid(load_experiment(name), name)
     assert not tuning_grid(load_experiment("paper_main_table"))
     reference = load_experiment("reference")
     assert list(reference.methods) == ["grpo", "opsd", "sdpo", "grpo_opsd", "rlsd"]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rlsd_harness.analysis.tuning_report import earlier_picks
-from rlsd_harness.config import ConfigError, load_experiment, tuning_grid
+from rlsd_harness.analysis.tuning import earlier_picks, tuning_grid
+from rlsd_harness.config import ConfigError, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "results" / "reference"

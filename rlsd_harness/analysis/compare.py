@@ -3,14 +3,15 @@ same compute budget from the same base policy, compared at matched budget points
 
 With a `tuning:` section the tuning arms run first: every method's grid (the same number of points for
 each) at the tuning seeds and the short tuning budget, evaluated on the validation split, into
-<out>/tuning/runs/<label>-s<seed>/; the picks (config.PICK_RULE) go to tuning.csv, tuning.md and
-picks.json, and the reported runs then train at the picked values and are evaluated on the test split.
+<out>/tuning/runs/<label>-s<seed>/; the picks (analysis/tuning/grid.py: GRID_PICK_RULE) go to tuning.csv,
+tuning.md and picks.json, and the reported runs then train at the picked values and are evaluated on the test
+split.
 The validation split never enters the tables and the test split never enters a pick. `tuning_from` takes
 the picks of an earlier study of the same base and tuning section instead (a test budget changed, the
 tuning did not): its tuning.csv must list the same grid points at the same number of tuning seeds, and
 its picks.json the same tuning seeds and overrides and the same base policy (the sha256 of its weights:
 the same config warms up to a different base on a CPU with other kernels); the three files are copied and
-meta.json names the source (analysis/tuning_report.py: earlier_picks).
+meta.json names the source (analysis/tuning/grid.py: earlier_picks).
 
 Runs land in <out>/runs/<method>-s<seed>/. Finished runs are not rerun; an interrupted run resumes from its
 last checkpoint; a run that fails is recorded (failed.json) and counted as failed in the tables. The report
@@ -49,8 +50,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlsd_harness.analysis import launch
-from rlsd_harness.analysis.tuning import is_optuna, plan_text, settings_of
-from rlsd_harness.analysis.tuning_report import TUNING_FILES, earlier_picks
+from rlsd_harness.analysis.tuning import (
+    TUNING_FILES,
+    changed_picks,
+    earlier_picks,
+    is_optuna,
+    plan_text,
+    run_tuning,
+    settings_of,
+    study_picks,
+    tuning_grid,
+    tuning_run_overrides,
+    write_tuning,
+)
 from rlsd_harness.config import (
     CONFIG_DIR,
     REPO,
@@ -60,8 +72,6 @@ from rlsd_harness.config import (
     experiment_path,
     load_experiment,
     run_overrides,
-    tuning_grid,
-    tuning_run_overrides,
 )
 from rlsd_harness.training import checkpoint
 from rlsd_harness.training.durable import atomic_write_text, kill_point
@@ -261,14 +271,7 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
     from tqdm.auto import tqdm
 
     from rlsd_harness import dist
-    from rlsd_harness.analysis.report import (
-        changed_picks,
-        study_picks,
-        write_comparison,
-        write_json,
-        write_report,
-        write_tuning,
-    )
+    from rlsd_harness.analysis.report import write_comparison, write_json, write_report
 
     extra = list(overrides or [])
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= (os.cpu_count() or 1):
@@ -363,8 +366,6 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
             return queued
     picks: dict[str, dict] = {}
     if optuna_mode:
-        from rlsd_harness.analysis.tuning import run_tuning
-
         def refuse_changed(new: dict[str, dict]) -> None:
             changed = changed_picks(target, new)
             if changed and runs_dir.is_dir() and any(runs_dir.iterdir()):

@@ -3,7 +3,7 @@
 
 The report's assembly: `write_report` reads the study (analysis/loading.py), writes its tables
 (analysis/tables.py), plots (analysis/plots.py) and README; `write_comparison` sets two runs of one study side
-by side. The tuning picks are analysis/tuning_report.py. This module re-exports the names other modules and
+by side. The tuning picks are analysis/tuning/ (grid.py). This module re-exports the names other modules and
 tests import from it.
 
 What is read. Each run's held-out evaluations at the experiment's budget points (analysis/loading.py). The
@@ -53,22 +53,14 @@ from rlsd_harness.analysis.tables import (
     section_markdown,
     sections_frame,
 )
-from rlsd_harness.analysis.tuning_report import (
-    changed_picks,
-    grid_edges,
-    study_picks,
-    tuning_results,
-    write_tuning,
-)
 from rlsd_harness.config import arms, baseline_of, budget_points_of, factor_levels, pairs_of
 
 __all__ = [  # the names other modules and tests import from here
     "DYNAMICS", "RECORD_FRAME", "Section", "Study", "_save_figure",
-    "build_sections", "changed_picks", "compare_studies", "decide_study_family", "grid_edges", "load_runs",
-    "load_study", "metrics_lines", "parse_run_name", "per_seed_frame", "per_seed_markdown", "plot_accuracy",
-    "plot_dynamics", "point_summaries", "power_line", "record_text", "report_settings", "run_records",
-    "run_status", "section_markdown", "sections_frame", "study_picks", "tuning_results", "write_comparison",
-    "write_csv", "write_json", "write_report", "write_text", "write_tuning",
+    "build_sections", "compare_studies", "decide_study_family", "load_runs", "load_study", "metrics_lines",
+    "parse_run_name", "per_seed_frame", "per_seed_markdown", "plot_accuracy", "plot_dynamics", "point_summaries",
+    "power_line", "record_text", "report_settings", "run_records", "run_status", "section_markdown",
+    "sections_frame", "write_comparison", "write_csv", "write_json", "write_report", "write_text",
 ]
 
 

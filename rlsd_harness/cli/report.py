@@ -35,14 +35,9 @@ def _comparison_folder(value: str, key: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from rlsd_harness.analysis.report import (
-        changed_picks,
-        study_picks,
-        write_comparison,
-        write_report,
-        write_tuning,
-    )
-    from rlsd_harness.config import load_experiment, tuning_grid
+    from rlsd_harness.analysis.report import write_comparison, write_report
+    from rlsd_harness.analysis.tuning import changed_picks, study_picks, tuning_grid, write_tuning
+    from rlsd_harness.config import load_experiment
 
     def body() -> None:
         own, _ = split_args(argv, "rlsd-report", __doc__, OWN, takes_overrides=False)

@@ -298,20 +298,10 @@ EXPERIMENT_KEYS = {
     "pairs": "extra comparisons, [[method, baseline], ...]",
     "delta_points": "the difference (points) the power line sizes the study for (default 3)",
     "last_k": "the last-K summary: mean of each run's last K budget points (default min(3, points))",
-    "tuning": "fair tuning before the test runs (see tuning_grid)",
+    "tuning": "fair tuning before the test runs (analysis/tuning/grid.py: TUNING_KEYS, tuning_grid)",
     "world_size": "GPUs the dry-run plan assumes",
     "plan": "mean lengths the dry-run plan assumes",
 }
-TUNING_KEYS = {
-    "seeds": "seeds of the tuning runs",
-    "split": "the split the picks read (validation: the test split never picks)",
-    "overrides": "training overrides of the tuning runs only (the short budget)",
-    "grid": "per method: {lr: [values], <one more config key>: [values]}, the same number of points for every method",
-    "mode": "grid (the grid above) | optuna (multi-fidelity search of each method's search_space, analysis/tuning.py)",
-    "optuna": "tuning.mode optuna: trials, reduction_factor, rungs, brackets, sampler, sampler_seed (analysis/tuning.py)",
-}
-PICK_RULE = ("highest mean validation mean@k over the tuning seeds at the last budget point; ties go to the "
-             "smaller learning rate, then to the earlier grid point")
 
 
 def experiment_path(name: str) -> Path:
@@ -404,7 +394,9 @@ def _arm_label(method: str, grid: dict, point: tuple) -> str:
 
 
 def check_experiment(exp: DictConfig, name: str = "experiment") -> None:
-    """The report and tuning keys of an experiment, checked before any compute is spent."""
+    """The report keys of an experiment, checked before any compute is spent. The tuning section is checked
+    by analysis/tuning/ (tuning_grid, and settings_of in tuning.mode optuna), which rlsd-compare and rlsd-report
+    call before anything runs; only its overrides are read here."""
     _check_arm_sections(exp, name)
     labels = list(arms(exp))
     baseline_of(exp, name)
@@ -423,7 +415,6 @@ def check_experiment(exp: DictConfig, name: str = "experiment") -> None:
         if o.lstrip("+~").split("=", 1)[0] in ("eval.budget_points", "eval.budget_split"):
             raise ConfigError(f"experiment {name}: {o!r} in overrides; the experiment's budget_points (and the "
                               f"tuning split) set it, so that the runs evaluate where the tables read")
-    tuning_grid(exp, name)
 
 
 def budget_points_of(exp: DictConfig, name: str = "experiment") -> list[float]:
@@ -448,79 +439,8 @@ def pairs_of(exp: DictConfig) -> list[tuple[str, str]]:
     return [(str(a), str(b)) for a, b in (exp.get("pairs") or [])]
 
 
-@dataclass(frozen=True)
-class TuningPoint:
-    """One point of a method's tuning grid: its run label and the overrides that set it."""
-
-    method: str
-    label: str
-    lr: float
-    values: dict  # config key -> value, lr under algorithm.lr
-    overrides: tuple[str, ...]
-
-
 def _format_value(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def tuning_grid(exp: DictConfig, name: str = "experiment") -> dict[str, list[TuningPoint]]:
-    """method -> its tuning grid, or {} without a `tuning:` section. Every method of the experiment gets a
-    grid of the same size: a learning-rate list (`lr`, set as algorithm.lr so that it wins over a method's
-    own default) and at most one more config key. The grids are run at the tuning seeds with the tuning
-    overrides (the short budget) and picked on the validation split by PICK_RULE."""
-    t = exp.get("tuning")
-    if not t:
-        return {}
-    where = f"experiment {name}: tuning"
-    unknown = sorted(set(t.keys()) - set(TUNING_KEYS))
-    if unknown:
-        raise ConfigError(f"{where}: " + unknown_message("key", str(unknown[0]), TUNING_KEYS))
-    if exp.get("grid") or exp.get("factors"):
-        raise ConfigError(f"experiment {name}: tuning and an ablation grid (grid or factors) cannot be combined; drop "
-                          f"one of them")
-    if str(t.get("split", "validation")) != "validation":
-        raise ConfigError(f"{where}.split must be validation (the test split reports, it never picks); got {t.split!r}")
-    if not list(t.get("seeds") or []):
-        raise ConfigError(f"{where}.seeds: give at least one seed")
-    mode = str(t.get("mode", "grid"))
-    if mode not in ("grid", "optuna"):
-        raise ConfigError(f"{where}.mode={mode!r}; valid: grid, optuna")
-    if (mode == "optuna") == bool(t.get("grid")) or (mode == "grid" and t.get("optuna")):
-        raise ConfigError(f"{where}: mode {mode} takes " + ("an optuna: section and no grid" if mode == "optuna"
-                                                           else "a grid: section and no optuna"))
-    if mode == "optuna":  # no grid: the search spaces are the objectives' own (analysis/tuning.py)
-        return {}
-    grid = t.get("grid") or {}
-    methods = [str(m) for m in exp.methods]
-    if sorted(grid) != sorted(methods):
-        raise ConfigError(f"{where}.grid must have one entry per method {methods}; it has {sorted(grid)}")
-    out: dict[str, list[TuningPoint]] = {}
-    for m in methods:
-        spec = dict(grid[m])
-        lrs = list(spec.pop("lr", None) or [])
-        if not lrs or any(not isinstance(v, (int, float)) or v <= 0 for v in lrs):
-            raise ConfigError(f"{where}.grid.{m}.lr must be a list of positive learning rates; got {lrs}")
-        if len(spec) > 1:
-            raise ConfigError(f"{where}.grid.{m}: lr and at most one more key; got {sorted(spec)}")
-        knob, values = (next(iter(spec.items())) if spec else (None, [None]))
-        values = list(values)
-        if not values:
-            raise ConfigError(f"{where}.grid.{m}.{knob}: give at least one value")
-        points = []
-        for lr, v in itertools.product(lrs, values):
-            vals: dict[str, Any] = {"algorithm.lr": float(lr)}
-            label = f"{m}-lr{_format_value(float(lr))}"
-            if knob is not None:
-                vals[str(knob)] = v
-                label += f"-{str(knob).rsplit('.', 1)[-1]}{_format_value(v)}"
-            points.append(TuningPoint(m, label, float(lr), vals,
-                                      tuple(f"{k}={_format_value(x)}" for k, x in vals.items())))
-        out[m] = points
-    sizes = {m: len(p) for m, p in out.items()}
-    if len(set(sizes.values())) > 1:
-        raise ConfigError(f"{where}.grid: every method gets the same tuning budget, but the grid sizes differ: "
-                          f"{sizes}")
-    return out
 
 
 def _budget_eval_overrides(exp: DictConfig, split: str | None = None) -> list[str]:
@@ -532,18 +452,6 @@ def _budget_eval_overrides(exp: DictConfig, split: str | None = None) -> list[st
     if split is not None:
         out.append(f"eval.budget_split={split}")
     return out
-
-
-def tuning_run_overrides(exp: DictConfig, point: TuningPoint, seed: int, runs_dir: Path,
-                         extra: list[str]) -> list[str]:
-    """One tuning run: the experiment's overrides, the method's, the tuning budget, the grid point, the
-    command line's last."""
-    t = exp.tuning
-    own = [f"algorithm={point.method}", f"seed={seed}", f"run.dir={runs_dir}", f"run.name={point.label}-s{seed}",
-           *exp.overrides, *_budget_eval_overrides(exp, str(t.get("split", "validation"))),
-           *(exp.get("method_overrides") or {}).get(point.method, [])]
-    return (Overrides(own, origin=_origin(exp)) + Overrides(list(t.get("overrides") or []), origin=f"{_origin(exp)} tuning")
-            + Overrides(list(point.overrides), origin=f"{_origin(exp)} tuning grid") + Overrides(extra))
 
 
 def arms(exp: DictConfig) -> dict[str, tuple[str, list[str]]]:

@@ -1,8 +1,10 @@
-"""The tuning picks of a grid-tuned study: each grid point's validation results at the budget points, the
-pick per method (config.PICK_RULE), the files that record them (tuning.csv, tuning.md, picks.json) and
-`earlier_picks`, which takes an earlier study's picks (rlsd-compare tuning_from=) from those records. The
-validation split never enters the tables and the test split never enters a pick. (The Optuna tuner and the
-tuning report across protocols are analysis/tuning.py.)
+"""The grid protocol of fair tuning (an experiment's `tuning:` section, tuning.mode grid): the section's keys
+and its check (`tuning_grid`: every method a grid of the same size), one tuning run's overrides, each grid
+point's validation results at the budget points, the pick per method (GRID_PICK_RULE), the files that record
+them (tuning.csv, tuning.md, picks.json) and `earlier_picks`, which takes an earlier study's picks (rlsd-compare
+tuning_from=) from those records. The validation split never enters the tables and the test split never enters
+a pick. (The Optuna tuner is analysis/tuning/search.py, the tuning report across protocols
+analysis/tuning/protocols.py.)
 
 picks.json is the machine-readable record: the rule, split and budget point, the base policy (sha256 of its
 weights), the tuning seeds and overrides, and per method {label, values, overrides, validation_mean, n_runs}.
@@ -10,25 +12,131 @@ tuning.md is for people; nothing reads it back."""
 
 from __future__ import annotations
 
+import itertools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from omegaconf import DictConfig
 
 from rlsd_harness.analysis import stats
 from rlsd_harness.analysis.files import write_csv, write_json, write_text
 from rlsd_harness.analysis.loading import load_study
 from rlsd_harness.analysis.tables import left_out, pts
-from rlsd_harness.config import PICK_RULE, ConfigError, TuningPoint, budget_points_of
+from rlsd_harness.config import (
+    ConfigError,
+    Overrides,
+    _budget_eval_overrides,
+    _format_value,
+    _origin,
+    budget_points_of,
+    unknown_message,
+)
+
+TUNING_KEYS = {
+    "seeds": "seeds of the tuning runs",
+    "split": "the split the picks read (validation: the test split never picks)",
+    "overrides": "training overrides of the tuning runs only (the short budget)",
+    "grid": "per method: {lr: [values], <one more config key>: [values]}, the same number of points for every method",
+    "mode": "grid (the grid above) | optuna (multi-fidelity search of each method's search_space, analysis/tuning/search.py)",
+    "optuna": "tuning.mode optuna: trials, reduction_factor, rungs, brackets, sampler, sampler_seed (analysis/tuning/search.py)",
+}
+GRID_PICK_RULE = ("highest mean validation mean@k over the tuning seeds at the last budget point; ties go to "
+                  "the smaller learning rate, then to the earlier grid point")
+
+
+@dataclass(frozen=True)
+class TuningPoint:
+    """One point of a method's tuning grid: its run label and the overrides that set it."""
+
+    method: str
+    label: str
+    lr: float
+    values: dict  # config key -> value, lr under algorithm.lr
+    overrides: tuple[str, ...]
+
+
+def tuning_grid(exp: DictConfig, name: str = "experiment") -> dict[str, list[TuningPoint]]:
+    """method -> its tuning grid, or {} without a `tuning:` section. Every method of the experiment gets a
+    grid of the same size: a learning-rate list (`lr`, set as algorithm.lr so that it wins over a method's
+    own default) and at most one more config key. The grids are run at the tuning seeds with the tuning
+    overrides (the short budget) and picked on the validation split by GRID_PICK_RULE."""
+    t = exp.get("tuning")
+    if not t:
+        return {}
+    where = f"experiment {name}: tuning"
+    unknown = sorted(set(t.keys()) - set(TUNING_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: " + unknown_message("key", str(unknown[0]), TUNING_KEYS))
+    if exp.get("grid") or exp.get("factors"):
+        raise ConfigError(f"experiment {name}: tuning and an ablation grid (grid or factors) cannot be combined; drop "
+                          f"one of them")
+    if str(t.get("split", "validation")) != "validation":
+        raise ConfigError(f"{where}.split must be validation (the test split reports, it never picks); got {t.split!r}")
+    if not list(t.get("seeds") or []):
+        raise ConfigError(f"{where}.seeds: give at least one seed")
+    mode = str(t.get("mode", "grid"))
+    if mode not in ("grid", "optuna"):
+        raise ConfigError(f"{where}.mode={mode!r}; valid: grid, optuna")
+    if (mode == "optuna") == bool(t.get("grid")) or (mode == "grid" and t.get("optuna")):
+        raise ConfigError(f"{where}: mode {mode} takes " + ("an optuna: section and no grid" if mode == "optuna"
+                                                           else "a grid: section and no optuna"))
+    if mode == "optuna":  # no grid: the search spaces are the objectives' own (analysis/tuning/search.py)
+        return {}
+    grid = t.get("grid") or {}
+    methods = [str(m) for m in exp.methods]
+    if sorted(grid) != sorted(methods):
+        raise ConfigError(f"{where}.grid must have one entry per method {methods}; it has {sorted(grid)}")
+    out: dict[str, list[TuningPoint]] = {}
+    for m in methods:
+        spec = dict(grid[m])
+        lrs = list(spec.pop("lr", None) or [])
+        if not lrs or any(not isinstance(v, (int, float)) or v <= 0 for v in lrs):
+            raise ConfigError(f"{where}.grid.{m}.lr must be a list of positive learning rates; got {lrs}")
+        if len(spec) > 1:
+            raise ConfigError(f"{where}.grid.{m}: lr and at most one more key; got {sorted(spec)}")
+        knob, values = (next(iter(spec.items())) if spec else (None, [None]))
+        values = list(values)
+        if not values:
+            raise ConfigError(f"{where}.grid.{m}.{knob}: give at least one value")
+        points = []
+        for lr, v in itertools.product(lrs, values):
+            vals: dict[str, Any] = {"algorithm.lr": float(lr)}
+            label = f"{m}-lr{_format_value(float(lr))}"
+            if knob is not None:
+                vals[str(knob)] = v
+                label += f"-{str(knob).rsplit('.', 1)[-1]}{_format_value(v)}"
+            points.append(TuningPoint(m, label, float(lr), vals,
+                                      tuple(f"{k}={_format_value(x)}" for k, x in vals.items())))
+        out[m] = points
+    sizes = {m: len(p) for m, p in out.items()}
+    if len(set(sizes.values())) > 1:
+        raise ConfigError(f"{where}.grid: every method gets the same tuning budget, but the grid sizes differ: "
+                          f"{sizes}")
+    return out
+
+
+def tuning_run_overrides(exp: DictConfig, point: TuningPoint, seed: int, runs_dir: Path,
+                         extra: list[str]) -> list[str]:
+    """One tuning run: the experiment's overrides, the method's, the tuning budget, the grid point, the
+    command line's last."""
+    t = exp.tuning
+    own = [f"algorithm={point.method}", f"seed={seed}", f"run.dir={runs_dir}", f"run.name={point.label}-s{seed}",
+           *exp.overrides, *_budget_eval_overrides(exp, str(t.get("split", "validation"))),
+           *(exp.get("method_overrides") or {}).get(point.method, [])]
+    return (Overrides(own, origin=_origin(exp)) + Overrides(list(t.get("overrides") or []), origin=f"{_origin(exp)} tuning")
+            + Overrides(list(point.overrides), origin=f"{_origin(exp)} tuning grid") + Overrides(extra))
+
 
 TUNING_FILES = ("tuning.csv", "tuning.md", "picks.json")
 
 
 def tuning_results(runs_dir: Path, grid: dict[str, list[TuningPoint]], fractions: list[float],
                    budget_kind: str) -> tuple[pd.DataFrame, dict[str, dict]]:
-    """The tuning grid's validation results at the last budget point and the pick per method (PICK_RULE),
+    """The tuning grid's validation results at the last budget point and the pick per method (GRID_PICK_RULE),
     with each earlier budget point's mean beside them (whether the ranking holds along the tuning budget).
 
     Rows: method, label, lr, knob, value, n_runs, mean, ci_low, ci_high, reliable, not_counted, picked, and
@@ -115,7 +223,7 @@ def write_tuning(out: Path, exp: Any, grid: dict[str, list[TuningPoint]], table:
     t = exp.tuning
     lines = [f"Tuning: every method gets a grid of {len(next(iter(grid.values())))} points, seeds "
              f"{list(t.seeds)}, overrides `{' '.join(t.get('overrides') or [])}`; validation mean@k (points) at the "
-             f"last budget point ({max(fractions):g}), 95 % intervals. Rule: {PICK_RULE}.", "",
+             f"last budget point ({max(fractions):g}), 95 % intervals. Rule: {GRID_PICK_RULE}.", "",
              "| method | lr | knob | runs | mean | 95 % CI | picked | not counted |"
              + "".join(f" at {f:g} (95 % CI) |" for f in earlier), "|---|---|---|---|---|---|---|---|" + "---|" * len(earlier)]
     def interval(r: dict, suffix: str) -> str:
@@ -131,7 +239,7 @@ def write_tuning(out: Path, exp: Any, grid: dict[str, list[TuningPoint]], table:
         lines += ["", "At the edge of the grid (a better value may lie beyond it; widen the grid that way): "
                   + "; ".join(f"{m}: {', '.join(e)}" for m, e in edges.items()) + "."]
     write_text(Path(out) / "tuning.md", "\n".join(lines) + "\n")
-    write_json({"rule": PICK_RULE, "split": "validation", "budget_point": max(fractions), "base": base,
+    write_json({"rule": GRID_PICK_RULE, "split": "validation", "budget_point": max(fractions), "base": base,
                 "seeds": list(t.seeds), "overrides": list(t.get("overrides") or []), "picks": picks},
                Path(out) / "picks.json")
 
