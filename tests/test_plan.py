@@ -77,6 +77,9 @@ def test_a_tiny_models_plan_describes_the_tiny_model(tiny_dir):
     assert f"{shape.params / 1e9:.3g} B parameters" in text and "model.size=tiny" in text
     assert "8.77" not in text and "Qwen3-VL-8B" not in text
     assert shape.model.layers == 4 and shape.model.d_model == 128
+    # a tiny model's activations are MiB: the unit is said once ("39.4 MiB GiB per sequence" read wrong)
+    per_sequence = text.split("activations ", 1)[1].split(" per sequence", 1)[0]
+    assert per_sequence.endswith(" MiB") and "GiB" not in per_sequence, per_sequence
 
 
 def test_plan_keys_are_checked():

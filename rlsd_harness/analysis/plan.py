@@ -360,6 +360,11 @@ def _gib(n: float) -> str:
     return f"{n:.1f}" if n >= 0.1 else f"{n * 1024:.1f} MiB" if n > 0 else "0"
 
 
+def _gib_unit(n: float) -> str:
+    """A size in GiB with its unit, in MiB below 0.1 GiB (where _gib's bare number would read 0.0)."""
+    return f"{n:.1f} GiB" if n >= 0.1 else f"{n * 1024:.1f} MiB" if n > 0 else "0 GiB"
+
+
 def _bytes(n: float) -> str:
     for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
         if n >= size:
@@ -421,7 +426,7 @@ def plan(cfgs: dict[str, Any], objectives: dict[str, Any], world: int, plan_sect
         f"Memory per GPU (GiB) under the configured deepspeed.zero_stage={stage}"
         f"{' + optimizer offload' if offload else ''}, {world} ranks, bf16={bool(ds.get('bf16'))}, "
         f"train.gradient_checkpointing={str(ckpt_on).lower()}, one micro-batch of {mb} of up to {seq_max} tokens: "
-        f"activations {_gib(per_seq[ckpt_on])} GiB per sequence ({_gib(per_seq[not ckpt_on])} GiB "
+        f"activations {_gib_unit(per_seq[ckpt_on])} per sequence ({_gib_unit(per_seq[not ckpt_on])} "
         f"{'without' if ckpt_on else 'with'} gradient checkpointing; per-layer estimate after Korthikanti et al. "
         f"2022, SDPA attention), plus the output head's. The rollout phase holds "
         + ("vLLM's rollout.gpu_memory_utilization x GPU memory (colocated, asleep during the update)"
