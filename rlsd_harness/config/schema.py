@@ -279,7 +279,7 @@ KEYS: list[Key] = [
     Key("algorithm.params", "mapping", "the objective's parameters (its Config dataclass; see below)", open=True),
     Key("algorithm.teacher", "mapping", "the teacher (TeacherConfig; see below)", open=True),
     Key("algorithm.lr", "float", "this objective's learning rate (null: optim.lr)", gt=0, null=True),
-    Key("algorithm.search_space", "mapping", "the tuner's ranges for this objective (analysis/tuning.py: "
+    Key("algorithm.search_space", "mapping", "the tuner's ranges for this objective (analysis/tuning/search.py: "
         "key -> {low, high, log, int} or {choices}); training ignores it", open=True),
     Key("model.arch", "str", "model architecture", choices="model arch"),
     Key("model.size", "str", "a project-built size (null: load model.path)", choices="model size", null=True),
