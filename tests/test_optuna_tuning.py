@@ -278,6 +278,37 @@ def test_reproduce_refuses_what_the_study_lacks(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_reproduce_report_of_identical_reruns(tmp_path):
+    """The reproduce report over reruns that equal the committed runs (a stand-in trainer copies them): every
+    budget point equivalent and identical, every verdict the same, and each rerun's wall time read from its own
+    records, so a report written after the reruns finished says how long they took."""
+    import json
+    import shutil
+
+    from rlsd_harness.analysis.reproduce import reproduce
+
+    repo = Path(__file__).resolve().parents[1]
+    study = repo / "results" / "reference"
+
+    def copy_committed(jobs, workers):
+        assert workers == 2  # the committed study's workers (meta.json): a run's floats depend on its threads
+        for _, run_dir, _ in jobs:
+            shutil.copytree(study / "runs" / run_dir.name, run_dir)
+            manifest = json.loads((run_dir / "manifest.json").read_text())
+            manifest["started"] = "2026-12-06T10:00:00+0000"
+            (run_dir / "manifest.json").write_text(json.dumps(manifest))
+            (run_dir / "finished.json").write_text(json.dumps({"time": "2026-12-06T10:05:07+0000"}))
+
+    out = tmp_path / "repro"
+    table = reproduce(study, out, [0, 1], ["grpo", "rlsd"], copy_committed, log=lambda m: None)
+    assert len(table) == 2 * 3 and table["equivalent"].all() and (table["identical_runs"] == 2).all()
+    assert table["diff_points"].abs().max() == 0.0
+    report = (out / "reproduce.md").read_text()
+    assert "grpo-s0 307 s" in report and "rlsd-s1 307 s" in report
+    assert "every verdict is the same." in report
+    assert json.loads((out / "reproduce.json").read_text())["verdicts_same"] is True
+
+
 @pytest.mark.slow
 def test_tuning_smoke_end_to_end(tmp_path, monkeypatch):
     """rlsd-compare's tuning phase on real runs (tuning_smoke, shrunk): a tuning killed after its first rung's runs

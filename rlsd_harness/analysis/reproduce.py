@@ -100,6 +100,23 @@ def _cpu(folder: Path) -> str:
         return "(no manifest.json)"
 
 
+def _wall_seconds(folder: Path) -> float | None:
+    """A run's wall time: its manifest's start to its completion marker (None where either is missing), so a
+    report written after the reruns finished (a later call skips them) still says how long they took."""
+    from datetime import datetime
+
+    try:
+        start = json.loads((folder / "manifest.json").read_text())["started"]
+        end = json.loads((folder / "finished.json").read_text())["time"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        return None
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def _fmt_seconds(s: float | None) -> str:
+    return "unknown" if s is None else f"{s:.0f} s"
+
+
 def chosen_runs(study: Path, seeds: Sequence[int] | None, methods: Sequence[str] | None) -> dict[tuple[str, int], Path]:
     """The committed study's finished test runs of the chosen seeds and methods (all when None); a ConfigError
     naming what is missing."""
@@ -196,7 +213,9 @@ def reproduce(study: Path, out: Path, seeds: Sequence[int] | None, methods: Sequ
     cpu_new = sorted({_cpu(f) for f in new_runs.values()})
     lines = [f"# Reproducing {study}", "",
              f"{len(runs)} test runs ({', '.join(sorted(f'{m}-s{s}' for m, s in runs))}) retrained here from their "
-             f"committed config.yaml with {workers} worker(s), in {time.time() - started:.0f} s.", "",
+             f"committed config.yaml with {workers} worker(s); this call took {time.time() - started:.0f} s (reruns "
+             f"already finished are not trained again); each rerun's wall time, start to completion marker: "
+             + ", ".join(f"{f.name} {_fmt_seconds(_wall_seconds(f))}" for f in new_runs.values()) + ".", "",
              f"- committed runs' CPU: {', '.join(cpu_old)}",
              f"- this machine's runs' CPU: {', '.join(cpu_new)} ({platform.platform()})", "",
              f"Rerun - committed, test mean@k in points, each item paired with the same seed's committed item and "
