@@ -8,9 +8,10 @@ same, byte for byte (PNGs excepted: matplotlib's output is not byte-stable acros
 Each study folder under results/ is copied whole to the work folder and `rlsd-report folder=<copy>` (with
 `table=paper` for the paper rehearsal, whose runs carry benchmark evaluations instead of a comparison's
 tables) runs on the copy, so the committed folder is never written. Then every file git tracks in the
-study (non-PNG) is compared with the copy's. reference_horizon keeps no runs (its tuning records only): its
-tables are the tuning report that `python -m rlsd_harness.analysis.tuning report` builds from them and from
-reference's, compared with results/tuning-protocols. Prints one line per study and each differing file; exits 1 when
+study (non-PNG) is compared with the copy's. results/tuning-protocols is the tuning report that
+`python -m rlsd_harness.analysis.tuning report` builds from copies of the three tuned studies (PROTOCOLS;
+reference_horizon keeps only its tuning records), compared file for file with the committed one (its dry-run
+plan excepted: `rlsd-compare dry_run=true` writes that). Prints one line per study and each differing file; exits 1 when
 any file differs or a report fails. Used by tests/test_rebuild_tables.py and after any change to the analysis
 code (issue #27: "the committed studies' tables rebuild byte-identical from their records")."""
 
@@ -29,13 +30,16 @@ STUDIES: dict[str, list[str]] = {
     "embedded": [],
     "reference": [],
     "reference-lr5e-5": [],
-    "reference_horizon": [],
+    "tuning-protocols": [],  # the tuning report of PROTOCOLS side by side
     "paper-rehearsal": ["table=paper"],
     "controls": [],
     "ablation_rlsd_factorial": [],
     "slurm-study/local": [],  # the same study through launcher=local and through Slurm
     "slurm-study/slurm": [],
 }
+
+PROTOCOLS = ("reference", "reference_horizon", "reference_optuna")  # the tuning protocols' studies, in report order
+NOT_REPORTED = ("reference_optuna_plan.txt",)  # written by rlsd-compare dry_run=true, not by the tuning report
 
 
 def tracked_files(study: Path) -> list[Path]:
@@ -51,22 +55,21 @@ def rebuild(name: str, work: Path, python: str = sys.executable) -> list[str]:
         raise ValueError(f"unknown study {name!r}; valid: {', '.join(STUDIES)}")
     source = ROOT / "results" / name
     copy = work / name
-    for folder in (copy, work / "tuning-protocols"):
-        if folder.exists():
-            shutil.rmtree(folder)
-    shutil.copytree(source, copy)
-    if (source / "runs").is_dir():
+    if copy.exists():
+        shutil.rmtree(copy)
+    if name == "tuning-protocols":
+        inputs = []
+        for study in PROTOCOLS:  # copied under their own names: the report prints each folder's name
+            inputs.append(work / "tuning-inputs" / study)
+            if inputs[-1].exists():
+                shutil.rmtree(inputs[-1])
+            shutil.copytree(ROOT / "results" / study, inputs[-1])
+        command = [python, "-m", "rlsd_harness.analysis.tuning", "report", *map(str, inputs), f"out={copy}"]
+        compared = [(source / rel, copy / rel) for rel in tracked_files(source) if str(rel) not in NOT_REPORTED]
+    else:
+        shutil.copytree(source, copy)
         command = [python, "-m", "rlsd_harness.cli.report", f"folder={copy}", *STUDIES[name]]
         compared = [(source / rel, copy / rel) for rel in tracked_files(source)]
-    else:  # a tuning-only study: its tuning report beside the reference study's, as results/tuning-protocols
-        reference = work / "tuning-inputs" / "reference"  # the name the report prints; not the reference rebuild's
-        if reference.exists():
-            shutil.rmtree(reference)
-        shutil.copytree(ROOT / "results" / "reference", reference)
-        command = [python, "-m", "rlsd_harness.analysis.tuning", "report", str(reference), str(copy),
-                   f"out={work / 'tuning-protocols'}"]
-        made = ["reference.md", f"{name}.md", "protocols.md"]
-        compared = [(ROOT / "results" / "tuning-protocols" / f, work / "tuning-protocols" / f) for f in made]
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         return [f"{' '.join(command[1:4])} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}"]
