@@ -45,6 +45,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -206,22 +207,53 @@ def _threads_per_run(workers: int) -> int:
 def _train_all(jobs: Sequence[tuple[str, Path, DictConfig]], workers: int, log: Callable[[str], None],
                command: str, bar, slurm: tuple[launch.SlurmOptions, Path] | None = None) -> bool:
     """Train (label, run folder, config) jobs in order, `workers` at a time. A signal to this process is
-    passed on to the runs in flight, which checkpoint and stop as a single run does. With `slurm` (options,
+    passed on to the runs in flight, which checkpoint and stop as a single run does, and no later job starts
+    (Interrupted is raised). With `slurm` (options,
     study folder) each run is a Slurm job instead (analysis/launch.py). False while jobs are still queued
     (launcher.wait=false)."""
     if slurm is not None:
         return launch.train_slurm(jobs, slurm[0], slurm[1], _train, log, command, bar)
-    if workers == 1:
+    if workers == 1 or not jobs:
         for label, run_dir, cfg in jobs:
             bar.set_postfix(run=label)
             _train(run_dir, cfg, log, command)
             bar.update(1)
         return True
-    threads = _threads_per_run(workers)
+    tasks = [(label, (str(run_dir), OmegaConf.to_yaml(cfg), command, _threads_per_run(workers)))
+             for label, run_dir, cfg in jobs]
+    _run_in_pool(tasks, workers, _train_in_worker, log, bar, jobs[0][1].parent, command)
+    return True
+
+
+def _unless_stopped(stop_file: str, fn: Callable[..., None], *args: Any) -> bool:
+    """fn(*args) in a pool process, unless the study is stopping (then False): a job the pool had already
+    handed to a starting process when the signal came cannot be cancelled, so it looks here first."""
+    if Path(stop_file).exists():
+        return False
+    fn(*args)
+    return True
+
+
+def _run_in_pool(tasks: Sequence[tuple[str, tuple]], workers: int, fn: Callable[..., None], log: Callable[[str], None],
+                 bar: Any, where: Path, command: str) -> None:
+    """fn(*args) for each (label, args) task, `workers` fresh processes at a time. A SIGINT / SIGTERM to this
+    process is passed on to the processes in flight (a run checkpoints and stops, as a single run does) and
+    stops the study: no queued task starts, and Interrupted is raised once the ones in flight have stopped."""
+    import tempfile
+
+    from rlsd_harness.training.run import Interrupted
+
+    stop_file = Path(tempfile.mkdtemp(prefix="rlsd-compare-")) / "stop"
+    stopped: list[int] = []
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    pending: dict = {}
 
     def forward(signum, frame):  # noqa: ARG001
+        stopped.append(signum)
+        stop_file.touch()
+        for future in list(pending):
+            future.cancel()  # only the queued ones; the running ones get the signal
         for process in list(getattr(pool, "_processes", {}).values()):
             if process.is_alive():
                 os.kill(process.pid, signum)
@@ -229,21 +261,30 @@ def _train_all(jobs: Sequence[tuple[str, Path, DictConfig]], workers: int, log: 
     for sig in previous:
         signal.signal(sig, forward)
     try:
-        pending = {pool.submit(_train_in_worker, str(run_dir), OmegaConf.to_yaml(cfg), command, threads): label
-                   for label, run_dir, cfg in jobs}
+        pending.update({pool.submit(_unless_stopped, str(stop_file), fn, *args): label for label, args in tasks})
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 label = pending.pop(future)
-                if future.exception() is not None:  # _train records a run's failure itself; this is the worker's
-                    log(f"{label}: worker failed: {future.exception()}")
+                if future.cancelled():
+                    continue
+                error = future.exception()
+                if error is None and not future.result():  # never started: the study was stopping
+                    continue
+                if isinstance(error, Interrupted):
+                    log(f"{label}: {error}")
+                elif error is not None:  # _train records a run's failure itself; this is the worker's
+                    log(f"{label}: worker failed: {error}")
                 bar.set_postfix(finished=label)
                 bar.update(1)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return True
+        stop_file.unlink(missing_ok=True)
+        stop_file.parent.rmdir()
+    if stopped:
+        raise Interrupted(stopped[0], where, command)
 
 
 def base_digests(cfgs: Sequence[DictConfig], log: Callable[[str], None]) -> list[str]:

@@ -61,6 +61,9 @@ class Interrupted(BaseException):
         self.signum, self.checkpoint, self.command = signum, checkpoint, command
         self.exit_code = 128 + signum
 
+    def __reduce__(self) -> tuple:  # a pool process's run returns it to the comparison
+        return (Interrupted, (self.signum, self.checkpoint, self.command))
+
 
 def manifest(cfg: DictConfig, device: str) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
