@@ -30,6 +30,7 @@ STUDIES: dict[str, list[str]] = {
     "embedded": [],
     "reference": [],
     "reference-lr5e-5": [],
+    "reference_optuna": [],
     "tuning-protocols": [],  # the tuning report of PROTOCOLS side by side
     "paper-rehearsal": ["table=paper"],
     "controls": [],
