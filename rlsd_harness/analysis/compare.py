@@ -219,8 +219,8 @@ def _train_all(jobs: Sequence[tuple[str, Path, DictConfig]], workers: int, log: 
             _train(run_dir, cfg, log, command)
             bar.update(1)
         return True
-    tasks = [(label, (str(run_dir), OmegaConf.to_yaml(cfg), command, _threads_per_run(workers)))
-             for label, run_dir, cfg in jobs]
+    threads = _threads_per_run(workers)
+    tasks = [(label, (str(run_dir), OmegaConf.to_yaml(cfg), command, threads)) for label, run_dir, cfg in jobs]
     _run_in_pool(tasks, workers, _train_in_worker, log, bar, jobs[0][1].parent, command)
     return True
 

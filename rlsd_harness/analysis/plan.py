@@ -361,8 +361,9 @@ def _gib(n: float) -> str:
 
 
 def _gib_unit(n: float) -> str:
-    """A size in GiB with its unit, in MiB below 0.1 GiB (where _gib's bare number would read 0.0)."""
-    return f"{n:.1f} GiB" if n >= 0.1 else f"{n * 1024:.1f} MiB" if n > 0 else "0 GiB"
+    """_gib with its unit in prose, where no column header says GiB."""
+    text = _gib(n)
+    return text if text.endswith(" MiB") else f"{text} GiB"
 
 
 def _bytes(n: float) -> str:

@@ -337,7 +337,8 @@ def load_experiment(name: str) -> DictConfig:
 _EXPERIMENT_NAMES: dict[int, str] = {}  # id(experiment config) -> its name, for the origin of its overrides
 
 
-def _origin(exp: DictConfig) -> str:
+def experiment_origin(exp: DictConfig) -> str:
+    """Where an experiment's overrides come from, as error messages name it ("experiment <name>")."""
     return f"experiment {_EXPERIMENT_NAMES.get(id(exp), 'of the comparison')}"
 
 
@@ -439,16 +440,17 @@ def pairs_of(exp: DictConfig) -> list[tuple[str, str]]:
     return [(str(a), str(b)) for a, b in (exp.get("pairs") or [])]
 
 
-def _format_value(v: Any) -> str:
+def format_value(v: Any) -> str:
+    """A value as an override writes it (floats in %g)."""
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def _budget_eval_overrides(exp: DictConfig, split: str | None = None) -> list[str]:
+def budget_eval_overrides(exp: DictConfig, split: str | None = None) -> list[str]:
     """The held-out evaluation's budget points follow the experiment's; tuning runs evaluate the validation
     split at them instead of the test split."""
     out = []
     if "budget_points" in exp:
-        out.append(f"eval.budget_points=[{','.join(_format_value(float(p)) for p in exp.budget_points)}]")
+        out.append(f"eval.budget_points=[{','.join(format_value(float(p)) for p in exp.budget_points)}]")
     if split is not None:
         out.append(f"eval.budget_split={split}")
     return out
@@ -481,8 +483,9 @@ def run_overrides(exp: DictConfig, arm: str, seed: int, runs_dir: Path, extra: l
     (`picked`), then the command line's."""
     algorithm, arm_overrides = arms(exp)[arm]
     own = [f"algorithm={algorithm}", f"seed={seed}", f"run.dir={runs_dir}", f"run.name={arm}-s{seed}",
-           *exp.overrides, *_budget_eval_overrides(exp), *arm_overrides]
-    return (Overrides(own, origin=_origin(exp)) + Overrides(list(picked), origin=f"{_origin(exp)} tuning pick")
+           *exp.overrides, *budget_eval_overrides(exp), *arm_overrides]
+    origin = experiment_origin(exp)
+    return (Overrides(own, origin=origin) + Overrides(list(picked), origin=f"{origin} tuning pick")
             + Overrides(extra))
 
 
@@ -503,7 +506,7 @@ def expand_experiment(overrides: list[str]) -> list[str]:
         raise ConfigError(f"experiment={names[-1]}: " + unknown_message("method", algorithm, exp.methods))
     # The budget points too, as in run_overrides: a run launched by hand evaluates (and keeps its policies)
     # where the study's tables read.
-    own = [*exp.overrides, *_budget_eval_overrides(exp), *(exp.get("method_overrides") or {}).get(algorithm, [])]
+    own = [*exp.overrides, *budget_eval_overrides(exp), *(exp.get("method_overrides") or {}).get(algorithm, [])]
     return Overrides(own, origin=f"experiment {names[-1]}") + Overrides(rest, origins_of(rest))
 
 

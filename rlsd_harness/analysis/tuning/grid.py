@@ -29,10 +29,10 @@ from rlsd_harness.analysis.tables import left_out, pts
 from rlsd_harness.config import (
     ConfigError,
     Overrides,
-    _budget_eval_overrides,
-    _format_value,
-    _origin,
+    budget_eval_overrides,
     budget_points_of,
+    experiment_origin,
+    format_value,
     unknown_message,
 )
 
@@ -105,12 +105,12 @@ def tuning_grid(exp: DictConfig, name: str = "experiment") -> dict[str, list[Tun
         points = []
         for lr, v in itertools.product(lrs, values):
             vals: dict[str, Any] = {"algorithm.lr": float(lr)}
-            label = f"{m}-lr{_format_value(float(lr))}"
+            label = f"{m}-lr{format_value(float(lr))}"
             if knob is not None:
                 vals[str(knob)] = v
-                label += f"-{str(knob).rsplit('.', 1)[-1]}{_format_value(v)}"
+                label += f"-{str(knob).rsplit('.', 1)[-1]}{format_value(v)}"
             points.append(TuningPoint(m, label, float(lr), vals,
-                                      tuple(f"{k}={_format_value(x)}" for k, x in vals.items())))
+                                      tuple(f"{k}={format_value(x)}" for k, x in vals.items())))
         out[m] = points
     sizes = {m: len(p) for m, p in out.items()}
     if len(set(sizes.values())) > 1:
@@ -125,10 +125,11 @@ def tuning_run_overrides(exp: DictConfig, point: TuningPoint, seed: int, runs_di
     command line's last."""
     t = exp.tuning
     own = [f"algorithm={point.method}", f"seed={seed}", f"run.dir={runs_dir}", f"run.name={point.label}-s{seed}",
-           *exp.overrides, *_budget_eval_overrides(exp, str(t.get("split", "validation"))),
+           *exp.overrides, *budget_eval_overrides(exp, str(t.get("split", "validation"))),
            *(exp.get("method_overrides") or {}).get(point.method, [])]
-    return (Overrides(own, origin=_origin(exp)) + Overrides(list(t.get("overrides") or []), origin=f"{_origin(exp)} tuning")
-            + Overrides(list(point.overrides), origin=f"{_origin(exp)} tuning grid") + Overrides(extra))
+    origin = experiment_origin(exp)
+    return (Overrides(own, origin=origin) + Overrides(list(t.get("overrides") or []), origin=f"{origin} tuning")
+            + Overrides(list(point.overrides), origin=f"{origin} tuning grid") + Overrides(extra))
 
 
 TUNING_FILES = ("tuning.csv", "tuning.md", "picks.json")
