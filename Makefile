@@ -31,6 +31,7 @@ test-gpu: $(STAMP)
 
 config-docs: $(STAMP)
 	$(PY) -m rlsd_harness.training.preflight > docs/config.md
+	$(PY) -m rlsd_harness.config.schema > rlsd_harness/config/typed.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

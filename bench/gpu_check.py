@@ -57,6 +57,7 @@ NAMES = {
     "small_overrides": "tests.conftest:small_overrides",
     "objective_registry": "rlsd_harness.algorithms.registry:get_objective_class",
     "read_jsonl": "rlsd_harness.io:read_jsonl",
+    "typed": "rlsd_harness.config.schema:typed",
 }
 PYTEST = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts="]
 TESTS = {
@@ -387,7 +388,8 @@ def w_train(stage: int, result: Path, dry: bool, work: Path) -> None:
                 and k in split[-1]]
         worst_key, worst = max(((k, _rel(straight[-1][k], split[-1][k])) for k in keys), key=lambda kv: kv[1],
                                default=("", 0.0))
-        init = load_file(str(next(policy_path(cfgs[(obj, "straight")].model, cfgs[(obj, "straight")].data).glob("*.safetensors"))))
+        typed = resolve("typed")(cfgs[(obj, "straight")])
+        init = load_file(str(next(policy_path(typed.model, typed.data).glob("*.safetensors"))))
         final = load_file(str(dirs["straight"] / "final" / "model.safetensors"))
         resumed = load_file(str(dirs["resume"] / "final" / "model.safetensors"))
         unmoved = [n for n, t in final.items() if n in init and torch.equal(t, init[n].to(t.dtype))]
@@ -501,7 +503,7 @@ def w_bench(method: str, result: Path, dry: bool, work: Path) -> None:
     model_dir, data = build_bench_assets(work, dry)
     processor = resolve("load_processor")(model_dir)
     n_params = count_parameters(bench_config(processor.tokenizer, BENCH_DIMS))  # the full size, dry or not
-    cfg = resolve("compose_config")(bench_overrides(method, model_dir, data, dry))
+    cfg = resolve("typed")(resolve("compose_config")(bench_overrides(method, model_dir, data, dry)))
     _register_parity()
     settings = {"model": f"Qwen3-VL architecture, {n_params / 1e9:.2f} B parameters, vocab {BENCH_VOCAB}, random init",
                 "params": n_params, **shape, "zero_stage": 2, "bf16": not dry}

@@ -60,7 +60,7 @@ def measure(vocab: int, length: int, mode: str, threads: int = 1) -> dict[str, A
     from rlsd_harness.data import build_data
     from rlsd_harness.models import load_model, load_processor, resolve_model
     from rlsd_harness.rollout.hf import Rollout, vision_token_ids
-    from rlsd_harness.training.preflight import check_config
+    from rlsd_harness.training.preflight import read_config
     from rlsd_harness.training.trainer import Trainer
     from rlsd_harness.training.vocab import HeadConfig
 
@@ -72,8 +72,7 @@ def measure(vocab: int, length: int, mode: str, threads: int = 1) -> dict[str, A
         "train.save_every=0", "train.progress=false", f"rollout.max_new_tokens={length}", f"run.dir={run_dir}",
         "train.logits_chunk=" + ("0" if mode == "full" else "null"),
     ]
-    cfg = compose_config(overrides)
-    check_config(cfg)  # as rlsd-train: the Trainer reads a validated config
+    cfg = read_config(compose_config(overrides))  # as rlsd-train: the Trainer reads a validated, typed config
     path = resolve_model(cfg.model)
     model, processor = load_model(path), load_processor(path)
     trainer = Trainer(cfg, model, processor, build_data(cfg.data, cfg.seed), log=lambda m: None)

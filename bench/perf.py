@@ -96,11 +96,9 @@ class Ours:
 
     def __init__(self, label: str, cfg: Any, path: Path, data, min_new_tokens: int, decode: str = "shared") -> None:
         from rlsd_harness.models import load_model, load_processor
-        from rlsd_harness.training.preflight import check_config
         from rlsd_harness.training.trainer import Trainer
 
         self.label = label
-        check_config(cfg)  # as rlsd-train: the Trainer reads a validated config
         self.trainer = Trainer(cfg, load_model(path), load_processor(path), data, log=lambda m: None)
         self.trainer.sampling.min_new_tokens = min_new_tokens  # forced length: EOS is masked until then
         self.trainer.rollout.decode = decode
@@ -152,7 +150,7 @@ def build_trl(cfg: Any, path: Path, data, total_steps: int, max_new: int, out_di
     from rlsd_harness.verifier import build_verifier
 
     tcfg, optim, ro, algo = cfg.train, cfg.optim, cfg.rollout, cfg.algorithm
-    params = dict(algo.get("params") or {})
+    params = dict(algo.params)
     args = GRPOConfig(
         output_dir=str(out_dir), use_vllm=False, use_cpu=use_cpu, bf16=bf16, fp16=False, seed=cfg.seed,
         per_device_train_batch_size=tcfg.prompts_per_step * tcfg.group_size, num_generations=tcfg.group_size,
@@ -161,7 +159,7 @@ def build_trl(cfg: Any, path: Path, data, total_steps: int, max_new: int, out_di
         temperature=ro.temperature, top_p=ro.top_p, top_k=ro.top_k,
         beta=0.0, loss_type="dapo", epsilon=params.get("clip_low", 0.2), epsilon_high=params.get("clip_high", 0.28),
         scale_rewards="group", mask_truncated_completions=False,
-        learning_rate=algo.get("lr") or optim.lr, adam_beta1=optim.betas[0], adam_beta2=optim.betas[1],
+        learning_rate=algo.lr or optim.lr, adam_beta1=optim.betas[0], adam_beta2=optim.betas[1],
         adam_epsilon=optim.eps, weight_decay=optim.weight_decay, max_grad_norm=optim.grad_clip,
         optim="adamw_torch", lr_scheduler_type="constant", warmup_steps=0,
         max_steps=total_steps, shuffle_dataset=False, logging_steps=1, save_strategy="no", report_to="none",
@@ -298,6 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rlsd_harness import dist
     from rlsd_harness.config import compose_config
     from rlsd_harness.data import build_data
+    from rlsd_harness.training.preflight import read_config
     from rlsd_harness.training.warmup import policy_path
 
     warnings.filterwarnings("ignore")
@@ -316,8 +315,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "dynamics.teacher_probe=false"]
     if args.max_new_tokens:
         base.append(f"rollout.max_new_tokens={args.max_new_tokens}")
-    cfg_grpo = compose_config(["algorithm=grpo", *base, *overrides])
-    cfg_rlsd = compose_config(["algorithm=rlsd", *base, *overrides])
+    # validated and typed, as rlsd-train hands them to the Trainer
+    cfg_grpo = read_config(compose_config(["algorithm=grpo", *base, *overrides]))
+    cfg_rlsd = read_config(compose_config(["algorithm=rlsd", *base, *overrides]))
     max_new = int(cfg_grpo.rollout.max_new_tokens)
     path = policy_path(cfg_grpo.model, cfg_grpo.data, log=lambda m: print(m, file=sys.stderr))
     data = build_data(cfg_grpo.data, cfg_grpo.seed)
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "model": str(path), "arch": str(cfg_grpo.model.arch), "prompts": P, "samples": G,
         "completion_tokens": f"{max_new} forced (min_new_tokens = max_new_tokens = {max_new})",
         "temperature": float(cfg_grpo.rollout.temperature), "top_p": float(cfg_grpo.rollout.top_p),
-        "top_k": int(cfg_grpo.rollout.top_k), "lr": float(cfg_grpo.algorithm.get("lr") or cfg_grpo.optim.lr),
+        "top_k": int(cfg_grpo.rollout.top_k), "lr": float(cfg_grpo.algorithm.lr or cfg_grpo.optim.lr),
         "beta": 0.0, "reward": f"{cfg_grpo.data.verifier} (last \\boxed{{}}, integer match)",
         "threads": torch.get_num_threads(), "threads_choice": why, "cpus": cpus,
         "busy_cores_before": busy_before, "busy_cores_other_during": busy_during,

@@ -2,9 +2,10 @@
 
 The Python API (each name imported on first use, so `import rlsd_harness` stays light):
 
-    from rlsd_harness import compose_config, train, compare, evaluate, load_runs
+    from rlsd_harness import compose_config, read_config, train, compare, evaluate, load_runs
 
     cfg = compose_config(["algorithm=rlsd", "train.steps=20", "seed=1"])  # hydra overrides, validated
+    typed = read_config(cfg)                                            # checked once, read typed
     run_dir = train(cfg)                                                # one run -> its folder
     out = compare("embedded")                                           # an experiment's matrix + report
     table = evaluate(run_dir, ["embedded"], cfg, out="results/eval/x")  # benchmark runner -> DataFrame
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["compose_config", "train", "compare", "evaluate", "load_runs"]
+__all__ = ["compose_config", "read_config", "train", "compare", "evaluate", "load_runs"]
 
 _WHERE = {
     "compose_config": ("rlsd_harness.config", "compose_config"),
+    "read_config": ("rlsd_harness.training.preflight", "read_config"),
     "train": ("rlsd_harness.training.run", "run"),
     "compare": ("rlsd_harness.analysis.compare", "compare"),
     "evaluate": ("rlsd_harness.evaluation.runner", "run_benchmarks"),

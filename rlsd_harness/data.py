@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -38,6 +38,9 @@ from rlsd_harness.local_files import (
     split_files,
 )
 from rlsd_harness.rollout.hf import stable_seed
+
+if TYPE_CHECKING:
+    from rlsd_harness.config.typed import DataSection
 
 
 @dataclass
@@ -614,15 +617,12 @@ class LocalData:
         return [self.test[i] for i in range(len(self.test) if n is None else min(n, len(self.test)))]
 
 
-def build_data(cfg: Any, seed: int):
+def build_data(cfg: DataSection, seed: int):
     """The data of a checked config's `data` section (every key present: the schema has checked it)."""
     if cfg.name == "embedded":
         return EmbeddedData(level=cfg.level, seed=seed, test_size=cfg.test_size, privileged=cfg.privileged)
     if cfg.name == "local":
-        from omegaconf import OmegaConf
-
-        fields = OmegaConf.to_container(cfg.fields) if OmegaConf.is_config(cfg.fields) else dict(cfg.fields)
         return LocalData(cfg.path, seed=seed, test_path=cfg.test_path, require_image=cfg.require_image,
-                         schema=cfg.schema, fields=fields, split=cfg.split, test_split=cfg.test_split,
+                         schema=cfg.schema, fields=dict(cfg.fields), split=cfg.split, test_split=cfg.test_split,
                          config=cfg.config, revision=cfg.revision, cache_dir=cfg.cache_dir, image_root=cfg.image_root)
     raise KeyError(f"unknown data {cfg.name!r}; valid: embedded, local")

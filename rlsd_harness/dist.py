@@ -12,9 +12,12 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from rlsd_harness.config.typed import DeepspeedSection
 
 
 def _free_port() -> int:
@@ -250,20 +253,20 @@ def exchange(pieces: list[Any]) -> list[Any]:
     return received
 
 
-def deepspeed_config(ds: Any, micro_batch: int, grad_accum: int, grad_clip: float) -> dict:
+def deepspeed_config(ds: DeepspeedSection, micro_batch: int, grad_accum: int, grad_clip: float) -> dict:
     cfg = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": grad_accum,
-        "zero_optimization": {"stage": int(ds.zero_stage)},
+        "zero_optimization": {"stage": ds.zero_stage},
         "gradient_clipping": grad_clip,
-        "bf16": {"enabled": bool(ds.get("bf16", False))},
+        "bf16": {"enabled": ds.bf16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if ds.get("offload_optimizer"):
+    if ds.offload_optimizer:
         cfg["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
-    if ds.get("param_persistence_threshold") is not None:  # ZeRO-3 keeps parameters this small gathered
-        cfg["zero_optimization"]["stage3_param_persistence_threshold"] = int(ds.param_persistence_threshold)
+    if ds.param_persistence_threshold is not None:  # ZeRO-3 keeps parameters this small gathered
+        cfg["zero_optimization"]["stage3_param_persistence_threshold"] = ds.param_persistence_threshold
     return cfg
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -101,3 +102,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section("real benchmark files: re-scored vs. official verdicts")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+def typed_config(*overrides: str) -> Any:
+    """The composed config of `overrides` as the typed RunConfig the trainer and evaluator read (not validated:
+    a test that wants the check calls preflight.read_config)."""
+    from rlsd_harness.config import compose_config, schema
+
+    return schema.typed(compose_config(list(overrides)))

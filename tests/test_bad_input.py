@@ -96,7 +96,7 @@ CONFIG_CASES = {
     "data file required": (["data=local"], ["data.path", "data/local.yaml", "set data.path=<file>"]),
     "held-out file required": (["data=local", "data.path=x.jsonl", "train.eval_every=5"],
                                ["data.test_path=null", "train.eval_every=5", "set data.test_path=<file>"]),
-    # Rules the Trainer, the held-out evaluator, DynamicSamplingConfig and four objectives' __post_init__ also
+    # Rules the Trainer, the held-out evaluator, and four objectives' __post_init__ also
     # checked until the schema became their one check: each is refused here, before anything is built.
     "mini-batches do not divide, token budget": (["train.token_budget=64", "train.mini_batches=3"],
                                                  ["train.mini_batches=3", "does not divide the 4 rows per rank"]),
@@ -233,6 +233,50 @@ def test_config_reference_is_current(monkeypatch):
     monkeypatch.delitem(verifier.VERIFIERS, "parity", raising=False)  # the tests' own verifier
     assert (REPO / "docs" / "config.md").read_text() == preflight.reference_markdown(), (
         "docs/config.md is stale: python -m rlsd_harness.training.preflight > docs/config.md")
+
+
+def test_typed_config_is_current():
+    """rlsd_harness/config/typed.py, the typed objects every consumer reads, is generated from the schema."""
+    from rlsd_harness.config import schema
+
+    assert (REPO / "rlsd_harness" / "config" / "typed.py").read_text() == schema.typed_source(), (
+        "rlsd_harness/config/typed.py is stale: make config-docs (python -m rlsd_harness.config.schema > "
+        "rlsd_harness/config/typed.py)")
+
+
+@pytest.mark.parametrize("group", ["algorithm", "model", "data", "rollout", "deepspeed"])
+def test_every_group_file_reads_typed(group):
+    """Each file of each group composes into a RunConfig whose fields hold the composed values, keys its group
+    file leaves out being None (data.path without data=local)."""
+    import dataclasses
+
+    from rlsd_harness.config import group_choices, schema
+
+    def same(node: object, value: object, key: str) -> None:
+        if dataclasses.is_dataclass(node):
+            assert isinstance(value, dict), key
+            for k, v in value.items():
+                same(getattr(node, k), v, f"{key}.{k}")
+            left_out = {f.name for f in dataclasses.fields(node)} - set(value) - {"composed"}
+            assert all(getattr(node, k) is None for k in left_out), (key, left_out)
+        else:
+            assert node == value and type(node) is type(value), key
+
+    for choice in group_choices(group):
+        composed = compose_config([f"{group}={choice}"])
+        typed = schema.typed(composed)
+        same(typed, OmegaConf.to_container(composed, resolve=True), f"{group}={choice}")
+        assert typed.composed is composed
+
+
+def test_a_key_the_schema_does_not_declare_is_refused_by_the_typed_config():
+    from rlsd_harness.config import schema
+
+    composed = compose_config([])
+    OmegaConf.set_struct(composed, False)
+    composed.train.stepz = 3
+    with pytest.raises(ConfigError, match=r"config key train\.stepz is not declared .* `make config-docs`"):
+        schema.typed(composed)
 
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch, cache_dir):

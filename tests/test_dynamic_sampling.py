@@ -7,15 +7,16 @@ import pytest
 import torch
 
 from rlsd_harness.algorithms.batch import PromptInputs, RolloutBatch
+from rlsd_harness.config.typed import TrainDynamicSamplingSection
 from rlsd_harness.data import EmbeddedData
 from rlsd_harness.rollout.hf import stable_seed
 from rlsd_harness.training.dynamic_sampling import (
-    DynamicSamplingConfig,
     ShortBatch,
     fill_batch,
     informative_groups,
 )
 from rlsd_harness.verifier import Verdict
+from tests.conftest import typed_config
 from tests.test_trainer import make_trainer
 
 G = 4
@@ -60,7 +61,7 @@ def seeded_sampler(seed: int, p_equal: float):
 def test_the_batch_is_refilled_with_informative_groups_only():
     first, prompts = _batch([1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0], "r0")  # groups 0, 2 dropped
     sample, calls = seeded_sampler(0, p_equal=0.5)
-    out, out_prompts, m = fill_batch(first, prompts, sample, DynamicSamplingConfig(enabled=True, max_rounds=10, on_short="fill"))
+    out, out_prompts, m = fill_batch(first, prompts, sample, TrainDynamicSamplingSection(enabled=True, max_rounds=10, on_short="fill"))
     assert out.batch_size == 16 and len(out_prompts) == 4
     assert informative_groups(out.rewards, G).all()
     assert out_prompts[:2] == ["r0-p1", "r0-p3"]  # the first rollout's kept groups first, in order
@@ -77,7 +78,7 @@ def test_the_batch_is_refilled_with_informative_groups_only():
 def test_the_cap_holds_and_a_short_batch_is_filled_or_refused(max_rounds):
     first, prompts = _batch([0.0] * 16, "r0")
     sample, calls = seeded_sampler(1, p_equal=1.0)  # nothing is ever informative
-    cfg = DynamicSamplingConfig(enabled=True, max_rounds=max_rounds, on_short="fill")
+    cfg = TrainDynamicSamplingSection(enabled=True, max_rounds=max_rounds, on_short="fill")
     out, out_prompts, m = fill_batch(first, prompts, sample, cfg)
     assert len(calls) == max_rounds and all(n == 4 for n in calls)
     assert m["rollout/refill_rounds"] == max_rounds and m["rollout/extra_rollouts"] == max_rounds * 16
@@ -85,7 +86,7 @@ def test_the_cap_holds_and_a_short_batch_is_filled_or_refused(max_rounds):
     assert out.batch_size == 16 and out_prompts == prompts  # filled with the first dropped groups
     sample, calls = seeded_sampler(1, p_equal=1.0)
     with pytest.raises(ShortBatch, match="max_rounds"):
-        fill_batch(first, prompts, sample, DynamicSamplingConfig(enabled=True, max_rounds=max_rounds, on_short="error"))
+        fill_batch(first, prompts, sample, TrainDynamicSamplingSection(enabled=True, max_rounds=max_rounds, on_short="error"))
     assert len(calls) == max_rounds
 
 
@@ -98,8 +99,8 @@ def test_config_refuses_bad_values():
         check_config(compose_config(["train.dynamic_sampling.on_short=drop"]))
     with pytest.raises(ConfigError, match=r"train.dynamic_sampling.max_rounds=0 .*valid: an integer >= 1"):
         check_config(compose_config(["train.dynamic_sampling.max_rounds=0"]))
-    default = DynamicSamplingConfig.from_config(compose_config([]).train.dynamic_sampling)
-    assert default == DynamicSamplingConfig(enabled=False, max_rounds=4, on_short="fill")  # train.yaml's
+    default = typed_config().train.dynamic_sampling
+    assert default == TrainDynamicSamplingSection(enabled=False, max_rounds=4, on_short="fill")  # train.yaml's
 
 
 def test_seeded_determinism():
@@ -107,11 +108,11 @@ def test_seeded_determinism():
     runs = []
     for _ in range(2):
         sample, _ = seeded_sampler(7, p_equal=0.6)
-        out, p, m = fill_batch(first, prompts, sample, DynamicSamplingConfig(enabled=True, max_rounds=8, on_short="fill"))
+        out, p, m = fill_batch(first, prompts, sample, TrainDynamicSamplingSection(enabled=True, max_rounds=8, on_short="fill"))
         runs.append((out.rewards.tolist(), out.extras["texts"], p, m))
     assert runs[0] == runs[1]
     sample, _ = seeded_sampler(8, p_equal=0.6)
-    assert fill_batch(first, prompts, sample, DynamicSamplingConfig(enabled=True, max_rounds=8, on_short="fill"))[1] != runs[0][2]
+    assert fill_batch(first, prompts, sample, TrainDynamicSamplingSection(enabled=True, max_rounds=8, on_short="fill"))[1] != runs[0][2]
 
 
 def test_refill_stream_is_pure_disjoint_over_ranks_and_leaves_the_main_stream():

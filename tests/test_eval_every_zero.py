@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from rlsd_harness.config import ConfigError, compose_config
+from rlsd_harness.config import ConfigError
 from rlsd_harness.data import build_data
 from rlsd_harness.training.evals import RunEvaluator
 from rlsd_harness.verifier import build_verifier
+from tests.conftest import typed_config
 
 
 def evaluator(*overrides: str) -> RunEvaluator:
-    cfg = compose_config(["model.warmup=null", "eval.n=4", "eval.budget_n=6", "train.steps=4", *overrides])
+    cfg = typed_config("model.warmup=null", "eval.n=4", "eval.budget_n=6", "train.steps=4", *overrides)
     return RunEvaluator(cfg, build_data(cfg.data, cfg.seed), build_verifier(cfg.data.verifier))
 
 

@@ -11,6 +11,7 @@ from rlsd_harness.data import EmbeddedData
 from rlsd_harness.evaluation import heldout
 from rlsd_harness.training.evals import RunEvaluator, Target
 from rlsd_harness.verifier import ExactVerifier
+from tests.conftest import typed_config
 
 
 class Echo:
@@ -37,7 +38,7 @@ def run_evaluation(monkeypatch, tmp_path, capsys, *overrides: str) -> str:
         return [{"id": str(i), "correct": [1], "greedy": 1} for i in ids]
 
     monkeypatch.setattr(heldout, "evaluate_model", fake_evaluate_model)
-    cfg = compose_config(["model.warmup=null", "eval.n=4", "eval.budget_n=6", "train.steps=4", *overrides])
+    cfg = typed_config("model.warmup=null", "eval.n=4", "eval.budget_n=6", "train.steps=4", *overrides)
     ev = RunEvaluator(cfg, EmbeddedData(level=1), ExactVerifier())
     ev.place(tmp_path, 0, 1)
     capsys.readouterr()

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from rlsd_harness.benchmarks import embedded
-from rlsd_harness.config import ConfigError, compose_config
+from rlsd_harness.config import ConfigError, compose_config, schema
 from rlsd_harness.data import EmbeddedData
 from rlsd_harness.evaluation import heldout
 from rlsd_harness.training.evals import RunEvaluator, Target, budget_point_due
@@ -136,11 +136,11 @@ def _schedule(cfg, per_step: dict[str, float], steps: int) -> dict[int, list[Tar
     """Targets per rollout step of a run that spends `per_step` of each ledger key per step."""
     from rlsd_harness.config import BUDGET_KEYS, budget_spent
 
-    ev = RunEvaluator(cfg, EmbeddedData(level=1), ExactVerifier())
+    ev = RunEvaluator(schema.typed(cfg), EmbeddedData(level=1), ExactVerifier())
     out = {0: sorted(ev.targets(0), key=lambda t: t.name)}
     for s in range(1, steps + 1):
         metrics = {key: per_step.get(key, 1.0) * s for key in BUDGET_KEYS.values()}
-        last = s == steps or budget_spent(cfg.train.budget, metrics)
+        last = s == steps or budget_spent(schema.typed(cfg).train.budget, metrics)
         got = ev.step_targets(s, metrics, last)
         if got:
             out[s] = sorted(got, key=lambda t: t.name)
@@ -180,7 +180,7 @@ def test_routine_and_budget_point_evaluations_of_one_split_merge_with_the_budget
 
 
 def test_resumed_run_does_not_repeat_a_budget_point():
-    ev = RunEvaluator(_cfg("train.steps=10"), EmbeddedData(level=1), ExactVerifier())
+    ev = RunEvaluator(schema.typed(_cfg("train.steps=10")), EmbeddedData(level=1), ExactVerifier())
     ev.resume([{"rollout_step": 0, "eval/test/budget_point": 0.0}, {"rollout_step": 6, "eval/test/budget_point": 0.5}])
     assert [t.budget_point for t in ev.targets(7, 0.7, False)] == []
     assert budget_point_due(0.7, [0.5, 1.0], set(), False) == 0.5
@@ -207,7 +207,7 @@ def test_eval_config_errors_are_raised_before_anything_runs():
 def test_records_file_and_metric_keys(tmp_path, monkeypatch):
     cfg = _cfg("train.steps=10", "eval.k=3", "eval.split=validation")
     data = EmbeddedData(level=1)
-    ev = RunEvaluator(cfg, data, ExactVerifier())
+    ev = RunEvaluator(schema.typed(cfg), data, ExactVerifier())
     ev.place(tmp_path, 0, 1)
     items = data.heldout_set("test", 6)
     right = {it.id: i % 4 for i, it in enumerate(items)}  # 0, 1, 2, 3, 0, 1 of 3 samples correct
@@ -291,7 +291,7 @@ def test_benchmarks_are_evaluated_during_training_with_their_own_scorers(tmp_pat
     source = fixtures.write_mathvista(tmp_path / "fixtures")
     cfg = _cfg("train.steps=10", f"eval.sources.mathvista={source}", "train.eval_benchmarks=[mathvista]",
                "eval.split=null", "eval.budget_points=[]", "eval.decoding=greedy")
-    ev = RunEvaluator(cfg, EmbeddedData(level=1), ExactVerifier())
+    ev = RunEvaluator(schema.typed(cfg), EmbeddedData(level=1), ExactVerifier())
     ev.place(tmp_path / "run", 0, 1)
     assert ev.targets(0) == [Target("mathvista", 4)]
     seen = []
@@ -372,7 +372,7 @@ def test_cached_base_evaluation_is_the_computed_one_and_is_keyed_by_the_weights(
     monkeypatch.setattr(heldout, "evaluate_model", lambda *a, **kw: calls.append(1) or real(*a, **kw))
 
     def evaluate(folder: str, step: int = 0) -> list[dict]:
-        ev = RunEvaluator(cfg, EmbeddedData(level=1), ExactVerifier())
+        ev = RunEvaluator(schema.typed(cfg), EmbeddedData(level=1), ExactVerifier())
         ev.place(tmp_path / folder, 0, 1)
         ev.run(model, processor, [Target("test", 6, 0.0)], rollout_step=step)
         return heldout.read_records(tmp_path / folder / "evals" / f"test-step{step:06d}.jsonl")

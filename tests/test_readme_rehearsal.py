@@ -48,7 +48,7 @@ def _launched(words: list[str]):
 def test_training_commands_parse_and_validate(block, assets, monkeypatch):
     from rlsd_harness.cli import train
     from rlsd_harness.training import run
-    from rlsd_harness.training.preflight import check_config, check_data, check_model
+    from rlsd_harness.training.preflight import check_data, check_model, read_config
 
     (words,) = rehearsal.readme_blocks()[block]
     cmd = rehearsal.command(block, words, assets)
@@ -59,9 +59,9 @@ def test_training_commands_parse_and_validate(block, assets, monkeypatch):
     monkeypatch.setattr(run, "run", lambda cfg, resume_command: composed.append(cfg))
     train.main(["--local_rank=0", *args])  # as each rank receives them
     (cfg,) = composed
-    check_config(cfg, world=2)
-    check_model(cfg)
-    check_data(cfg)
+    typed = read_config(cfg, world=2)
+    check_model(typed)
+    check_data(typed)
     assert cfg.deepspeed.zero_stage == 3 and cfg.model.arch == "qwen3_vl"
     assert list(cfg.eval.budget_points) == [0.25, 0.5, 0.75, 1.0]  # the experiment's, as the table reads them
     assert cfg.train.save_budget_policies is True  # what step 2 evaluates

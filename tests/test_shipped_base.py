@@ -13,6 +13,7 @@ import pytest
 from rlsd_harness.config import compose_config, load_experiment, run_overrides
 from rlsd_harness.models import WeightsError, recipe_digest
 from rlsd_harness.training import warmup
+from tests.conftest import typed_config
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "results" / "reference"
@@ -53,7 +54,7 @@ def test_manifest_lists_each_shipped_folder_with_its_own_recipe_digest_and_weigh
 def test_fresh_cache_resolves_the_default_config_to_the_shipped_base_without_building(fresh_cache):
     from rlsd_harness.models import load_model, load_processor
 
-    cfg = compose_config([])
+    cfg = typed_config()
     lines = []
     path = warmup.policy_path(cfg.model, cfg.data, log=lines.append)
     entry = warmup.read_manifest()["bases"][recipe_digest(warmup.warmup_recipe(cfg.model, cfg.data.level))]
@@ -68,9 +69,9 @@ def test_local_data_starts_from_the_shipped_base_too(fresh_cache, tmp_path):
     so a first data=local run without model.path warmed up for 16+ minutes under load."""
     rows = tmp_path / "rows.jsonl"
     rows.write_text("")
-    cfg = compose_config(["data=local", f"data.path={rows}"])
+    cfg = typed_config("data=local", f"data.path={rows}")
     path = warmup.policy_path(cfg.model, cfg.data, log=lambda msg: None)
-    assert path == warmup.policy_path(compose_config([]).model, compose_config([]).data)  # the default config's base
+    assert path == warmup.policy_path(typed_config().model, typed_config().data)  # the default config's base
     assert path.parent == warmup.BASES_DIR and not any(fresh_cache.iterdir())
 
 
@@ -95,7 +96,7 @@ def test_tuning_from_the_committed_reference_study_accepts_its_picks_on_a_fresh_
 
 def test_a_recipe_that_does_not_ship_warms_up_once_with_progress_and_an_eta(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
-    cfg = compose_config(["model.warmup.steps=2", "model.warmup.batch_size=2"])
+    cfg = typed_config("model.warmup.steps=2", "model.warmup.batch_size=2")
     recipe = warmup.warmup_recipe(cfg.model, cfg.data.level)
     assert warmup.shipped_base(recipe) is None
     lines: list[str] = []

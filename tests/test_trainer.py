@@ -11,7 +11,7 @@ from rlsd_harness.config import ConfigError, compose_config
 from rlsd_harness.data import build_data
 from rlsd_harness.models import load_model, load_processor
 from rlsd_harness.training import checkpoint
-from rlsd_harness.training.preflight import check_config
+from rlsd_harness.training.preflight import read_config
 from rlsd_harness.training.run import run
 from rlsd_harness.training.trainer import NonFiniteLoss, Trainer
 from rlsd_harness.training.warmup import policy_path
@@ -22,8 +22,7 @@ ALGORITHMS = [a for a in objective_names()]
 
 def make_trainer(tmp_path, *extra):
     """A Trainer on a small config, validated first as rlsd-train validates it (the Trainer does not check it)."""
-    cfg = compose_config(small_overrides(tmp_path, *extra))
-    check_config(cfg)
+    cfg = read_config(compose_config(small_overrides(tmp_path, *extra)))
     path = policy_path(cfg.model, cfg.data)
     return Trainer(cfg, load_model(path), load_processor(path), build_data(cfg.data, cfg.seed), log=lambda m: None,
                    model_path=str(path))

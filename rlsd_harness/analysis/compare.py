@@ -73,6 +73,7 @@ from rlsd_harness.config import (
     experiment_path,
     load_experiment,
     run_overrides,
+    schema,
 )
 from rlsd_harness.training import checkpoint
 from rlsd_harness.training.durable import atomic_write_text, kill_point
@@ -294,7 +295,8 @@ def base_digests(cfgs: Sequence[DictConfig], log: Callable[[str], None]) -> list
 
     from rlsd_harness.training.warmup import policy_path
 
-    folders = {policy_path(c.model, c.data, log) for c in {(repr(c.model), repr(c.data)): c for c in cfgs}.values()}
+    typed = [schema.typed(c) for c in cfgs]
+    folders = {policy_path(c.model, c.data, log) for c in {(repr(c.model), repr(c.data)): c for c in typed}.values()}
     return sorted(hashlib.sha256(b"".join(p.read_bytes() for p in sorted(f.glob("*.safetensors")))).hexdigest()
                   for f in folders)
 
@@ -351,7 +353,7 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
         return cfg
 
     tuning_cfgs = [checked(tuning_run_overrides(exp, pt, s, tuning_dir, extra)) for pt, s in tuning_jobs]
-    for cfg in tuning_cfgs[:1]:  # the picks read validation records at budget points: a run must write them
+    for cfg in map(schema.typed, tuning_cfgs[:1]):  # the picks read validation records at budget points
         if not cfg.train.eval_every or not cfg.eval.budget_points:
             raise ConfigError(f"experiment {name}: the tuning runs would write no validation records (train.eval_every="
                               f"{cfg.train.eval_every}, eval.budget_points={cfg.eval.budget_points}); train.eval_every "
@@ -359,7 +361,7 @@ def compare(name: str = "embedded", out: str | Path | None = None, overrides: li
                               f"instead (routine evaluations then run only at step 0 and the last step)")
     test_cfgs = [checked(run_overrides(exp, m, s, runs_dir, extra, list(grid[arms(exp)[m][0]][0].overrides) if grid else []))
                  for m, s in jobs]
-    for cfg in test_cfgs[:1]:  # the tables read the test runs' budget-point records: a run must write them
+    for cfg in map(schema.typed, test_cfgs[:1]):  # the tables read the test runs' budget-point records
         if not cfg.train.eval_every and not cfg.train.save_budget_policies:
             raise ConfigError(f"experiment {name}: train.eval_every=0 turns every held-out evaluation off, so the "
                               f"runs would write no budget-point records and the study no table; use a large "

@@ -20,6 +20,7 @@ from typing import Any
 
 from rlsd_harness.cli import flag, run_main, split_args
 from rlsd_harness.config import ConfigError
+from rlsd_harness.config.typed import RunConfig
 
 OWN = {
     "checkpoint": "model folder, or a run folder (its final/); default: the config's initial policy (what "
@@ -50,22 +51,22 @@ def _int_arg(own: dict[str, str], key: str, default: int | None) -> int | None:
     return n
 
 
-def _identity(cfg: Any, model_dir: Path, k: int) -> dict[str, Any]:
+def _identity(cfg: RunConfig, model_dir: Path, k: int) -> dict[str, Any]:
     """What the records depend on: a rerun with any of it changed would mix samples of different settings."""
     data = cfg.data
     source = str(Path(str(data.path)).expanduser().resolve()) if data.name == "local" else f"embedded:level{data.level}"
-    return {"data": source, "schema": data.get("schema") if data.name == "local" else None,
-            "fields": {k_: v for k_, v in dict(data.get("fields") or {}).items() if v is not None}
+    return {"data": source, "schema": data.schema if data.name == "local" else None,
+            "fields": {k_: v for k_, v in (data.fields or {}).items() if v is not None}
             if data.name == "local" else None,
-            "checkpoint": str(model_dir.resolve()), "k": k, "seed": int(cfg.seed), "verifier": str(data.verifier),
-            "engine": str(cfg.rollout.engine),
-            "sampling": {key: cfg.rollout[key] for key in ("temperature", "top_p", "top_k", "max_new_tokens")}}
+            "checkpoint": str(model_dir.resolve()), "k": k, "seed": cfg.seed, "verifier": data.verifier,
+            "engine": cfg.rollout.engine,
+            "sampling": {key: getattr(cfg.rollout, key) for key in ("temperature", "top_p", "top_k", "max_new_tokens")}}
 
 
 def main(argv: list[str] | None = None) -> None:
     from omegaconf import OmegaConf
 
-    from rlsd_harness.config import compose_config
+    from rlsd_harness.config import compose_config, schema
     from rlsd_harness.data import build_data
     from rlsd_harness.evaluation import difficulty
     from rlsd_harness.evaluation.runner import make_engine, resolve_checkpoint
@@ -85,10 +86,11 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(str(e)) from None
         overwrite = flag(own.get("overwrite"), "overwrite")
         progress = flag(own.get("progress"), "progress", default=True)
-        cfg = compose_config(overrides)
-        check_config(cfg, only=("seed", "data", "rollout"))
-        if cfg.data.name == "local" and OmegaConf.is_missing(cfg.data, "path"):
+        composed = compose_config(overrides)
+        check_config(composed, only=("seed", "data", "rollout"))
+        if composed.data.name == "local" and OmegaConf.is_missing(composed.data, "path"):
             raise ConfigError("data=local needs data.path=<file or folder> (the dataset to filter)")
+        cfg = schema.typed(composed)
         try:
             verifier = build_verifier(cfg.data.verifier)
         except KeyError as e:
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
             bar = tqdm(total=n, initial=n - len(todo), desc="rlsd-filter", unit="item", disable=not progress,
                        dynamic_ncols=True, file=sys.stderr)
             try:
-                difficulty.sample_items(engine, items, todo, verifier, params, int(cfg.seed), batch, records_path,
+                difficulty.sample_items(engine, items, todo, verifier, params, cfg.seed, batch, records_path,
                                         on_batch=bar.update)
             finally:
                 bar.close()

@@ -19,7 +19,7 @@ OWN = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    from rlsd_harness.config import ConfigError, compose_config, source_of
+    from rlsd_harness.config import ConfigError, compose_config, schema, source_of
     from rlsd_harness.data import build_data
     from rlsd_harness.evaluation.heldout import evaluate_items
     from rlsd_harness.models import load_model, load_processor, recipe_digest
@@ -43,15 +43,16 @@ def main(argv: list[str] | None = None) -> None:
         rebuild = flag(own.get("rebuild"), "rebuild") or name is not None
         cfg = compose_config(overrides)
         check_config(cfg, only=("seed", "model", "data"))
-        if not cfg.model.warmup:
+        model_cfg, data_cfg = schema.typed(cfg, "model"), schema.typed(cfg, "data")
+        if not model_cfg.warmup:
             raise ConfigError(f"model.warmup=null ({source_of(cfg, 'model.warmup')}): there is no warm-up to build; "
                               f"use a model with one (model=tiny, model=tiny_qwen3vl)")
-        if cfg.model.path:
-            raise ConfigError(f"model.path={cfg.model.path}: a local checkpoint is not warmed up here; use a built "
+        if model_cfg.path:
+            raise ConfigError(f"model.path={model_cfg.path}: a local checkpoint is not warmed up here; use a built "
                               f"model (model=tiny, model=tiny_qwen3vl)")
-        level = warmup_level(cfg.data)
-        recipe = warmup_recipe(cfg.model, level)
-        path = warmed_up(cfg.model, level, shipped=not rebuild)
+        level = warmup_level(data_cfg)
+        recipe = warmup_recipe(model_cfg, level)
+        path = warmed_up(model_cfg, level, shipped=not rebuild)
         report = json.loads((path / "warmup.json").read_text())
         shipped = read_manifest()["bases"].get(recipe_digest(recipe))
         report.update(folder=str(path), recipe=recipe_digest(recipe), weights_sha256=weights_sha256(path))
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             report["shipped_sha256"] = shipped["weights_sha256"]
             if rebuild:  # otherwise the folder is the shipped one
                 report["reproduces_shipped"] = report["weights_sha256"] == shipped["weights_sha256"]
-        items = build_data(cfg.data, cfg.seed).test_set()
+        items = build_data(data_cfg, cfg.seed).test_set()
         model, processor = load_model(path).eval(), load_processor(path)
         for variant in ("plain", "hint", "blank"):
             report[f"pass@1_{variant}"] = evaluate_items(model, processor, items, variant=variant)["accuracy"]

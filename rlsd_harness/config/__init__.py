@@ -516,9 +516,8 @@ BUDGET_KEYS = {"flops": "ledger/cum/flops/total", "tokens": "ledger/cum/tokens/g
 
 
 def budget_spent(budget: Any, metrics: dict[str, float]) -> bool:
-    if not budget or budget.get("kind") is None:
+    """Whether the run has spent `budget` (a checked train.budget section) by the ledger's totals in `metrics`."""
+    if budget.kind is None:
         return False
-    if budget.kind not in BUDGET_KEYS:
-        raise ConfigError(f"unknown train.budget.kind {budget.kind!r}; valid: {', '.join(BUDGET_KEYS)}")
     # stop_at: a tuning rung (a fraction of the budget): the run stops there and a resume continues it
-    return metrics[BUDGET_KEYS[budget.kind]] >= float(budget.value) * float(budget.get("stop_at") or 1.0)
+    return metrics[BUDGET_KEYS[budget.kind]] >= budget.value * (budget.stop_at or 1.0)

@@ -7,7 +7,9 @@ objective's parameters (`algorithm.params`) are typed and checked by the objecti
 dataclass, the teacher's (`algorithm.teacher`) by the `TeacherConfig` dataclass that the caller passes in,
 so a range lives in one place. Choices that belong to a higher layer (model architectures, verifiers,
 decodings) are passed in by the caller too (`rlsd_harness.training.preflight` wires them), since this layer
-imports nothing above it. docs/config.md is generated from the same declarations (`reference_markdown`).
+imports nothing above it. docs/config.md is generated from the same declarations (`reference_markdown`), and
+so is rlsd_harness/config/typed.py (`typed_source`): one frozen dataclass per section, which `typed(cfg)` fills
+from a checked config, so that everything after the check reads typed fields.
 
 Why an explicit walk rather than hydra structured configs: an OmegaConf type error is a multi-line block
 that names neither the valid range nor who set the value, and structured configs check types only.
@@ -713,3 +715,145 @@ def _dataclass_rows(prefix: str, cls: type) -> list[str]:
             continue
         rows.append(f"| `{prefix}.{name}` | {_ann_words(ann)} | {_show(getattr(default, name))} |")
     return rows
+
+
+# ----------------------------------------------------------------------------- the typed config
+
+
+def _class_name(path: str) -> str:
+    return "".join(part.title().replace("_", "") for part in path.split(".")) + "Section" if path else "RunConfig"
+
+
+def _group_specific(path: str) -> bool:
+    """Whether some file of the key's group leaves the key out (data.path: only data=local sets it); such a field
+    is None when the config's group file has no such key. Keys of train.yaml itself are always there."""
+    import yaml
+
+    from rlsd_harness.config import CONFIG_DIR
+
+    group, _, rest = path.partition(".")
+    for file in sorted((CONFIG_DIR / group).glob("*.yaml")) if rest and (CONFIG_DIR / group).is_dir() else []:
+        node: Any = yaml.safe_load(file.read_text()) or {}
+        for part in rest.split("."):
+            if node is None:  # under a null mapping (model.warmup: null): the parent's field says so
+                break
+            if not isinstance(node, dict) or part not in node:
+                return True
+            node = node[part]
+    return False
+
+
+def _type_text(k: Key, sections: set[str]) -> str:
+    if k.path in sections:
+        text = _class_name(k.path)
+    elif k.type == "mapping":
+        text = "dict[str, Any]"
+    elif k.type in ("floats", "strs"):
+        text = f"list[{'float' if k.type == 'floats' else 'str'}]"
+    elif isinstance(k.choices, tuple) and k.type == "str":
+        text = f"Literal[{', '.join(repr(c) for c in k.choices)}]"
+    else:
+        text = k.type
+    return text + (" | None" if k.null or _group_specific(k.path) else "")
+
+
+def _doc_lines(text: str, indent: str = "    ") -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(f'"""{text}"""', 110, initial_indent=indent, subsequent_indent=indent,
+                         break_long_words=False, break_on_hyphens=False)
+
+
+TYPED_HEADER = '''"""The composed training config as typed objects: one frozen dataclass per section, each field with its type
+and meaning. GENERATED from the declarations in rlsd_harness/config/schema.py (KEYS) by `make config-docs`;
+do not edit (tests/test_bad_input.py checks that it is current).
+
+`rlsd_harness.training.preflight.check_run` validates a composed config and returns a RunConfig; every
+consumer after that check reads these fields. A field that may be None without its key allowing null is a key
+some group file leaves out (data.path: only data=local has it). Mappings whose contents are checked elsewhere
+stay dicts: algorithm.params (the objective's Config dataclass), algorithm.teacher (TeacherConfig), the
+benchmarks' score and metric options (their modules).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+'''
+
+
+def typed_source() -> str:
+    """rlsd_harness/config/typed.py: one frozen dataclass per section of KEYS (train, train.budget, eval.sampling
+    ...), each field with its type and meaning, and the root RunConfig. `make config-docs` writes it; a test
+    checks it is current."""
+    paths = [k.path for k in KEYS]
+    parent = lambda p: p.rsplit(".", 1)[0] if "." in p else ""  # noqa: E731
+    sections = {parent(p) for p in paths} - {""}
+    sections |= {parent(s) for s in sections} - {""}
+    first = {s: min(i for i, p in enumerate(paths) if p.startswith(s + ".")) for s in sections}
+    out = [TYPED_HEADER.rstrip("\n")]
+    # the deepest sections first: a class is defined before the class that holds it
+    for section in sorted(sections | {""}, key=lambda s: (-s.count(".") if s else 1, first.get(s, 0))):
+        members = [(paths.index(k.path), k.path.rsplit(".", 1)[-1], _type_text(k, sections), k.doc)
+                   for k in KEYS if parent(k.path) == section]
+        members += [(first[s], s.rsplit(".", 1)[-1], _class_name(s), f"the {s} section")
+                    for s in sections if parent(s) == section and s not in BY_PATH]
+        out += ["", "", "@dataclass(frozen=True, kw_only=True)", f"class {_class_name(section)}:",
+                *_doc_lines(f"{section or 'The whole config'}: its keys, each typed and with its meaning."), ""]
+        for _, name, ann, doc in sorted(members):
+            absent = f"{section}.{name}" in BY_PATH and _group_specific(f"{section}.{name}")
+            out.append(f"    {name}: {ann}" + (" = None" if absent else ""))
+            out += _doc_lines(doc) if doc else []
+        if not section:
+            out.append("    composed: Any = field(default=None, repr=False, compare=False)")
+            out += _doc_lines("the composed DictConfig it was read from: written as config.yaml, and where each "
+                              "value came from (the command line, an experiment, a yaml file)")
+    return "\n".join(out) + "\n"
+
+
+def typed(cfg: Any, section: str | None = None) -> Any:
+    """The validated composed config as the typed objects of rlsd_harness/config/typed.py: a RunConfig (holding
+    `cfg` as `composed`), or with `section` that section's dataclass alone (the benchmark runner reads `eval`).
+    Values are kept as they are (validation has checked them); a key the schema does not declare is refused."""
+    from rlsd_harness.config import typed as classes
+
+    if section is None:
+        root = _build(classes.RunConfig, _plain(cfg), "")
+        return dataclasses.replace(root, composed=cfg)
+    return _build(getattr(classes, _class_name(section)), _plain(OmegaConf.select(cfg, section)), f"{section}.")
+
+
+def require_typed(cfg: Any, who: str) -> None:
+    """A TypeError unless `cfg` is the checked, typed config (a composed DictConfig would be read unchecked)."""
+    from rlsd_harness.config.typed import RunConfig
+
+    if not isinstance(cfg, RunConfig):
+        raise TypeError(f"{who} reads the checked, typed config, not a {type(cfg).__name__}: pass "
+                        f"rlsd_harness.training.preflight.read_config(compose_config([...]))")
+
+
+@functools.cache
+def _section_fields(cls: type) -> dict[str, type | None]:
+    """Field name -> the section dataclass it holds (None for a plain value)."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name == "composed":
+            continue
+        held = [a for a in (typing.get_args(hints[f.name]) or (hints[f.name],)) if dataclasses.is_dataclass(a)]
+        out[f.name] = held[0] if held else None
+    return out
+
+
+def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
+    fields = _section_fields(cls)
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        raise ConfigError(f"config key {prefix}{unknown[0]} is not declared in rlsd_harness/config/schema.py (KEYS); "
+                          f"declare its type, range and meaning there, then run `make config-docs`")
+    return cls(**{name: _build(sub, raw[name], f"{prefix}{name}.") if sub is not None and raw[name] is not None
+                  else raw[name] for name, sub in fields.items() if name in raw})
+
+
+if __name__ == "__main__":  # python -m rlsd_harness.config.schema > rlsd_harness/config/typed.py
+    print(typed_source(), end="")

@@ -32,6 +32,7 @@ from PIL import Image
 
 from rlsd_harness.benchmarks import embedded, pass_at_k
 from rlsd_harness.config import ConfigError
+from rlsd_harness.config.typed import EvalSection
 from rlsd_harness.data import Example
 from rlsd_harness.io import atomic_write_text, read_jsonl
 from rlsd_harness.prompts import REFERENCE_TEMPLATE
@@ -98,7 +99,7 @@ class Decoding:
         return SamplingParams(n=self.k, max_new_tokens=max_new_tokens, **self.sampling)
 
 
-def decoding_from_config(ecfg: Any) -> Decoding:
+def decoding_from_config(ecfg: EvalSection) -> Decoding:
     """The `eval` config's decoding: eval.decoding, eval.k (null: the decoding's default), eval.greedy and,
     for decoding=sample, eval.sampling.{temperature,top_p,top_k}. `ecfg` is a validated eval section
     (rlsd_harness.config.schema: the choices, ranges and eval.k=1 with greedy are checked there), complete as

@@ -29,6 +29,7 @@ and the teacher's context).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -50,6 +51,7 @@ from rlsd_harness.benchmarks import (
 )
 from rlsd_harness.benchmarks._common import MissingImagesError, SplitNotFoundError
 from rlsd_harness.config import schema
+from rlsd_harness.config.typed import EvalSection, RunConfig
 from rlsd_harness.evaluation.heldout import DECODINGS, Decoding, _variant, decoding_from_config
 from rlsd_harness.io import atomic_write_text, drop_cut_last_line, read_jsonl
 from rlsd_harness.rollout.hf import HFRolloutEngine, SamplingParams
@@ -137,15 +139,15 @@ def limit_items(items: list, meta: Metadata, limit: int | None) -> list:
     return out
 
 
-def _benchmark_suite(name: str, key: str, variant: str | None, ecfg: Any, limit: int | None,
+def _benchmark_suite(name: str, key: str, variant: str | None, ecfg: EvalSection, limit: int | None,
                      judge: Callable[[str], str] | None, allow_missing_images: bool = False) -> Suite:
     module = get_benchmark(name)
-    source = ecfg.sources.get(name)
+    source = getattr(ecfg.sources, name)
     if not source:
         raise ValueError(f"{name}: no data source; pass eval.sources.{name}=<local folder> (or a hub id when online)")
-    split, variant = ecfg.splits[name], variant or ecfg.variants[name]
+    split, variant = getattr(ecfg.splits, name), variant or getattr(ecfg.variants, name)
     try:
-        rows = module.load(str(source), split, ecfg.revisions.get(name), allow_missing_images=allow_missing_images)
+        rows = module.load(str(source), split, getattr(ecfg.revisions, name), allow_missing_images=allow_missing_images)
     except SplitNotFoundError as e:
         fix = (f"pass eval.splits.{name}={e.present[0]}" if e.present else
                f"pass eval.sources.{name}=<the folder that holds the {split} files>")
@@ -163,10 +165,10 @@ def _benchmark_suite(name: str, key: str, variant: str | None, ecfg: Any, limit:
             raise ValueError(f"{e}; set eval.variants.{name}=<variant> or name it as {name}:<variant>") from None
         raise
     rows = limit_items(rows, module.METADATA, limit)
-    score_options = dict(_plain(ecfg.score_options.get(name)) or {})
-    metric_options = dict(_plain(ecfg.metric_options.get(name)) or {})
+    score_options = dict(_plain(getattr(ecfg.score_options, name)) or {})
+    metric_options = dict(_plain(getattr(ecfg.metric_options, name)) or {})
     identity = {"source": str(source), "split": split, "revision": rows[0]["_meta"]["revision"],
-                "variant": variant, "max_new_tokens": int(ecfg.benchmark_max_new_tokens),
+                "variant": variant, "max_new_tokens": ecfg.benchmark_max_new_tokens,
                 "score_options": score_options}
     if rows[0]["_meta"].get("missing_images"):  # only with allow_missing_images: those rows are prompted text-only
         identity["missing_images"] = rows[0]["_meta"]["missing_images"]
@@ -182,27 +184,28 @@ def _benchmark_suite(name: str, key: str, variant: str | None, ecfg: Any, limit:
         name=name, meta=meta, key=key, items=rows, ids=[meta.row_id(r) for r in rows], identity=identity,
         prompt=prompt, new_scorer=lambda: meta.new_scorer(score_options, judge),
         metrics=lambda rs, results: module.metrics(rs, results, **metric_options),
-        max_new_tokens=int(ecfg.benchmark_max_new_tokens),
+        max_new_tokens=ecfg.benchmark_max_new_tokens,
     )
 
 
-def _training_task_suite(name: str, key: str, variant: str | None, cfg: Any, limit: int | None) -> Suite:
+def _training_task_suite(name: str, key: str, variant: str | None, cfg: RunConfig, limit: int | None) -> Suite:
     """The test split of the run's own task (cfg.data), under one of evaluate_items' prompt variants."""
     from rlsd_harness.data import build_data
 
     module = benchmark_module(name)
     meta = module.METADATA
-    variant = variant or cfg.eval.variants[name]
+    variant = variant or getattr(cfg.eval.variants, name)
     # The variant is applied to the whole test set before `limit`, so that "shuffled" pairs the same
     # items whatever the limit.
     items = _variant(build_data(cfg.data, cfg.seed).test_set(cfg.eval.n), variant)
     items = limit_items(items, meta, limit)
-    data = {k: v for k, v in _plain(cfg.data).items() if k != "test_size"}  # test_size acts like a limit
-    identity = {"data": data, "variant": variant, "max_new_tokens": int(cfg.eval.max_new_tokens)}
+    # the data keys that are set (test_size acts like a limit)
+    data = {k: v for k, v in _plain(dataclasses.asdict(cfg.data)).items() if k != "test_size" and v is not None}
+    identity = {"data": data, "variant": variant, "max_new_tokens": cfg.eval.max_new_tokens}
     return Suite(
         name=name, meta=meta, key=key, items=items, ids=[meta.row_id(it) for it in items], identity=identity,
         prompt=lambda it: Prompt(it.question, list(it.images)), new_scorer=lambda: meta.new_scorer({}, None),
-        metrics=module.metrics, max_new_tokens=int(cfg.eval.max_new_tokens),
+        metrics=module.metrics, max_new_tokens=cfg.eval.max_new_tokens,
     )
 
 
@@ -214,10 +217,9 @@ def parse_benchmark(spec: str) -> tuple[str, str | None, str]:
     return name, variant or None, f"{name}-{variant}" if variant else name
 
 
-def build_suite(spec: str, cfg: Any, limit: int | None = None, judge: Callable[[str], str] | None = None,
+def build_suite(spec: str, cfg: RunConfig, limit: int | None = None, judge: Callable[[str], str] | None = None,
                 allow_missing_images: bool = False) -> Suite:
-    """The suite of one benchmark (`name` or `name:variant`) under config `cfg` (the composed train
-    config), its first `limit` units (see `limit_items`). `allow_missing_images`: rows whose image file is
+    """The suite of one benchmark (`name` or `name:variant`) under the typed config `cfg`, its first `limit` units (see `limit_items`). `allow_missing_images`: rows whose image file is
     missing are prompted without it (else an error naming the row)."""
     name, variant, key = parse_benchmark(spec)
     if metadata(name).training_task:
@@ -547,7 +549,8 @@ def validate(checkpoint: str | Path, names: list[str], cfg: Any, limit: int | No
     # eval.mathvista_judge ...; only a valid eval section is read
     config_problems = schema.problems(cfg, {"decoding": list(DECODINGS)}, only=("seed", "eval"))
     problems += config_problems
-    decoding = None if config_problems else decoding_from_config(cfg.eval)
+    run_cfg = schema.typed(cfg)
+    decoding = None if config_problems else decoding_from_config(run_cfg.eval)
     model_dir = None
     try:
         model_dir = resolve_checkpoint(checkpoint)
@@ -559,7 +562,7 @@ def validate(checkpoint: str | Path, names: list[str], cfg: Any, limit: int | No
     for spec in dict.fromkeys(names):
         try:
             name = parse_benchmark(spec)[0]
-            suite = build_suite(spec, cfg, limit, judge, _missing_images_allowed(allow_missing_images, name))
+            suite = build_suite(spec, run_cfg, limit, judge, _missing_images_allowed(allow_missing_images, name))
             suites[suite.key] = suite
         except KeyError as e:  # str(KeyError) quotes its message
             problems.append(e.args[0] if e.args else str(e))
@@ -609,7 +612,7 @@ def _agree(error: BaseException | None) -> None:
         raise (FileExistsError if kind == "FileExistsError" else RuntimeError)(f"(on another rank) {message}")
 
 
-def make_engine(cfg: Any, model_dir: Path, model=None, processor=None, decoding: Decoding | None = None,
+def make_engine(cfg: RunConfig, model_dir: Path, model=None, processor=None, decoding: Decoding | None = None,
                 log: Callable[[str], None] = print) -> tuple[Any, Any]:
     """(rollout engine, the HF model or None): vLLM when `rollout.engine` is vllm, vLLM is importable and no model
     was handed in; the HF engine over `model` (loaded from `model_dir` when None) otherwise."""
@@ -624,7 +627,7 @@ def make_engine(cfg: Any, model_dir: Path, model=None, processor=None, decoding:
 
             engine = VLLMRolloutEngine(str(model_dir), processor or load_processor(model_dir),
                                        cfg.rollout.gpu_memory_utilization, cfg.rollout.max_model_len,
-                                       cfg.rollout.sleep_level, int(cfg.seed))
+                                       cfg.rollout.sleep_level, cfg.seed)
             return engine, None
         log("rollout=vllm: " + ("a loaded model was handed in" if model is not None else "vLLM is not installed here")
             + "; generating with the HF engine")
@@ -636,7 +639,7 @@ def make_engine(cfg: Any, model_dir: Path, model=None, processor=None, decoding:
         model, processor = load_model(model_dir).eval(), load_processor(model_dir)
         if torch.cuda.is_available():  # each rank on its own GPU (LOCAL_RANK)
             model.to(device())
-    return HFRolloutEngine(model, processor, max_batch=int(cfg.eval.batch) * k), model
+    return HFRolloutEngine(model, processor, max_batch=cfg.eval.batch * k), model
 
 
 def run_benchmarks(checkpoint: str | Path, names: list[str], cfg: Any, out: str | Path, limit: int | None = None,
@@ -669,9 +672,10 @@ def run_benchmarks(checkpoint: str | Path, names: list[str], cfg: Any, out: str 
         _agree(e)
     if world > 1:
         _agree(None)
+    cfg = schema.typed(cfg)  # checked by validate: read typed from here on
     out = Path(out)
     common = {"checkpoint": str(model_dir.resolve()), "weights": _weights_fingerprint(model_dir),
-              "decoding": decoding.name, "sampling": _plain(decoding.identity()), "seed": int(cfg.seed)}
+              "decoding": decoding.name, "sampling": _plain(decoding.identity()), "seed": cfg.seed}
     try:
         engine, model = make_engine(cfg, model_dir, model, processor, decoding, log if rank == 0 else lambda m: None)
     except Exception as e:  # noqa: BLE001 - handed to the other ranks, then raised here
@@ -698,8 +702,8 @@ def run_benchmarks(checkpoint: str | Path, names: list[str], cfg: Any, out: str 
         for key, suite in suites.items():
             error = None
             try:
-                records = run_suite(suite, engine, decoding, int(cfg.seed), out, int(cfg.eval.batch),
-                                    bool(cfg.eval.progress) and rank == 0, rank, world)
+                records = run_suite(suite, engine, decoding, cfg.seed, out, cfg.eval.batch,
+                                    cfg.eval.progress and rank == 0, rank, world)
             except Exception as e:  # noqa: BLE001
                 if world == 1:
                     raise

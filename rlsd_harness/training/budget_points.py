@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from rlsd_harness import dist
+from rlsd_harness.config.typed import RunConfig
 from rlsd_harness.training import checkpoint
 from rlsd_harness.training.evals import budget_fractions, budget_point_due, budget_progress
 
 
 class BudgetPoints:
-    def __init__(self, cfg: Any, run_dir: Path, trainer: Any, processor: Any, init_path: Path, rank: int) -> None:
+    def __init__(self, cfg: RunConfig, run_dir: Path, trainer: Any, processor: Any, init_path: Path, rank: int) -> None:
         self.cfg, self.run_dir, self.trainer, self.processor, self.rank = cfg, run_dir, trainer, processor, rank
         self.recipe = init_path / "recipe.json"
         self.fractions = budget_fractions(cfg.eval.budget_points)

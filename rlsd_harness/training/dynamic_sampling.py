@@ -22,26 +22,12 @@ the run goes on at the configured batch shape; `error` stops the run, as verl do
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from rlsd_harness.algorithms.batch import RolloutBatch
-
-
-@dataclass(frozen=True)
-class DynamicSamplingConfig:
-    """`train.dynamic_sampling`: its defaults are train.yaml's, its ranges the config schema's."""
-
-    enabled: bool
-    max_rounds: int  # refill rounds after the step's first rollout; each samples what the batch still lacks
-    on_short: str  # when the cap leaves the batch short: fill | error
-
-    @classmethod
-    def from_config(cls, node: Any) -> DynamicSamplingConfig:
-        """From the validated `train.dynamic_sampling` section."""
-        return cls(enabled=bool(node.enabled), max_rounds=int(node.max_rounds), on_short=str(node.on_short))
+from rlsd_harness.config.typed import TrainDynamicSamplingSection
 
 
 class ShortBatch(RuntimeError):
@@ -78,7 +64,7 @@ def fill_batch(
     batch: RolloutBatch,
     prompts: Sequence[Any],
     sample: Callable[[int, int], tuple[RolloutBatch, Sequence[Any]]],
-    cfg: DynamicSamplingConfig,
+    cfg: TrainDynamicSamplingSection,
     synced: bool = False,
     reduce_max: Callable[[int], int] = _identity_max,
     reduce_sum: Callable[[list[float]], list[float]] = _identity_sum,

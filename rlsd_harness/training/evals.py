@@ -47,6 +47,8 @@ import torch
 
 from rlsd_harness import dist
 from rlsd_harness.config import BUDGET_KEYS, ConfigError
+from rlsd_harness.config.schema import require_typed
+from rlsd_harness.config.typed import RunConfig
 from rlsd_harness.evaluation import heldout
 from rlsd_harness.models import cache_root
 
@@ -75,11 +77,11 @@ class _Source:
     seed_uid: Callable[[str], str] | None
 
 
-def budget_progress(cfg: Any, metrics: dict[str, float], rollout_step: int) -> float:
+def budget_progress(cfg: RunConfig, metrics: dict[str, float], rollout_step: int) -> float:
     """The fraction of the run's budget spent: train.budget.value of its kind, or train.steps without one."""
     budget = cfg.train.budget
     if budget.kind is None:
-        return rollout_step / int(cfg.train.steps)
+        return rollout_step / cfg.train.steps
     return float(metrics[BUDGET_KEYS[budget.kind]]) / float(budget.value)
 
 
@@ -102,17 +104,18 @@ def budget_fractions(values: Any) -> list[float]:
 class RunEvaluator:
     """The held-out evaluations of one run (built on every rank; rank 0 writes the records)."""
 
-    def __init__(self, cfg: Any, data: Any, verifier: Callable[[str, Any], Any]) -> None:
+    def __init__(self, cfg: RunConfig, data: Any, verifier: Callable[[str, Any], Any]) -> None:
+        require_typed(cfg, "RunEvaluator")
         self.cfg, self.run_dir, self.rank, self.world = cfg, Path("."), 0, 1
         ecfg = cfg.eval
-        self.every = int(cfg.train.eval_every)
+        self.every = cfg.train.eval_every
         self.decoding = heldout.decoding_from_config(ecfg)
         self.fractions = budget_fractions(ecfg.budget_points)
-        self.n, self.budget_n = int(ecfg.n), int(ecfg.budget_n)
+        self.n, self.budget_n = ecfg.n, ecfg.budget_n
         self.split, self.budget_split = ecfg.split, ecfg.budget_split
-        self.benchmarks = [str(b) for b in cfg.train.eval_benchmarks]
+        self.benchmarks = list(cfg.train.eval_benchmarks)
         self.done: set[float] = set()
-        self.cache_base = bool(ecfg.cache_base)
+        self.cache_base = ecfg.cache_base
         self.sources: dict[str, _Source] = {}
         if not self.enabled:
             return

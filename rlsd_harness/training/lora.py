@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from rlsd_harness import dist
+from rlsd_harness.config.typed import ModelLoraSection, RunConfig
 from rlsd_harness.models import (
     TEACHER_ADAPTER,
     AdapterView,
@@ -31,7 +32,7 @@ from rlsd_harness.models import (
 from rlsd_harness.training.teacher import TeacherConfig, TeacherWeights, teacher_config, weight_update
 
 
-def lora_settings(cfg: Any) -> Any | None:
+def lora_settings(cfg: RunConfig) -> ModelLoraSection | None:
     """The config's `model.lora` mapping when LoRA is on, else None."""
     return cfg.model.lora if cfg.model.lora.enabled else None
 
@@ -42,7 +43,7 @@ def teacher_adapter_needed(lora: Any, weights: str) -> bool:
     return lora.teacher == "adapters" and weights in ("sync", "ema")
 
 
-def prepare_policy(cfg: Any, policy: torch.nn.Module) -> torch.nn.Module:
+def prepare_policy(cfg: RunConfig, policy: torch.nn.Module) -> torch.nn.Module:
     """The policy the trainer trains: `policy` itself without LoRA, else `policy` with adapters injected (and a
     teacher adapter set when `algorithm.teacher.weights` needs one). Call before the optimizer and the teacher
     exist."""
@@ -96,7 +97,7 @@ class LoraTeacher:
         return True
 
 
-def teacher_weights(cfg: Any, tconf: TeacherConfig, policy: torch.nn.Module) -> TeacherWeights | LoraTeacher:
+def teacher_weights(cfg: RunConfig, tconf: TeacherConfig, policy: torch.nn.Module) -> TeacherWeights | LoraTeacher:
     """The teacher's weight holder: `TeacherWeights` (a copy of the policy) without LoRA or for a live teacher,
     else a `LoraTeacher` on the policy's own base."""
     lora = lora_settings(cfg)
@@ -106,7 +107,7 @@ def teacher_weights(cfg: Any, tconf: TeacherConfig, policy: torch.nn.Module) -> 
     return LoraTeacher(tconf, adapter)
 
 
-def reference_weights(cfg: Any, policy: torch.nn.Module) -> TeacherWeights | LoraTeacher:
+def reference_weights(cfg: RunConfig, policy: torch.nn.Module) -> TeacherWeights | LoraTeacher:
     """A KL reference (the initial policy): a frozen copy without LoRA, the base with adapters off with it."""
     if lora_settings(cfg) is None:
         return TeacherWeights(TeacherConfig(weights="frozen"), policy)

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from rlsd_harness.config import ConfigError, schema
+from rlsd_harness.config.typed import RunConfig
 from rlsd_harness.data import SCHEMAS
 from rlsd_harness.evaluation.heldout import DECODINGS
 from rlsd_harness.models import ARCHS, check_weights
@@ -44,15 +45,21 @@ def check_config(cfg: Any, only: tuple[str, ...] | None = None, world: int | Non
     schema.validate(cfg, registries(), SECTIONS, world=world, only=only, allow_missing=allow_missing)
 
 
-def check_model(cfg: Any) -> None:
+def read_config(cfg: Any, world: int | None = None) -> RunConfig:
+    """The composed config, validated once, as the typed RunConfig every consumer reads afterwards."""
+    check_config(cfg, world=world)
+    return schema.typed(cfg)
+
+
+def check_model(cfg: RunConfig) -> None:
     """A local model folder (model.path) loads completely and holds finite weights. Project-built models are
     made by this code and skip the scan."""
-    if OmegaConf.is_missing(cfg.model, "path") or not cfg.model.path:
+    if not cfg.model.path:
         return
     check_weights(cfg.model.path, "model.path")
 
 
-def check_data(cfg: Any) -> None:
+def check_data(cfg: RunConfig) -> None:
     """The training rows (and, when training evaluates, the held-out rows) load: readable files with the
     named fields, openable images. The data builder validates every row as it opens the files, and names
     data.path or data.test_path in its errors."""
@@ -69,11 +76,12 @@ def check_data(cfg: Any) -> None:
             data.test_set(cfg.eval.n)
 
 
-def check_run(cfg: Any) -> None:
-    """Everything a training run needs, before its folder exists."""
-    check_config(cfg)
-    check_model(cfg)
-    check_data(cfg)
+def check_run(cfg: Any) -> RunConfig:
+    """Everything a training run needs, before its folder exists; the config as the typed RunConfig."""
+    typed = read_config(cfg)
+    check_model(typed)
+    check_data(typed)
+    return typed
 
 
 def check_evaluation(cfg: Any) -> None:

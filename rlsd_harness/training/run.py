@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 from omegaconf import DictConfig, OmegaConf
 
 from rlsd_harness.config import REPO, ConfigError, budget_spent
+from rlsd_harness.config.typed import RunConfig
 from rlsd_harness.io import read_jsonl
 from rlsd_harness.training.durable import atomic_write_text, kill_point, replace_folder
 from rlsd_harness.trees import flatten
@@ -65,7 +66,7 @@ class Interrupted(BaseException):
         return (Interrupted, (self.signum, self.checkpoint, self.command))
 
 
-def manifest(cfg: DictConfig, device: str) -> dict[str, Any]:
+def manifest(cfg: RunConfig, device: str) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
     from rlsd_harness import dist
@@ -94,8 +95,8 @@ def manifest(cfg: DictConfig, device: str) -> dict[str, Any]:
     }
 
 
-def run_dir_of(cfg: DictConfig) -> Path:
-    name = str(cfg.run.name) if cfg.run.name is not None else f"{cfg.algorithm.name}-s{cfg.seed}"
+def run_dir_of(cfg: RunConfig) -> Path:
+    name = cfg.run.name if cfg.run.name is not None else f"{cfg.algorithm.name}-s{cfg.seed}"
     return (REPO / cfg.run.dir / name) if not Path(cfg.run.dir).is_absolute() else Path(cfg.run.dir) / name
 
 
@@ -140,7 +141,7 @@ def resumable(key: str) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
 
 
-def check_run_dir(cfg: DictConfig) -> tuple[Path, dict[str, tuple[Any, Any]]]:
+def check_run_dir(cfg: RunConfig) -> tuple[Path, dict[str, tuple[Any, Any]]]:
     """The run folder and, when resuming, the config keys that changed; writes nothing. Refuses a resume
     without a run or a checkpoint, or with a changed key outside RESUMABLE_KEYS (unless run.resume_changed),
     and an existing run without run.overwrite or run.resume."""
@@ -155,7 +156,7 @@ def check_run_dir(cfg: DictConfig) -> tuple[Path, dict[str, tuple[Any, Any]]]:
         if checkpoint.latest(run_dir) is None:
             raise FileNotFoundError(f"run.resume=true but {run_dir} has no complete checkpoint (it stopped before its "
                                     f"first one); start it again with run.overwrite=true" + kept_run_note(run_dir))
-        changes = config_changes(OmegaConf.load(run_dir / "config.yaml"), cfg)
+        changes = config_changes(OmegaConf.load(run_dir / "config.yaml"), cfg.composed)
         changes = {k: v for k, v in changes.items() if not k.startswith("run.")}
         refused = {k: v for k, v in changes.items() if not resumable(k)}
         if refused and not cfg.run.resume_changed:
@@ -206,16 +207,16 @@ def _resume_metrics(metrics_file: Path, step: int, log) -> None:
     atomic_write_text(metrics_file, "".join(json.dumps(m) + "\n" for m in lines))
 
 
-def _record_changes(run_dir: Path, cfg: DictConfig, changes: dict[str, tuple[Any, Any]], step: int) -> None:
+def _record_changes(run_dir: Path, cfg: RunConfig, changes: dict[str, tuple[Any, Any]], step: int) -> None:
     import yaml
 
     history_file = run_dir / "config_history.yaml"
     history = (yaml.safe_load(history_file.read_text()) or []) if history_file.exists() else []
     history.append({"resumed_at_step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "forced": bool(cfg.run.resume_changed) and any(not resumable(k) for k in changes),
+                    "forced": cfg.run.resume_changed and any(not resumable(k) for k in changes),
                     "changed": {k: {"old": old, "new": new} for k, (old, new) in changes.items()}})
     atomic_write_text(history_file, yaml.safe_dump(history, sort_keys=False))
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg.composed, resolve=True))
 
 
 def default_resume_command(args: list[str] | None = None) -> str:
@@ -293,7 +294,7 @@ class RunFiles:
     (or, on a resume, the metrics cut back to its checkpoint and the changed keys recorded), a line per step in
     metrics.jsonl and the trackers, and the end's markers, finished.json or failed.json."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, rank: int, log) -> None:
+    def __init__(self, cfg: RunConfig, run_dir: Path, rank: int, log) -> None:
         self.cfg, self.run_dir, self.rank, self.log = cfg, run_dir, rank, log
         self.metrics = run_dir / "metrics.jsonl"
         self.sinks: list = []
@@ -308,7 +309,7 @@ class RunFiles:
                 _record_changes(self.run_dir, self.cfg, changes, step)
                 self.log(f"resumed with changed keys: {', '.join(changes)} (recorded in config_history.yaml)")
         else:
-            atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+            atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg.composed, resolve=True))
             atomic_write_text(self.run_dir / "manifest.json", json.dumps(manifest(self.cfg, device), indent=1))
 
     def open(self) -> None:
@@ -317,7 +318,7 @@ class RunFiles:
 
         if self.rank == 0:
             self.sinks = open_sinks(self.run_dir, list(self.cfg.run.trackers),
-                                    OmegaConf.to_container(self.cfg, resolve=True))
+                                    OmegaConf.to_container(self.cfg.composed, resolve=True))
 
     def log_step(self, metrics: dict[str, Any], step: int, first: bool = False) -> None:
         if self.rank == 0:
@@ -349,8 +350,9 @@ def _to_stderr(msg: str) -> None:
 
 
 def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
-    """Train one run to `train.steps` or its budget; returns its folder. `resume_command` is what an
-    interrupted run prints as the way to continue it (default: this process's command line, resumed)."""
+    """Train one run of the composed config `cfg` to `train.steps` or its budget; returns its folder. The config
+    is validated once and read typed afterwards (a RunConfig). `resume_command` is what an interrupted run prints
+    as the way to continue it (default: this process's command line, resumed)."""
     from rlsd_harness import dist
     from rlsd_harness.training import checkpoint
     from rlsd_harness.training.budget_points import BudgetPoints
@@ -358,9 +360,10 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
 
     log = log or _to_stderr
     setup = _refusals(cfg, log)  # everything that can refuse this config; nothing written or moved yet
+    cfg = setup.cfg  # the typed RunConfig from here on (the composed one is its `composed`)
     trainer, processor, ckpt = _start(cfg, setup, log)
     rank, world, run_dir, evaluator = trainer.rank, trainer.world, setup.run_dir, setup.evaluator
-    old, files = OldRun(run_dir, bool(cfg.run.overwrite) and not cfg.run.resume, rank, log), RunFiles(cfg, run_dir, rank, log)
+    old, files = OldRun(run_dir, cfg.run.overwrite and not cfg.run.resume, rank, log), RunFiles(cfg, run_dir, rank, log)
     checkpoint._barrier()
     files.start(trainer.rollout_step, setup.changes, str(dist.device()))
     if ckpt is not None:
@@ -408,6 +411,7 @@ def run(cfg: DictConfig, log=None, resume_command: str | None = None) -> Path:
 
 
 class _Setup(NamedTuple):
+    cfg: RunConfig
     init_path: Path
     data: Any
     evaluator: Any
@@ -415,7 +419,7 @@ class _Setup(NamedTuple):
     changes: dict[str, tuple[Any, Any]]
 
 
-def _refusals(cfg: DictConfig, log) -> _Setup:
+def _refusals(composed: DictConfig, log) -> _Setup:
     """Every check that can refuse this config, in the order a user meets them, before anything is written or
     moved: the config, model folder and data; the trackers' packages; the run folder (an existing run, a resume's
     changed keys: before the base policy, whose lookup warms one up for a recipe that does not ship); the base
@@ -427,16 +431,16 @@ def _refusals(cfg: DictConfig, log) -> _Setup:
     from rlsd_harness.training.warmup import policy_path
     from rlsd_harness.verifier import build_verifier
 
-    check_run(cfg)
+    cfg = check_run(composed)
     check_trackers(list(cfg.run.trackers))
     run_dir, changes = check_run_dir(cfg)
     init_path = policy_path(cfg.model, cfg.data, log)
     data = build_data(cfg.data, cfg.seed)
     evaluator = RunEvaluator(cfg, data, build_verifier(cfg.data.verifier))
-    return _Setup(init_path, data, evaluator, run_dir, changes)
+    return _Setup(cfg, init_path, data, evaluator, run_dir, changes)
 
 
-def _start(cfg: DictConfig, setup: _Setup, log):
+def _start(cfg: RunConfig, setup: _Setup, log):
     """The process group, every generator seeded (two runs of one config are the same run), the trainer on the
     base policy and, on a resume, its newest good checkpoint loaded. The config was validated by `_refusals`
     (the batch geometry and the objective's needs too); the trainer's remaining checks (the data's refill, the
@@ -476,7 +480,7 @@ def _record_base(evaluation: dict[str, float], files: RunFiles, points: Any) -> 
         points.reach(first, False, base=True)
 
 
-def _nothing_left(cfg: DictConfig, trainer: Any, resumed: bool, run_dir: Path, log) -> bool:
+def _nothing_left(cfg: RunConfig, trainer: Any, resumed: bool, run_dir: Path, log) -> bool:
     """Whether the run is at its end before its first step: a resumed run may have reached it already."""
     done = _finished(cfg, trainer, trainer.cumulative())  # (a collective: every rank)
     if done and resumed:
@@ -485,17 +489,17 @@ def _nothing_left(cfg: DictConfig, trainer: Any, resumed: bool, run_dir: Path, l
     return done
 
 
-def _finished(cfg: DictConfig, trainer: Any, metrics: dict[str, Any]) -> bool:
+def _finished(cfg: RunConfig, trainer: Any, metrics: dict[str, Any]) -> bool:
     return trainer.rollout_step >= cfg.train.steps or budget_spent(cfg.train.budget, metrics)
 
 
-def _checkpoint_due(cfg: DictConfig, step: int, done: bool, point: float | None) -> bool:
+def _checkpoint_due(cfg: RunConfig, step: int, done: bool, point: float | None) -> bool:
     """On the save_every grid, at the end, and at a budget point that retention keeps (even off the grid)."""
-    at_point = point is not None and bool(cfg.train.keep_budget_points)
+    at_point = point is not None and cfg.train.keep_budget_points
     return bool(cfg.train.save_every) and (step % cfg.train.save_every == 0 or done or at_point)
 
 
-def _save(cfg: DictConfig, run_dir: Path, trainer: Any, rank: int, old: OldRun, log) -> Path:
+def _save(cfg: RunConfig, run_dir: Path, trainer: Any, rank: int, old: OldRun, log) -> Path:
     """A checkpoint (a collective); then, on rank 0, the overwritten run goes and, now that this checkpoint is
     complete and verified, the older ones retention does not keep (train.keep_last)."""
     from rlsd_harness.training import checkpoint
@@ -504,7 +508,7 @@ def _save(cfg: DictConfig, run_dir: Path, trainer: Any, rank: int, old: OldRun, 
                              {**trainer.state_dict(), "algorithm": cfg.algorithm.name})
     if rank == 0:
         old.release()
-        checkpoint.prune(run_dir, folder, cfg.train.keep_last, bool(cfg.train.keep_budget_points), log)
+        checkpoint.prune(run_dir, folder, cfg.train.keep_last, cfg.train.keep_budget_points, log)
     return folder
 
 
@@ -538,7 +542,7 @@ def _write_final(run_dir: Path, trainer: Any, processor: Any, init_path: Path, r
 class _Progress:
     """The progress bar of rank 0 (train.progress): steps, with the reward, loss and held-out accuracy."""
 
-    def __init__(self, cfg: DictConfig, trainer: Any, evaluator: Any, rank: int) -> None:
+    def __init__(self, cfg: RunConfig, trainer: Any, evaluator: Any, rank: int) -> None:
         from tqdm.auto import tqdm
 
         self.shown = f"eval/{evaluator.split}/mean@k"

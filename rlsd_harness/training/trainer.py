@@ -7,17 +7,19 @@ summed (not averaged) across micro-batches and ranks, so splitting a batch chang
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
 from rlsd_harness import dist
 from rlsd_harness.algorithms import build_objective
 from rlsd_harness.algorithms.batch import PolicyOutput, PromptInputs, RolloutBatch, VisionInputs
 from rlsd_harness.algorithms.common import masked_mean
 from rlsd_harness.config import BUDGET_KEYS
+from rlsd_harness.config.schema import require_typed
+from rlsd_harness.config.typed import RunConfig
 from rlsd_harness.rollout.hf import (
     HFRolloutEngine,
     Rollout,
@@ -27,7 +29,7 @@ from rlsd_harness.rollout.hf import (
     vision_token_ids,
 )
 from rlsd_harness.training import lora
-from rlsd_harness.training.dynamic_sampling import DynamicSamplingConfig, fill_batch
+from rlsd_harness.training.dynamic_sampling import fill_batch
 from rlsd_harness.training.dynamics import leakage_flags
 from rlsd_harness.training.ledger import Ledger, ModelShape
 from rlsd_harness.training.metrics import namespaced
@@ -162,9 +164,11 @@ def token_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor) -> torch.Ten
 
 
 class Trainer:
-    def __init__(self, cfg: Any, policy: torch.nn.Module, processor, data, log=print, model_path: str | None = None) -> None:
-        """`cfg`: the composed config, validated (rlsd_harness.training.preflight.check_config, which
-        rlsd-train's check_run calls); its cross-key rules are not checked again here."""
+    def __init__(self, cfg: RunConfig, policy: torch.nn.Module, processor, data, log=print,
+                 model_path: str | None = None) -> None:
+        """`cfg`: the validated config, typed (rlsd_harness.training.preflight.read_config, which rlsd-train's
+        check_run calls); its cross-key rules are not checked again here."""
+        require_typed(cfg, "Trainer")
         self.cfg, self.processor, self.data, self.log = cfg, processor, data, log
         self.rank, self.world = dist.init_distributed()
         self.device = dist.device()
@@ -179,7 +183,7 @@ class Trainer:
         # schema before a Trainer is built (preflight.check_run), for these ranks (WORLD_SIZE).
         rows = tcfg.prompts_per_step // self.world * tcfg.group_size
         if tcfg.token_budget:  # micro-batches vary in number; DeepSpeed's accumulation count is nominal
-            tcfg = OmegaConf.merge(tcfg, {"micro_batch_size": rows // tcfg.mini_batches})
+            tcfg = dataclasses.replace(tcfg, micro_batch_size=rows // tcfg.mini_batches)
         self.grad_accum = rows // (tcfg.mini_batches * tcfg.micro_batch_size)
         vocab = policy.get_output_embeddings().weight.shape[0]
         self.objective.check_vocab(vocab)
@@ -216,11 +220,11 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         ds_config = dist.deepspeed_config(cfg.deepspeed, tcfg.micro_batch_size, self.grad_accum, optim.grad_clip)
         self.engine = dist.initialize_engine(policy, optimizer, scheduler, ds_config)
-        self.zero_stage = int(cfg.deepspeed.zero_stage)
+        self.zero_stage = cfg.deepspeed.zero_stage
         self.synced_generation = self.zero_stage == 3 and self.world > 1
         # The update's forward shares prompts too (their gradient sums over the rows), except under gradient
         # checkpointing, which turns the KV cache off in training.
-        self.share_in_update = bool(tcfg.share_prompts) and not tcfg.gradient_checkpointing
+        self.share_in_update = tcfg.share_prompts and not tcfg.gradient_checkpointing
         # DeepSpeed may have cast the policy (bf16); copies follow it, and are partitioned like it under ZeRO-3.
         dtype = next(self.engine.module.parameters()).dtype
         for holder in (self.teacher, self.ref):
@@ -239,7 +243,7 @@ class Trainer:
                 sync_bucket_mb=cfg.rollout.sync_bucket_mb,
             )
             self.rollout.sleep()
-        self.dynamic_sampling = DynamicSamplingConfig.from_config(tcfg.dynamic_sampling)
+        self.dynamic_sampling = tcfg.dynamic_sampling
         if self.dynamic_sampling.enabled and not hasattr(data, "refill_prompts"):
             raise ValueError(f"train.dynamic_sampling.enabled=true needs a prompt source with refill_prompts; "
                              f"{type(data).__name__} has none (valid: data=embedded, data=local)")

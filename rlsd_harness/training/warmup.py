@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -41,6 +41,9 @@ from rlsd_harness.models import (
 )
 from rlsd_harness.prompts import REFERENCE_TEMPLATE, SIBLING_TEMPLATE, SOLUTION_TEMPLATE
 from rlsd_harness.rollout.hf import encode_prompts, stable_seed, user_messages
+
+if TYPE_CHECKING:
+    from rlsd_harness.config.typed import DataSection, ModelSection
 
 
 def privileged_prompt(item, rng: random.Random) -> str:
@@ -111,7 +114,7 @@ def run_warmup(model_dir: Path, steps: int, batch_size: int, lr: float, hint_sha
     return report
 
 
-def warmup_recipe(model_cfg: Any, level: int) -> dict[str, Any]:
+def warmup_recipe(model_cfg: ModelSection, level: int) -> dict[str, Any]:
     """What a warm-up is built from. It names the tiny base by its recipe's digest (no build, no file
     contents), so the recipe, and the cache entry or shipped base it names, is the same on every CPU."""
     w = model_cfg.warmup
@@ -121,7 +124,7 @@ def warmup_recipe(model_cfg: Any, level: int) -> dict[str, Any]:
             "level": level, "seed": model_cfg.seed, "v": 3}
 
 
-def warmed_up(model_cfg: Any, level: int, log=print, shipped: bool = True) -> Path:
+def warmed_up(model_cfg: ModelSection, level: int, log=print, shipped: bool = True) -> Path:
     """The folder of the warmed-up policy for a model config: the shipped base when the recipe matches one
     (`shipped=False` ignores it, to rebuild it on this machine), else the cached build, warmed up on first use."""
     recipe = warmup_recipe(model_cfg, level)
@@ -246,22 +249,20 @@ class Progress:
             self.bar.close()
 
 
-def warmup_level(data_cfg: Any) -> int:
+def warmup_level(data_cfg: DataSection) -> int:
     """The embedded task's level the tiny model warms up on: the data's own (data=embedded), else the embedded
     task's default level (data/embedded.yaml's, 1), whose base ships, so data=local starts at once (level 2 has
     no shipped base)."""
     from rlsd_harness.config import group_file
 
-    return int(data_cfg.level if "level" in data_cfg else group_file("data", "embedded").level)
+    return data_cfg.level if data_cfg.level is not None else int(group_file("data", "embedded").level)
 
 
-def policy_path(model_cfg: Any, data_cfg: Any, log=print) -> Path:
+def policy_path(model_cfg: ModelSection, data_cfg: DataSection, log=print) -> Path:
     """Where the run's initial policy comes from: a local checkpoint, or the warmed-up tiny model."""
-    from omegaconf import OmegaConf
-
     from rlsd_harness.config import ConfigError
 
-    path = None if OmegaConf.is_missing(model_cfg, "path") else model_cfg.path
+    path = model_cfg.path
     if path:
         if not (Path(path) / "config.json").exists():
             raise FileNotFoundError(f"model.path={path} is not a model folder (no config.json); nothing is downloaded")
