@@ -117,12 +117,13 @@ def table_diffs(slurm: Path, local: Path) -> tuple[dict[str, bool], dict[str, li
 def compare_studies(slurm: Path, local: Path) -> dict[str, Any]:
     """What the two unpacked studies share: tables byte for byte, runs bit for bit (wall-clock metrics aside)."""
     sys.path.insert(0, str(REPO))
+    from rlsd_harness.io import read_jsonl
     from tests.resume_helpers import differences
 
     tables, diffs = table_diffs(slurm, local)
     runs = {}
     for run in sorted(p.name for p in (local / "runs").iterdir() if p.is_dir()):
-        lines = [json.loads(x) for x in (slurm / "runs" / run / "metrics.jsonl").read_text().splitlines()]
+        lines = read_jsonl(slurm / "runs" / run / "metrics.jsonl")
         runs[run] = {"differences": differences(local / "runs" / run, slurm / "runs" / run),
                      # the runs learned (groups of mixed rewards: non-zero advantages), else equality says little
                      "mixed_groups_by_step": [m.get("rollout/mixed_groups") for m in lines[1:]],
@@ -278,7 +279,9 @@ def study(out: Path, work: Path, victim_run: str) -> dict[str, Any]:
                          "history": rec.get("history", [])}
     victim_log = "".join(p.read_text(errors="replace") for p in sorted(logs.glob(f"{job_id}_*_log.*")))
     resumed = re.findall(r"resumed \S+ at step \d+ from (\S+)", victim_log)
-    steps = [json.loads(x)["rollout_step"] for x in (victim / "metrics.jsonl").read_text().splitlines()]
+    from rlsd_harness.io import read_jsonl
+
+    steps = [m["rollout_step"] for m in read_jsonl(victim / "metrics.jsonl")]
     comparison = compare_studies(slurm_dir, local_dir)
 
     t1 = time.time()

@@ -101,6 +101,8 @@ def test_matrix_recovers_from_kills_at_its_dangerous_moments(tmp_path, tiny_dir,
     (rlsd / "final" / "model.safetensors").unlink()
     (tmp_path / "smoke" / "credit_rlsd.png").unlink()
     (tmp_path / "smoke" / "table.csv").write_text("")  # and a table cut short
+    meta = tmp_path / "smoke" / "meta.json"  # killed before the study's end: meta.json is not marked finished
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "finished"}))
     compare_main(args)
     table = (tmp_path / "smoke" / "table.md").read_text()
     assert "failed" not in table and "rlsd" in table and "grpo" in table

@@ -510,6 +510,9 @@ def expand_experiment(overrides: list[str]) -> list[str]:
     return Overrides(own, origin=f"experiment {names[-1]}") + Overrides(rest, origins_of(rest))
 
 
+# The held-out splits of the training data that evaluations read: validation chooses hyperparameters, test reports.
+HELDOUT_SPLITS = ("validation", "test")
+
 # The ledger's cumulative metric that each budget kind reads.
 BUDGET_KEYS = {"flops": "ledger/cum/flops/total", "tokens": "ledger/cum/tokens/generated", "steps": "step",
                "seconds": "ledger/cum/time/step"}

@@ -32,7 +32,7 @@ from pydantic_core import PydanticCustomError
 from rlsd_harness.algorithms import build_objective, get_objective_class, objective_names
 from rlsd_harness.benchmarks import EVAL_BENCHMARK_NAMES
 from rlsd_harness.benchmarks.embedded import LEVELS, PRIVILEGED
-from rlsd_harness.config import BUDGET_KEYS, ConfigError, provenance, source_of
+from rlsd_harness.config import BUDGET_KEYS, HELDOUT_SPLITS, ConfigError, provenance, source_of
 from rlsd_harness.trees import flatten
 
 TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
@@ -251,7 +251,7 @@ KEYS: list[Key] = [
     Key("train.eval_benchmarks", "strs", "benchmarks also evaluated during training, each with its own scorer",
         choices=EVAL_BENCHMARK_NAMES),
     Key("eval.split", "str", "split of the routine evaluations (validation chooses hyperparameters, test reports)",
-        choices=("validation", "test"), null=True),
+        choices=HELDOUT_SPLITS, null=True),
     Key("eval.n", "int", "held-out items for training-time evaluation (at least one per rank)", ge=1),
     Key("eval.decoding", "str", "greedy; paper (T 0.7, top-p 0.8, top-k 20); or sample (eval.sampling)", choices="decoding"),
     Key("eval.k", "int", "samples per item for mean@k (null: 1 for greedy, 4 otherwise)", ge=1, null=True),
@@ -262,7 +262,7 @@ KEYS: list[Key] = [
     Key("eval.budget_points", "floats", "large evaluations at these fractions of the budget (and at steps 0 and last)",
         gt=0, le=1),
     Key("eval.budget_n", "int", "items of the budget-point evaluations", ge=1),
-    Key("eval.budget_split", "str", "split of the budget-point evaluations", choices=("validation", "test")),
+    Key("eval.budget_split", "str", "split of the budget-point evaluations", choices=HELDOUT_SPLITS),
     Key("eval.cache_base", "bool", "single-process runs reuse a cached step-0 evaluation of the same weights, items and decoding"),
     Key("eval.max_new_tokens", "int", "generation budget of training-time evaluation", ge=1),
     Key("eval.benchmark_max_new_tokens", "int", "generation budget of the benchmark runner", ge=1),

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from rlsd_harness.benchmarks import embedded, pass_at_k
-from rlsd_harness.config import ConfigError
+from rlsd_harness.config import HELDOUT_SPLITS, ConfigError
 from rlsd_harness.config.typed import EvalSection
 from rlsd_harness.data import Example
 from rlsd_harness.io import atomic_write_text, read_jsonl
@@ -40,7 +40,7 @@ from rlsd_harness.rollout.hf import HFRolloutEngine, SamplingParams
 from rlsd_harness.rollout.scored import generate_and_score
 
 VARIANTS = ("plain", "hint", "blank", "shuffled")
-SPLITS = ("validation", "test")  # validation chooses hyperparameters, test reports
+SPLITS = HELDOUT_SPLITS
 PAPER_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20}
 # The named decodings with their default sample counts (the benchmark runner reads this too).
 DECODING = {
