@@ -155,17 +155,32 @@ def _first_host(nodelist: str) -> str:
     return out[0]
 
 
+# "<pid>:<port>" of the world of one this package set up in process <pid>. A child process inherits RANK ...
+# MASTER_PORT with it; those are not a launcher's, and the parent's group still listens on that port.
+OWN_GROUP = "RLSD_HARNESS_OWN_GROUP"
+
+
+def _parents_own_group(env: Mapping[str, str]) -> bool:
+    """RANK ... in `env` were set by another process for its own world of one (a Python caller that trained
+    in-process and then started rlsd-train): the child rendezvousing on the parent's port would fail with
+    EADDRINUSE. A launcher's variables (its own MASTER_PORT, or more than one rank) never match."""
+    pid, _, port = env.get(OWN_GROUP, "").partition(":")
+    return bool(pid) and pid != str(os.getpid()) and port == env.get("MASTER_PORT") and env.get("WORLD_SIZE") == "1"
+
+
 def launcher_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The process-group variables (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) to add to `environ`.
 
     - set by a launcher (torchrun, `deepspeed`): nothing to add;
+    - inherited from a parent process's own world of one (OWN_GROUP): a world of one of this process's own;
     - a task of an srun step (SLURM_STEP_NUM_TASKS is set: the batch script itself, one process whatever
       --ntasks says, has no step variables): rank SLURM_PROCID of SLURM_STEP_NUM_TASKS, local rank
       SLURM_LOCALID, the rendezvous on the first host of SLURM_JOB_NODELIST at MASTER_PORT if set, else a port
       every task derives alike from the job and step ids;
     - otherwise a world of one on a free local port."""
     env = os.environ if environ is None else environ
-    if "RANK" in env:
+    inherited = _parents_own_group(env)
+    if "RANK" in env and not inherited:
         return {}
     if "SLURM_STEP_NUM_TASKS" in env and int(env["SLURM_STEP_NUM_TASKS"]) > 1:
         step = env.get("SLURM_STEP_ID", "0")
@@ -174,8 +189,9 @@ def launcher_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
         return {"RANK": env["SLURM_PROCID"], "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
                 "WORLD_SIZE": env["SLURM_STEP_NUM_TASKS"], "MASTER_PORT": port,
                 "MASTER_ADDR": env.get("MASTER_ADDR") or _first_host(env["SLURM_JOB_NODELIST"])}
-    return {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": env.get("MASTER_PORT") or str(_free_port())}
+    port = (None if inherited else env.get("MASTER_PORT")) or str(_free_port())
+    return {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+            OWN_GROUP: f"{os.getpid()}:{port}"}
 
 
 def init_distributed() -> tuple[int, int]:

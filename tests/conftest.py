@@ -25,21 +25,6 @@ def single_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(autouse=True)
-def launcher_variables_stay_in_their_test():
-    """An in-process run sets RANK, WORLD_SIZE, MASTER_PORT ... for its one-rank process group (dist.launcher_env),
-    which the session keeps listening on; a later test's subprocess that inherited them would rendezvous on that
-    port as rank 0 and fail with EADDRINUSE. Each test leaves them as it found them."""
-    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    before = {k: os.environ.get(k) for k in keys}
-    yield
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("harness-cache")

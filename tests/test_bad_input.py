@@ -269,13 +269,18 @@ def test_every_group_file_reads_typed(group):
         assert typed.composed is composed
 
 
-def test_a_key_the_schema_does_not_declare_is_refused_by_the_typed_config():
+def test_a_key_the_schema_does_not_declare_or_a_missing_one_is_refused_by_the_typed_config():
     from rlsd_harness.config import schema
 
     composed = compose_config([])
     OmegaConf.set_struct(composed, False)
     composed.train.stepz = 3
     with pytest.raises(ConfigError, match=r"config key train\.stepz is not declared .* `make config-docs`"):
+        schema.typed(composed)
+    composed = compose_config([])
+    OmegaConf.set_struct(composed, False)
+    del composed.model["lora"]  # a user's own model file without the lora block
+    with pytest.raises(ConfigError, match=r"config key model\.lora has no value: every shipped group file sets it"):
         schema.typed(composed)
 
 

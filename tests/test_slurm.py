@@ -53,6 +53,32 @@ def test_a_batch_script_without_srun_is_a_world_of_one():
     assert got["WORLD_SIZE"] == "1" and got["RANK"] == "0" and got["MASTER_ADDR"] == "127.0.0.1"
 
 
+def test_a_parents_own_world_of_one_is_not_a_launcher():
+    """A process that inherited the variables of its parent's world of one gets its own, on another port; its own
+    variables, a launcher's port or a larger world are kept."""
+    inherited = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "41234",
+                 dist.OWN_GROUP: f"{os.getpid() + 1}:41234"}
+    got = dist.launcher_env(inherited)
+    assert got["WORLD_SIZE"] == "1" and got["MASTER_PORT"] != "41234"
+    assert got[dist.OWN_GROUP] == f"{os.getpid()}:{got['MASTER_PORT']}"
+    assert dist.launcher_env({**inherited, dist.OWN_GROUP: f"{os.getpid()}:41234"}) == {}
+    assert dist.launcher_env({**inherited, "MASTER_PORT": "29500"}) == {}  # torchrun's own rendezvous
+    assert dist.launcher_env({**inherited, "WORLD_SIZE": "2"}) == {}
+
+
+def test_a_child_of_an_in_process_run_starts_its_own_process_group(tmp_path):
+    """A Python caller that trained in-process (its world of one listening on MASTER_PORT) and then starts
+    rlsd-train: the child inherited RANK ... MASTER_PORT and, before OWN_GROUP, failed with EADDRINUSE."""
+    child = "from rlsd_harness import dist; print(dist.init_distributed())"
+    parent = ("import subprocess, sys; from rlsd_harness import dist; dist.init_distributed(); "
+              f"sys.exit(subprocess.run([sys.executable, '-c', {child!r}]).returncode)")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                            "MASTER_PORT", dist.OWN_GROUP)}
+    out = subprocess.run([sys.executable, "-c", parent], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip().endswith("(0, 1)"), out.stderr[-2000:]
+
+
 def test_launcher_options_parse_and_round_trip():
     launcher, opts = launch.parse_options({"launcher": "slurm", "launcher.nodes": "2", "launcher.tasks_per_node": "4",
                                            "launcher.gpus_per_node": "4", "launcher.mem": "64G", "launcher.wait": "false",

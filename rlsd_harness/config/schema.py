@@ -768,7 +768,7 @@ TYPED_HEADER = '''"""The composed training config as typed objects: one frozen d
 and meaning. GENERATED from the declarations in rlsd_harness/config/schema.py (KEYS) by `make config-docs`;
 do not edit (tests/test_bad_input.py checks that it is current).
 
-`rlsd_harness.training.preflight.check_run` validates a composed config and returns a RunConfig; every
+`rlsd_harness.training.preflight.read_config` validates a composed config and returns a RunConfig; every
 consumer after that check reads these fields. A field that may be None without its key allowing null is a key
 some group file leaves out (data.path: only data=local has it). Mappings whose contents are checked elsewhere
 stay dicts: algorithm.params (the objective's Config dataclass), algorithm.teacher (TeacherConfig), the
@@ -833,15 +833,15 @@ def require_typed(cfg: Any, who: str) -> None:
 
 
 @functools.cache
-def _section_fields(cls: type) -> dict[str, type | None]:
-    """Field name -> the section dataclass it holds (None for a plain value)."""
+def _section_fields(cls: type) -> dict[str, tuple[type | None, bool]]:
+    """Field name -> (the section dataclass it holds or None for a plain value, whether the key must be there)."""
     hints = typing.get_type_hints(cls)
     out = {}
     for f in dataclasses.fields(cls):
         if f.name == "composed":
             continue
         held = [a for a in (typing.get_args(hints[f.name]) or (hints[f.name],)) if dataclasses.is_dataclass(a)]
-        out[f.name] = held[0] if held else None
+        out[f.name] = (held[0] if held else None, f.default is dataclasses.MISSING)
     return out
 
 
@@ -851,8 +851,12 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
     if unknown:
         raise ConfigError(f"config key {prefix}{unknown[0]} is not declared in rlsd_harness/config/schema.py (KEYS); "
                           f"declare its type, range and meaning there, then run `make config-docs`")
+    missing = [k for k, (_, needed) in fields.items() if needed and k not in raw]
+    if missing:  # e.g. a group file of a user's own that leaves out a key every shipped one sets
+        raise ConfigError(f"config key {prefix}{missing[0]} has no value: every shipped group file sets it "
+                          f"(docs/config.md lists it with its default); add it to your yaml file")
     return cls(**{name: _build(sub, raw[name], f"{prefix}{name}.") if sub is not None and raw[name] is not None
-                  else raw[name] for name, sub in fields.items() if name in raw})
+                  else raw[name] for name, (sub, _) in fields.items() if name in raw})
 
 
 if __name__ == "__main__":  # python -m rlsd_harness.config.schema > rlsd_harness/config/typed.py

@@ -2,7 +2,7 @@
 and meaning. GENERATED from the declarations in rlsd_harness/config/schema.py (KEYS) by `make config-docs`;
 do not edit (tests/test_bad_input.py checks that it is current).
 
-`rlsd_harness.training.preflight.check_run` validates a composed config and returns a RunConfig; every
+`rlsd_harness.training.preflight.read_config` validates a composed config and returns a RunConfig; every
 consumer after that check reads these fields. A field that may be None without its key allowing null is a key
 some group file leaves out (data.path: only data=local has it). Mappings whose contents are checked elsewhere
 stay dicts: algorithm.params (the objective's Config dataclass), algorithm.teacher (TeacherConfig), the
