@@ -52,7 +52,11 @@ def _export(commit: str, dest: Path) -> Path:
 
 
 def _train(tree: Path, args: list[str], run_dir: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # without this process's process-group variables: the recorded commit's tree would take them for a launcher's
+    # and rendezvous on the port this test session's own group listens on
+    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RLSD_HARNESS_OWN_GROUP")
+    env = {**{k: v for k, v in os.environ.items() if k not in launcher}, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
     out = subprocess.run([sys.executable, "-m", "rlsd_harness.cli.train", *args, *COMMON, f"run.dir={run_dir}"],
                          cwd=tree, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, f"{tree.name}: {out.stderr[-3000:]}"
