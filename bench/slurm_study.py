@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rlsd_harness.io import read_jsonl
+
 REPO = Path(__file__).resolve().parent.parent
 START = REPO / "tests" / "slurm" / "start_slurm.sh"
 BIN = Path(sys.executable).parent
@@ -117,7 +119,6 @@ def table_diffs(slurm: Path, local: Path) -> tuple[dict[str, bool], dict[str, li
 def compare_studies(slurm: Path, local: Path) -> dict[str, Any]:
     """What the two unpacked studies share: tables byte for byte, runs bit for bit (wall-clock metrics aside)."""
     sys.path.insert(0, str(REPO))
-    from rlsd_harness.io import read_jsonl
     from tests.resume_helpers import differences
 
     tables, diffs = table_diffs(slurm, local)
@@ -279,8 +280,6 @@ def study(out: Path, work: Path, victim_run: str) -> dict[str, Any]:
                          "history": rec.get("history", [])}
     victim_log = "".join(p.read_text(errors="replace") for p in sorted(logs.glob(f"{job_id}_*_log.*")))
     resumed = re.findall(r"resumed \S+ at step \d+ from (\S+)", victim_log)
-    from rlsd_harness.io import read_jsonl
-
     steps = [m["rollout_step"] for m in read_jsonl(victim / "metrics.jsonl")]
     comparison = compare_studies(slurm_dir, local_dir)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from rlsd_harness.benchmarks import EVAL_BENCHMARK_NAMES, metadata
-from rlsd_harness.config import compose_config, schema
 from rlsd_harness.evaluation.heldout import decoding_from_config
 from rlsd_harness.evaluation.runner import Suite, build_suite, summarise
 from tests import benchmark_fixtures as fixtures
+from tests.conftest import typed_config
 
 REAL_WEMATH = Path(__file__).resolve().parents[2] / "shared" / "real-benchmarks" / "wemath"
 
@@ -24,8 +24,7 @@ def sources(tmp_path_factory) -> dict[str, Path]:
 
 
 def config(sources: dict[str, Path], *extra: str):
-    return schema.typed(compose_config([*(f"eval.sources.{n}={p}" for n, p in sources.items()), "eval.progress=false",
-                                        *extra]))
+    return typed_config(*(f"eval.sources.{n}={p}" for n, p in sources.items()), "eval.progress=false", *extra)
 
 
 def uniform_records(suite: Suite, k: int, correct: bool) -> dict[str, list[dict]]:
@@ -73,7 +72,7 @@ def test_wemath_limit_keeps_whole_composite_problems(sources):
 def test_real_wemath_limit_5_all_wrong_scores_0():
     """The reported case: the official file lists every problem's `{n}steps_1` row first, so its first 5 rows
     were five first steps with no composite question, and 0 of 5 right read as Score (Strict) 100."""
-    cfg = schema.typed(compose_config([f"eval.sources.wemath={REAL_WEMATH}", "eval.decoding=greedy"]))
+    cfg = typed_config(f"eval.sources.wemath={REAL_WEMATH}", "eval.decoding=greedy")
     dec = decoding_from_config(cfg.eval)
     suite = build_suite("wemath", cfg, 5)
     assert len({r["ID"] for r in suite.items}) == 5

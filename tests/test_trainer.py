@@ -192,3 +192,14 @@ def test_chunked_head_changes_nothing(tmp_path, tiny_dir, case):
     for key in ("actor/loss", "actor/entropy", "teacher/kl", "actor/rollout_logp_gap"):
         assert m_chunked[key] == pytest.approx(m_whole[key], abs=1e-6), key
     assert max((whole[n] - chunked[n]).abs().max().item() for n in whole) < 1e-5
+
+
+def test_a_run_builds_its_data_once(tmp_path, monkeypatch):
+    """The data checked before the run folder exists is the data the run trains on: data=local validates every
+    row as it opens the files, which a second build repeated at every start."""
+    import rlsd_harness.data as data_module
+
+    real, calls = data_module.build_data, []
+    monkeypatch.setattr(data_module, "build_data", lambda *a, **k: calls.append(a) or real(*a, **k))
+    run(compose_config(small_overrides(tmp_path, "train.steps=1", "run.name=once")), log=lambda m: None)
+    assert len(calls) == 1

@@ -743,7 +743,7 @@ def _group_specific(path: str) -> bool:
     return False
 
 
-def _type_text(k: Key, sections: set[str]) -> str:
+def _type_text(k: Key, sections: set[str], absent: bool) -> str:
     if k.path in sections:
         text = _class_name(k.path)
     elif k.type == "mapping":
@@ -754,7 +754,7 @@ def _type_text(k: Key, sections: set[str]) -> str:
         text = f"Literal[{', '.join(repr(c) for c in k.choices)}]"
     else:
         text = k.type
-    return text + (" | None" if k.null or _group_specific(k.path) else "")
+    return text + (" | None" if k.null or absent else "")
 
 
 def _doc_lines(text: str, indent: str = "    ") -> list[str]:
@@ -791,18 +791,18 @@ def typed_source() -> str:
     sections = {parent(p) for p in paths} - {""}
     sections |= {parent(s) for s in sections} - {""}
     first = {s: min(i for i, p in enumerate(paths) if p.startswith(s + ".")) for s in sections}
+    absent = {k.path for k in KEYS if _group_specific(k.path)}
     out = [TYPED_HEADER.rstrip("\n")]
     # the deepest sections first: a class is defined before the class that holds it
     for section in sorted(sections | {""}, key=lambda s: (-s.count(".") if s else 1, first.get(s, 0))):
-        members = [(paths.index(k.path), k.path.rsplit(".", 1)[-1], _type_text(k, sections), k.doc)
-                   for k in KEYS if parent(k.path) == section]
-        members += [(first[s], s.rsplit(".", 1)[-1], _class_name(s), f"the {s} section")
+        members = [(paths.index(k.path), k.path.rsplit(".", 1)[-1], _type_text(k, sections, k.path in absent), k.doc,
+                    k.path in absent) for k in KEYS if parent(k.path) == section]
+        members += [(first[s], s.rsplit(".", 1)[-1], _class_name(s), f"the {s} section", False)
                     for s in sections if parent(s) == section and s not in BY_PATH]
         out += ["", "", "@dataclass(frozen=True, kw_only=True)", f"class {_class_name(section)}:",
                 *_doc_lines(f"{section or 'The whole config'}: its keys, each typed and with its meaning."), ""]
-        for _, name, ann, doc in sorted(members):
-            absent = f"{section}.{name}" in BY_PATH and _group_specific(f"{section}.{name}")
-            out.append(f"    {name}: {ann}" + (" = None" if absent else ""))
+        for _, name, ann, doc, left_out in sorted(members):
+            out.append(f"    {name}: {ann}" + (" = None" if left_out else ""))
             out += _doc_lines(doc) if doc else []
         if not section:
             out.append("    composed: Any = field(default=None, repr=False, compare=False)")

@@ -219,8 +219,9 @@ def parse_benchmark(spec: str) -> tuple[str, str | None, str]:
 
 def build_suite(spec: str, cfg: RunConfig, limit: int | None = None, judge: Callable[[str], str] | None = None,
                 allow_missing_images: bool = False) -> Suite:
-    """The suite of one benchmark (`name` or `name:variant`) under the typed config `cfg`, its first `limit` units (see `limit_items`). `allow_missing_images`: rows whose image file is
-    missing are prompted without it (else an error naming the row)."""
+    """The suite of one benchmark (`name` or `name:variant`) under the typed config `cfg`, its first `limit`
+    units (see `limit_items`). `allow_missing_images`: rows whose image file is missing are prompted without it
+    (else an error naming the row)."""
     name, variant, key = parse_benchmark(spec)
     if metadata(name).training_task:
         suite = _training_task_suite(name, key, variant, cfg, limit)
@@ -530,11 +531,11 @@ def _missing_images_allowed(allow: bool | Iterable[str], name: str) -> bool:
 
 def validate(checkpoint: str | Path, names: list[str], cfg: Any, limit: int | None = None,
              judge: Callable[[str], str] | None = None, allow_missing_images: bool | Iterable[str] = False,
-             check_model: bool = True) -> tuple[Path | None, Decoding | None, dict[str, Suite]]:
+             check_model: bool = True) -> tuple[Path | None, Decoding | None, dict[str, Suite], RunConfig]:
     """Check everything an evaluation needs before anything is loaded or written: the benchmark names, the
     decoding, the judge, the checkpoint (its weights too when `check_model`) and every benchmark's data, prompt
     variant and split. Raises `EvaluationProblems` listing every problem at once, each with its fix; returns
-    (model folder, decoding, {key: suite})."""
+    (model folder, decoding, {key: suite}, the typed config)."""
     from rlsd_harness.models import check_weights
 
     problems: list[str] = []
@@ -570,7 +571,7 @@ def validate(checkpoint: str | Path, names: list[str], cfg: Any, limit: int | No
             problems.append(str(e))
     if problems:
         raise EvaluationProblems(problems)
-    return model_dir, decoding, suites
+    return model_dir, decoding, suites, run_cfg
 
 
 def launched_world(environ: Any = None) -> int:
@@ -664,7 +665,7 @@ def run_benchmarks(checkpoint: str | Path, names: list[str], cfg: Any, out: str 
     rank, world = process_group()
     # Every rank reads the same arguments and data; the weights, the one costly check, are read by rank 0 alone.
     try:
-        model_dir, decoding, suites = validate(checkpoint, names, cfg, limit, judge, allow_missing_images,
+        model_dir, decoding, suites, cfg = validate(checkpoint, names, cfg, limit, judge, allow_missing_images,
                                                check_model=model is None and rank == 0)
     except Exception as e:  # noqa: BLE001 - handed to the other ranks, then raised here
         if world == 1:
@@ -672,7 +673,6 @@ def run_benchmarks(checkpoint: str | Path, names: list[str], cfg: Any, out: str 
         _agree(e)
     if world > 1:
         _agree(None)
-    cfg = schema.typed(cfg)  # checked by validate: read typed from here on
     out = Path(out)
     common = {"checkpoint": str(model_dir.resolve()), "weights": _weights_fingerprint(model_dir),
               "decoding": decoding.name, "sampling": _plain(decoding.identity()), "seed": cfg.seed}

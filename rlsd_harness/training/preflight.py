@@ -59,10 +59,10 @@ def check_model(cfg: RunConfig) -> None:
     check_weights(cfg.model.path, "model.path")
 
 
-def check_data(cfg: RunConfig) -> None:
+def check_data(cfg: RunConfig) -> Any:
     """The training rows (and, when training evaluates, the held-out rows) load: readable files with the
     named fields, openable images. The data builder validates every row as it opens the files, and names
-    data.path or data.test_path in its errors."""
+    data.path or data.test_path in its errors. Returns the data, for the run to train on (built once)."""
     from rlsd_harness.data import build_data
 
     evaluating = bool(cfg.train.eval_every)
@@ -74,14 +74,15 @@ def check_data(cfg: RunConfig) -> None:
         data.prompts(1, 1)  # the prompt stream itself (an empty file would divide by zero here)
         if evaluating:
             data.test_set(cfg.eval.n)
+    return data
 
 
-def check_run(cfg: Any) -> RunConfig:
-    """Everything a training run needs, before its folder exists; the config as the typed RunConfig."""
+def check_run(cfg: Any) -> tuple[RunConfig, Any]:
+    """Everything a training run needs, before its folder exists: the config as the typed RunConfig, and its
+    data, checked."""
     typed = read_config(cfg)
     check_model(typed)
-    check_data(typed)
-    return typed
+    return typed, check_data(typed)
 
 
 def check_evaluation(cfg: Any) -> None:

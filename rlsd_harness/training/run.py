@@ -424,18 +424,16 @@ def _refusals(composed: DictConfig, log) -> _Setup:
     moved: the config, model folder and data; the trackers' packages; the run folder (an existing run, a resume's
     changed keys: before the base policy, whose lookup warms one up for a recipe that does not ship); the base
     policy; the held-out evaluation (a bad eval key)."""
-    from rlsd_harness.data import build_data
     from rlsd_harness.training.evals import RunEvaluator
     from rlsd_harness.training.metrics import check_trackers
     from rlsd_harness.training.preflight import check_run
     from rlsd_harness.training.warmup import policy_path
     from rlsd_harness.verifier import build_verifier
 
-    cfg = check_run(composed)
+    cfg, data = check_run(composed)
     check_trackers(list(cfg.run.trackers))
     run_dir, changes = check_run_dir(cfg)
     init_path = policy_path(cfg.model, cfg.data, log)
-    data = build_data(cfg.data, cfg.seed)
     evaluator = RunEvaluator(cfg, data, build_verifier(cfg.data.verifier))
     return _Setup(cfg, init_path, data, evaluator, run_dir, changes)
 
